@@ -1,0 +1,92 @@
+"""The paper's five input formats (Section 2.2): what words the encoder sees for one example.
+
+``render`` returns word-level tokens in which markers, blanks and type tokens are already the
+vocabulary strings chosen by :class:`SpecialTokens`, plus the indices of the two positions whose
+hidden states form the relation representation (the head/tail START markers, or the blank/type
+token standing in for the mention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import ReconError
+from .example import RelationExample
+from .special_tokens import SpecialTokens
+
+
+class InputFormat(str, Enum):
+    CM = "C+M"      # context + mentions, mentions wrapped in entity markers
+    CT = "C+T"      # context + one type token per mention
+    ONLYC = "OnlyC"  # context only: each mention replaced by one blank token
+    ONLYM = "OnlyM"  # only the two marked mentions, in sentence order
+    ONLYT = "OnlyT"  # only the two type tokens, in sentence order
+
+    @classmethod
+    def parse(cls, name: str) -> "InputFormat":
+        for fmt in cls:
+            if name.lower() in (fmt.value.lower(), fmt.name.lower()):
+                return fmt
+        known = ", ".join(f.value for f in cls)
+        raise ReconError(f"unknown input format {name!r}; known formats: {known}")
+
+    @property
+    def needs_types(self) -> bool:
+        return self in (InputFormat.CT, InputFormat.ONLYT)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Word-level tokens for one example and the indices of the head/tail representation tokens."""
+
+    words: tuple[str, ...]
+    head_index: int
+    tail_index: int
+
+
+def _mention_tokens(
+    example: RelationExample, role: str, fmt: InputFormat, special: SpecialTokens, blank: bool
+) -> list[str]:
+    entity = example.head if role == "subj" else example.tail
+    words = list(example.tokens[entity.start:entity.end])
+    start, end, blank_token = (
+        (special.head_start, special.head_end, special.head_blank) if role == "subj"
+        else (special.tail_start, special.tail_end, special.tail_blank)
+    )
+    if fmt in (InputFormat.CT, InputFormat.ONLYT):
+        return [special.type_token(role, entity.type)]
+    if fmt is InputFormat.ONLYC:
+        return [blank_token]
+    # C+M and OnlyM: markers around the mention; a blanked mention (pre-training) keeps its
+    # markers so the start position still exists.
+    return [start, *( [blank_token] if blank else words ), end]
+
+
+def render(
+    example: RelationExample,
+    fmt: InputFormat,
+    special: SpecialTokens,
+    *,
+    blank_head: bool = False,
+    blank_tail: bool = False,
+) -> Rendered:
+    """Render one example in ``fmt``. ``blank_*`` replace a marked mention by its blank token."""
+    head, tail = example.head, example.tail
+    pieces = {
+        "subj": _mention_tokens(example, "subj", fmt, special, blank_head),
+        "obj": _mention_tokens(example, "obj", fmt, special, blank_tail),
+    }
+    ordered = sorted((("subj", head), ("obj", tail)), key=lambda item: item[1].start)
+    words: list[str] = []
+    index: dict[str, int] = {}
+    with_context = fmt in (InputFormat.CM, InputFormat.CT, InputFormat.ONLYC)
+    cursor = 0
+    for role, entity in ordered:
+        if with_context:
+            words.extend(example.tokens[cursor:entity.start])
+        index[role] = len(words)
+        words.extend(pieces[role])
+        cursor = entity.end
+    if with_context:
+        words.extend(example.tokens[cursor:])
+    return Rendered(tuple(words), index["subj"], index["obj"])
