@@ -99,8 +99,7 @@ class SpecialTokens:
         The caller that owns the model must resize its embeddings to ``len(tokenizer)``.
         """
         special = cls.for_vocab(tokenizer.get_vocab())
-        unused_in_vocab = [t for t in special.all_tokens() if t not in special.added]
-        to_register = list(special.added) + unused_in_vocab
-        tokenizer.add_special_tokens({"additional_special_tokens": to_register},
-                                     replace_additional_special_tokens=False)
+        # add_tokens(special=True) appends without replacing other special tokens, and keeps the
+        # tokens atomic (never split, never lower-cased) in every transformers version we support.
+        tokenizer.add_tokens(special.all_tokens(), special_tokens=True)
         return special
