@@ -320,14 +320,16 @@ def test_fetch_dir_follows_the_data_dir_resolver(tmp_path, monkeypatch):
     import data_prep.datadir as datadir
 
     monkeypatch.delenv("RECON_DATA_DIR", raising=False)
-    assert resolve_fetch_dir(str(tmp_path / "mine")) == (tmp_path / "mine", True)
+    monkeypatch.delenv("RECON_CACHE_DIR", raising=False)
+    assert resolve_fetch_dir(str(tmp_path / "mine")) == tmp_path / "mine"
     monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path / "env"))
-    assert resolve_fetch_dir(None) == (tmp_path / "env", True)
+    assert resolve_fetch_dir(None) == tmp_path / "env"
     monkeypatch.delenv("RECON_DATA_DIR")
-    found, seen = resolve_fetch_dir(None)  # the checkout's ../shared/datasets
-    assert (found.resolve(), seen) == (SHARED.resolve(), True)
-    # a user without the shared folder: a per-user cache, flagged as unseen by the loaders
+    assert resolve_fetch_dir(None).resolve() == SHARED.resolve()  # the checkout's ../shared/datasets
+    # a user without the shared folder: the per-user download directory, which the loaders search too
     monkeypatch.setattr(datadir, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert resolve_fetch_dir(None) == (tmp_path / "home" / ".cache" / "recon" / "datasets", False)
+    target = tmp_path / "home" / ".cache" / "recon" / "datasets"
+    assert resolve_fetch_dir(None) == target
+    assert target in [path for path, _why in datadir.candidate_dirs(None)]

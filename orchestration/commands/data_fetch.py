@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-FALLBACK_DATA_DIR = Path("~/.cache/recon/datasets")
 
 
 def add_fetch_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,30 +41,28 @@ def add_fetch_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
     return parser
 
 
-def resolve_fetch_dir(explicit: str | None) -> tuple[Path, bool]:
-    """Where to fetch into, and whether the dataset loaders will look there without further settings.
+def resolve_fetch_dir(explicit: str | None) -> Path:
+    """Where to fetch into: the first of ``data_prep.datadir``'s candidates that exists.
 
-    Follows ``data_prep.datadir``: ``--data-dir``, else ``$RECON_DATA_DIR``, else the first default
-    directory (``../shared/datasets``) that exists. When none exists (a user without the shared
-    folder) files go to a per-user cache, which the loaders only see through ``--data-dir`` or
-    ``$RECON_DATA_DIR``.
+    That is ``--data-dir``, else ``$RECON_DATA_DIR``, else ``../shared/datasets``; a user without
+    the shared folder gets the per-user download directory, which the loaders also search.
     """
-    from data_prep.datadir import candidate_dirs
+    from data_prep.datadir import candidate_dirs, fetch_default_dir
 
     candidates = candidate_dirs(explicit)
     if explicit or len(candidates) == 1:
-        return candidates[0][0], True
+        return candidates[0][0]
     for path, _why in candidates:
         if path.is_dir():
-            return path, True
-    return FALLBACK_DATA_DIR.expanduser(), False
+            return path
+    return fetch_default_dir()
 
 
 def run_fetch(args: argparse.Namespace) -> int:
     """Handler: fetch, then print a table or JSON; 1 if any file failed."""
     from data_prep.fetch import fetch
 
-    data_dir, seen_by_loaders = resolve_fetch_dir(args.data_dir)
+    data_dir = resolve_fetch_dir(args.data_dir)
     results = fetch(args.names, data_dir, args.base_url)
     failed = [r for r in results if r.status == "failed"]
     if args.json:
@@ -75,10 +72,6 @@ def run_fetch(args: argparse.Namespace) -> int:
     else:
         print(format_table(results))
         print(f"data dir: {data_dir}")
-    if not seen_by_loaders:
-        print(f"recon: no shared datasets folder found, so files went to {data_dir}; "
-              f"set RECON_DATA_DIR={data_dir} (or pass --data-dir) for the other commands to use them",
-              file=sys.stderr)
     if failed:
         print(f"recon: {len(failed)} file(s) failed: {', '.join(r.relpath for r in failed)}", file=sys.stderr)
         return 1

@@ -1,0 +1,33 @@
+"""The bundle every consumer gets from :func:`data_prep.registry.load_dataset`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .example import RelationExample
+from .loaders import LoadReport
+
+
+@dataclass
+class Dataset:
+    """A loaded benchmark: its splits, label inventory, negative class, metric and provenance.
+
+    ``labels`` follows rel2id order when the dataset ships one (so label ids match the authors'),
+    otherwise the sorted label set. ``negative_label`` is found by name, never assumed to be id 0.
+    ``files`` maps split names (and the paper's subset files ``train_0.01``/``train_0.1``, and
+    ``rel2id``) to the paths used; ``notes`` says what is missing locally.
+    """
+
+    name: str
+    splits: dict[str, list[RelationExample]]
+    labels: list[str]
+    negative_label: str | None
+    metric: str
+    max_length: int
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    kind: str = "opennre"
+    missing: list[str] = field(default_factory=list)  # split names expected but absent locally
+    report: LoadReport = field(default_factory=LoadReport)
+
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}

@@ -1,0 +1,121 @@
+"""Benchmark file loaders: one module per format, all producing :class:`RelationExample`.
+
+Kinds: ``opennre`` (JSON lines with token/h/t/relation: SemEval, Wiki80), ``tacred`` (JSON array,
+inclusive ends), ``chemprot`` (JSON lines with inline ``<< >>``/``[[ ]]`` markers), ``fewrel``
+(``{PID: [instance]}``). Spans are always end exclusive and ``source`` is ``path:line`` (JSON lines)
+or ``path#record`` (arrays/dicts).
+
+Error policy (``errors="raise"`` stops at the first problem; ``errors="skip"`` skips the record and
+counts it in :class:`LoadReport` under the reason below; nothing is ever dropped silently):
+
+=========================================  ======================  ==========================
+problem                                    reason                  with errors="skip"
+=========================================  ======================  ==========================
+file missing                               (DatasetNotFound)       stop
+whole file not JSON / wrong top container  (DataError)             stop
+JSON array in a JSON-lines file            (DataError, line 1)     stop
+malformed JSON on one line                 malformed_json          skip line
+record is not an object, value wrong type  wrong_type              skip record
+missing key                                missing_key             skip record
+empty token list                           empty_tokens            skip record
+span reversed/empty                        bad_span                skip record
+span out of range                          span_out_of_range       skip record
+FewRel indices with a gap                  noncontiguous_span      skip record
+head and tail overlap                      overlapping_entities    skip record
+name-only entity not found in tokens       name_not_found          skip record
+ChemProt markers missing/extra/nested      bad_markers             skip record
+TACRED pos/ner length != tokens            bad_tags                skip record
+label not in rel2id                        unknown_label           skip record
+rel2id.json malformed                      (DataError)             stop
+=========================================  ======================  ==========================
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..errors import DataError, DatasetNotFound, ReconError
+from ..example import RelationExample
+from . import chemprot, fewrel, opennre, tacred
+from ._common import Collector, LoadReport, RecordError
+
+KINDS: dict[str, Callable[[str | Path, Collector], list[RelationExample]]] = {
+    "opennre": opennre.load,
+    "tacred": tacred.load,
+    "chemprot": chemprot.load,
+    "fewrel": fewrel.load,
+}
+NEGATIVE_NAMES = ("other", "no_relation", "na")
+SPLIT_EXTENSIONS = (".txt", ".jsonl", ".json")
+
+__all__ = ["KINDS", "LoadReport", "load_file", "read_rel2id", "find_negative", "check_labels",
+           "find_split_file", "NEGATIVE_NAMES"]
+
+
+def load_file(path: str | Path, kind: str, errors: str = "raise",
+              report: LoadReport | None = None) -> list[RelationExample]:
+    """Load one file of ``kind``; skipped-record counts are merged into ``report`` when given."""
+    if kind not in KINDS:
+        raise ReconError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFound(f"file {path} does not exist")
+    collector = Collector(path, errors)
+    examples = KINDS[kind](path, collector)
+    collector.report.loaded = len(examples)
+    if report is not None:
+        report.merge(collector.report)
+    return examples
+
+
+def read_rel2id(path: str | Path) -> list[str]:
+    """Label names in id order from a ``{label: id}`` file; ids must be exactly 0..n-1."""
+    path = Path(path)
+    from ._common import read_json_document
+
+    data = read_json_document(path, dict, "rel2id")
+    ids = sorted(data.values()) if all(isinstance(v, int) for v in data.values()) else None
+    if ids != list(range(len(data))):
+        raise DataError("ids must be the integers 0..n-1, each used once", path=path)
+    return [label for label, _ in sorted(data.items(), key=lambda kv: kv[1])]
+
+
+def find_negative(labels: list[str]) -> str | None:
+    """The negative class, found by name (``Other``, ``no_relation``, ``NA``), never by id 0."""
+    for label in labels:
+        if label.strip().lower() in NEGATIVE_NAMES:
+            return label
+    return None
+
+
+def check_labels(examples: list[RelationExample], labels: list[str], rel2id_path: str | Path,
+                 errors: str = "raise", report: LoadReport | None = None) -> list[RelationExample]:
+    """Drop (and count) or reject examples whose label is not in rel2id."""
+    known = set(labels)
+    kept = []
+    for example in examples:
+        if example.label in known:
+            kept.append(example)
+            continue
+        path, _, where = example.source.rpartition(":") if "#" not in example.source else (
+            example.source.partition("#")[0], "", example.source.partition("#")[2])
+        line = int(where) if "#" not in example.source and where.isdigit() else None
+        record = None if line is not None else where
+        collector = Collector(path, errors)
+        field = "relation" if line is not None else "relation/label"
+        collector.bad(RecordError("unknown_label",
+                                  f"label {example.label!r} is not in {rel2id_path}", field),
+                      line=line, record=record)
+        if report is not None:
+            report.merge(collector.report)
+    return kept
+
+
+def find_split_file(directory: str | Path, split: str) -> Path | None:
+    """``directory/split`` with the first existing extension among .txt/.jsonl/.json."""
+    for ext in SPLIT_EXTENSIONS:
+        candidate = Path(directory) / f"{split}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None

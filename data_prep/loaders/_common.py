@@ -1,0 +1,147 @@
+"""Shared pieces of the loaders: the skip-or-stop policy, the load report, JSON readers, span checks.
+
+Every loader reports a bad record through :meth:`Collector.bad`, which either raises the
+:class:`DataError` (``errors="raise"``, the default) or counts it under a reason in the
+:class:`LoadReport` and skips the record (``errors="skip"``). Problems with the file as a whole
+(not JSON at all, wrong top-level container) always raise: there is nothing sensible to skip to.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+from ..example import Entity
+
+ERROR_POLICIES = ("raise", "skip")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: how many examples came out and how many records were skipped, per reason."""
+
+    path: str = ""
+    loaded: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    first_error: dict[str, str] = field(default_factory=dict)  # reason -> first full message
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def merge(self, other: "LoadReport") -> None:
+        self.loaded += other.loaded
+        self.skipped.update(other.skipped)
+        for reason, message in other.first_error.items():
+            self.first_error.setdefault(reason, message)
+
+
+class RecordError(Exception):
+    """Raised inside a record parser; the collector turns it into a located DataError."""
+
+    def __init__(self, reason: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.field = reason, message, field
+
+
+class Collector:
+    """Applies the error policy for one file and keeps its :class:`LoadReport`."""
+
+    def __init__(self, path: str | Path, errors: str) -> None:
+        if errors not in ERROR_POLICIES:
+            raise ValueError(f"errors must be one of {ERROR_POLICIES}, got {errors!r}")
+        self.path = str(path)
+        self.errors = errors
+        self.report = LoadReport(path=self.path)
+
+    def bad(self, exc: RecordError, *, line: int | None = None, record: int | str | None = None) -> None:
+        error = DataError(exc.message, path=self.path, line=line, record=record, field=exc.field)
+        if self.errors == "raise":
+            raise error
+        self.report.skipped[exc.reason] += 1
+        self.report.first_error.setdefault(exc.reason, str(error))
+
+
+def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed)`` for non-blank lines; a malformed line yields a RecordError."""
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, 1):
+            text = raw.strip()
+            if not text:
+                continue
+            if number == 1 and text.startswith("[") and not text.endswith("]"):
+                raise DataError(
+                    f"this looks like a JSON array file, but kind {kind!r} expects one JSON object per line",
+                    path=path, line=1,
+                )
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+
+
+def read_json_document(path: Path, expected: type, kind: str) -> Any:
+    """Parse a whole-file JSON document and check its top-level container type (always fatal)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                        path=path, line=exc.lineno) from None
+    if not isinstance(data, expected):
+        raise DataError(
+            f"kind {kind!r} expects a JSON {_json_name(expected)} at the top level, got {_json_name(type(data))}",
+            path=path,
+        )
+    return data
+
+
+def _json_name(kind: type) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(kind, kind.__name__)
+
+
+def require(record: Any, key: str, expected: type | tuple[type, ...], field: str | None = None) -> Any:
+    """``record[key]`` checked for presence and type; ``field`` is the dotted name used in errors."""
+    name = field or key
+    if not isinstance(record, dict):
+        raise RecordError("wrong_type", f"expected a JSON object, got {_json_name(type(record))}", name.rsplit(".", 1)[0] if "." in name else None)
+    if key not in record:
+        raise RecordError("missing_key", f"missing key {key!r}", name)
+    value = record[key]
+    if not isinstance(value, expected) or isinstance(value, bool):
+        want = expected if isinstance(expected, tuple) else (expected,)
+        raise RecordError("wrong_type", f"expected {' or '.join(_json_name(w) for w in want)}, "
+                          f"got {_json_name(type(value))} {value!r:.60}", name)
+    return value
+
+
+def check_tokens(tokens: Any, field: str) -> tuple[str, ...]:
+    """A non-empty list of strings (whitespace-only tokens such as Wiki80's ``"\\n "`` are valid)."""
+    if not isinstance(tokens, list):
+        raise RecordError("wrong_type", f"expected an array of tokens, got {_json_name(type(tokens))}", field)
+    if not tokens:
+        raise RecordError("empty_tokens", "empty token list", field)
+    if not all(isinstance(t, str) for t in tokens):
+        raise RecordError("wrong_type", "every token must be a string", field)
+    return tuple(tokens)
+
+
+def check_span(start: Any, end: Any, n_tokens: int, field: str) -> tuple[int, int]:
+    """Validate an end-exclusive span ``[start, end)`` against the sentence length."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
+        raise RecordError("wrong_type", f"span bounds must be integers, got [{start!r}, {end!r}]", field)
+    if start >= end:
+        raise RecordError("bad_span", f"reversed or empty span [{start}, {end}) (end is exclusive)", field)
+    if start < 0 or end > n_tokens:
+        raise RecordError("span_out_of_range", f"span [{start}, {end}) out of range for {n_tokens} tokens", field)
+    return start, end
+
+
+def check_pair(head: Entity, tail: Entity, field: str = "t") -> None:
+    """Head and tail must be distinct, non-overlapping mentions (the paper drops overlapping pairs)."""
+    if head.overlaps(tail):
+        raise RecordError("overlapping_entities",
+                          f"head [{head.start}, {head.end}) and tail [{tail.start}, {tail.end}) overlap", field)
