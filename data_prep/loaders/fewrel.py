@@ -10,7 +10,6 @@ Errors name the record as ``PID[i]`` (relation id and 0-based index in its list)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
