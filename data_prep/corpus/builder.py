@@ -1,0 +1,252 @@
+"""Build the pre-training corpus with Ray Data: input lines -> spaCy + KG linking -> sharded files.
+
+    from data_prep.corpus.builder import BuildConfig, build_corpus
+    manifest = build_corpus(BuildConfig(text="wiki.jsonl", triples="kg.tsv", aliases="aliases.tsv",
+                                        out="corpus/", exclude=("wiki80", "fewrel"), shards=8))
+
+Pipeline: the driver streams the input once (sha256, validation with file/line errors, byte-offset
+chunks); ``ray.data.from_items(chunks).flat_map(read_chunk)`` reads the lines in parallel while
+keeping their line numbers (``read_text`` drops them, and sentence ids and error messages need
+them); ``map_batches(_LinkBatch)`` runs spaCy + linking in a small actor pool that loads the
+pipeline once per worker; the examples are written per shard (``write_json``/``write_parquet``)
+into a temp directory that is renamed into place with the manifest, so a reader never sees half a
+corpus. Ray is started only if it is not running (2 CPUs, no dashboard) and shut down if we started it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray  # Ray Data IS this pipeline; nothing else in data_prep imports ray
+
+from .. import spacy_pipeline
+from ..errors import DatasetNotFound, ReconError
+from .index import shard_dir_name
+from .kg import KnowledgeGraph
+from .linking import COUNT_KEYS, Exclusion, Linker, parse_line
+from .manifest import MANIFEST_VERSION, config_hash, file_sha256, write_manifest
+from .report import format_report
+
+FORMATS = ("jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    text: str
+    triples: str | None
+    aliases: str | None
+    out: str
+    wikidata_dump: str | None = None
+    exclude: tuple[str, ...] = ()
+    data_dir: str | None = None
+    format: str = "jsonl"
+    shards: int = 4
+    chunk_lines: int = 2000      # lines per read task
+    batch_size: int = 256        # sentences per spaCy batch
+    concurrency: int = 1         # linking actors (this machine has 2 cores; Ray needs one)
+    overwrite: bool = False
+
+
+@dataclass
+class _Scan:
+    sha256: str
+    lines: int
+    chunks: list[dict] = field(default_factory=list)
+
+
+def scan_input(path: Path, chunk_lines: int) -> _Scan:
+    """One streaming pass: validate every line (errors name file and line), hash, cut into chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    chunks, offset, start_offset, start_line, lineno = [], 0, 0, 1, 0
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            digest.update(raw)
+            text = raw.decode("utf-8", errors="strict") if raw else ""
+            if text.strip():
+                parse_line(text, path=path, line=lineno)
+            offset += len(raw)
+            if lineno - start_line + 1 == chunk_lines:
+                chunks.append({"path": str(path), "offset": start_offset, "length": offset - start_offset,
+                               "first_line": start_line})
+                start_offset, start_line = offset, lineno + 1
+    if offset > start_offset:
+        chunks.append({"path": str(path), "offset": start_offset, "length": offset - start_offset,
+                       "first_line": start_line})
+    return _Scan(digest.hexdigest(), lineno, chunks)
+
+
+def read_chunk(chunk: dict) -> Iterator[dict]:
+    """Rows ``{"line", "raw"}`` of one byte range of the input (non-empty lines only)."""
+    with open(chunk["path"], "rb") as handle:
+        handle.seek(chunk["offset"])
+        data = handle.read(chunk["length"]).decode("utf-8")
+    for k, raw in enumerate(data.splitlines()):
+        if raw.strip():
+            yield {"line": chunk["first_line"] + k, "raw": raw}
+
+
+class _LinkBatch:
+    """Ray Data callable class: one spaCy pipeline and KG per worker, reused for every batch."""
+
+    def __init__(self, kg: KnowledgeGraph, exclusion: Exclusion, num_shards: int, path: str) -> None:
+        self.linker = Linker(kg, exclusion=exclusion, num_shards=num_shards)
+        self.path = path
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        sentences = [parse_line(raw, path=self.path, line=int(line))
+                     for line, raw in zip(batch["line"], batch["raw"])]
+        out: dict[str, list] = {"examples_json": [], **{f"n_{k}": [] for k in COUNT_KEYS}}
+        for examples, counts in self.linker.link(sentences):
+            out["examples_json"].append(json.dumps([e.to_row() for e in examples]))
+            for key in COUNT_KEYS:
+                out[f"n_{key}"].append(int(counts.get(key, 0)))
+        return out
+
+
+def _expand(row: dict) -> list[dict]:
+    return json.loads(row["examples_json"])
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ReconError(f"{out} exists and is not empty; pass --overwrite to replace it")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished temp directory into place (renames on one file system are atomic)."""
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def build_corpus(config: BuildConfig, *, log=print) -> dict:
+    """Run the pipeline described in the module docstring; return the manifest written to ``out``."""
+    if config.format not in FORMATS:
+        raise ReconError(f"unknown corpus format {config.format!r}; use one of {', '.join(FORMATS)}")
+    if config.shards < 1:
+        raise ReconError("--shards must be >= 1")
+    text = Path(config.text)
+    if not text.is_file():
+        raise DatasetNotFound(f"--text {text} does not exist")
+    if not (config.triples or config.wikidata_dump):
+        raise ReconError("give --triples FILE and/or --wikidata-dump FILE: without relations no example can be labelled")
+    out = Path(config.out).resolve()
+    _prepare_out(out, config.overwrite)
+
+    kg = KnowledgeGraph.from_files(config.triples, config.aliases, config.wikidata_dump)
+    exclusion, exclusion_report = Exclusion(), {}
+    if config.exclude:
+        from .exclusion import exclusion_from_datasets
+
+        exclusion, exclusion_report = exclusion_from_datasets(config.exclude, config.data_dir)
+    scan = scan_input(text, config.chunk_lines)
+    inputs = {"text": {"path": str(text), "sha256": scan.sha256, "lines": scan.lines}}
+    for role in ("triples", "aliases", "wikidata_dump"):
+        value = getattr(config, role)
+        if value:
+            inputs[role] = {"path": str(value), "sha256": file_sha256(value)}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite", "text", "triples",
+                                                                    "aliases", "wikidata_dump")}
+    settings["exclude"] = list(config.exclude)
+    settings["spacy_pipeline"] = spacy_pipeline.pipeline_id()
+    settings["input_sha256"] = {k: v["sha256"] for k, v in inputs.items()}
+    settings["pair_exclusion"] = "unordered"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    started = False
+    try:
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+            started = True
+        from ray.data.expressions import col
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        linked = (
+            ray.data.from_items(scan.chunks)
+            .flat_map(read_chunk)
+            .map_batches(_LinkBatch, batch_size=config.batch_size,
+                         compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+                         fn_constructor_kwargs={"kg": kg, "exclusion": exclusion,
+                                                "num_shards": config.shards, "path": str(text)})
+            .materialize()
+        )
+        counts: Counter = Counter()
+        for batch in linked.drop_columns(["examples_json"]).iter_batches(batch_format="numpy"):
+            counts.update({k: int(batch[f"n_{k}"].sum()) for k in COUNT_KEYS})
+        relations: Counter = Counter()
+        shards = []
+        examples = linked.flat_map(_expand).materialize() if counts["examples"] else None
+        if examples is not None:
+            for batch in examples.select_columns(["relation"]).iter_batches(batch_format="numpy"):
+                relations.update(batch["relation"].tolist())
+        for sid in range(config.shards):
+            shard_dir = tmp / shard_dir_name(sid)
+            shard_dir.mkdir()
+            if examples is not None:
+                part = examples.filter(expr=col("shard") == sid).repartition(1)
+                if config.format == "jsonl":
+                    part.write_json(str(shard_dir))
+                else:
+                    part.write_parquet(str(shard_dir))
+            suffix = ".json" if config.format == "jsonl" else ".parquet"
+            files = sorted(p for p in shard_dir.iterdir() if p.suffix == suffix)
+            rows = sum(1 for f in files for line in f.open(encoding="utf-8") if line.strip()) \
+                if config.format == "jsonl" else _parquet_rows(files)
+            shards.append({"id": sid, "files": [str(f.relative_to(tmp)) for f in files], "examples": rows})
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "format": config.format,
+            "num_shards": config.shards,
+            "config": settings,
+            "config_hash": config_hash(settings),
+            "inputs": inputs,
+            "kg": {"triples": kg.num_triples, "entity_pairs": len(kg.relations),
+                   "aliases": len(kg.alias_index), "entities_named": len(kg.names)},
+            "shards": shards,
+            "relations": dict(sorted(relations.items())),
+            "counts": {k: int(counts.get(k, 0)) for k in COUNT_KEYS},
+            "linking_sources": {"anchor": int(counts["mentions_anchor"]),
+                                "ner_alias": int(counts["mentions_ner_alias"])},
+            "dropped": {k: int(counts[k]) for k in ("dropped_same_entity", "dropped_overlap",
+                                                    "dropped_no_relation", "ner_unlinked", "ner_ambiguous",
+                                                    "ner_overlaps_anchor", "excluded_sentences")},
+            "exclusion": {"pairs": "unordered", "datasets": exclusion_report,
+                          "id_pairs": len(exclusion.id_pairs), "name_pairs": len(exclusion.name_pairs)},
+        }
+        if sum(s["examples"] for s in shards) != counts["examples"]:
+            raise ReconError(f"internal check failed: shards hold {sum(s['examples'] for s in shards)} "
+                             f"examples but linking produced {counts['examples']}")
+        write_manifest(tmp, manifest)
+        _publish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if started:
+            ray.shutdown()
+    log(format_report(manifest))
+    return manifest
+
+
+def _parquet_rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
