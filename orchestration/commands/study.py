@@ -1,0 +1,154 @@
+"""``recon study ...`` and ``recon ui``: plan, run, resume and tabulate studies; browse them in MLflow.
+
+    recon study plan studies/paper.yaml [--json]     # trials per table, finished, compute estimate
+    recon study run studies/demo.yaml                # pre-training stages, Ray Tune grid, MLflow, tables
+    recon study resume studies/demo.yaml             # continue after an interruption, nothing repeated
+    recon study tables studies/demo.yaml             # regenerate tables/plots/pilot from MLflow alone
+    recon ui studies/demo.yaml                       # mlflow ui on 127.0.0.1 with the study's store
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from data_prep.errors import ReconError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    study = subparsers.add_parser("study", help="plan / run / resume / tabulate a study (YAML spec)")
+    sub = study.add_subparsers(dest="study_command", metavar="SUBCOMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="study YAML (see studies/)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output_dir>/mlflow.db)")
+
+    plan = sub.add_parser("plan", help="trials per table, finished trials, estimated compute")
+    common(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--trials", action="store_true", help="list every trial (id, table, cell, seed, finished)")
+    plan.set_defaults(func=_plan)
+
+    for name, helptext in (("run", "run every unfinished trial on Ray Tune, then write the tables"),
+                           ("resume", "continue an interrupted study: finished trials are not repeated")):
+        p = sub.add_parser(name, help=helptext)
+        common(p)
+        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for you")
+        p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
+        p.set_defaults(func=_run, resume=(name == "resume"))
+
+    tables = sub.add_parser("tables", help="regenerate tables, plots and the pilot analysis from MLflow")
+    common(tables)
+    tables.set_defaults(func=_tables)
+
+    ui = subparsers.add_parser("ui", help="start `mlflow ui` on 127.0.0.1 for a study's tracking store")
+    ui.add_argument("file", nargs="?", help="study YAML whose store to open")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (instead of a study file)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--print-only", action="store_true", help="print the command and URL, start nothing")
+    ui.set_defaults(func=_ui)
+
+
+def _load(args: argparse.Namespace):
+    from orchestration.spec import load_spec
+
+    spec = load_spec(args.file)
+    updates = {}
+    if getattr(args, "tracking_uri", None):
+        updates["tracking_uri"] = args.tracking_uri
+    if getattr(args, "max_concurrent", None):
+        updates["max_concurrent_trials"] = args.max_concurrent
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from orchestration.plan import expand, summarize
+    from orchestration.tracking import StudyTracker
+
+    spec = _load(args)
+    trials = expand(spec)
+    tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False) if _store_exists(spec) else None
+    finished = tracker.finished_trial_ids() if tracker and tracker.exists else set()
+    summary = summarize(spec, trials, finished)
+    if args.json:
+        payload = summary.to_dict()
+        if args.trials:
+            payload["trial_list"] = [{**t.to_dict(), "finished": t.trial_id in finished} for t in trials]
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(f"study {summary.study}: {summary.trials} trials, {summary.finished} finished "
+          f"(store {spec.resolved_tracking_uri()})")
+    for table, row in summary.per_table.items():
+        print(f"  {table:<10} {row['trials']:>5} trials  {row['finished']:>5} finished")
+    for stage, info in summary.pretrain_stages.items():
+        print(f"  pretrain {stage}: {info['objective']}, {info['steps']} steps, ~{info['estimated_hours']} h")
+    print(f"estimated compute: {summary.estimated_hours_total} h in all, {summary.estimated_hours_remaining} h left")
+    print(f"  ({summary.note})")
+    if args.trials:
+        for t in trials:
+            mark = "done" if t.trial_id in finished else "todo"
+            print(f"  {t.trial_id} {mark} {','.join(t.tables)} {t.dataset} {t.setting} {t.format} {t.model} s{t.seed}")
+    return 0
+
+
+def _store_exists(spec) -> bool:
+    uri = spec.resolved_tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file()
+
+
+def ui_command(spec_or_uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", spec_or_uri,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _ui_hint(spec, file: str) -> str:
+    return f"recon ui {shlex.quote(file)}" + (f" --tracking-uri {spec.tracking_uri}" if spec.tracking_uri else "")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestration.summary import write_summary
+    from orchestration.tracking import StudyTracker
+    from orchestration.tune_runner import run_study
+
+    spec = _load(args)
+    if args.resume:
+        tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False) if _store_exists(spec) else None
+        if tracker is None or not tracker.exists:
+            raise ReconError(f"study {spec.name!r} has not been started (no experiment in "
+                             f"{spec.resolved_tracking_uri()}): use `recon study run {args.file}`")
+    outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus)
+    print(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from disk, "
+          f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
+    summary_dir = write_summary(spec)
+    print(f"tables and plots: {summary_dir}")
+    print(f"browse: {_ui_hint(spec, args.file)}")
+    return 1 if outcome.failed else 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from orchestration.summary import write_summary
+
+    spec = _load(args)
+    if not _store_exists(spec):
+        raise ReconError(f"no tracking store at {spec.resolved_tracking_uri()}: run the study first")
+    print(f"tables and plots: {write_summary(spec)}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    if args.tracking_uri:
+        uri = args.tracking_uri
+    elif args.file:
+        uri = _load(args).resolved_tracking_uri()
+    else:
+        raise ReconError("recon ui needs a study file or --tracking-uri")
+    command = ui_command(uri, args.port)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri})")
+    print("command: " + " ".join(shlex.quote(c) for c in command))
+    if args.print_only:
+        return 0
+    return subprocess.call(command)

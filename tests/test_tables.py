@@ -1,0 +1,84 @@
+"""Paper-shaped pivots, deltas against the reported numbers, written artifacts, plots and the pilot."""
+import json
+
+import numpy as np
+import pandas as pd
+
+from orchestration.aggregate import cell_stats
+from orchestration.pilot import compare, pilot_analysis
+from orchestration.plan import Trial
+from orchestration.plots import plot_all
+from orchestration.tables import delta_frame, paper_tables, reported_results, write_all
+
+
+def _stats():
+    rows = []
+    rng = np.random.default_rng(0)
+    for setting in ("10%", "1%", "100%"):
+        for fmt in ("OnlyM", "C+M", "OnlyC"):
+            for model in ("BERT", "CP"):
+                for seed in range(42, 47):
+                    rows.append({"table": "table5", "dataset": "semeval", "setting": setting, "format": fmt,
+                                 "model": model, "seed": seed, "metric": "micro_f1", "value": rng.random()})
+    return cell_stats(pd.DataFrame(rows))
+
+
+def test_reported_copy_has_the_papers_cells():
+    rep = reported_results()
+    assert len(rep) == 195 and set(rep["table"]) == {"table1", "table5", "table6"}
+    row = rep[(rep.dataset == "SemEval") & (rep.model == "CP") & (rep.setting == "1%") & (rep.input_format == "C+M")]
+    assert row["value"].item() == 0.482
+
+
+def test_pivot_is_paper_shaped_and_ordered():
+    stats = _stats()
+    table = paper_tables(stats)["table5"]
+    assert list(table.columns.get_level_values(0).unique()) == ["1%", "10%", "100%"]
+    assert list(table.columns.get_level_values(1)[:3]) == ["C+M", "OnlyC", "OnlyM"]
+    assert list(table.index) == [("SemEval", "BERT"), ("SemEval", "CP")]
+    cell = stats[(stats.setting == "10%") & (stats.format == "OnlyC") & (stats.model == "CP")]["median"].item()
+    assert table.loc[("SemEval", "CP"), ("10%", "OnlyC")] == round(cell * 100, 1)
+
+
+def test_delta_against_reported():
+    stats = _stats()
+    delta = delta_frame(stats, {"BERT": "BERT", "CP": "CP"})
+    row = delta[(delta.setting == "1%") & (delta.format == "C+M") & (delta.model == "CP")].iloc[0]
+    assert row["reported"] == 0.482 and np.isclose(row["delta"], row["median"] - 0.482)
+    assert delta["reported"].notna().all() and len(delta) == 18
+    # A model with no paper label is left out of the comparison.
+    assert set(delta_frame(stats, {"BERT": "BERT", "CP": None})["model"]) == {"BERT"}
+
+
+def test_written_artifacts_and_plot(tmp_path):
+    stats = _stats()
+    files = write_all(stats, {"BERT": "BERT", "CP": "CP"}, tmp_path)
+    names = {f.name for f in files}
+    for ext in ("csv", "md", "html", "tex"):
+        assert f"table5.{ext}" in names and f"table5_delta.{ext}" in names
+    assert "1\\%" in (tmp_path / "table5.tex").read_text()  # LaTeX-escaped percent
+    md = (tmp_path / "table5.md").read_text().splitlines()
+    header = [cell.strip() for cell in md[0].strip("|").split("|")]
+    assert header[:3] == ["dataset", "model", "1% C+M"] and len(md) == 4
+    png = plot_all(stats, tmp_path)
+    assert [p.name for p in png] == ["plot_semeval.png"] and png[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pilot_agreement_figures(tmp_path):
+    a = {str(i): {"gold": g, "pred": p} for i, (g, p) in enumerate([("x", "x"), ("y", "y"), ("x", "y"), ("y", "x"), ("x", "x")])}
+    b = {str(i): {"gold": g, "pred": p} for i, (g, p) in enumerate([("x", "x"), ("y", "x"), ("x", "y"), ("y", "y"), ("x", "y")])}
+    figures, only_a, only_b = compare(a, b)
+    # A right on 0,1,4; B right on 0,3 -> shared 1 of 3; A wrong on 2,3: B repeats A's wrong label on 2 only.
+    assert figures["shared_correct"] == 1 / 3 and figures["same_wrong"] == 0.5
+    assert [x["source"] for x in only_a] == ["1", "4"] and [x["source"] for x in only_b] == ["3"]
+
+    def trial(fmt):
+        return Trial(trial_id=fmt, kind="finetune", tables=("t",), dataset="semeval", setting="1%", format=fmt,
+                     model="BERT", seed=42, config={})
+
+    for fmt, preds in (("C+M", a), ("OnlyC", b)):
+        (tmp_path / f"{fmt}.jsonl").write_text("".join(json.dumps({"source": k, **v}) + "\n" for k, v in preds.items()))
+    files = pilot_analysis([trial("C+M"), trial("OnlyC")], lambda t: tmp_path / f"{t.format}.jsonl", tmp_path / "out")
+    pairs = pd.read_csv(files[0])
+    assert pairs.loc[0, "format_b"] == "OnlyC" and np.isclose(pairs.loc[0, "shared_correct"], 1 / 3)
+    assert len((tmp_path / "out" / "pilot_examples.jsonl").read_text().splitlines()) == 3
