@@ -218,7 +218,7 @@ def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool = False) -> Enc
     if os.path.isfile(os.path.join(expanded, RECON_MANIFEST)):
         from .checkpoint import load_checkpoint
 
-        return load_checkpoint(expanded, mlm_head=mlm_head or None)
+        return load_checkpoint(expanded, mlm_head=mlm_head)
 
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 

