@@ -207,11 +207,13 @@ def _load_model(auto_cls, target: str, tried: list[str]):
         return _from_pretrained(auto_cls, target, tried, "model", output_loading_info=True)
 
 
-def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool = False) -> EncoderBundle:
+def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool | None = False) -> EncoderBundle:
     """Load tokenizer + backbone (+ MLM head), wire the marker tokens and resize embeddings if needed.
 
     ``name_or_path`` is an alias (``minilm``), a Hugging Face id available offline, a local
     ``save_pretrained`` directory, or a recon checkpoint directory (recognised by ``recon.json``).
+    ``mlm_head``: ``True`` loads or initialises one, ``False`` leaves it out (fine-tuning: DDP rejects
+    unused parameters), ``None`` restores a recon checkpoint exactly as saved.
     """
     target, tried = _resolve(str(name_or_path))
     expanded = os.path.expanduser(target)
@@ -219,6 +221,7 @@ def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool = False) -> Enc
         from .checkpoint import load_checkpoint
 
         return load_checkpoint(expanded, mlm_head=mlm_head)
+    mlm_head = bool(mlm_head)
 
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 

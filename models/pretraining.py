@@ -41,7 +41,7 @@ from data_prep.encoding import WordPieceCache, encode
 from data_prep.formats import InputFormat, render
 
 from . import objectives
-from .training import TrainConfig, _autocast
+from .training import autocast
 
 Objective = Literal["cp", "mtb"]
 OBJECTIVES: tuple[str, ...] = ("cp", "mtb")
@@ -328,7 +328,6 @@ def optimizer_step(
     start = time.perf_counter()
     device = device or next(net.parameters()).device
     net.train()  # from_pretrained hands models back in eval mode: pre-training wants dropout on
-    autocast_config = TrainConfig(bf16=settings.bf16)
     total_masked = sum(b.n_masked for b in micro_batches)
     n = len(micro_batches)
     sums = {"loss": 0.0, "objective_loss": 0.0, "mlm_loss": 0.0, "accuracy": 0.0}
@@ -337,7 +336,7 @@ def optimizer_step(
         share = n * batch.n_masked / total_masked if total_masked else 1.0
         sync = contextlib.nullcontext() if (no_sync is None or i == n - 1) else no_sync()
         with sync:
-            with _autocast(device, autocast_config):
+            with autocast(device, settings.bf16):
                 loss, parts = micro_step_loss(net, batch, settings, share)
             value = float(loss.detach())
             if not math.isfinite(value):

@@ -147,7 +147,7 @@ class StudyTracker:
     # ------------------------------------------------------------ trial runs
     def log_trial(self, trial: Trial, result: dict[str, Any], trial_dir: Path) -> Optional[str]:
         """Log one finished trial unless a FINISHED run with its id exists; returns the run id or None."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         existing = self._search(f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{trial.trial_id}'")
         for run in existing:

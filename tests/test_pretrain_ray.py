@@ -145,7 +145,7 @@ def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(
     assert [r["step"] for r in rows] == list(range(1, cfg.steps + 1))
     assert all(r["loss"] > 0 for r in rows)
 
-    bundle = load_encoder(str(final))
+    bundle = load_encoder(str(final), mlm_head=None)  # as saved: the pre-training head comes back
     assert json.loads((final / "recon.json").read_text())["step"] == cfg.steps
     assert not (final / "train").exists() and bundle.model.has_mlm_head
 

@@ -31,7 +31,6 @@ rel2id.json malformed                      (DataError)             stop
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
