@@ -41,6 +41,14 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path
     return unique
 
 
+def existing_data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first candidate directory that exists, absolute; ``None`` when there is none."""
+    for path, _why in candidate_dirs(data_dir):
+        if path.is_dir():
+            return path.resolve()
+    return None
+
+
 def how_to_get(name: str) -> str:
     if name == "tacred":
         return ("TACRED is licensed by the LDC (LDC2018T24) and cannot be downloaded by recon: point "

@@ -404,27 +404,10 @@ def train_loop_per_worker(config: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _init_ray(cfg: PretrainConfig) -> bool:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local instance; True if we started it."""
-    import ray
+    """Join ``RAY_ADDRESS`` when set, else start a local Ray sized for the workers."""
+    from .ray_session import ensure_ray
 
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return True
-    cpus = max(2, math.ceil(cfg.num_workers * cfg.cpus_per_worker))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"worker_process_setup_hook": "orchestration.pretrain.quiet_ray_workers"})
-    return True
-
-
-def quiet_ray_workers() -> None:
-    """Ray worker set-up hook. Without the dashboard (``include_dashboard=False``) Ray Train's
-    placement-group cleaner cannot reach the state API and warns about it every few seconds for
-    the whole run; its other messages stay visible at ERROR."""
-    import logging
-
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    return ensure_ray(num_cpus=max(2, math.ceil(cfg.num_workers * cfg.cpus_per_worker)))
 
 
 def export_final(checkpoint_dir: Path, target: Path) -> Path:

@@ -196,16 +196,33 @@ def _corpus_dir(spec: StudySpec, stage: PretrainStage, log: Callable[[str], None
     """The stage's corpus directory; ``@demo`` builds the demo corpus from local benchmarks once."""
     if stage.corpus != "@demo":
         return str(spec.resolve_path(stage.corpus))
+    # The anchored variant, without the entity pairs of every dataset the study evaluates on. The
+    # demo corpus IS Wiki80 dev + FewRel val text, so for a study evaluated on those it comes out
+    # nearly empty (and CP says so): it suits SemEval/ChemProt studies.
+    evaluated = sorted({d for grid in spec.grids for d in grid.datasets}
+                       | set(spec.fewshot.datasets if spec.fewshot else ()))
+    variant = "with_anchors_excluding_" + "_".join(evaluated)
     out = spec.resolved_output_dir() / "corpus-demo"
-    if not (out / "demo_report.json").is_file():
+    if not (out / variant / "manifest.json").is_file():
         from data_prep.corpus.demo_from_benchmarks import run_demo
 
-        log(f"pretrain: building the demo corpus (FewRel val_wiki + Wiki80 dev as raw text) -> {out}")
-        run_demo(out, data_dir=str(spec.resolve_path(spec.data_dir)) if spec.data_dir else None, log=log)
-    # The anchored variant. The demo corpus IS Wiki80 dev + FewRel val text, so the variant that
-    # excludes their entity pairs is nearly empty; fine for a SemEval/ChemProt study, not for
-    # evaluating on Wiki80 or FewRel after pre-training on it.
-    return str(out / "with_anchors")
+        log(f"pretrain: building the demo corpus (FewRel val_wiki + Wiki80 dev as raw text, without the "
+            f"entity pairs of {', '.join(evaluated)}) -> {out / variant}")
+        run_demo(out, data_dir=study_data_dir(spec), log=log,
+                 runs={variant: ("anchored.jsonl", tuple(evaluated))})
+    return str(out / variant)
+
+
+def study_data_dir(spec: StudySpec) -> Optional[str]:
+    """The data directory as the driver resolves it, made absolute for trials.
+
+    Trials run in Ray's working directories, where the current directory differs from the driver's,
+    so relative defaults (``../shared/datasets``) must be resolved here, once.
+    """
+    from data_prep.datadir import existing_data_root
+
+    root = existing_data_root(spec.resolve_path(spec.data_dir) if spec.data_dir else None)
+    return str(root) if root else None
 
 
 def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: str,
@@ -339,17 +356,9 @@ def harvest(trials: Sequence[Trial], tracker: StudyTracker, trials_dir: Path, fi
 
 def _init_ray(spec: StudySpec, address: Optional[str], num_cpus: Optional[int]) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS) or start a local Ray; True when we started it."""
-    import ray
+    from .ray_session import ensure_ray
 
-    if ray.is_initialized():
-        return False
-    address = address or spec.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return True
-    cpus = num_cpus or spec.num_cpus or os.cpu_count() or 1
-    ray.init(num_cpus=cpus, include_dashboard=False)
-    return True
+    return ensure_ray(address=address or spec.ray_address, num_cpus=num_cpus or spec.num_cpus)
 
 
 def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -399,7 +408,7 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, tria
     param_space = {
         "trial": tune.grid_search([t.to_dict() for t in pending]),
         "trials_dir": str(trials_dir), "checkpoints": model_checkpoints, "base_dir": str(base_dir),
-        "data_dir": str(spec.resolve_path(spec.data_dir)) if spec.data_dir else None,
+        "data_dir": study_data_dir(spec),
         "trainer": spec.trainer, "threads": max(1, int(spec.resources.cpu)),
     }
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}

@@ -139,8 +139,17 @@ def score(corpus_dir: Path, sentences: list[dict], input_name: str) -> dict:
             "recall_by_dataset": recall_by, "false_positives": dict(kinds)}
 
 
+# name -> (input text file, datasets whose dev/test entity pairs are excluded)
+DEMO_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "without_anchors": ("plain.txt", ()),
+    "with_anchors": ("anchored.jsonl", ()),
+    "without_anchors_excluding_wiki80_fewrel": ("plain.txt", ("wiki80", "fewrel")),
+}
+
+
 def run_demo(out: str | Path, *, data_dir: str | None = None, per_relation: int = 30,
-             anchor_share: float = 0.5, seed: int = 0, shards: int = 4, log=print) -> dict:
+             anchor_share: float = 0.5, seed: int = 0, shards: int = 4, log=print,
+             runs: dict[str, tuple[str, tuple[str, ...]]] = DEMO_RUNS) -> dict:
     import ray
 
     from .builder import BuildConfig, build_corpus
@@ -152,8 +161,6 @@ def run_demo(out: str | Path, *, data_dir: str | None = None, per_relation: int 
     log(f"demo input: {inputs['sentences']} sentences ({per_relation or 'all'} per relation and dataset), "
         f"{inputs['triples']} triples, {inputs['entities']} entities, {inputs['anchors_given']} anchors "
         f"in the anchored run")
-    runs = {"without_anchors": ("plain.txt", ()), "with_anchors": ("anchored.jsonl", ()),
-            "without_anchors_excluding_wiki80_fewrel": ("plain.txt", ("wiki80", "fewrel"))}
     report = {"inputs": inputs, "per_relation": per_relation, "anchor_share": anchor_share, "seed": seed,
               "runs": {}}
     started = not ray.is_initialized()

@@ -1,0 +1,44 @@
+"""Connecting to Ray: one function for the study driver, pre-training and the corpus commands.
+
+``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray is started with the
+given CPUs and no dashboard (nothing to browse on a laptop; the MLflow UI is the dashboard). Every
+worker runs :func:`quiet_workers` first, so a local run prints progress rather than log noise.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+    """Connect or start Ray unless already connected; True when this call started/joined it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"worker_process_setup_hook": "orchestration.ray_session.quiet_workers"}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env)
+    return True
+
+
+def quiet_workers() -> None:
+    """Ray worker set-up hook.
+
+    Without the dashboard, Ray Train's placement-group cleaner cannot reach the state API and warns
+    every few seconds for the whole run (its errors stay visible); and transformers draws a
+    weight-loading progress bar in every trial. Neither tells a user anything.
+    """
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
