@@ -29,8 +29,9 @@ def quiet_workers() -> None:
     """Ray worker set-up hook.
 
     Without the dashboard, Ray Train's placement-group cleaner cannot reach the state API and warns
-    every few seconds for the whole run (its errors stay visible); and transformers draws a
-    weight-loading progress bar in every trial. Neither tells a user anything.
+    every few seconds for the whole run (its errors stay visible); transformers draws a
+    weight-loading progress bar in every trial and prints its load report (recon's encoder loader
+    logs the newly initialised weights itself, in one line).
     """
     import logging
 
@@ -40,5 +41,6 @@ def quiet_workers() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
