@@ -11,10 +11,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import DataError
-from ..example import Entity
+from ..example import Entity, RelationExample
 
 ERROR_POLICIES = ("raise", "skip")
 
@@ -81,6 +81,21 @@ def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
                 yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+
+
+def load_json_lines(path: str | Path, kind: str, collector: "Collector",
+                    parse_record: Callable[[Any, str], RelationExample]) -> list[RelationExample]:
+    """Parse every line of a JSON-lines file with ``parse_record``; bad records go to ``collector``."""
+    path = Path(path)
+    out = []
+    for line, record in read_json_lines(path, kind):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            out.append(parse_record(record, f"{path}:{line}"))
+        except RecordError as exc:
+            collector.bad(exc, line=line)
+    return out
 
 
 def read_json_document(path: Path, expected: type, kind: str) -> Any:

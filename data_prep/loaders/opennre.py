@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..example import Entity, RelationExample
-from ._common import Collector, RecordError, check_pair, check_span, check_tokens, read_json_lines, require
+from ._common import Collector, RecordError, check_pair, check_span, check_tokens, load_json_lines, require
 
 KIND = "opennre"
 
@@ -89,13 +89,4 @@ def parse_record(record: Any, source: str) -> RelationExample:
 
 
 def load(path: str | Path, collector: Collector) -> list[RelationExample]:
-    path = Path(path)
-    out = []
-    for line, record in read_json_lines(path, KIND):
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            out.append(parse_record(record, f"{path}:{line}"))
-        except RecordError as exc:
-            collector.bad(exc, line=line)
-    return out
+    return load_json_lines(path, KIND, collector, parse_record)
