@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import spacy_pipeline
+from .atomic import write_text_atomic
 from .example import RelationExample
 
 BATCH_SIZE = 256
@@ -81,18 +81,6 @@ def _cache_path(cache_key: str) -> Path:
     return spacy_pipeline.cache_dir() / "entity_types" / f"{key}.json"
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_types(examples: Sequence[RelationExample], *, cache_key: str) -> list[RelationExample]:
     """Examples with a type on every mention: annotated types are kept, the rest come from spaCy.
 
@@ -114,7 +102,7 @@ def ensure_types(examples: Sequence[RelationExample], *, cache_key: str) -> list
     if missing:
         for i, pair in zip(missing, spacy_types([examples[i] for i in missing])):
             cached[keys[i]] = list(pair)
-        _write_atomic(path, cached)
+        write_text_atomic(path, json.dumps(cached))
     out = list(examples)
     for i in todo:
         ex = examples[i]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from data_prep.atomic import publish_dir
 from data_prep.errors import ReconError
 from data_prep.special_tokens import SpecialTokens
 
@@ -111,13 +112,7 @@ def save_checkpoint(
         encoder.backbone.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / RECON_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

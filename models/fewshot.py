@@ -223,7 +223,9 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
 
     from .batching import encode_examples
     from .encoder import load_encoder
-    from .finetune import _with_types, write_atomic
+    from data_prep.atomic import write_text_atomic
+
+    from .finetune import _with_types
     from .training import TrainConfig, evaluate, fit, make_loader, resolve_device, seed_everything
 
     start = time.perf_counter()
@@ -293,7 +295,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
         "config": asdict(cfg),
     }
     if out_dir is not None:
-        write_atomic(Path(out_dir) / "metrics.json", json.dumps(out, indent=2) + "\n")
+        write_text_atomic(Path(out_dir) / "metrics.json", json.dumps(out, indent=2) + "\n")
     return out
 
 

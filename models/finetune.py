@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from data_prep.atomic import write_text_atomic
 from data_prep.errors import ReconError
 from data_prep.example import RelationExample
 from data_prep.formats import InputFormat
@@ -87,20 +87,6 @@ def majority_baseline(train: Sequence[RelationExample], test: Sequence[RelationE
                   label2id[negative] if negative is not None else None)
     out["label"] = top
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary sibling + rename, so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _load(cfg: FinetuneConfig):
@@ -270,9 +256,9 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     }
     if out_dir is not None:
         out_path = Path(out_dir)
-        write_atomic(out_path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
-        write_atomic(out_path / "metrics.json", json.dumps(out, indent=2) + "\n")
+        write_text_atomic(out_path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
+        write_text_atomic(out_path / "metrics.json", json.dumps(out, indent=2) + "\n")
     return out
 
 
-__all__ = ["FinetuneConfig", "run_finetune", "subsample", "majority_baseline", "write_atomic", "EVAL_SAMPLE_SEED"]
+__all__ = ["FinetuneConfig", "run_finetune", "subsample", "majority_baseline", "EVAL_SAMPLE_SEED"]

@@ -24,13 +24,13 @@ import importlib
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from data_prep.atomic import write_text_atomic
 from data_prep.errors import ReconError
 
 from .plan import Trial, expand
@@ -163,11 +163,7 @@ class TuneReporter:
 
 def write_result(out_dir: Path, result: dict) -> Path:
     """``result.json`` via a temporary file and a rename: present means complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / RESULT_FILE)
-    return out_dir / RESULT_FILE
+    return write_text_atomic(out_dir / RESULT_FILE, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def tune_trainable(config: dict) -> None:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any, Iterator
 import ray  # Ray Data IS this pipeline; nothing else in data_prep imports ray
 
 from .. import spacy_pipeline
+from ..atomic import publish_dir
 from ..errors import DatasetNotFound, ReconError
 from .index import shard_dir_name
 from .kg import KnowledgeGraph
@@ -120,17 +119,6 @@ def _expand(row: dict) -> list[dict]:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ReconError(f"{out} exists and is not empty; pass --overwrite to replace it")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temp directory into place (renames on one file system are atomic)."""
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def build_corpus(config: BuildConfig, *, log=print) -> dict:
@@ -236,7 +224,7 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
             raise ReconError(f"internal check failed: shards hold {sum(s['examples'] for s in shards)} "
                              f"examples but linking produced {counts['examples']}")
         write_manifest(tmp, manifest)
-        _publish(tmp, out)
+        publish_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

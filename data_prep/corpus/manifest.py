@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from .index import MANIFEST_NAME
 
 MANIFEST_VERSION = 1
@@ -31,8 +31,4 @@ def config_hash(config: dict) -> str:
 
 def write_manifest(directory: str | Path, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically (temp file + rename) so a reader never sees half of it."""
-    path = Path(directory) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(directory) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
