@@ -219,12 +219,11 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     """Train (optionally) and evaluate; returns JSON-able figures and writes ``metrics.json`` to ``out_dir``."""
     from data_prep.datadir import resolve_dataset_dir
     from data_prep.episodes import EpisodeSampler
+    from data_prep.atomic import write_text_atomic
     from data_prep.registry import get_spec, load_dataset
 
     from .batching import encode_examples
     from .encoder import load_encoder
-    from data_prep.atomic import write_text_atomic
-
     from .finetune import _with_types
     from .training import TrainConfig, evaluate, fit, make_loader, resolve_device, seed_everything
 
