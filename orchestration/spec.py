@@ -273,10 +273,21 @@ class StudySpec(_Strict):
             return model.encoder or self.pretrain[model.pretrain_ref].encoder or self.encoder
         return model.encoder or self.encoder
 
+    def evaluated_datasets(self) -> list[str]:
+        """Every dataset the study evaluates on (grids and few-shot), sorted."""
+        fewshot = self.fewshot.datasets if self.fewshot else ()
+        return sorted({d for grid in self.grids for d in grid.datasets} | set(fewshot))
+
     def stage_hash(self, stage_name: str) -> str:
-        """Stable hash of a pre-training stage config (with its resolved encoder)."""
+        """Stable hash of a pre-training stage config (with its resolved encoder).
+
+        The built-in ``@demo`` corpus leaves out the entity pairs of the evaluated datasets, so
+        those are part of what the stage trains on and of its hash.
+        """
         stage = self.pretrain[stage_name].model_dump(mode="json")
         stage["encoder"] = stage["encoder"] or self.encoder
+        if stage["corpus"] == "@demo":
+            stage["corpus_excludes"] = self.evaluated_datasets()
         return stable_hash(stage)
 
     def resolved_output_dir(self) -> Path:

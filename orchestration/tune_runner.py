@@ -62,19 +62,12 @@ Trainer = Callable[[TrialRequest, Sequence[Any]], dict]
 
 # ---------------------------------------------------------------- trainers
 
-def _config_for(cls: type, values: dict[str, Any], what: str) -> Any:
-    """Build dataclass ``cls`` from the values it has fields for; each value may list synonyms."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for names, value in values.items():
-        for name in names if isinstance(names, tuple) else (names,):
-            if name in fields:
-                kwargs[name] = value
-                break
+def _config_for(cls: type, values: dict[str, Any]) -> Any:
+    """Build the runner's config dataclass; a field it lacks is an error, never silently dropped."""
     try:
-        return cls(**kwargs)
+        return cls(**values)
     except TypeError as exc:
-        raise ReconError(f"cannot build {what} from the study's trial config: {exc}") from None
+        raise ReconError(f"cannot build {cls.__name__} from the study's config: {exc}") from None
 
 
 def finetune_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
@@ -97,7 +90,7 @@ def finetune_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
             values[key] = training[key]
     if c.get("max_train"):
         values["extra"] = {"max_train": c["max_train"]}
-    cfg = _config_for(FinetuneConfig, values, "FinetuneConfig")
+    cfg = _config_for(FinetuneConfig, values)
     return run_finetune(cfg, callbacks=callbacks, out_dir=request.out_dir)
 
 
@@ -114,7 +107,7 @@ def fewshot_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
         # FewshotConfig takes the model as its encoder: an alias, HF directory or recon checkpoint.
         "encoder": request.checkpoint_dir or c["model"].get("encoder") or "minilm",
     }
-    cfg = _config_for(FewshotConfig, values, "FewshotConfig")
+    cfg = _config_for(FewshotConfig, values)
     return run_fewshot(cfg, callbacks=callbacks, out_dir=request.out_dir)
 
 
@@ -195,8 +188,7 @@ def _corpus_dir(spec: StudySpec, stage: PretrainStage, log: Callable[[str], None
     # The anchored variant, without the entity pairs of every dataset the study evaluates on. The
     # demo corpus IS Wiki80 dev + FewRel val text, so for a study evaluated on those it comes out
     # nearly empty (and CP says so): it suits SemEval/ChemProt studies.
-    evaluated = sorted({d for grid in spec.grids for d in grid.datasets}
-                       | set(spec.fewshot.datasets if spec.fewshot else ()))
+    evaluated = spec.evaluated_datasets()
     variant = "with_anchors_excluding_" + "_".join(evaluated)
     out = spec.resolved_output_dir() / "corpus-demo"
     if not (out / variant / "manifest.json").is_file():
@@ -225,8 +217,8 @@ def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: 
                        log: Callable[[str], None] = say) -> Path:
     """Run one pre-training stage through ``orchestration.pretrain.run_pretraining`` -> checkpoint dir.
 
-    The only place that knows ``PretrainConfig``: fields the config has are filled from the stage
-    (``options`` passed as given), so wiring a renamed field is a one-line change here. The stage
+    The only place that knows ``PretrainConfig``: its fields are filled from the stage, and
+    ``options`` are passed as given (checked against the config's fields). The stage
     tracks itself in the study's store and experiment (the driver writes nothing meanwhile).
     """
     try:
@@ -236,10 +228,10 @@ def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: 
     stage = spec.pretrain[name]
     values: dict[Any, Any] = {
         "objective": stage.objective, "corpus": _corpus_dir(spec, stage, log), "encoder": stage.encoder or spec.encoder,
-        ("steps", "max_steps"): stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
+        "steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
         "max_length": stage.max_length, "p_blank": stage.p_blank, "temperature": stage.temperature,
         "num_workers": stage.num_workers, "cpus_per_worker": stage.cpus_per_worker, "use_gpu": stage.use_gpu,
-        "seed": stage.seed, ("out", "output_dir", "out_dir"): str(out_dir), "run_name": name,
+        "seed": stage.seed, "out": str(out_dir), "run_name": name,
         "tracking_uri": tracking_uri, "experiment": spec.name,
         # An interrupted stage (driver killed) continues from its latest checkpoint.
         "resume": (out_dir / name / "config.json").is_file(),
@@ -248,7 +240,7 @@ def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: 
     unknown = sorted(set(stage.options) - fields)
     if unknown:
         raise ReconError(f"pretrain.{name}.options: PretrainConfig has no field(s) {unknown}")
-    cfg = _config_for(PretrainConfig, {**values, **stage.options}, "PretrainConfig")
+    cfg = _config_for(PretrainConfig, {**values, **stage.options})
     return Path(run_pretraining(cfg))
 
 
