@@ -1,4 +1,4 @@
-"""Loop overhead: ``models.training.fit`` against a bare PyTorch loop, side by side in one run.
+"""Loop overhead: ``recon.models.training.fit`` against a bare PyTorch loop, side by side in one run.
 
     python bench/bench_loop.py                        # MiniLM, batch 16, 30 steps, 3 rounds, CPU
     python bench/bench_loop.py --steps 50 --rounds 5 --device cuda
@@ -21,12 +21,12 @@ import torch
 
 
 def build(encoder: str, dataset: str, n: int, max_length: int, batch_size: int, seed: int):
-    from data_prep.formats import InputFormat
-    from data_prep.registry import load_dataset
-    from models.batching import Collator, encode_examples
-    from models.encoder import load_encoder
-    from models.heads import RelationClassifier
-    from models.training import make_loader, seed_everything
+    from recon.data_prep.formats import InputFormat
+    from recon.data_prep.registry import load_dataset
+    from recon.models.batching import Collator, encode_examples
+    from recon.models.encoder import load_encoder
+    from recon.models.heads import RelationClassifier
+    from recon.models.training import make_loader, seed_everything
 
     ds = load_dataset(dataset)
     bundle = load_encoder(encoder)
@@ -65,7 +65,7 @@ def bare_loop(model, batches, steps: int, lr: float, device: torch.device) -> fl
 
 
 def fit_loop(model, batches, steps: int, lr: float, device: torch.device, deterministic: bool = True) -> float:
-    from models.training import ClassificationTask, TrainConfig, fit
+    from recon.models.training import ClassificationTask, TrainConfig, fit
 
     train = [batches[i % len(batches)] for i in range(steps)]
     cfg = TrainConfig(lr=lr, epochs=1, warmup_ratio=0.1, weight_decay=0.01, device=str(device), progress=True,
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--no-deterministic", action="store_true",
                         help="run fit without torch.use_deterministic_algorithms (to measure its cost)")
     args = parser.parse_args()
-    from models.training import resolve_device
+    from recon.models.training import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

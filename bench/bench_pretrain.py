@@ -5,9 +5,9 @@
     python bench/bench_pretrain.py --bare-only --device cuda --random bert-base \\
         --micro-batch-size 128 --peak-tflops 989                    # lone GPU, torch + transformers only
 
-Every mode runs the same ``models.pretraining.optimizer_step`` on the same kind of batch (C+M,
+Every mode runs the same ``recon.models.pretraining.optimizer_step`` on the same kind of batch (C+M,
 blanking, MLM, CP or MTB loss, AdamW, clipping); the Ray modes run it through
-``orchestration.pretrain.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
+``recon.orchestration.pretrain.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
 all-reduce, one checkpoint at the end) and read the per-step figures back from ``progress.jsonl``.
 Sentences/s counts the sentences of all workers per second of step wall time (batch building
 included); the first ``--warmup-steps`` steps of every mode are not timed. The ratio column is
@@ -68,12 +68,12 @@ def bare(args, encoder: str) -> dict:
     """The step alone in a plain loop: no Ray, no DDP, no MLflow."""
     import torch
 
-    from data_prep.corpus import load_corpus
-    from data_prep.samplers import CPSampler, MTBSampler
-    from models.encoder import load_encoder
-    from models.pretraining import (PretrainNet, StepSettings, TokenContext, build_batch, count_parameters,
+    from recon.data_prep.corpus import load_corpus
+    from recon.data_prep.samplers import CPSampler, MTBSampler
+    from recon.models.encoder import load_encoder
+    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_batch, count_parameters,
                                     optimizer_step, step_generator)
-    from models.training import TrainConfig, build_optimizer, build_scheduler, resolve_device
+    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -115,7 +115,7 @@ def bare(args, encoder: str) -> dict:
 
 def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
     """The same step under Ray Train with ``workers`` workers, each with ``--threads`` CPUs."""
-    from orchestration.pretrain import PretrainConfig, read_progress, run_pretraining
+    from recon.orchestration.pretrain import PretrainConfig, read_progress, run_pretraining
 
     steps = args.warmup_steps + args.steps
     cfg = PretrainConfig(

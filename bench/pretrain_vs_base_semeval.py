@@ -5,7 +5,7 @@ SemEval split with the same seeds, and print both medians (the paper reports the
         --split 0.01 --seeds 42 43 44 45 46 --max-eval 600 --json results.json
 
 The pre-training corpus must not contain SemEval's evaluation entity pairs: build it with
-``recon corpus build ... --exclude semeval``. Each trial is ``models.finetune.run_finetune`` with
+``recon corpus build ... --exclude semeval``. Each trial is ``recon.models.finetune.run_finetune`` with
 Appendix B defaults (lr 3e-5, batch 64, 6 epochs, length 100, test at the best dev epoch); only
 ``--max-eval`` (a fixed random subset of dev and test, the same for every trial) departs from them,
 to keep a CPU run short.
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from models.finetune import FinetuneConfig, run_finetune
+    from recon.models.finetune import FinetuneConfig, run_finetune
 
     torch.set_num_threads(2)
     models = {"base": "bert", "cp": args.checkpoint}

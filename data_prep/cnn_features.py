@@ -158,7 +158,7 @@ class CNNFeaturizer:
         return out
 
     def vocab_sizes(self) -> dict[str, int]:
-        """Embedding-table sizes for ``models.cnn.CNNConfig(num_labels=..., **featurizer.vocab_sizes())``."""
+        """Embedding-table sizes for ``recon.models.cnn.CNNConfig(num_labels=..., **featurizer.vocab_sizes())``."""
         return {"vocab_size": len(self.words), "pos_vocab_size": len(self.pos_tags),
                 "ner_vocab_size": len(self.ner_tags), "position_vocab_size": self.position_vocab_size}
 

@@ -1,4 +1,4 @@
-"""The bundle every consumer gets from :func:`data_prep.registry.load_dataset`."""
+"""The bundle every consumer gets from :func:`recon.data_prep.registry.load_dataset`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

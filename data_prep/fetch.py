@@ -1,6 +1,6 @@
 """Download the benchmark files a user lacks: pinned, verified, atomic and resumable.
 
-    from data_prep.fetch import fetch
+    from recon.data_prep.fetch import fetch
     results = fetch(["semeval", "fewrel"], "~/.cache/recon/datasets")
     for r in results:
         print(r.relpath, r.status, r.verification)

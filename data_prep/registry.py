@@ -1,6 +1,6 @@
 """Known benchmarks and how to load them: relative files, format kind, metric, sequence length.
 
-    from data_prep.registry import load_dataset
+    from recon.data_prep.registry import load_dataset
     ds = load_dataset("semeval")                         # from the data directory (see datadir.py)
     ds = load_dataset(path="/data/mine", kind="opennre")  # any directory with train/dev/test files
 

@@ -2,7 +2,7 @@
 
 Torch-free (numpy only) so that they can be tested and reused without a model. Each sampler yields
 batches of pairs; a pair holds two :class:`Draw` s, each an index into ``CorpusIndex.examples`` plus
-the blanking decisions to pass on to ``data_prep.formats.render(..., blank_head=, blank_tail=)``.
+the blanking decisions to pass on to ``recon.data_prep.formats.render(..., blank_head=, blank_tail=)``.
 
 Usage (one worker of a distributed run)::
 
@@ -21,7 +21,7 @@ Why the choices:
   probability ``p_blank``; the same sentence drawn in another batch or epoch gets fresh decisions
   (the authors decided once per sentence for all epochs).
 - Sharding: worker ``rank`` samples only examples whose ``shard % world_size == rank``. Shards are
-  assigned by a hash of the unordered entity pair (``data_prep.corpus.pair_shard``), so ranks see
+  assigned by a hash of the unordered entity pair (``recon.data_prep.corpus.pair_shard``), so ranks see
   DISJOINT sentences and every MTB positive pair stays within one rank. Loading only the rank's
   shards (``shards_for_rank``) or the global index gives the same examples and the same stream.
   ``partition=False`` instead samples the whole given index on every rank (independent streams,

@@ -19,11 +19,11 @@ from typing import Hashable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data_prep.encoding import WordPieceCache, encode
-from data_prep.errors import DataError
-from data_prep.example import RelationExample
-from data_prep.formats import InputFormat, render
-from data_prep.special_tokens import SpecialTokens
+from recon.data_prep.encoding import WordPieceCache, encode
+from recon.data_prep.errors import DataError
+from recon.data_prep.example import RelationExample
+from recon.data_prep.formats import InputFormat, render
+from recon.data_prep.special_tokens import SpecialTokens
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Shuffles all indices, sorts them by length inside windows of ``batch_size * window`` and
     shuffles the resulting batches, so each epoch differs while padding stays small.
-    ``generator`` is re-seeded by ``models.training.fit`` like a DataLoader's own.
+    ``generator`` is re-seeded by ``recon.models.training.fit`` like a DataLoader's own.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 50,

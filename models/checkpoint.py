@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_prep.atomic import publish_dir
-from data_prep.errors import ReconError
-from data_prep.special_tokens import SpecialTokens
+from recon.data_prep.atomic import publish_dir
+from recon.data_prep.errors import ReconError
+from recon.data_prep.special_tokens import SpecialTokens
 
 from .encoder import RECON_MANIFEST, EncoderBundle, RelationEncoder, split_mlm_model, tie_mlm_decoder
 

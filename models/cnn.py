@@ -3,7 +3,7 @@
 Each token is the concatenation of word, POS, NER and two relative-position embeddings (distance to
 the head and to the tail representation position); one convolution (window 3, 230 filters), max
 pooling over the sentence, dropout, and a linear layer. Inputs come from
-``data_prep.cnn_features.CNNFeaturizer``.
+``recon.data_prep.cnn_features.CNNFeaturizer``.
 """
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_prep.errors import ReconError
-from data_prep.special_tokens import SpecialTokens
+from recon.data_prep.errors import ReconError
+from recon.data_prep.special_tokens import SpecialTokens
 
 log = logging.getLogger(__name__)
 

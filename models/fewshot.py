@@ -1,10 +1,10 @@
 """N-way K-shot few-shot RE with prototypical networks (dot product), as a pure function of its config.
 
-    from models.fewshot import FewshotConfig, run_fewshot
+    from recon.models.fewshot import FewshotConfig, run_fewshot
     out = run_fewshot(FewshotConfig(dataset="fewrel", n_way=5, k_shot=1, eval_episodes=1000, train_episodes=0))
     out["accuracy"]
 
-Training uses the one loop (``models.training.fit``) with :class:`PrototypicalTask`: a batch is
+Training uses the one loop (``recon.models.training.fit``) with :class:`PrototypicalTask`: a batch is
 ``batch_size`` episodes (4, as FewRel's recommended settings) encoded in one forward pass.
 
 Training data: FewRel's ``train_wiki.json`` is not available locally. Wiki80 is FewRel's
@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from data_prep.errors import DataError, ReconError
-from data_prep.formats import InputFormat
+from recon.data_prep.errors import DataError, ReconError
+from recon.data_prep.formats import InputFormat
 
 FEWSHOT_DATASETS = ("fewrel", "fewrel-pubmed")
 
@@ -181,7 +181,7 @@ def _by_relation(items: Sequence, labels: Sequence[str]) -> dict[str, list]:
 
 def wiki80_training_relations(eval_relations: set[str], fewrel_dir: Path, data_dir: str | None):
     """Wiki80 train_0.1 + dev examples of the relations whose PID is not an evaluation relation."""
-    from data_prep.registry import load_dataset, load_paper_subset
+    from recon.data_prep.registry import load_dataset, load_paper_subset
 
     wiki = load_dataset("wiki80", data_dir=data_dir)
     pid_file = fewrel_dir / "pid2name.json"
@@ -217,10 +217,10 @@ def _ci95(preds: Sequence[tuple[int, int]], per_episode: int) -> float:
 
 def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None) -> dict:
     """Train (optionally) and evaluate; returns JSON-able figures and writes ``metrics.json`` to ``out_dir``."""
-    from data_prep.datadir import resolve_dataset_dir
-    from data_prep.episodes import EpisodeSampler
-    from data_prep.atomic import write_text_atomic
-    from data_prep.registry import get_spec, load_dataset
+    from recon.data_prep.datadir import resolve_dataset_dir
+    from recon.data_prep.episodes import EpisodeSampler
+    from recon.data_prep.atomic import write_text_atomic
+    from recon.data_prep.registry import get_spec, load_dataset
 
     from .batching import encode_examples
     from .encoder import load_encoder

@@ -1,12 +1,12 @@
 """Supervised fine-tuning as a pure function of its config: one trial of a sweep, or one CLI run.
 
-    from models.finetune import FinetuneConfig, run_finetune
+    from recon.models.finetune import FinetuneConfig, run_finetune
     out = run_finetune(FinetuneConfig(dataset="semeval", split=0.1, input_format="C+M", seed=42,
                                       epochs=3, max_eval=500), out_dir="runs/semeval-cm-42")
     out["test"]["score"]
 
 Appendix B defaults: lr 3e-5, batch 64, 6 epochs, length 100 (the dataset's), test scored at the
-best dev epoch (``models.training.fit``). ``max_eval`` caps dev and test to a fixed random subset so
+best dev epoch (``recon.models.training.fit``). ``max_eval`` caps dev and test to a fixed random subset so
 a CPU run stays affordable; the subset is drawn with ``EVAL_SAMPLE_SEED``, not the training seed,
 so the five seeds of a study are scored on the same examples and their median stays meaningful.
 Using it is recorded in ``notes``: such a score is not the paper's full-test figure.
@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from data_prep.atomic import write_text_atomic
-from data_prep.errors import ReconError
-from data_prep.example import RelationExample
-from data_prep.formats import InputFormat
+from recon.data_prep.atomic import write_text_atomic
+from recon.data_prep.errors import ReconError
+from recon.data_prep.example import RelationExample
+from recon.data_prep.formats import InputFormat
 
 EVAL_SAMPLE_SEED = 0
 BERT_DEFAULTS = {"lr": 3e-5, "batch_size": 64, "epochs": 6}
@@ -90,8 +90,8 @@ def majority_baseline(train: Sequence[RelationExample], test: Sequence[RelationE
 
 
 def _load(cfg: FinetuneConfig):
-    from data_prep.registry import load_dataset
-    from data_prep.splits import training_subset
+    from recon.data_prep.registry import load_dataset
+    from recon.data_prep.splits import training_subset
 
     ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data_dir)
     train = training_subset(ds, cfg.split, cfg.seed, source=cfg.split_source)
@@ -106,7 +106,7 @@ def _with_types(examples: list[RelationExample], fmt: InputFormat, key: str) -> 
     """C+T / OnlyT need entity types; datasets without annotated types get spaCy's (cached)."""
     if not fmt.needs_types or all(ex.head.type and ex.tail.type for ex in examples):
         return examples
-    from data_prep.entity_typing import ensure_types  # spaCy: only imported when needed
+    from recon.data_prep.entity_typing import ensure_types  # spaCy: only imported when needed
 
     return list(ensure_types(examples, cache_key=key))
 
@@ -186,8 +186,8 @@ class FeatureDataset:
 
 def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id: dict, max_length: int) -> _Setup:
     """Nguyen & Grishman's CNN: vocabularies fitted on train only, SGD lr 0.5, batch 160."""
-    from data_prep.cnn_features import CNNFeaturizer
-    from data_prep.special_tokens import SpecialTokens
+    from recon.data_prep.cnn_features import CNNFeaturizer
+    from recon.data_prep.special_tokens import SpecialTokens
 
     from .cnn import CNN_DEFAULTS, CNNClassifier, CNNConfig
     from .training import seed_everything

@@ -9,7 +9,7 @@ optimizer's per-parameter tensors (AdamW ``exp_avg``/``exp_avg_sq``/``step``) go
 ``optimizer.safetensors`` under ``state.<param index>.<name>``; its param groups (hyper-parameters
 and the parameter indices), the scheduler state, the samplers' states, RNG states and the step
 counter go to ``train_state.json``. The encoder itself is saved next to them by
-``models.checkpoint.save_checkpoint``.
+``recon.models.checkpoint.save_checkpoint``.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
     stats = optimizer_step(net, batches, optimizer=opt, scheduler=sched, settings=StepSettings("cp"))
 
 Needs only torch + transformers (and the pure-Python ``data_prep`` renderer/encoder), so the same
-step runs under Ray Train (``orchestration.pretrain``) and in a bare loop on a lone GPU
+step runs under Ray Train (``recon.orchestration.pretrain``) and in a bare loop on a lone GPU
 (``bench/bench_pretrain.py``).
 
 Batch layout: for P pairs the batch holds 2P sentences, the P first members then the P second
@@ -37,8 +37,8 @@ from typing import Callable, ContextManager, Literal, Sequence
 import torch
 from torch import nn
 
-from data_prep.encoding import WordPieceCache, encode
-from data_prep.formats import InputFormat, render
+from recon.data_prep.encoding import WordPieceCache, encode
+from recon.data_prep.formats import InputFormat, render
 
 from . import objectives
 from .training import autocast
@@ -149,7 +149,7 @@ def build_batch(
 ) -> PretrainBatch:
     """Render (C+M, with each draw's blanking) and encode the sampled pairs, then apply MLM masking.
 
-    ``pairs`` are ``data_prep.samplers.CPPair``/``MTBPair`` (anything with ``.a``/``.b`` draws and
+    ``pairs`` are ``recon.data_prep.samplers.CPPair``/``MTBPair`` (anything with ``.a``/``.b`` draws and
     ``.relation`` or ``.target``); ``index`` maps a draw's ``.index`` to a corpus example.
     """
     if objective not in OBJECTIVES:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data_prep.errors import ReconError
+from recon.data_prep.errors import ReconError
 
 from . import metrics as metrics_lib
 

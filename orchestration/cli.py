@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from data_prep.errors import ReconError
+from recon.data_prep.errors import ReconError
 
 from .commands import COMMAND_MODULES
 

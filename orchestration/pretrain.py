@@ -6,10 +6,10 @@
 One optimizer step = ``num_workers x micro_batch_size x accum`` pairs (= ``batch_size``, the paper's
 "batch size N": N positive pairs, 2N sentences). Each worker reads only its corpus shards
 (``shards_for_rank``) and draws its own seeded sampler stream; the step itself lives in
-``models.pretraining`` and knows nothing about Ray.
+``recon.models.pretraining`` and knows nothing about Ray.
 
 Layout under ``<out>/<run name>/`` (``run_dir``): Ray's ``checkpoint_step_NNNNNN/`` directories
-(encoder via ``models.checkpoint.save_checkpoint`` + ``train/`` with optimizer tensors as
+(encoder via ``recon.models.checkpoint.save_checkpoint`` + ``train/`` with optimizer tensors as
 safetensors and scheduler/sampler/RNG state as JSON), ``config.json`` (what the run was started
 with), ``mlflow_run.json`` (the MLflow run to continue on resume), ``progress.jsonl`` (one line per
 optimizer step, from rank 0) and ``final/`` (the encoder of the last step).
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from data_prep.errors import ReconError
+from recon.data_prep.errors import ReconError
 
 CHECKPOINT_PREFIX = "checkpoint_step_"
 TRAIN_STATE_DIR = "train"
@@ -299,14 +299,14 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from data_prep.corpus import load_corpus, read_manifest, shards_for_rank
-    from data_prep.samplers import CPSampler, MTBSampler
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.encoder import load_encoder
-    from models.pretrain_state import load_train_state, rng_state, save_train_state, set_rng_state
-    from models.pretraining import (PretrainNet, StepSettings, TokenContext, build_batch, optimizer_step,
+    from recon.data_prep.corpus import load_corpus, read_manifest, shards_for_rank
+    from recon.data_prep.samplers import CPSampler, MTBSampler
+    from recon.models.checkpoint import load_checkpoint, save_checkpoint
+    from recon.models.encoder import load_encoder
+    from recon.models.pretrain_state import load_train_state, rng_state, save_train_state, set_rng_state
+    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_batch, optimizer_step,
                                     reseed_step, step_generator)
-    from models.training import TrainConfig, build_optimizer, build_scheduler, seed_everything
+    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, seed_everything
 
     cfg = PretrainConfig.from_dict(config["cfg"])
     run_id = config.get("mlflow_run_id")
@@ -424,7 +424,7 @@ def run_pretraining(cfg: PretrainConfig) -> Path:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from data_prep.corpus import read_manifest
+    from recon.data_prep.corpus import read_manifest
 
     read_manifest(cfg.corpus)  # fail here, not in every worker, when the corpus is missing
     cfg.corpus = str(Path(cfg.corpus).expanduser().resolve())

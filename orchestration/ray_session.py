@@ -17,7 +17,7 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"worker_process_setup_hook": "orchestration.ray_session.quiet_workers"}
+    runtime_env = {"worker_process_setup_hook": "recon.orchestration.ray_session.quiet_workers"}
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     else:

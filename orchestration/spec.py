@@ -33,7 +33,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from data_prep.errors import ReconError
+from recon.data_prep.errors import ReconError
 
 SUPERVISED_DATASETS = ("semeval", "chemprot", "wiki80", "tacred")
 FEWSHOT_DATASETS = ("fewrel", "fewrel-pubmed")

@@ -40,7 +40,7 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
     out_dir = spec.resolved_output_dir() / "summary"
     tracker = tracker or StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
     if not tracker.exists:
-        from data_prep.errors import ReconError
+        from recon.data_prep.errors import ReconError
 
         raise ReconError(f"study {spec.name!r} has no MLflow experiment at {tracker.tracking_uri}; run it first")
     trials = trials if trials is not None else expand(spec)

@@ -18,7 +18,7 @@ Design
   logged again. So a resumed study never duplicates runs.
 * One parent run per study (``recon.role=study``), whose children are the trial runs; it holds the
   medians (and min/max/IQR) per cell as metrics and the tables, plots and pilot analysis as artifacts.
-* Pre-training stages log themselves (``orchestration.pretrain``) into the same store and
+* Pre-training stages log themselves (``recon.orchestration.pretrain``) into the same store and
   experiment, before any trial runs, so the driver is still the only writer at any one time.
 """
 from __future__ import annotations

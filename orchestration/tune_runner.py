@@ -5,9 +5,9 @@
     outcome.failed, outcome.logged
 
 How it fits together
-* The trial ids come from :mod:`orchestration.plan`; trials already FINISHED in MLflow are skipped,
+* The trial ids come from :mod:`recon.orchestration.plan`; trials already FINISHED in MLflow are skipped,
   so ``run`` after an interruption (and ``resume``) continues without repeating work.
-* Each trial calls the training loop (``models.finetune.run_finetune`` or ``models.fewshot.run_fewshot``,
+* Each trial calls the training loop (``recon.models.finetune.run_finetune`` or ``recon.models.fewshot.run_fewshot``,
   or the spec's ``trainer``) with a callback that reports every epoch to Tune (``tune.report``),
   and writes ``result.json`` (atomically) plus the loop's own files into
   ``<output_dir>/trials/<trial_id>/``. Trials never touch MLflow.
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from data_prep.atomic import write_text_atomic
-from data_prep.errors import ReconError
+from recon.data_prep.atomic import write_text_atomic
+from recon.data_prep.errors import ReconError
 
 from .plan import Trial, expand
 from .spec import PretrainStage, StudySpec
@@ -71,8 +71,8 @@ def _config_for(cls: type, values: dict[str, Any]) -> Any:
 
 
 def finetune_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
-    """Default supervised trainer: ``models.finetune.run_finetune``."""
-    from models.finetune import FinetuneConfig, run_finetune
+    """Default supervised trainer: ``recon.models.finetune.run_finetune``."""
+    from recon.models.finetune import FinetuneConfig, run_finetune
 
     c = request.trial.config
     model = c["model"]
@@ -95,8 +95,8 @@ def finetune_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
 
 
 def fewshot_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
-    """Default few-shot trainer: ``models.fewshot.run_fewshot`` (its ``notes`` say what it trained on)."""
-    from models.fewshot import FewshotConfig, run_fewshot
+    """Default few-shot trainer: ``recon.models.fewshot.run_fewshot`` (its ``notes`` say what it trained on)."""
+    from recon.models.fewshot import FewshotConfig, run_fewshot
 
     c = request.trial.config
     values = {
@@ -192,7 +192,7 @@ def _corpus_dir(spec: StudySpec, stage: PretrainStage, log: Callable[[str], None
     variant = "with_anchors_excluding_" + "_".join(evaluated)
     out = spec.resolved_output_dir() / "corpus-demo"
     if not (out / variant / "manifest.json").is_file():
-        from data_prep.corpus.demo_from_benchmarks import run_demo
+        from recon.data_prep.corpus.demo_from_benchmarks import run_demo
 
         log(f"pretrain: building the demo corpus (FewRel val_wiki + Wiki80 dev as raw text, without the "
             f"entity pairs of {', '.join(evaluated)}) -> {out / variant}")
@@ -207,7 +207,7 @@ def study_data_dir(spec: StudySpec) -> Optional[str]:
     Trials run in Ray's working directories, where the current directory differs from the driver's,
     so relative defaults (``../shared/datasets``) must be resolved here, once.
     """
-    from data_prep.datadir import existing_data_root
+    from recon.data_prep.datadir import existing_data_root
 
     root = existing_data_root(spec.resolve_path(spec.data_dir) if spec.data_dir else None)
     return str(root) if root else None
@@ -215,14 +215,14 @@ def study_data_dir(spec: StudySpec) -> Optional[str]:
 
 def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: str,
                        log: Callable[[str], None] = say) -> Path:
-    """Run one pre-training stage through ``orchestration.pretrain.run_pretraining`` -> checkpoint dir.
+    """Run one pre-training stage through ``recon.orchestration.pretrain.run_pretraining`` -> checkpoint dir.
 
     The only place that knows ``PretrainConfig``: its fields are filled from the stage, and
     ``options`` are passed as given (checked against the config's fields). The stage
     tracks itself in the study's store and experiment (the driver writes nothing meanwhile).
     """
     try:
-        from orchestration.pretrain import PretrainConfig, run_pretraining
+        from recon.orchestration.pretrain import PretrainConfig, run_pretraining
     except ImportError as exc:
         raise ReconError(f"pre-training stage {name!r} needs orchestration.pretrain ({exc})") from None
     stage = spec.pretrain[name]

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.cnn_features import CNNFeaturizer, Vocab, load_word_vectors
-from data_prep.errors import DataError
-from data_prep.example import Entity, RelationExample
-from data_prep.formats import InputFormat, render
-from data_prep.special_tokens import SpecialTokens
-from data_prep.tagging import SpacyTagger, example_tags
-from models.cnn import CNN_DEFAULTS, CNNClassifier, CNNConfig
+from recon.data_prep.cnn_features import CNNFeaturizer, Vocab, load_word_vectors
+from recon.data_prep.errors import DataError
+from recon.data_prep.example import Entity, RelationExample
+from recon.data_prep.formats import InputFormat, render
+from recon.data_prep.special_tokens import SpecialTokens
+from recon.data_prep.tagging import SpacyTagger, example_tags
+from recon.models.cnn import CNN_DEFAULTS, CNNClassifier, CNNConfig
 
 SEMEVAL = Path("/work/shared/datasets/semeval")
 FIXTURES = Path(__file__).parent / "fixtures" / "cnn"

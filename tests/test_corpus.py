@@ -9,14 +9,14 @@ import pytest
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
-from data_prep.corpus import load_corpus, pair_shard, read_manifest, shards_for_rank
-from data_prep.corpus.exclusion import exclusion_from_datasets, exclusion_from_examples
-from data_prep.corpus.index import CorpusExample, Mention
-from data_prep.corpus.kg import (KnowledgeGraph, normalise_name, read_aliases, read_triples,
+from recon.data_prep.corpus import load_corpus, pair_shard, read_manifest, shards_for_rank
+from recon.data_prep.corpus.exclusion import exclusion_from_datasets, exclusion_from_examples
+from recon.data_prep.corpus.index import CorpusExample, Mention
+from recon.data_prep.corpus.kg import (KnowledgeGraph, normalise_name, read_aliases, read_triples,
                                  read_wikidata_dump)
-from data_prep.corpus.linking import Exclusion, Linker, SentenceInput, parse_line
-from data_prep.errors import DataError
-from data_prep.example import Entity, RelationExample
+from recon.data_prep.corpus.linking import Exclusion, Linker, SentenceInput, parse_line
+from recon.data_prep.errors import DataError
+from recon.data_prep.example import Entity, RelationExample
 
 FIX = Path(__file__).parent / "fixtures" / "corpus"
 
@@ -99,7 +99,7 @@ def _kg() -> KnowledgeGraph:
 
 
 def _link(words, ents, anchors=(), exclusion=None):
-    from data_prep.corpus.linking import Anchor
+    from recon.data_prep.corpus.linking import Anchor
 
     linker = Linker(_kg(), FixedNER({tuple(words): ents}), exclusion=exclusion, num_shards=4)
     sentence = SentenceInput("s:1", tokens=tuple(words), anchors=tuple(Anchor(*a) for a in anchors))
@@ -175,8 +175,8 @@ def test_real_spacy_pipeline_links_plain_text():
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_tiny_ray_build_writes_shards_manifest_and_loads_back(tmp_path, fmt, capsys):
-    from data_prep.corpus.builder import BuildConfig, build_corpus
-    from orchestration.cli import main
+    from recon.data_prep.corpus.builder import BuildConfig, build_corpus
+    from recon.orchestration.cli import main
 
     out = tmp_path / "corpus"
     manifest = build_corpus(BuildConfig(text=str(FIX / "text.jsonl"), triples=str(FIX / "triples.tsv"),
@@ -213,7 +213,7 @@ def test_tiny_ray_build_writes_shards_manifest_and_loads_back(tmp_path, fmt, cap
 
 
 def test_build_rejects_bad_input_before_starting_ray(tmp_path):
-    from data_prep.corpus.builder import BuildConfig, build_corpus
+    from recon.data_prep.corpus.builder import BuildConfig, build_corpus
 
     with pytest.raises(DataError) as err:
         build_corpus(BuildConfig(text=str(FIX / "bad_text.jsonl"), triples=str(FIX / "triples.tsv"),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from data_prep import entity_typing
-from data_prep.example import Entity, RelationExample
+from recon.data_prep import entity_typing
+from recon.data_prep.example import Entity, RelationExample
 
 
 def _examples():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.episodes import Episode, EpisodeSampler
-from data_prep.errors import ReconError
+from recon.data_prep.episodes import Episode, EpisodeSampler
+from recon.data_prep.errors import ReconError
 
 FEWREL = Path("/work/shared/datasets/fewrel")
 

@@ -13,8 +13,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from data_prep.errors import DatasetNotFound
-from data_prep.fetch import (
+from recon.data_prep.errors import DatasetNotFound
+from recon.data_prep.fetch import (
     DATASETS,
     SOURCES,
     LicensedDataset,
@@ -26,7 +26,7 @@ from data_prep.fetch import (
     sha256_file,
     verify,
 )
-from orchestration.commands.data_fetch import add_fetch_parser, resolve_fetch_dir
+from recon.orchestration.commands.data_fetch import add_fetch_parser, resolve_fetch_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fetch"
@@ -317,7 +317,7 @@ def test_complete_part_is_verified_without_refetching(server, tmp_path):
 
 
 def test_fetch_dir_follows_the_data_dir_resolver(tmp_path, monkeypatch):
-    import data_prep.datadir as datadir
+    import recon.data_prep.datadir as datadir
 
     monkeypatch.delenv("RECON_DATA_DIR", raising=False)
     monkeypatch.delenv("RECON_CACHE_DIR", raising=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.finetune import FinetuneConfig, majority_baseline, run_finetune, subsample
+from recon.models.finetune import FinetuneConfig, majority_baseline, run_finetune, subsample
 
 torch.set_num_threads(1)
 FIXTURE = Path(__file__).parent / "fixtures" / "training" / "keyword"
@@ -77,7 +77,7 @@ def test_subsample_is_seeded_capped_and_in_order() -> None:
 
 
 def test_majority_baseline_with_and_without_negative_class() -> None:
-    from data_prep.registry import load_dataset
+    from recon.data_prep.registry import load_dataset
 
     ds = load_dataset(path=str(FIXTURE), kind="opennre")
     train, test = ds.splits["train"], ds.splits["test"]
@@ -91,7 +91,7 @@ def test_majority_baseline_with_and_without_negative_class() -> None:
 
 
 def test_config_errors_are_user_errors() -> None:
-    from data_prep.errors import ReconError
+    from recon.data_prep.errors import ReconError
 
     with pytest.raises(ReconError, match="unknown input format"):
         FinetuneConfig(input_format="C+X")
@@ -104,7 +104,7 @@ def test_cli_finetune_on_a_real_semeval_subset(tmp_path: Path) -> None:
     """``recon finetune`` on SemEval's shipped 1% file with MiniLM: one JSON line, files written."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestration.cli", "finetune", "--dataset", "semeval", "--split", "0.01",
+        [sys.executable, "-m", "recon.orchestration.cli", "finetune", "--dataset", "semeval", "--split", "0.01",
          "--split-source", "paper", "--format", "C+M", "--model", "bert", "--encoder", "minilm", "--seed", "42",
          "--epochs", "1", "--batch-size", "32", "--max-eval", "40", "--out", str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -121,7 +121,7 @@ def test_cli_finetune_on_a_real_semeval_subset(tmp_path: Path) -> None:
 
 
 def test_cli_reports_user_errors_in_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "finetune", "--dataset", "nosuch"],
+    proc = subprocess.run([sys.executable, "-m", "recon.orchestration.cli", "finetune", "--dataset", "nosuch"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown dataset 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from data_prep.encoding import WordPieceCache, encode
-from data_prep.example import Entity, RelationExample
-from data_prep.formats import InputFormat, render
-from data_prep.special_tokens import SpecialTokens
+from recon.data_prep.encoding import WordPieceCache, encode
+from recon.data_prep.example import Entity, RelationExample
+from recon.data_prep.formats import InputFormat, render
+from recon.data_prep.special_tokens import SpecialTokens
 
 
 @pytest.fixture(scope="module")

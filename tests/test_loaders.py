@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import DataError
-from data_prep.loaders import LoadReport, find_negative, load_file, read_rel2id
-from data_prep.loaders.chemprot import split_markers
+from recon.data_prep.errors import DataError
+from recon.data_prep.loaders import LoadReport, find_negative, load_file, read_rel2id
+from recon.data_prep.loaders.chemprot import split_markers
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 FIX = Path(__file__).parent / "fixtures" / "data"

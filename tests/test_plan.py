@@ -1,8 +1,8 @@
 """Grid expansion of the paper's matrix, trial-id stability, and skipping of finished trials."""
 from pathlib import Path
 
-from orchestration.plan import expand, summarize
-from orchestration.spec import load_spec
+from recon.orchestration.plan import expand, summarize
+from recon.orchestration.spec import load_spec
 
 ROOT = Path(__file__).parent.parent
 

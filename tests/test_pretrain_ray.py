@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import ReconError
-from orchestration.cli import build_parser, main
-from orchestration.commands.pretrain import config_from_args, format_curve
-from orchestration.pretrain import (CONFIG_FILE, PretrainConfig, absolute_tracking_uri, latest_checkpoint,
+from recon.data_prep.errors import ReconError
+from recon.orchestration.cli import build_parser, main
+from recon.orchestration.commands.pretrain import config_from_args, format_curve
+from recon.orchestration.pretrain import (CONFIG_FILE, PretrainConfig, absolute_tracking_uri, latest_checkpoint,
                                     read_progress, run_pretraining)
 from tiny_bert import make_tiny_bert_dir
 
@@ -133,7 +133,7 @@ def _mlflow_summary(cfg: PretrainConfig) -> tuple[str, list[int], list[str], dic
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(tmp_path):
     """Rank 1 dies (os._exit) at the start of step 5; checkpoints exist for steps 2 and 4."""
-    from models.encoder import load_encoder
+    from recon.models.encoder import load_encoder
 
     cfg = _tiny_cfg(tmp_path, fail_at_step=5, max_failures=1)
     final = run_pretraining(cfg)

@@ -13,16 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_prep.corpus import load_corpus
-from data_prep.corpus.index import CorpusExample, CorpusIndex
-from data_prep.samplers import CPPair, CPSampler, Draw, MTBSampler
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.encoder import load_encoder
-from models.pretrain_state import load_train_state, read_train_state, save_train_state
-from models.pretraining import (IGNORE_INDEX, PretrainBatch, PretrainNet, StepSettings, TokenContext,
+from recon.data_prep.corpus import load_corpus
+from recon.data_prep.corpus.index import CorpusExample, CorpusIndex
+from recon.data_prep.samplers import CPPair, CPSampler, Draw, MTBSampler
+from recon.models.checkpoint import load_checkpoint, save_checkpoint
+from recon.models.encoder import load_encoder
+from recon.models.pretrain_state import load_train_state, read_train_state, save_train_state
+from recon.models.pretraining import (IGNORE_INDEX, PretrainBatch, PretrainNet, StepSettings, TokenContext,
                                 build_batch, micro_step_loss, optimizer_step, relation_id, reseed_step,
                                 step_generator)
-from models.training import TrainConfig, build_optimizer, build_scheduler
+from recon.models.training import TrainConfig, build_optimizer, build_scheduler
 from tiny_bert import make_tiny_bert_dir
 
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"

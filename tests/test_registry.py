@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import DataError, DatasetNotFound, ReconError
-from data_prep.registry import load_dataset
+from recon.data_prep.errors import DataError, DatasetNotFound, ReconError
+from recon.data_prep.registry import load_dataset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 FIX = Path(__file__).parent / "fixtures" / "data"

@@ -6,11 +6,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_prep.corpus.index import CorpusExample, CorpusIndex, Mention
-from data_prep.errors import ReconError
-from data_prep.formats import InputFormat, render
-from data_prep.samplers import CPSampler, MTBSampler
-from data_prep.special_tokens import SpecialTokens
+from recon.data_prep.corpus.index import CorpusExample, CorpusIndex, Mention
+from recon.data_prep.errors import ReconError
+from recon.data_prep.formats import InputFormat, render
+from recon.data_prep.samplers import CPSampler, MTBSampler
+from recon.data_prep.special_tokens import SpecialTokens
 
 
 def _example(uid: int, relation: str, head: str, tail: str) -> CorpusExample:

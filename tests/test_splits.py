@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import DatasetNotFound, ReconError
-from data_prep.loaders import load_file
-from data_prep.registry import load_dataset
-from data_prep.splits import stratified_subset, training_subset
+from recon.data_prep.errors import DatasetNotFound, ReconError
+from recon.data_prep.loaders import load_file
+from recon.data_prep.registry import load_dataset
+from recon.data_prep.splits import stratified_subset, training_subset
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

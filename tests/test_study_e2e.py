@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.plan import expand
-from orchestration.spec import load_spec
-from orchestration.tracking import StudyTracker
-from orchestration.tune_runner import RESULT_FILE, TrialRequest, harvest, resolve_trainer, write_result
+from recon.orchestration.plan import expand
+from recon.orchestration.spec import load_spec
+from recon.orchestration.tracking import StudyTracker
+from recon.orchestration.tune_runner import RESULT_FILE, TrialRequest, harvest, resolve_trainer, write_result
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 
@@ -63,7 +63,7 @@ def test_unfinished_run_from_a_killed_driver_is_replaced(tmp_path):
 
 @pytest.mark.slow
 def test_study_on_ray_tune_twice_gives_one_run_per_trial(tmp_path, capsys):
-    from orchestration.cli import main
+    from recon.orchestration.cli import main
 
     path = _study(tmp_path)
     spec = load_spec(path)

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pandas as pd
 
-from orchestration.aggregate import cell_stats
-from orchestration.pilot import compare, pilot_analysis
-from orchestration.plan import Trial
-from orchestration.plots import plot_all
-from orchestration.tables import delta_frame, paper_tables, reported_results, write_all
+from recon.orchestration.aggregate import cell_stats
+from recon.orchestration.pilot import compare, pilot_analysis
+from recon.orchestration.plan import Trial
+from recon.orchestration.plots import plot_all
+from recon.orchestration.tables import delta_frame, paper_tables, reported_results, write_all
 
 
 def _stats():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.batching import BucketBatchSampler, Collator, EncodedDataset, EncodedExample
-from models.training import (
+from recon.models.batching import BucketBatchSampler, Collator, EncodedDataset, EncodedExample
+from recon.models.training import (
     ClassificationTask, FitResult, TrainConfig, TrainingDiverged, evaluate, fit, make_loader,
     seed_everything,
 )
@@ -210,7 +210,7 @@ def test_bucket_sampler_is_seeded_and_covers_every_index() -> None:
 
 
 def test_config_rejects_bad_values() -> None:
-    from data_prep.errors import ReconError
+    from recon.data_prep.errors import ReconError
 
     with pytest.raises(ReconError, match="grad_accum"):
         TrainConfig(grad_accum=0)
@@ -223,11 +223,11 @@ def test_encode_examples_is_cached_pads_dynamically_and_names_bad_labels() -> No
 
     from transformers import BertTokenizer
 
-    from data_prep.errors import DataError
-    from data_prep.formats import InputFormat
-    from data_prep.registry import load_dataset
-    from data_prep.special_tokens import SpecialTokens
-    from models.batching import clear_cache, encode_examples
+    from recon.data_prep.errors import DataError
+    from recon.data_prep.formats import InputFormat
+    from recon.data_prep.registry import load_dataset
+    from recon.data_prep.special_tokens import SpecialTokens
+    from recon.models.batching import clear_cache, encode_examples
 
     fixture = Path(__file__).parent / "fixtures" / "training" / "keyword"
     tokenizer = BertTokenizer(str(fixture / "vocab.txt"))

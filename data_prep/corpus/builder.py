@@ -1,6 +1,6 @@
 """Build the pre-training corpus with Ray Data: input lines -> spaCy + KG linking -> sharded files.
 
-    from data_prep.corpus.builder import BuildConfig, build_corpus
+    from recon.data_prep.corpus.builder import BuildConfig, build_corpus
     manifest = build_corpus(BuildConfig(text="wiki.jsonl", triples="kg.tsv", aliases="aliases.tsv",
                                         out="corpus/", exclude=("wiki80", "fewrel"), shards=8))
 

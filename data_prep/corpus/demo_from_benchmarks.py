@@ -1,6 +1,6 @@
 """Show the corpus builder on real text: rebuild FewRel val_wiki + Wiki80 dev from their raw sentences.
 
-    python -m data_prep.corpus.demo_from_benchmarks --out runs/corpus-demo [--per-relation 30]
+    python -m recon.data_prep.corpus.demo_from_benchmarks --out runs/corpus-demo [--per-relation 30]
     recon corpus demo --out runs/corpus-demo
 
 The annotations are removed (tokens detokenised into plain text), a KG is made of their

@@ -117,7 +117,7 @@ class CorpusExample:
                    str(row["relation"]), mentions["head"], mentions["tail"], int(row["shard"]))
 
     def to_relation_example(self) -> RelationExample:
-        """The shared example type, so ``data_prep.formats.render`` can draw it (with blanking)."""
+        """The shared example type, so ``recon.data_prep.formats.render`` can draw it (with blanking)."""
         head = Entity(self.head.start, self.head.end, name=self.head.name, kb_id=self.head.id)
         tail = Entity(self.tail.start, self.tail.end, name=self.tail.name, kb_id=self.tail.id)
         return RelationExample(self.tokens, head, tail, self.relation, source=self.sentence_id,

@@ -4,9 +4,9 @@ Modules import heavy libraries (ray, torch, mlflow, spacy) inside their handlers
 ``recon --help`` and the data commands start quickly.
 """
 COMMAND_MODULES: tuple[str, ...] = (
-    "orchestration.commands.corpus",
-    "orchestration.commands.pretrain",
-    "orchestration.commands.data",
-    "orchestration.commands.train",
-    "orchestration.commands.study",
+    "recon.orchestration.commands.corpus",
+    "recon.orchestration.commands.pretrain",
+    "recon.orchestration.commands.data",
+    "recon.orchestration.commands.train",
+    "recon.orchestration.commands.study",
 )

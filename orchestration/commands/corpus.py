@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from data_prep.corpus.builder import BuildConfig, build_corpus
+    from recon.data_prep.corpus.builder import BuildConfig, build_corpus
 
     build_corpus(BuildConfig(
         text=args.text, triples=args.triples, aliases=args.aliases, out=args.out,
@@ -63,8 +63,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from data_prep.corpus import read_manifest
-    from data_prep.corpus.report import format_report, summarise
+    from recon.data_prep.corpus import read_manifest
+    from recon.data_prep.corpus.report import format_report, summarise
 
     manifest = read_manifest(args.dir)
     print(json.dumps(summarise(manifest), indent=2) if args.json else format_report(manifest))
@@ -72,7 +72,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from data_prep.corpus.demo_from_benchmarks import run_demo
+    from recon.data_prep.corpus.demo_from_benchmarks import run_demo
 
     run_demo(args.out, data_dir=args.data_dir, per_relation=args.per_relation,
              anchor_share=args.anchor_share, seed=args.seed)

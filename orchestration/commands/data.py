@@ -5,7 +5,7 @@
     recon data render --dataset semeval --format C+T --limit 3 [--split train] [--encoder minilm]
     recon data stats --path DIR --kind opennre|tacred|chemprot|fewrel
 
-``recon data fetch`` is added here by ``orchestration.commands.data_fetch`` when that module exists.
+``recon data fetch`` is added here by ``recon.orchestration.commands.data_fetch`` when that module exists.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import json
 import os
 from collections import Counter
 
-from data_prep.errors import ReconError
+from recon.data_prep.errors import ReconError
 
 KINDS = ("opennre", "tacred", "chemprot", "fewrel")
 
@@ -31,7 +31,7 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from data_prep.registry import load_dataset
+    from recon.data_prep.registry import load_dataset
 
     if args.path and not args.kind:
         raise ReconError(f"--path needs --kind ({', '.join(KINDS)})")
@@ -43,7 +43,7 @@ def _emit_json(payload: dict) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from data_prep.registry import paper_size
+    from recon.data_prep.registry import paper_size
 
     ds = _load(args)
     splits = {name: len(xs) for name, xs in ds.splits.items()}
@@ -74,7 +74,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from data_prep.splits import training_subset
+    from recon.data_prep.splits import training_subset
 
     ds = _load(args)
     subset = training_subset(ds, args.fraction, args.seed, source=args.split_source)
@@ -107,9 +107,9 @@ def _tokenizer(encoder: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from data_prep.encoding import WordPieceCache, encode
-    from data_prep.formats import InputFormat, render
-    from data_prep.special_tokens import SpecialTokens
+    from recon.data_prep.encoding import WordPieceCache, encode
+    from recon.data_prep.formats import InputFormat, render
+    from recon.data_prep.special_tokens import SpecialTokens
 
     fmt = InputFormat.parse(args.format)
     ds = _load(args)
@@ -118,7 +118,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                          f"{', '.join(ds.splits)}")
     examples = ds.splits[args.split][: args.limit]
     if fmt.needs_types:
-        from data_prep.entity_typing import ensure_types, file_digest
+        from recon.data_prep.entity_typing import ensure_types, file_digest
 
         examples = ensure_types(examples, cache_key=file_digest([ds.files[args.split]]))
     tokenizer = _tokenizer(args.encoder)
@@ -167,5 +167,5 @@ def register(subparsers) -> None:
     rend.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a tokenizer name/path")
     rend.set_defaults(func=cmd_render)
 
-    if importlib.util.find_spec("orchestration.commands.data_fetch") is not None:
-        importlib.import_module("orchestration.commands.data_fetch").add_fetch_parser(sub)
+    if importlib.util.find_spec("recon.orchestration.commands.data_fetch") is not None:
+        importlib.import_module("recon.orchestration.commands.data_fetch").add_fetch_parser(sub)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 def add_fetch_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``fetch`` to the ``recon data`` sub-commands and return its parser."""
-    from data_prep.fetch import DATASETS, DEFAULT_BASE_URL
+    from recon.data_prep.fetch import DATASETS, DEFAULT_BASE_URL
 
     parser = data_subparsers.add_parser(
         "fetch",
@@ -42,12 +42,12 @@ def add_fetch_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def resolve_fetch_dir(explicit: str | None) -> Path:
-    """Where to fetch into: the first of ``data_prep.datadir``'s candidates that exists.
+    """Where to fetch into: the first of ``recon.data_prep.datadir``'s candidates that exists.
 
     That is ``--data-dir``, else ``$RECON_DATA_DIR``, else ``../shared/datasets``; a user without
     the shared folder gets the per-user download directory, which the loaders also search.
     """
-    from data_prep.datadir import candidate_dirs, fetch_default_dir
+    from recon.data_prep.datadir import candidate_dirs, fetch_default_dir
 
     candidates = candidate_dirs(explicit)
     if explicit or len(candidates) == 1:
@@ -60,7 +60,7 @@ def resolve_fetch_dir(explicit: str | None) -> Path:
 
 def run_fetch(args: argparse.Namespace) -> int:
     """Handler: fetch, then print a table or JSON; 1 if any file failed."""
-    from data_prep.fetch import fetch
+    from recon.data_prep.fetch import fetch
 
     data_dir = resolve_fetch_dir(args.data_dir)
     results = fetch(args.names, data_dir, args.base_url)

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """``PretrainConfig`` from parsed arguments (batch size defaults to the paper's per objective)."""
-    from orchestration.pretrain import PretrainConfig
+    from recon.orchestration.pretrain import PretrainConfig
 
     batch = args.batch_size or (2048 if args.objective == "cp" else 256)
     return PretrainConfig(
@@ -76,7 +76,7 @@ def format_curve(rows: list[dict], objective: str, every: int = 1) -> str:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from orchestration.pretrain import read_progress, run_pretraining
+    from recon.orchestration.pretrain import read_progress, run_pretraining
 
     cfg = config_from_args(args)
     print(f"pre-training {cfg.objective} on {cfg.corpus}: {cfg.num_workers} worker(s) x "

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_prep.errors import ReconError
+from recon.data_prep.errors import ReconError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from orchestration.spec import load_spec
+    from recon.orchestration.spec import load_spec
 
     spec = load_spec(args.file)
     updates = {}
@@ -66,8 +66,8 @@ def _load(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from orchestration.plan import expand, summarize
-    from orchestration.tracking import StudyTracker
+    from recon.orchestration.plan import expand, summarize
+    from recon.orchestration.tracking import StudyTracker
 
     spec = _load(args)
     trials = expand(spec)
@@ -110,9 +110,9 @@ def _ui_hint(spec, file: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestration.summary import write_summary
-    from orchestration.tracking import StudyTracker
-    from orchestration.tune_runner import run_study
+    from recon.orchestration.summary import write_summary
+    from recon.orchestration.tracking import StudyTracker
+    from recon.orchestration.tune_runner import run_study
 
     spec = _load(args)
     if args.resume:
@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    from orchestration.summary import write_summary
+    from recon.orchestration.summary import write_summary
 
     spec = _load(args)
     if not _store_exists(spec):

@@ -7,7 +7,7 @@
         --train-episodes 0
 
 Both are thin wrappers around the pure functions Ray Tune trials call
-(``models.finetune.run_finetune``, ``models.fewshot.run_fewshot``); torch and transformers are
+(``recon.models.finetune.run_finetune``, ``recon.models.fewshot.run_fewshot``); torch and transformers are
 imported inside the handlers.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _summary(result: dict, keys: tuple[str, ...]) -> dict:
 
 
 def run_finetune_cmd(args: argparse.Namespace) -> int:
-    from models.finetune import FinetuneConfig, run_finetune
+    from recon.models.finetune import FinetuneConfig, run_finetune
 
     if args.dataset is None and args.path is None:
         args.dataset = "semeval"
@@ -95,7 +95,7 @@ def run_finetune_cmd(args: argparse.Namespace) -> int:
 
 
 def run_fewshot_cmd(args: argparse.Namespace) -> int:
-    from models.fewshot import FewshotConfig, run_fewshot
+    from recon.models.fewshot import FewshotConfig, run_fewshot
 
     overrides = {k: v for k, v in {"lr": args.lr, "max_length": args.max_length, "batch_size": args.batch_size,
                                    "train_episodes": args.train_episodes}.items() if v is not None}

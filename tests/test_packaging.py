@@ -1,0 +1,57 @@
+"""recon installs as one ``recon`` namespace: its folders never shadow another package's ``models``."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("data_prep", "models", "orchestration")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_every_subpackage_folder_is_installed_under_recon():
+    setuptools = _pyproject()["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    on_disk = {
+        "recon." + ".".join(init.parent.relative_to(ROOT).parts)
+        for folder in FOLDERS for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert on_disk == listed, f"pyproject packages out of date: missing {on_disk - listed}, extra {listed - on_disk}"
+    assert setuptools["package-dir"] == {f"recon.{f}": f for f in FOLDERS}
+
+
+@pytest.mark.slow
+def test_recon_imports_beside_an_unrelated_models_package(tmp_path):
+    """A fresh virtual environment holding a package named ``models``: both import, neither shadows."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "models").mkdir(parents=True)
+    (Path(site) / "models" / "__init__.py").write_text("UNRELATED = True\n")
+    # A real (non-editable) wheel install, so the wheel's layout is what is tested.
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--prefix", str(env_dir), str(ROOT)], check=True, env={**os.environ, "PIP_NO_INPUT": "1"},
+                   cwd=tmp_path)
+    probe = (
+        "import models, recon.models.encoder, recon.data_prep.registry, recon.orchestration.cli, pathlib;"
+        "assert models.UNRELATED;"
+        "print(pathlib.Path(recon.models.encoder.__file__).is_relative_to(pathlib.Path(models.__file__).parents[1]))"
+    )
+    out = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"  # recon came from the venv's wheel, not the checkout
+    resources = subprocess.run([python, "-c", "import importlib.resources as r;"
+                                "print(r.files('recon.orchestration').joinpath('resources/reported_results.csv').is_file())"],
+                               cwd=tmp_path, capture_output=True, text=True)
+    assert resources.stdout.strip() == "True", resources.stderr
