@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from recon.data_prep.errors import ReconError
+from recon.data_prep.hashing import stable_hash
 
 SUPERVISED_DATASETS = ("semeval", "chemprot", "wiki80", "tacred")
 FEWSHOT_DATASETS = ("fewrel", "fewrel-pubmed")
@@ -297,12 +298,6 @@ class StudySpec(_Strict):
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{self.resolved_output_dir() / 'mlflow.db'}"
-
-
-def stable_hash(payload: Any, length: int = 16) -> str:
-    """sha256 of the canonical (sorted-key, compact) JSON of ``payload``."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 # ---------------------------------------------------------------- loading with line numbers

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -39,9 +40,17 @@ def test_recon_imports_beside_an_unrelated_models_package(tmp_path):
                           check=True, capture_output=True, text=True).stdout.strip()
     (Path(site) / "models").mkdir(parents=True)
     (Path(site) / "models" / "__init__.py").write_text("UNRELATED = True\n")
-    # A real (non-editable) wheel install, so the wheel's layout is what is tested.
+    # A real (non-editable) wheel install, so the wheel's layout is what is tested; built from a copy
+    # of the tracked files so the checkout gets no build/ folder.
+    source = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        if name.startswith(("tests/", "bench/", "studies/")) or not (ROOT / name).is_file():
+            continue
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--prefix", str(env_dir), str(ROOT)], check=True, env={**os.environ, "PIP_NO_INPUT": "1"},
+                    "--prefix", str(env_dir), str(source)], check=True, env={**os.environ, "PIP_NO_INPUT": "1"},
                    cwd=tmp_path)
     probe = (
         "import models, recon.models.encoder, recon.data_prep.registry, recon.orchestration.cli, pathlib;"
