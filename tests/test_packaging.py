@@ -49,8 +49,10 @@ def test_recon_imports_beside_an_unrelated_models_package(tmp_path):
             continue
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--prefix", str(env_dir), str(source)], check=True, env={**os.environ, "PIP_NO_INPUT": "1"},
+    # The venv's own pip (seen through system site-packages) installs into the venv and leaves the
+    # outer environment's recon alone.
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--ignore-installed",
+                    "--quiet", str(source)], check=True, env={**os.environ, "PIP_NO_INPUT": "1"},
                    cwd=tmp_path)
     probe = (
         "import models, recon.models.encoder, recon.data_prep.registry, recon.orchestration.cli, pathlib;"
