@@ -20,14 +20,30 @@ Why the choices:
 - Blanking: every time a sentence is drawn, head and tail are blanked independently with
   probability ``p_blank``; the same sentence drawn in another batch or epoch gets fresh decisions
   (the authors decided once per sentence for all epochs).
+- Rows versus sentences: the corpus writes one row per (ordered entity pair, KG relation) of a
+  sentence, so one sentence is often several rows. A "sentence" here is a token sequence
+  (``CorpusIndex.text_ids``). A positive pair is always two DIFFERENT sentences (CP: two sentences
+  of one relation bag; MTB: two sentences of one ordered entity pair -- a pair seen in a single
+  sentence, however many rows it has, has no positive), and NO SENTENCE OCCURS TWICE IN ONE BATCH,
+  for CP and MTB alike: the same sentence with another entity pair or relation would be a trivially
+  easy in-batch negative (or a self-positive). Two rows of one text with different mention spans
+  are therefore never paired either.
 - Sharding: worker ``rank`` samples only examples whose ``shard % world_size == rank``. Shards are
   assigned by a hash of the unordered entity pair (``recon.data_prep.corpus.pair_shard``), so ranks see
-  DISJOINT sentences and every MTB positive pair stays within one rank. Loading only the rank's
+  DISJOINT rows and every MTB positive pair stays within one rank. Loading only the rank's
   shards (``shards_for_rank``) or the global index gives the same examples and the same stream.
   ``partition=False`` instead samples the whole given index on every rank (independent streams,
-  overlapping sentences).
-- Nothing crashes on small data: CP skips relations with fewer than 2 sentences, MTB falls back
-  from hard to easy negatives and skips what cannot be drawn; all of it is counted in ``stats``.
+  overlapping sentences). The one-sentence-per-batch rule holds per rank: a sentence whose rows
+  carry different entity pairs can live in two ranks' shards, and then meet itself in a batch of
+  negatives gathered across workers (only sharding by sentence would prevent that).
+- Nothing crashes on small data: CP skips relations with fewer than 2 distinct sentences, MTB
+  entity pairs with fewer than 2 distinct sentences have no positive, MTB falls back from hard to
+  easy negatives; when the sentences left unused in a batch cannot form the next pair, the pair is
+  skipped, so a batch can hold FEWER than ``pairs_per_batch`` pairs (a CP batch has at least one,
+  an MTB batch can be empty). All of it is counted in ``stats``: ``skipped_relations``,
+  ``skipped_sentences``, ``skipped_rows``, ``relation_exhausted`` (a drawn relation had no two
+  unused sentences left in this batch; another relation was drawn), ``pairs_skipped`` (CP),
+  ``pairs_without_positive``, ``positive_skipped``, ``hard_fallback_to_easy``, ``negative_skipped``.
 """
 from __future__ import annotations
 
@@ -86,6 +102,7 @@ class _PairSampler:
         world_size: int = 1,
         partition: bool = True,
         steps_per_epoch: int | None = None,
+        max_attempts: int = 32,
     ) -> None:
         if pairs_per_batch < 1:
             raise ValueError("pairs_per_batch must be >= 1")
@@ -98,6 +115,8 @@ class _PairSampler:
         self.p_blank = float(p_blank)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.partition = bool(partition)
+        self.max_attempts = int(max_attempts)
+        self.text = index.text_ids
         self.epoch = 0
         self.step = 0
         self.stats: Counter = Counter()
@@ -123,7 +142,13 @@ class _PairSampler:
 
     @property
     def num_sentences(self) -> int:
-        return int(self.allowed.sum())
+        """Distinct sentences (texts) this sampler draws from (counted once, then cached)."""
+        if getattr(self, "_num_sentences", None) is None:
+            self._num_sentences = self._count_sentences()
+        return self._num_sentences
+
+    def _count_sentences(self) -> int:
+        return _num_texts(self.text, np.flatnonzero(self.allowed))
 
     def rng(self, epoch: int, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, self.rank, step])
@@ -131,6 +156,27 @@ class _PairSampler:
     def _draw(self, rng: np.random.Generator, i: int) -> Draw:
         blank = rng.random(2) < self.p_blank
         return Draw(int(i), bool(blank[0]), bool(blank[1]))
+
+    def _pick(self, rng: np.random.Generator, rows: np.ndarray, used: set, also: int = -1) -> int | None:
+        """A uniformly drawn row of ``rows`` whose sentence is neither in ``used`` nor ``also``.
+
+        Rejection sampling first (cheap when most rows qualify), then the exact candidate list;
+        None when no row qualifies.
+        """
+        n = len(rows)
+        if n == 0:
+            return None
+        for _ in range(self.max_attempts):
+            r = int(rows[rng.integers(n)])
+            t = int(self.text[r])
+            if t != also and t not in used:
+                return r
+        texts = self.text[rows]
+        ok = texts != also
+        if used:
+            ok &= ~np.isin(texts, np.fromiter(used, dtype=np.int64, count=len(used)))
+        candidates = rows[ok]
+        return int(candidates[rng.integers(len(candidates))]) if len(candidates) else None
 
     def _batch(self, rng: np.random.Generator) -> list:
         raise NotImplementedError
@@ -164,16 +210,17 @@ class _PairSampler:
         self.stats = Counter(state.get("stats", {}))
 
 
-def _other(rng: np.random.Generator, group: np.ndarray, i: int) -> int:
-    """A uniformly drawn member of ``group`` other than position ``i`` (group has >= 2 members)."""
-    j = int(rng.integers(len(group) - 1))
-    return int(group[j + 1 if j >= i else j])
+def _num_texts(text: np.ndarray, rows: np.ndarray) -> int:
+    return int(len(np.unique(text[rows])))
 
 
 class CPSampler(_PairSampler):
-    """Contrastive pre-training: a relation drawn in proportion to its bag size, then two distinct
-    sentences of that bag. A batch of N pairs = 2N sentences; the loss treats all other sentences
-    of the (global) batch as negatives, and can mask same-relation pairs using ``CPPair.relation``.
+    """Contrastive pre-training: a relation drawn in proportion to its bag size (rows), then two
+    rows of that bag with different sentences, neither used yet in this batch. A batch of N pairs =
+    2N distinct sentences; the loss treats all other sentences of the (global) batch as negatives,
+    and can mask same-relation pairs using ``CPPair.relation``. A relation whose bag has no two
+    unused sentences left is set aside for the rest of the batch and another one drawn
+    (``relation_exhausted``); when none is left the batch ends short (``pairs_skipped``).
     """
 
     kind = "cp"
@@ -184,49 +231,73 @@ class CPSampler(_PairSampler):
         for relation in index.relations:
             bag = index.bags[relation]
             bag = bag[self.allowed[bag]]
-            if len(bag) < 2:
+            if _num_texts(self.text, bag) < 2:
                 self.stats["skipped_relations"] += 1
-                self.stats["skipped_sentences"] += int(len(bag))
+                self.stats["skipped_sentences"] += _num_texts(self.text, bag)
+                self.stats["skipped_rows"] += int(len(bag))
                 continue
             relations.append(relation)
             bags.append(bag)
         if not bags:
-            raise ReconError(f"no relation has 2 or more sentences on rank {self.rank} of "
+            raise ReconError(f"no relation has 2 or more sentences (distinct texts) on rank {self.rank} of "
                              f"{self.world_size}: CP cannot form a positive pair")
         self.relations = tuple(relations)
         self.bags = bags
         sizes = np.asarray([len(b) for b in bags], dtype=np.float64)
         self.relation_probs = sizes / sizes.sum()
 
-    @property
-    def num_sentences(self) -> int:
-        return int(sum(len(b) for b in self.bags)) if hasattr(self, "bags") else super().num_sentences
+    def _count_sentences(self) -> int:
+        return _num_texts(self.text, np.concatenate(self.bags))
+
+    def _pair_from(self, rng: np.random.Generator, r: int, used: set) -> tuple[int, int] | None:
+        bag = self.bags[r]
+        a = self._pick(rng, bag, used)
+        if a is None:
+            return None
+        b = self._pick(rng, bag, used, also=int(self.text[a]))
+        return None if b is None else (a, b)
 
     def _batch(self, rng: np.random.Generator) -> list[CPPair]:
         chosen = rng.choice(len(self.bags), size=self.pairs_per_batch, p=self.relation_probs)
-        pairs = []
+        exhausted = np.zeros(len(self.bags), dtype=bool)
+        used: set[int] = set()
+        pairs: list[CPPair] = []
         for r in chosen:
-            bag = self.bags[r]
-            i = int(rng.integers(len(bag)))
-            a, b = int(bag[i]), _other(rng, bag, i)
+            r = int(r)
+            found = None if exhausted[r] else self._pair_from(rng, r, used)
+            while found is None:
+                if not exhausted[r]:
+                    exhausted[r] = True
+                    self.stats["relation_exhausted"] += 1
+                live = np.where(exhausted, 0.0, self.relation_probs)
+                if live.sum() <= 0.0:
+                    break
+                r = int(rng.choice(len(self.bags), p=live / live.sum()))
+                found = self._pair_from(rng, r, used)
+            if found is None:
+                self.stats["pairs_skipped"] += self.pairs_per_batch - len(pairs)
+                break
+            a, b = found
+            used.update((int(self.text[a]), int(self.text[b])))
             pairs.append(CPPair(self._draw(rng, a), self._draw(rng, b), self.relations[r]))
         return pairs
 
 
 class MTBSampler(_PairSampler):
     """Matching the blanks: N/2 positive pairs (same ordered entity pair, two different sentences)
-    and N/2 negatives. A negative first tries a hard one (exactly one shared entity) with probability
-    ``hard_negative_rate``, falls back to an easy one (no shared entity), and is skipped if neither
-    exists; ``stats`` counts each case.
+    and N/2 negatives, no sentence twice in the batch. A negative first tries a hard one (exactly
+    one shared entity) with probability ``hard_negative_rate``, falls back to an easy one (no
+    shared entity), and is skipped if neither exists among the sentences still unused in the
+    batch; ``stats`` counts each case. An ordered entity pair whose rows are all one sentence (e.g.
+    one sentence, two KG relations) is no positive group (``pairs_without_positive``).
     """
 
     kind = "mtb"
 
     def __init__(self, index: CorpusIndex, pairs_per_batch: int, *, hard_negative_rate: float = 1.0,
                  max_attempts: int = 32, **kwargs) -> None:
-        super().__init__(index, pairs_per_batch, **kwargs)
+        super().__init__(index, pairs_per_batch, max_attempts=max_attempts, **kwargs)
         self.hard_negative_rate = float(hard_negative_rate)
-        self.max_attempts = int(max_attempts)
         self.pool = np.flatnonzero(self.allowed)
         if len(self.pool) == 0:
             raise ReconError(f"rank {self.rank} of {self.world_size} owns no sentence of this corpus")
@@ -235,9 +306,11 @@ class MTBSampler(_PairSampler):
         for pair in sorted(index.pairs):
             group = index.pairs[pair]
             group = group[self.allowed[group]]
-            if len(group) >= 2:
+            if len(group) == 0:
+                continue
+            if _num_texts(self.text, group) >= 2:
                 anchors.append(group)
-                group_of.append(np.full(len(group), len(self.groups)))
+                group_of.append(np.full(len(group), len(self.groups), dtype=np.int64))
                 self.groups.append(group)
             else:
                 self.stats["pairs_without_positive"] += 1
@@ -250,65 +323,82 @@ class MTBSampler(_PairSampler):
     def _entities(self, i: int) -> tuple[str, str]:
         return self.index[i].pair
 
-    def _positive(self, rng: np.random.Generator) -> MTBPair | None:
+    def _positive(self, rng: np.random.Generator, used: set) -> MTBPair | None:
+        """An anchor row drawn uniformly among those with a partner left, then a partner row of the
+        same ordered pair from another unused sentence."""
         if len(self.anchors) == 0:
             return None
-        k = int(rng.integers(len(self.anchors)))
-        group = self.groups[int(self.anchor_group[k])]
-        i = int(np.searchsorted(group, self.anchors[k]))
-        a, b = int(group[i]), _other(rng, group, i)
+        for _ in range(self.max_attempts):
+            k = int(rng.integers(len(self.anchors)))
+            a = int(self.anchors[k])
+            if int(self.text[a]) in used:
+                continue
+            b = self._pick(rng, self.groups[int(self.anchor_group[k])], used, also=int(self.text[a]))
+            if b is not None:
+                return MTBPair(self._draw(rng, a), self._draw(rng, b), 1, "positive")
+        # exact: anchors whose group still has 2 or more unused sentences
+        texts = self.text[self.anchors]
+        free = ~np.isin(texts, np.fromiter(used, dtype=np.int64, count=len(used))) if used \
+            else np.ones(len(texts), dtype=bool)
+        distinct = np.unique(np.stack([self.anchor_group[free], texts[free]]), axis=1)
+        groups, counts = np.unique(distinct[0], return_counts=True)
+        eligible = np.flatnonzero(free & np.isin(self.anchor_group, groups[counts >= 2]))
+        if len(eligible) == 0:
+            return None
+        k = int(eligible[rng.integers(len(eligible))])
+        a = int(self.anchors[k])
+        b = self._pick(rng, self.groups[int(self.anchor_group[k])], used, also=int(self.text[a]))
         return MTBPair(self._draw(rng, a), self._draw(rng, b), 1, "positive")
 
-    def _hard(self, rng: np.random.Generator, a: int) -> int | None:
+    def _hard(self, rng: np.random.Generator, a: int, used: set) -> int | None:
         h, t = self._entities(a)
         eh, et = self.by_entity.get(h, np.empty(0, np.int64)), self.by_entity.get(t, np.empty(0, np.int64))
         valid = len(eh) + len(et) - 2 * self.unordered_counts.get(pair_key(h, t), 0)
         if valid <= 0:
             return None
-        ends = {h, t}
+        ends, ta = {h, t}, int(self.text[a])
         for _ in range(self.max_attempts):  # uniform over valid ones: each appears once in eh + et
             k = int(rng.integers(len(eh) + len(et)))
             c = int(eh[k] if k < len(eh) else et[k - len(eh)])
-            if len(ends & set(self._entities(c))) == 1:
+            tc = int(self.text[c])
+            if tc != ta and tc not in used and len(ends & set(self._entities(c))) == 1:
                 return c
-        candidates = np.setxor1d(eh, et)
-        return int(candidates[rng.integers(len(candidates))])
+        return self._pick(rng, np.setxor1d(eh, et), used, also=ta)
 
-    def _easy(self, rng: np.random.Generator, a: int) -> int | None:
-        ends = set(self._entities(a))
+    def _easy(self, rng: np.random.Generator, a: int, used: set) -> int | None:
+        ends, ta = set(self._entities(a)), int(self.text[a])
         for _ in range(self.max_attempts):
             c = int(self.pool[rng.integers(len(self.pool))])
-            if not ends & set(self._entities(c)):
+            tc = int(self.text[c])
+            if tc != ta and tc not in used and not ends & set(self._entities(c)):
                 return c
         touching = np.concatenate([self.by_entity.get(e, np.empty(0, np.int64)) for e in ends])
-        candidates = np.setdiff1d(self.pool, touching)
-        return int(candidates[rng.integers(len(candidates))]) if len(candidates) else None
+        return self._pick(rng, np.setdiff1d(self.pool, touching), used, also=ta)
 
-    def _negative(self, rng: np.random.Generator) -> MTBPair | None:
-        a = int(self.pool[rng.integers(len(self.pool))])
+    def _negative(self, rng: np.random.Generator, used: set) -> MTBPair | None:
+        a = self._pick(rng, self.pool, used)
+        if a is None:
+            return None
         if rng.random() < self.hard_negative_rate:
-            b = self._hard(rng, a)
+            b = self._hard(rng, a, used)
             if b is not None:
                 return MTBPair(self._draw(rng, a), self._draw(rng, b), 0, "hard")
             self.stats["hard_fallback_to_easy"] += 1
-        b = self._easy(rng, a)
+        b = self._easy(rng, a, used)
         if b is None:
             return None
         return MTBPair(self._draw(rng, a), self._draw(rng, b), 0, "easy")
 
     def _batch(self, rng: np.random.Generator) -> list[MTBPair]:
         n_pos = self.pairs_per_batch // 2
+        used: set[int] = set()
         batch: list[MTBPair] = []
-        for _ in range(n_pos):
-            pair = self._positive(rng)
+        for k in range(self.pairs_per_batch):
+            positive = k < n_pos
+            pair = self._positive(rng, used) if positive else self._negative(rng, used)
             if pair is None:
-                self.stats["positive_skipped"] += 1
-            else:
-                batch.append(pair)
-        for _ in range(self.pairs_per_batch - n_pos):
-            pair = self._negative(rng)
-            if pair is None:
-                self.stats["negative_skipped"] += 1
-            else:
-                batch.append(pair)
+                self.stats["positive_skipped" if positive else "negative_skipped"] += 1
+                continue
+            used.update((int(self.text[pair.a.index]), int(self.text[pair.b.index])))
+            batch.append(pair)
         return batch

@@ -12,6 +12,10 @@ Spans are token spans ``[start, end)``; ``*_source`` is ``anchor`` or ``ner_alia
 an example is ``pair_shard(head_id, tail_id, num_shards)``, a stable hash of the UNORDERED entity
 pair, so every sentence of one entity pair (MTB positives) lives in one shard, and a worker that
 reads only its shards sees the same examples as a sampler that partitions the global index.
+
+One sentence yields several rows (one per ordered pair of linked mentions and KG relation), and the
+same text can also occur on several source lines. ``CorpusIndex.text_ids`` gives every row a dense
+id of its token sequence, so the samplers can tell "another row" from "another sentence".
 """
 from __future__ import annotations
 
@@ -137,6 +141,10 @@ class CorpusIndex:
     """Examples grouped by relation (CP bags), by ordered entity pair and by entity (MTB).
 
     Indices in ``bags``/``pairs``/``by_entity`` point into ``examples``; arrays are sorted.
+    ``text_ids[i]`` is the sentence of row ``i``: a dense int (0 .. ``num_texts`` - 1, in order of
+    first appearance) of its token sequence. Rows with equal tokens are one sentence whatever their
+    ``sentence_id``, entity pair or relation; ids are per index (a load of other shards numbers
+    them afresh), so compare them only within one index.
     """
 
     examples: list[CorpusExample]
@@ -146,6 +154,8 @@ class CorpusIndex:
     bags: dict[str, np.ndarray] = field(init=False)
     pairs: dict[tuple[str, str], np.ndarray] = field(init=False)
     by_entity: dict[str, np.ndarray] = field(init=False)
+    text_ids: np.ndarray = field(init=False, repr=False)
+    num_texts: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.bags = _group(ex.relation for ex in self.examples)
@@ -156,6 +166,10 @@ class CorpusIndex:
             if ex.tail.id != ex.head.id:
                 by_entity.setdefault(ex.tail.id, []).append(i)
         self.by_entity = {k: np.asarray(v, dtype=np.int64) for k, v in by_entity.items()}
+        texts: dict[tuple[str, ...], int] = {}
+        self.text_ids = np.fromiter((texts.setdefault(tuple(ex.tokens), len(texts)) for ex in self.examples),
+                                    dtype=np.int64, count=len(self.examples))
+        self.num_texts = len(texts)
         if not self.shard_ids:
             self.shard_ids = tuple(sorted({ex.shard for ex in self.examples}))
 
