@@ -37,11 +37,26 @@ class InputFormat(str, Enum):
 
 @dataclass(frozen=True)
 class Rendered:
-    """Word-level tokens for one example and the indices of the head/tail representation tokens."""
+    """Word-level tokens for one example and the indices of the head/tail representation tokens.
+
+    ``head_end``/``tail_end`` end (exclusively) the words rendered for each entity: start marker,
+    mention and end marker in C+M/OnlyM, the one blank/type token otherwise. ``None`` means the
+    entity is the single word at its index. Truncation keeps these spans whole when it can.
+    """
 
     words: tuple[str, ...]
     head_index: int
     tail_index: int
+    head_end: int | None = None
+    tail_end: int | None = None
+
+    @property
+    def head_span(self) -> tuple[int, int]:
+        return self.head_index, self.head_index + 1 if self.head_end is None else self.head_end
+
+    @property
+    def tail_span(self) -> tuple[int, int]:
+        return self.tail_index, self.tail_index + 1 if self.tail_end is None else self.tail_end
 
 
 def _mention_tokens(
@@ -79,6 +94,7 @@ def render(
     ordered = sorted((("subj", head), ("obj", tail)), key=lambda item: item[1].start)
     words: list[str] = []
     index: dict[str, int] = {}
+    end: dict[str, int] = {}
     with_context = fmt in (InputFormat.CM, InputFormat.CT, InputFormat.ONLYC)
     cursor = 0
     for role, entity in ordered:
@@ -86,7 +102,8 @@ def render(
             words.extend(example.tokens[cursor:entity.start])
         index[role] = len(words)
         words.extend(pieces[role])
+        end[role] = len(words)
         cursor = entity.end
     if with_context:
         words.extend(example.tokens[cursor:])
-    return Rendered(tuple(words), index["subj"], index["obj"])
+    return Rendered(tuple(words), index["subj"], index["obj"], end["subj"], end["obj"])

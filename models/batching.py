@@ -11,13 +11,12 @@ the caller; batches are then padded only to the longest sequence they contain.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Iterator, Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from recon.data_prep.encoding import WordPieceCache, encode
 from recon.data_prep.errors import DataError
@@ -32,7 +31,9 @@ class EncodedExample:
     head_pos: int
     tail_pos: int
     label: int
-    truncated: bool = False
+    truncated: bool = False          # longer than max_length: pieces were dropped
+    entity_truncated: bool = False   # an entity lost mention pieces / its end marker (see encoding.Encoded)
+    context_split: bool = False      # entities further apart than max_length: text between them cut
 
 
 class EncodedDataset(Dataset):
@@ -54,7 +55,23 @@ class EncodedDataset(Dataset):
 
     @property
     def n_truncated(self) -> int:
+        """Examples longer than ``max_length`` (windowed around the entities)."""
         return sum(item.truncated for item in self.items)
+
+    @property
+    def n_entity_truncated(self) -> int:
+        """Examples where an entity lost pieces: the two entities alone exceed ``max_length``."""
+        return sum(item.entity_truncated for item in self.items)
+
+    @property
+    def n_context_split(self) -> int:
+        """Examples whose entities were further apart than ``max_length``: the text between them was cut."""
+        return sum(item.context_split for item in self.items)
+
+    def truncation_stats(self) -> dict[str, int]:
+        """``{"examples", "truncated", "context_split", "entity_truncated"}`` counts, for logging."""
+        return {"examples": len(self.items), "truncated": self.n_truncated,
+                "context_split": self.n_context_split, "entity_truncated": self.n_entity_truncated}
 
 
 _CACHE: "OrderedDict[Hashable, EncodedDataset]" = OrderedDict()
@@ -89,7 +106,8 @@ def encode_one(
     label: int,
 ) -> EncodedExample:
     enc = encode(render(example, fmt, special), pieces, max_length)
-    return EncodedExample(enc.input_ids, enc.head_pos, enc.tail_pos, label, enc.truncated)
+    return EncodedExample(enc.input_ids, enc.head_pos, enc.tail_pos, label, enc.truncated,
+                          enc.entity_truncated, enc.context_split)
 
 
 def encode_examples(
@@ -155,42 +173,3 @@ class Collator:
         batch = pad_batch(items, self.pad_id)
         batch["labels"] = torch.tensor([it.label for it in items], dtype=torch.long)
         return batch
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar length (less padding), in a seeded random order.
-
-    Shuffles all indices, sorts them by length inside windows of ``batch_size * window`` and
-    shuffles the resulting batches, so each epoch differs while padding stays small.
-    ``generator`` is re-seeded by ``recon.models.training.fit`` like a DataLoader's own.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 50,
-                 drop_last: bool = False) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.window = window
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        n = len(self.lengths) / self.batch_size
-        return int(n) if self.drop_last else math.ceil(n)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
-        chunk = self.batch_size * self.window
-        batches: list[list[int]] = []
-        for lo in range(0, len(order), chunk):
-            window = sorted(order[lo:lo + chunk], key=self.lengths.__getitem__)
-            batches.extend(window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size))
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
-        for b in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[b]
-
-
-def clear_cache() -> None:
-    """Forget memoised encodings (tests, or after a tokenizer changes)."""
-    _CACHE.clear()
-    _PIECES.clear()

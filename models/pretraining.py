@@ -107,7 +107,9 @@ class PretrainBatch:
     relation_ids: torch.Tensor    # [2P] CP: relation id of each sentence (int64)
     targets: torch.Tensor         # [P]  MTB: 1 same entity pair, 0 otherwise (float)
     n_pairs: int
-    truncated: int = 0
+    truncated: int = 0         # sentences longer than max_length (windowed around the entities)
+    entity_truncated: int = 0  # sentences where an entity lost pieces (its end marker at least)
+    context_split: int = 0     # sentences whose entities were further apart than max_length
 
     def to(self, device: torch.device) -> "PretrainBatch":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
@@ -156,7 +158,8 @@ def build_batch(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if not pairs:
         raise ValueError("cannot build a batch from zero pairs")
-    rows, heads, tails, truncated = [], [], [], 0
+    rows, heads, tails = [], [], []
+    counts = {"truncated": 0, "entity_truncated": 0, "context_split": 0}
     for side in ("a", "b"):
         for pair in pairs:
             draw = getattr(pair, side)
@@ -166,7 +169,8 @@ def build_batch(
             rows.append(enc.input_ids)
             heads.append(enc.head_pos)
             tails.append(enc.tail_pos)
-            truncated += int(enc.truncated)
+            for key in counts:
+                counts[key] += int(getattr(enc, key))
     input_ids, attention_mask = _pad(rows, ctx.pad_id)
     head_pos, tail_pos = torch.tensor(heads), torch.tensor(tails)
     protected = torch.isin(input_ids, torch.tensor(ctx.protected_ids(), dtype=torch.long))
@@ -182,7 +186,7 @@ def build_batch(
         relation_ids = torch.zeros(2 * len(pairs), dtype=torch.long)
         targets = torch.tensor([float(p.target) for p in pairs])
     return PretrainBatch(masked_ids, attention_mask, head_pos, tail_pos, labels,
-                         relation_ids, targets, len(pairs), truncated)
+                         relation_ids, targets, len(pairs), **counts)
 
 
 class PretrainNet(nn.Module):
@@ -276,6 +280,9 @@ class StepStats:
     lr: float
     grad_norm: float
     seconds: float
+    truncated: int = 0         # sentences of the step (all micro-batches) longer than max_length
+    entity_truncated: int = 0  # ... of which an entity lost pieces (see recon.data_prep.encoding)
+    context_split: int = 0     # ... of which the text between the entities was cut
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -360,6 +367,9 @@ def optimizer_step(
         accuracy=sums["accuracy"] / n, sentences=sum(b.n_sentences for b in micro_batches),
         tokens=sum(b.n_tokens for b in micro_batches), lr=lr, grad_norm=grad_norm,
         seconds=time.perf_counter() - start,
+        truncated=sum(b.truncated for b in micro_batches),
+        entity_truncated=sum(b.entity_truncated for b in micro_batches),
+        context_split=sum(b.context_split for b in micro_batches),
     )
 
 

@@ -59,8 +59,11 @@ def _cp_batch(bundle, corpus, pairs: int = 6, seed: int = 0, p_blank: float = 0.
 
 
 def _mtb_index() -> CorpusIndex:
-    """Sentences sharing entity pairs (MTB positives) built from real fixture tokens."""
-    base = load_corpus(CORPUS).examples[:12]
+    """Sentences sharing entity pairs (MTB positives) built from real fixture tokens.
+
+    24 distinct sentences: a batch never repeats a sentence, so 6 or 8 pairs need that many.
+    """
+    base = load_corpus(CORPUS).examples[:24]
     out = []
     for k, ex in enumerate(base):
         pair = ("Q1", "Q2") if k % 3 else ("Q1", "Q3")
@@ -319,3 +322,37 @@ def test_train_state_rejects_values_json_cannot_hold(tmp_path):
     opt = torch.optim.AdamW(net.parameters())
     with pytest.raises(TypeError, match="extra.sampler"):
         save_train_state(tmp_path, optimizer=opt, scheduler=None, extra={"sampler": object()})
+
+
+def test_batches_and_steps_count_truncated_sentences(tiny_dir, corpus):
+    """build_batch counts what truncation gave up per sentence; the step sums it over micro-batches."""
+    from recon.data_prep.encoding import encode
+    from recon.data_prep.formats import render
+
+    bundle = _bundle(tiny_dir, dropout=0.0)
+    ctx = TokenContext.for_bundle(bundle, 12)
+    sampler = CPSampler(corpus, 6, p_blank=0.5, seed=0)
+    batches, expected = [], {"truncated": 0, "entity_truncated": 0, "context_split": 0}
+    for micro in range(2):
+        pairs = sampler.next_batch()
+        batch = build_batch(pairs, corpus, "cp", ctx, generator=step_generator(0, 1, 0, micro))
+        mine = {key: 0 for key in expected}
+        for side in ("a", "b"):
+            for pair in pairs:
+                draw = getattr(pair, side)
+                rendered = render(corpus[draw.index].to_relation_example(), ctx.fmt, ctx.special,
+                                  blank_head=draw.blank_head, blank_tail=draw.blank_tail)
+                enc = encode(rendered, ctx.pieces, ctx.max_length)
+                for key in mine:
+                    mine[key] += int(getattr(enc, key))
+        assert (batch.truncated, batch.entity_truncated, batch.context_split) == \
+            (mine["truncated"], mine["entity_truncated"], mine["context_split"])
+        for key in expected:
+            expected[key] += mine[key]
+        batches.append(batch)
+    assert expected["truncated"] > 0 and expected["context_split"] + expected["entity_truncated"] > 0
+    net = PretrainNet(bundle.model)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    stats = optimizer_step(net, batches, optimizer=opt, scheduler=None, settings=StepSettings("cp"))
+    logged = stats.as_dict()
+    assert {key: logged[key] for key in expected} == expected

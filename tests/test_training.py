@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from recon.models.batching import BucketBatchSampler, Collator, EncodedDataset, EncodedExample
+from recon.models.batching import Collator, EncodedDataset, EncodedExample
 from recon.models.training import (
     ClassificationTask, FitResult, TrainConfig, TrainingDiverged, evaluate, fit, make_loader,
     seed_everything,
@@ -196,19 +196,6 @@ def test_max_train_steps_stops_early_and_short_last_group_is_averaged() -> None:
     assert [h["step"] for h in result.history] == [3, 5]
 
 
-def test_bucket_sampler_is_seeded_and_covers_every_index() -> None:
-    lengths = [len(x.input_ids) for x in toy_data(50, 4)]
-    a = list(BucketBatchSampler(lengths, 8, seed=1, window=2))
-    b = list(BucketBatchSampler(lengths, 8, seed=1, window=2))
-    c = list(BucketBatchSampler(lengths, 8, seed=2, window=2))
-    assert a == b and a != c
-    assert sorted(i for batch in a for i in batch) == list(range(50))
-    assert len(a) == len(BucketBatchSampler(lengths, 8)) == 7
-    # Inside a batch lengths are close: sorted within windows of 16.
-    spread = sum(max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in a) / len(a)
-    assert spread < 4
-
-
 def test_config_rejects_bad_values() -> None:
     from recon.data_prep.errors import ReconError
 
@@ -227,15 +214,14 @@ def test_encode_examples_is_cached_pads_dynamically_and_names_bad_labels() -> No
     from recon.data_prep.formats import InputFormat
     from recon.data_prep.registry import load_dataset
     from recon.data_prep.special_tokens import SpecialTokens
-    from recon.models.batching import clear_cache, encode_examples
+    from recon.models.batching import encode_examples
 
     fixture = Path(__file__).parent / "fixtures" / "training" / "keyword"
     tokenizer = BertTokenizer(str(fixture / "vocab.txt"))
     special = SpecialTokens.for_tokenizer(tokenizer)
     ds = load_dataset(path=str(fixture), kind="opennre")
     train = ds.splits["train"]
-    clear_cache()
-    key = ("keyword", "train", "C+M")
+    key = ("keyword", "train", "C+M", "test_training")  # no other test uses this key
     a = encode_examples(train, InputFormat.CM, tokenizer, special, 32, ds.label2id(), cache_key=key)
     assert encode_examples(train[:3], InputFormat.CM, tokenizer, special, 32, ds.label2id(), cache_key=key) is a
     first = a[0]
