@@ -161,3 +161,54 @@ def test_rel2id_order_and_negative_by_name():
     assert find_negative(["NA", "x"]) == "NA" and find_negative(["x", "na"]) == "na"
     assert find_negative(read_rel2id(DATA / "chemprot/rel2id.json")) is None
     assert find_negative(["r1", "Other"]) == "Other"  # by name, not by id 0
+
+
+def test_kbp37_style_skip_counts_by_reason_with_locations():
+    """Names-only entities, a few empty: ``skip`` keeps the rest and says what was dropped and where."""
+    path = FIX / "kbp37/train.txt"
+    report = LoadReport()
+    examples = load_file(path, "opennre", report=report, on_error="skip")
+    assert len(examples) == 6  # 11 lines: 3 empty names, 1 name not found, 1 span out of range
+    assert report.skipped == {"empty_name": 3, "name_not_found": 1, "span_out_of_range": 1}
+    assert report.skipped_by_description == {"empty entity name": 3, "entity name not found in the tokens": 1,
+                                             "span out of range": 1}
+    assert report.locations["empty_name"] == [f"{path}:3 field 'h.name'", f"{path}:5 field 't.name'",
+                                              f"{path}:6 field 'h.name'"]
+    assert report.locations["span_out_of_range"] == [f"{path}:8 field 't.pos'"]
+    assert "empty name" in report.first_error["empty_name"] and "line 3" in report.first_error["empty_name"]
+    first = examples[0]
+    assert first.tokens[first.head.start:first.head.end] == ("John", "Smith")
+    lines = report.summary_lines()
+    assert lines[0].split()[0] == "3" and "empty entity name (empty_name)" in lines[0] and f"{path}:3" in lines[0]
+
+
+def test_kbp37_style_raise_names_file_line_and_field():
+    path = FIX / "kbp37/train.txt"
+    with pytest.raises(DataError) as info:
+        load_file(path, "opennre")  # raise is the default
+    assert (info.value.path, info.value.line, info.value.field) == (str(path), 3, "h.name")
+    assert str(info.value).startswith(f"{path}, line 3, field 'h.name': ") and "empty name" in str(info.value)
+    with pytest.raises(DataError):
+        load_file(path, "opennre", on_error="raise")
+
+
+def test_policy_names_and_old_keyword():
+    report = LoadReport()
+    assert len(load_file(FIX / "kbp37/train.txt", "opennre", "skip", report)) == 6  # old positional `errors`
+    assert report.total_skipped == 5
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        load_file(FIX / "kbp37/train.txt", "opennre", on_error="ignore")
+    with pytest.raises(ValueError, match="disagree"):
+        load_file(FIX / "kbp37/train.txt", "opennre", errors="raise", on_error="skip")
+
+
+def test_report_keeps_only_the_first_locations():
+    from recon.data_prep.loaders._common import MAX_LOCATIONS
+
+    a, b = LoadReport(), LoadReport()
+    for i in range(MAX_LOCATIONS + 2):
+        a.add_skip("empty_name", f"a.txt:{i}", "m")
+    b.add_skip("empty_name", "b.txt:1", "m")
+    b.merge(a)
+    assert b.skipped == {"empty_name": MAX_LOCATIONS + 3} and len(b.locations["empty_name"]) == MAX_LOCATIONS
+    assert b.locations["empty_name"][0] == "b.txt:1" and b.summary_lines()[0].endswith(" ...")

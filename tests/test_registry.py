@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from recon.data_prep.errors import DataError, DatasetNotFound, ReconError
-from recon.data_prep.registry import load_dataset
+from recon.data_prep.registry import (REGISTRY, check_available, display_name, display_names, expected_train_size,
+                                      fewshot_datasets, get_spec, load_dataset, metric_of, paper_split_sizes,
+                                      paper_subset_size, supervised_datasets)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 FIX = Path(__file__).parent / "fixtures" / "data"
@@ -90,3 +92,92 @@ def test_label_missing_from_rel2id():
 def test_unknown_dataset():
     with pytest.raises(ReconError, match="known datasets"):
         load_dataset("semeval2")
+
+
+def test_on_error_skip_reaches_every_split_and_counts_by_reason():
+    ds = load_dataset(path=str(FIX / "kbp37"), kind="opennre", on_error="skip")
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 5, "dev": 2, "test": 2}
+    assert ds.on_error == "skip" and ds.skipped is ds.report.skipped
+    assert ds.skipped == {"empty_name": 4, "name_not_found": 1, "span_out_of_range": 1, "malformed_json": 1,
+                          "unknown_label": 1}
+    assert ds.report.locations["empty_name"][-1] == f"{FIX / 'kbp37/dev.txt'}:2 field 't.name'"
+    assert ds.report.locations["unknown_label"] == [f"{FIX / 'kbp37/train.txt'}:11 field 'relation'"]
+    assert ds.report.loaded == 9 and any("skipped 8 bad record(s)" in n for n in ds.notes)
+    with pytest.raises(DataError) as info:
+        load_dataset(path=str(FIX / "kbp37"), kind="opennre")  # raise stays the default
+    assert "kbp37/train.txt, line 3, field 'h.name'" in str(info.value)
+    with pytest.raises(ReconError, match="on_error must be one of"):
+        load_dataset(path=str(FIX / "kbp37"), kind="opennre", on_error="drop")
+    clean = load_dataset("semeval", data_dir=str(DATA), on_error="skip")
+    assert clean.skipped == {} and not any("skipped" in n for n in clean.notes)
+
+
+def test_dataset_facts_have_one_home():
+    assert supervised_datasets() == ("semeval", "chemprot", "wiki80", "tacred")
+    assert fewshot_datasets() == ("fewrel", "fewrel-pubmed")
+    assert display_names() == {"semeval": "SemEval", "chemprot": "ChemProt", "wiki80": "Wiki80", "tacred": "TACRED",
+                               "fewrel": "FewRel 1.0", "fewrel-pubmed": "FewRel 2.0 DA"}
+    assert display_name("mine") == "mine"
+    assert {n: metric_of(n) for n in REGISTRY} == {"semeval": "micro_f1", "chemprot": "micro_f1", "wiki80": "accuracy",
+                                                   "tacred": "micro_f1", "fewrel": "accuracy",
+                                                   "fewrel-pubmed": "accuracy"}
+    assert paper_split_sizes("semeval") == (6507, 1493, 2717) and paper_split_sizes("tacred") == (68124, 22631, 15509)
+    assert paper_split_sizes("wiki80") == (39200, 5600, 11200) and paper_split_sizes("chemprot") == (4169, 2427, 3469)
+    assert paper_split_sizes("fewrel") == (44800, 11200, 14000)
+    assert get_spec("wiki80").paper_subset_sizes == {0.01: 400, 0.1: 3920}
+    assert get_spec("tacred").paper_subset_sizes == {0.01: 703, 0.1: 6833}
+    assert paper_subset_size("chemprot", 0.01) == 49 and paper_subset_size("chemprot", 1.0) == 4169
+    assert paper_subset_size("chemprot", 0.05) is None
+    assert expected_train_size("semeval", 0.1) == 660 and expected_train_size("semeval", 0.05) == 326
+    assert get_spec("fewrel").task == "fewshot" and get_spec("semeval").task == "supervised"
+    ds = load_dataset("fewrel-pubmed", data_dir=str(DATA))
+    assert ds.task == "fewshot" and ds.display_name == "FewRel 2.0 DA"
+
+
+def test_check_available_on_the_shared_data():
+    assert check_available("semeval", str(DATA)) == []
+    assert check_available("chemprot", str(DATA), split=0.05) == []
+    assert check_available("fewrel", str(DATA)) == [] and check_available("fewrel-pubmed", str(DATA)) == []
+    assert check_available("fewrel", str(DATA), needs=("train", "val"))[0].startswith("no train file here")
+    full = check_available("wiki80", str(DATA))
+    assert len(full) == 2 and full[0].startswith("no train file here") and "39,200" in full[0]
+    assert full[1].startswith("no test file here") and "11,200" in full[1]
+    assert check_available("wiki80", str(DATA), needs=("train", "dev"), split=0.1, split_source="paper") == []
+    seeded = check_available("wiki80", str(DATA), needs=("train", "dev"), split=0.1)
+    assert len(seeded) == 1 and "sample 10%" in seeded[0] and "train_0.1.txt" in seeded[0]
+    other = check_available("wiki80", str(DATA), needs=("train",), split=0.05, split_source="paper")
+    assert other == [f"no train_0.05 file and no train file to sample 5% from in {DATA / 'wiki80'}"]
+    tacred = check_available("tacred", str(DATA))
+    assert tacred == [f"no data here (LDC licence (LDC2018T24): put train/dev/test.json in {DATA / 'tacred'})"]
+    assert "recon data fetch semeval" in check_available("semeval", str(DATA / "nowhere"))[0]
+    assert check_available(path=str(FIX / "namesonly"), kind="opennre", needs=("train", "dev")) == []
+    assert check_available(path=str(FIX / "namesonly"), kind="opennre")[0].startswith("namesonly has no 'test'")
+    with pytest.raises(ReconError, match="fraction"):
+        check_available("semeval", str(DATA), split=1.5)
+
+
+def test_check_available_reads_no_file(monkeypatch, tmp_path):
+    import recon.data_prep.registry as registry
+    from recon.data_prep.loaders import _common
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check_available parsed a file")
+
+    monkeypatch.setattr(registry, "load_file", refuse)
+    monkeypatch.setattr(registry, "read_rel2id", refuse)
+    monkeypatch.setattr(_common, "read_json_document", refuse)
+    assert check_available("tacred", str(FIX / "tacred_nosplits"), split=0.1, split_source="paper") == []
+    (tmp_path / "tacred").mkdir()
+    for name in ("train.json", "dev.json"):
+        (tmp_path / "tacred" / name).write_text("[]")
+    (tmp_path / "tacred" / "test.json").write_text("")
+    assert check_available("tacred", str(tmp_path)) == [f"test file {tmp_path / 'tacred/test.json'} is empty"]
+
+
+def test_user_subset_files_are_found_for_tacred(tmp_path):
+    shutil.copytree(FIX / "tacred_nosplits" / "tacred", tmp_path / "tacred")
+    assert "train_0.1" not in load_dataset("tacred", data_dir=str(tmp_path)).files
+    shutil.copy(FIX / "tacred" / "train.json", tmp_path / "tacred" / "train_0.1.json")
+    ds = load_dataset("tacred", data_dir=str(tmp_path))
+    assert ds.files["train_0.1"] == str(tmp_path / "tacred" / "train_0.1.json")
+    assert ds.directory == str(tmp_path / "tacred")

@@ -5,8 +5,11 @@ inclusive ends), ``chemprot`` (JSON lines with inline ``<< >>``/``[[ ]]`` marker
 (``{PID: [instance]}``). Spans are always end exclusive and ``source`` is ``path:line`` (JSON lines)
 or ``path#record`` (arrays/dicts).
 
-Error policy (``errors="raise"`` stops at the first problem; ``errors="skip"`` skips the record and
-counts it in :class:`LoadReport` under the reason below; nothing is ever dropped silently):
+Error policy (``on_error="raise"``, the default, stops at the first problem naming file, line or
+record, and field; ``on_error="skip"`` skips the record and counts it in :class:`LoadReport` under
+the reason below, keeping its first few locations; nothing is ever dropped silently). The policy
+reaches every loader through ``load_dataset(..., on_error=)``, ``recon data ... --on-error`` and a
+study's ``on_error``; the older keyword ``errors=`` is still accepted.
 
 =========================================  ======================  ==========================
 problem                                    reason                  with errors="skip"
@@ -23,6 +26,7 @@ span out of range                          span_out_of_range       skip record
 FewRel indices with a gap                  noncontiguous_span      skip record
 head and tail overlap                      overlapping_entities    skip record
 name-only entity not found in tokens       name_not_found          skip record
+entity with no pos and a blank name        empty_name              skip record
 ChemProt markers missing/extra/nested      bad_markers             skip record
 TACRED pos/ner length != tokens            bad_tags                skip record
 label not in rel2id                        unknown_label           skip record
@@ -37,7 +41,8 @@ from typing import Callable
 from ..errors import DataError, DatasetNotFound, ReconError
 from ..example import RelationExample
 from . import chemprot, fewrel, opennre, tacred
-from ._common import Collector, LoadReport, RecordError
+from ._common import ERROR_POLICIES, REASONS, Collector, LoadReport, PolicyError, RecordError, check_policy, \
+    describe_reason
 
 KINDS: dict[str, Callable[[str | Path, Collector], list[RelationExample]]] = {
     "opennre": opennre.load,
@@ -49,18 +54,23 @@ NEGATIVE_NAMES = ("other", "no_relation", "na")
 SPLIT_EXTENSIONS = (".txt", ".jsonl", ".json")
 
 __all__ = ["KINDS", "LoadReport", "load_file", "read_rel2id", "find_negative", "check_labels",
-           "find_split_file", "NEGATIVE_NAMES"]
+           "find_split_file", "NEGATIVE_NAMES", "ERROR_POLICIES", "REASONS", "PolicyError", "check_policy",
+           "describe_reason"]
 
 
-def load_file(path: str | Path, kind: str, errors: str = "raise",
-              report: LoadReport | None = None) -> list[RelationExample]:
-    """Load one file of ``kind``; skipped-record counts are merged into ``report`` when given."""
+def load_file(path: str | Path, kind: str, errors: str | None = None,
+              report: LoadReport | None = None, *, on_error: str | None = None) -> list[RelationExample]:
+    """Load one file of ``kind``; skipped-record counts are merged into ``report`` when given.
+
+    ``on_error`` ("raise" | "skip", default "raise"); ``errors`` is its older name.
+    """
+    policy = check_policy(on_error, errors)
     if kind not in KINDS:
         raise ReconError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(KINDS)}")
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFound(f"file {path} does not exist")
-    collector = Collector(path, errors)
+    collector = Collector(path, policy)
     examples = KINDS[kind](path, collector)
     collector.report.loaded = len(examples)
     if report is not None:
@@ -89,8 +99,10 @@ def find_negative(labels: list[str]) -> str | None:
 
 
 def check_labels(examples: list[RelationExample], labels: list[str], rel2id_path: str | Path,
-                 errors: str = "raise", report: LoadReport | None = None) -> list[RelationExample]:
+                 errors: str | None = None, report: LoadReport | None = None, *,
+                 on_error: str | None = None) -> list[RelationExample]:
     """Drop (and count) or reject examples whose label is not in rel2id."""
+    errors = check_policy(on_error, errors)
     known = set(labels)
     kept = []
     for example in examples:

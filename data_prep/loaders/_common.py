@@ -1,9 +1,10 @@
 """Shared pieces of the loaders: the skip-or-stop policy, the load report, JSON readers, span checks.
 
 Every loader reports a bad record through :meth:`Collector.bad`, which either raises the
-:class:`DataError` (``errors="raise"``, the default) or counts it under a reason in the
-:class:`LoadReport` and skips the record (``errors="skip"``). Problems with the file as a whole
-(not JSON at all, wrong top-level container) always raise: there is nothing sensible to skip to.
+:class:`DataError` (``on_error="raise"``, the default) or counts it under a reason in the
+:class:`LoadReport` and skips the record (``on_error="skip"``), keeping the first few locations
+(``file:line`` or ``file#record``) of every reason. Problems with the file as a whole (not JSON at
+all, wrong top-level container) always raise: there is nothing sensible to skip to.
 """
 from __future__ import annotations
 
@@ -13,30 +14,100 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import DataError
+from ..errors import DataError, ReconError
 from ..example import Entity, RelationExample
 
 ERROR_POLICIES = ("raise", "skip")
+MAX_LOCATIONS = 5  # locations kept per skip reason
+
+# reason code (the LoadReport key) -> words shown to users
+REASONS: dict[str, str] = {
+    "malformed_json": "malformed JSON",
+    "wrong_type": "value of the wrong type",
+    "missing_key": "missing key",
+    "empty_tokens": "empty token list",
+    "empty_name": "empty entity name",
+    "bad_span": "reversed or empty span",
+    "span_out_of_range": "span out of range",
+    "noncontiguous_span": "non-contiguous span",
+    "overlapping_entities": "head and tail overlap",
+    "name_not_found": "entity name not found in the tokens",
+    "bad_markers": "bad ChemProt markers",
+    "bad_tags": "tag count differs from token count",
+    "unknown_label": "label not in rel2id",
+}
+
+
+class PolicyError(ReconError, ValueError):
+    """An ``on_error`` value other than ``"raise"`` or ``"skip"``."""
+
+
+def check_policy(on_error: str | None, errors: str | None = None) -> str:
+    """The effective policy: ``on_error`` wins over the older ``errors`` name; default ``"raise"``."""
+    if on_error is not None and errors is not None and on_error != errors:
+        raise PolicyError(f"on_error={on_error!r} and errors={errors!r} disagree; give only on_error")
+    policy = on_error if on_error is not None else (errors if errors is not None else "raise")
+    if policy not in ERROR_POLICIES:
+        raise PolicyError(f"on_error must be one of {', '.join(ERROR_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def describe_reason(reason: str) -> str:
+    return REASONS.get(reason, reason.replace("_", " "))
 
 
 @dataclass
 class LoadReport:
-    """What a load did: how many examples came out and how many records were skipped, per reason."""
+    """What a load did: how many examples came out and how many records were skipped, per reason.
+
+    ``skipped`` counts skipped records by reason code (see :data:`REASONS` for their wording);
+    ``locations`` keeps the first :data:`MAX_LOCATIONS` places of each reason (``file:line`` or
+    ``file#record``, plus the field); ``first_error`` the first full message of each reason.
+    """
 
     path: str = ""
     loaded: int = 0
     skipped: Counter = field(default_factory=Counter)
     first_error: dict[str, str] = field(default_factory=dict)  # reason -> first full message
+    locations: dict[str, list[str]] = field(default_factory=dict)  # reason -> first few locations
 
     @property
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    @property
+    def skipped_by_description(self) -> Counter:
+        """``skipped`` keyed by the words of :data:`REASONS` (``{"empty entity name": 3}``)."""
+        return Counter({describe_reason(r): n for r, n in self.skipped.items()})
+
+    def add_skip(self, reason: str, location: str, message: str) -> None:
+        self.skipped[reason] += 1
+        self.first_error.setdefault(reason, message)
+        places = self.locations.setdefault(reason, [])
+        if len(places) < MAX_LOCATIONS:
+            places.append(location)
 
     def merge(self, other: "LoadReport") -> None:
         self.loaded += other.loaded
         self.skipped.update(other.skipped)
         for reason, message in other.first_error.items():
             self.first_error.setdefault(reason, message)
+        for reason, places in other.locations.items():
+            mine = self.locations.setdefault(reason, [])
+            mine.extend(places[: max(0, MAX_LOCATIONS - len(mine))])
+
+    def summary_lines(self) -> list[str]:
+        """One line per skip reason, most frequent first: count, words, code and first locations."""
+        lines = []
+        for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+            places = self.locations.get(reason, [])
+            more = " ..." if count > len(places) else ""
+            lines.append(f"{count:>6}  {describe_reason(reason)} ({reason}): {'; '.join(places)}{more}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "skipped": dict(self.skipped), "total_skipped": self.total_skipped,
+                "locations": {r: list(p) for r, p in self.locations.items()}}
 
 
 class RecordError(Exception):
@@ -50,19 +121,19 @@ class RecordError(Exception):
 class Collector:
     """Applies the error policy for one file and keeps its :class:`LoadReport`."""
 
-    def __init__(self, path: str | Path, errors: str) -> None:
-        if errors not in ERROR_POLICIES:
-            raise ValueError(f"errors must be one of {ERROR_POLICIES}, got {errors!r}")
+    def __init__(self, path: str | Path, errors: str = "raise") -> None:
         self.path = str(path)
-        self.errors = errors
+        self.errors = check_policy(errors)
         self.report = LoadReport(path=self.path)
 
     def bad(self, exc: RecordError, *, line: int | None = None, record: int | str | None = None) -> None:
         error = DataError(exc.message, path=self.path, line=line, record=record, field=exc.field)
         if self.errors == "raise":
             raise error
-        self.report.skipped[exc.reason] += 1
-        self.report.first_error.setdefault(exc.reason, str(error))
+        location = self.path + (f":{line}" if line is not None else "") + (f"#{record}" if record is not None else "")
+        if exc.field:
+            location += f" field '{exc.field}'"
+        self.report.add_skip(exc.reason, location, str(error))
 
 
 def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:

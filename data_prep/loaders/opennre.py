@@ -4,8 +4,10 @@ One object per line: ``{"token": [...], "h": {"name", "pos": [s, e), "id"?, "typ
 "relation": str}``. Spans come from ``pos`` (end exclusive), never from ``name``: the two disagree on
 241 Wiki80 dev lines. When an entity has a ``name`` but no ``pos`` the span is found by matching the
 name against the tokens (case-insensitive, on the whitespace-joined token sequence); the first match
-wins, and for the tail a match that does not overlap the head is preferred. ``type`` becomes
-``Entity.type`` with ``type_source="annotation"`` (``UNK`` stays ``UNK``) and ``id`` the ``kb_id``.
+wins, and for the tail a match that does not overlap the head is preferred. An entity with no
+``pos`` and a blank ``name`` (KBP37-style files have a few) is a bad record, reason ``empty_name``
+(``missing_key`` when both keys are absent). ``type`` becomes ``Entity.type`` with
+``type_source="annotation"`` (``UNK`` stays ``UNK``) and ``id`` the ``kb_id``.
 """
 from __future__ import annotations
 
@@ -56,7 +58,9 @@ def _entity(raw: Any, tokens: tuple[str, ...], field: str, avoid: Entity | None 
         if not isinstance(pos, list) or len(pos) != 2:
             raise RecordError("wrong_type", f"expected pos = [start, end], got {pos!r:.60}", f"{field}.pos")
         start, end = check_span(pos[0], pos[1], len(tokens), f"{field}.pos")
-    elif name:
+    elif name is not None:
+        if not name.strip():
+            raise RecordError("empty_name", f"entity has no 'pos' and an empty name {name!r}", f"{field}.name")
         span = find_name(tokens, name, avoid)
         if span is None:
             raise RecordError("name_not_found", f"entity has no 'pos' and its name {name!r} does not occur "
@@ -70,7 +74,7 @@ def _entity(raw: Any, tokens: tuple[str, ...], field: str, avoid: Entity | None 
     kb_id = raw.get("id")
     return Entity(
         start, end,
-        name=name if name is not None else " ".join(tokens[start:end]),
+        name=name if name else " ".join(tokens[start:end]),
         type=etype, type_source="annotation" if etype is not None else None,
         kb_id=str(kb_id) if kb_id is not None else None,
     )

@@ -1,9 +1,13 @@
 """``recon data``: inspect benchmarks, draw seeded subsets, and show exactly what the encoder sees.
 
     recon data stats --dataset semeval [--json]
-    recon data split --dataset semeval --fraction 0.01 --seed 42 [--split-source paper] [--json]
+    recon data split --dataset semeval --fraction 0.05 --seed 42 [--split-source paper] [--json]
     recon data render --dataset semeval --format C+T --limit 3 [--split train] [--encoder minilm]
-    recon data stats --path DIR --kind opennre|tacred|chemprot|fewrel
+    recon data stats --path DIR --kind opennre|tacred|chemprot|fewrel [--on-error skip]
+    recon data check --dataset wiki80 --fraction 1.0 [--needs train dev test] [--json]
+
+Every command that reads files takes ``--on-error raise|skip`` (default raise): ``skip`` loads the
+good records and prints how many bad ones were skipped, per reason, with their first locations.
 
 ``recon data fetch`` is added here by ``recon.orchestration.commands.data_fetch`` when that module exists.
 """
@@ -28,6 +32,9 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, help="file format for --path")
     parser.add_argument("--data-dir", help="root holding the dataset folders (default: $RECON_DATA_DIR "
                         "or ../shared/datasets)")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="bad records: stop naming file/line/field (raise, default) or skip them and "
+                             "report the counts per reason (skip)")
 
 
 def _load(args: argparse.Namespace):
@@ -35,7 +42,17 @@ def _load(args: argparse.Namespace):
 
     if args.path and not args.kind:
         raise ReconError(f"--path needs --kind ({', '.join(KINDS)})")
-    return load_dataset(args.dataset, path=args.path, kind=args.kind, data_dir=args.data_dir)
+    return load_dataset(args.dataset, path=args.path, kind=args.kind, data_dir=args.data_dir,
+                        on_error=getattr(args, "on_error", "raise"))
+
+
+def _print_skips(report, what: str = "") -> None:
+    """The skip counts of a load, per reason, with first locations (nothing when none were skipped)."""
+    if not report.total_skipped:
+        return
+    print(f"skipped   {report.total_skipped:,} bad record(s){what} (--on-error skip):")
+    for line in report.summary_lines():
+        print(f"  {line}")
 
 
 def _emit_json(payload: dict) -> None:
@@ -53,7 +70,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "labels_per_split": per_split_labels, "negative_label": ds.negative_label, "metric": ds.metric,
         "max_length": ds.max_length, "missing": ds.missing,
         "paper_sizes": {s: paper_size(ds.name, s) for s in ds.missing if paper_size(ds.name, s)},
-        "files": ds.files, "notes": ds.notes,
+        "files": ds.files, "notes": ds.notes, "on_error": ds.on_error, "skipped": dict(ds.report.skipped),
+        "skipped_total": ds.report.total_skipped, "skip_locations": ds.report.locations,
     }
     if args.json:
         _emit_json(payload)
@@ -70,27 +88,61 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"max len   {ds.max_length}")
     for note in ds.notes:
         print(f"note      {note}")
+    _print_skips(ds.report)
     return 0
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from recon.data_prep.splits import training_subset
+    from recon.data_prep.splits import resolve_training_subset
 
     ds = _load(args)
-    subset = training_subset(ds, args.fraction, args.seed, source=args.split_source)
+    result = resolve_training_subset(ds, args.fraction, args.seed, source=args.split_source)
+    subset = result.examples
     counts = Counter(ex.label for ex in subset)
     per_relation = {label: counts[label] for label in sorted(counts)}
+    skipped = Counter(ds.report.skipped) + Counter(result.report.skipped)
     payload = {"dataset": ds.name, "fraction": args.fraction, "seed": args.seed, "source": args.split_source,
-               "size": len(subset), "per_relation": per_relation}
+               "source_used": result.source_used, "fell_back": result.fell_back, "file": result.file,
+               "note": result.note, "size": len(subset), "per_relation": per_relation,
+               "on_error": ds.on_error, "skipped": dict(skipped),
+               "skip_locations": {**ds.report.locations, **{r: p for r, p in result.report.locations.items()
+                                                              if r not in ds.report.locations}}}
     if args.json:
         _emit_json(payload)
         return 0
-    seed_note = "" if args.split_source == "paper" else f", seed {args.seed}"
-    print(f"{ds.name}: {len(subset)} training examples at fraction {args.fraction:g} "
-          f"({args.split_source}{seed_note})")
+    used = result.source_used
+    detail = {"seeded": f"seeded, seed {args.seed}", "full": "all of train",
+              "paper": f"paper file {result.file}"}[used]
+    print(f"{ds.name}: {len(subset)} training examples at fraction {args.fraction:g} ({detail})")
+    if result.note:
+        print(f"note: {result.note}")
     for label, count in per_relation.items():
         print(f"  {count:>6}  {label}")
+    _print_skips(ds.report)
+    _print_skips(result.report, " in the subset file")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Whether a run on this dataset could start here, from file listings only (exit 1 when not)."""
+    from recon.data_prep.registry import check_available
+
+    if args.path and not args.kind:
+        raise ReconError(f"--path needs --kind ({', '.join(KINDS)})")
+    needs = tuple(args.needs) if args.needs else None
+    reasons = check_available(args.dataset, args.data_dir, needs=needs, split=args.fraction,
+                              split_source=args.split_source, path=args.path, kind=args.kind)
+    name = args.dataset or args.path
+    if args.json:
+        _emit_json({"dataset": name, "fraction": args.fraction, "split_source": args.split_source,
+                    "runnable": not reasons, "reasons": reasons})
+    elif reasons:
+        print(f"{name} at {args.fraction * 100:g}% ({args.split_source}): cannot run here")
+        for reason in reasons:
+            print(f"  - {reason}")
+    else:
+        print(f"{name} at {args.fraction * 100:g}% ({args.split_source}): runnable")
+    return 0 if not reasons else 1
 
 
 def _tokenizer(encoder: str):
@@ -124,6 +176,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     tokenizer = _tokenizer(args.encoder)
     special = SpecialTokens.for_tokenizer(tokenizer)
     pieces = WordPieceCache(tokenizer, special.all_tokens())
+    _print_skips(ds.report)
     print(f"{ds.name} {args.split}, format {fmt.value}, max length {ds.max_length}, encoder {args.encoder}"
           + (f" (added tokens: {len(special.added)}; the model must resize its embeddings)" if special.added else ""))
     for example in examples:
@@ -151,13 +204,23 @@ def register(subparsers) -> None:
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     stats.set_defaults(func=cmd_stats)
 
-    split = sub.add_parser("split", help="seeded 1%%/10%% training subset (or the paper's files)")
+    split = sub.add_parser("split", help="seeded training subset at any fraction (or the paper's files)")
     _add_source_args(split)
-    split.add_argument("--fraction", type=float, required=True, help="e.g. 0.01, 0.1, 1.0")
+    split.add_argument("--fraction", type=float, required=True, help="any fraction in (0, 1], e.g. 0.01, 0.05, 1.0")
     split.add_argument("--seed", type=int, default=42)
-    split.add_argument("--split-source", choices=("seeded", "paper"), default="seeded")
+    split.add_argument("--split-source", choices=("seeded", "paper"), default="seeded",
+                       help="paper: the train_<fraction> file where one exists, else seeded sampling (said so)")
     split.add_argument("--json", action="store_true", help="machine-readable output")
     split.set_defaults(func=cmd_split)
+
+    check = sub.add_parser("check", help="can a run on this dataset start here? (file listings only, exit 1 if not)")
+    _add_source_args(check)
+    check.add_argument("--fraction", type=float, default=1.0, help="training fraction in (0, 1] (default 1.0)")
+    check.add_argument("--split-source", choices=("seeded", "paper"), default="seeded")
+    check.add_argument("--needs", nargs="+", metavar="SPLIT",
+                       help="splits the run reads (default: train dev test; few-shot sets: val)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=cmd_check)
 
     rend = sub.add_parser("render", help="the exact wordpieces the encoder sees for an input format")
     _add_source_args(rend)
