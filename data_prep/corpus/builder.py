@@ -11,6 +11,12 @@ them); ``map_batches(_LinkBatch)`` runs spaCy + linking in a small actor pool th
 pipeline once per worker; the examples are written per shard (``write_json``/``write_parquet``)
 into a temp directory that is renamed into place with the manifest, so a reader never sees half a
 corpus. Ray is started only if it is not running (2 CPUs, no dashboard) and shut down if we started it.
+
+The manifest records per shard its row count and an order-independent row digest (for
+``corpus_identity``), and under ``exclusion.datasets`` exactly which evaluation splits of which
+``--exclude`` datasets were excluded, with their files' sha256s (for ``check_exclusions``). The
+hashed ``config`` holds input and exclusion-file digests and content settings, not paths or the
+execution knobs (``build``).
 """
 from __future__ import annotations
 
@@ -28,13 +34,15 @@ import ray  # Ray Data IS this pipeline; nothing else in data_prep imports ray
 from .. import spacy_pipeline
 from ..atomic import publish_dir
 from ..errors import DatasetNotFound, ReconError
+from .exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
 from .index import shard_dir_name
 from .kg import KnowledgeGraph
 from .linking import COUNT_KEYS, Exclusion, Linker, parse_line
-from .manifest import MANIFEST_VERSION, config_hash, file_sha256, write_manifest
+from .manifest import MANIFEST_VERSION, config_hash, file_sha256, shard_digest, write_manifest
 from .report import format_report
 
 FORMATS = ("jsonl", "parquet")
+EXECUTION_KNOBS = ("chunk_lines", "batch_size", "concurrency")  # change speed, never content
 
 
 @dataclass(frozen=True)
@@ -136,20 +144,24 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
     _prepare_out(out, config.overwrite)
 
     kg = KnowledgeGraph.from_files(config.triples, config.aliases, config.wikidata_dump)
+    exclude = sorted(set(config.exclude))  # order and repeats of --exclude do not matter
     exclusion, exclusion_report = Exclusion(), {}
-    if config.exclude:
-        from .exclusion import exclusion_from_datasets
-
-        exclusion, exclusion_report = exclusion_from_datasets(config.exclude, config.data_dir)
+    if exclude:
+        exclusion, exclusion_report = exclusion_from_datasets(exclude, config.data_dir)
     scan = scan_input(text, config.chunk_lines)
     inputs = {"text": {"path": str(text), "sha256": scan.sha256, "lines": scan.lines}}
     for role in ("triples", "aliases", "wikidata_dump"):
         value = getattr(config, role)
         if value:
             inputs[role] = {"path": str(value), "sha256": file_sha256(value)}
+    # Hashed settings: what decides the corpus's content. Paths (out, inputs, data_dir) are not in it
+    # (their contents are, through the sha256s), nor are the execution knobs (recorded under "build").
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite", "text", "triples",
-                                                                    "aliases", "wikidata_dump")}
-    settings["exclude"] = list(config.exclude)
+                                                                    "aliases", "wikidata_dump", "data_dir",
+                                                                    *EXECUTION_KNOBS)}
+    settings["exclude"] = exclude
+    settings["exclude_sha256"] = {name: info["sha256"] for name, info in exclusion_report.items()}
+    settings["exclude_pairs_hash"] = {name: info["pairs_hash"] for name, info in exclusion_report.items()}
     settings["spacy_pipeline"] = spacy_pipeline.pipeline_id()
     settings["input_sha256"] = {k: v["sha256"] for k, v in inputs.items()}
     settings["pair_exclusion"] = "unordered"
@@ -197,15 +209,16 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
                     part.write_parquet(str(shard_dir))
             suffix = ".json" if config.format == "jsonl" else ".parquet"
             files = sorted(p for p in shard_dir.iterdir() if p.suffix == suffix)
-            rows = sum(1 for f in files for line in f.open(encoding="utf-8") if line.strip()) \
-                if config.format == "jsonl" else _parquet_rows(files)
-            shards.append({"id": sid, "files": [str(f.relative_to(tmp)) for f in files], "examples": rows})
+            rows, digest = shard_digest(files)  # order-independent row digest: corpus_identity uses it
+            shards.append({"id": sid, "files": [str(f.relative_to(tmp)) for f in files], "examples": rows,
+                           "digest": digest})
         manifest = {
             "version": MANIFEST_VERSION,
             "format": config.format,
             "num_shards": config.shards,
             "config": settings,
             "config_hash": config_hash(settings),
+            "build": {k: getattr(config, k) for k in EXECUTION_KNOBS},
             "inputs": inputs,
             "kg": {"triples": kg.num_triples, "entity_pairs": len(kg.relations),
                    "aliases": len(kg.alias_index), "entities_named": len(kg.names)},
@@ -217,7 +230,9 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
             "dropped": {k: int(counts[k]) for k in ("dropped_same_entity", "dropped_overlap",
                                                     "dropped_no_relation", "ner_unlinked", "ner_ambiguous",
                                                     "ner_overlaps_anchor", "excluded_sentences")},
-            "exclusion": {"pairs": "unordered", "datasets": exclusion_report,
+            "exclusion": {"record_version": EXCLUSION_RECORD_VERSION, "pairs": "unordered",
+                          "eval_splits": list(EVAL_SPLITS), "data_dir": config.data_dir,
+                          "datasets": exclusion_report,
                           "id_pairs": len(exclusion.id_pairs), "name_pairs": len(exclusion.name_pairs)},
         }
         if sum(s["examples"] for s in shards) != counts["examples"]:
@@ -232,9 +247,3 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
             ray.shutdown()
     log(format_report(manifest))
     return manifest
-
-
-def _parquet_rows(files: list[Path]) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)

@@ -42,8 +42,14 @@ def format_report(manifest: dict) -> str:
         f"{s['excluded_examples']} examples",
         "dropped: " + (", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items())) or "none"),
     ]
-    for name, info in manifest.get("exclusion", {}).get("datasets", {}).items():
-        missing = f"; not available locally: {', '.join(info['missing_splits'])}" if info["missing_splits"] else ""
+    excluded = (manifest.get("exclusion") or {}).get("datasets") or {}
+    if not excluded:
+        lines.append("excluded datasets: NONE - a study evaluating on any benchmark refuses to pre-train on "
+                     "this corpus unless it allows leakage (rebuild with --exclude DATASET ...)")
+    for name, info in excluded.items():
+        missing = f"; not available locally: {', '.join(info['missing_splits'])}" if info.get("missing_splits") else ""
+        digests = info.get("sha256") or {}
+        files = (" [" + ", ".join(f"{s} sha256 {d[:12]}" for s, d in digests.items()) + "]") if digests else ""
         lines.append(f"  excluded pairs from {name} {'+'.join(info['splits'])}: "
-                     f"{info['id_pairs']} id pairs, {info['name_pairs']} name pairs{missing}")
+                     f"{info['id_pairs']} id pairs, {info['name_pairs']} name pairs{missing}{files}")
     return "\n".join(lines)
