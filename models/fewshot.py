@@ -25,47 +25,79 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
+from recon.data_prep.configuration import Config, ConfigError, knob
+from recon.data_prep.defaults import DEFAULT_ENCODER
 from recon.data_prep.errors import DataError, ReconError
 from recon.data_prep.formats import InputFormat
+from recon.data_prep.registry import fewshot_datasets
 
-FEWSHOT_DATASETS = ("fewrel", "fewrel-pubmed")
+from .training import TrainConfig
+
+def _fewshot_training() -> TrainConfig:
+    """FewRel's prototypical-network training: lr 2e-5, 4 episodes per step, one pass over the episodes."""
+    return TrainConfig(lr=2e-5, batch_size=4, epochs=1, metric="accuracy", eval_batch_size=64)
 
 
 @dataclass
-class FewshotConfig:
-    dataset: str = "fewrel"  # fewrel (val_wiki) or fewrel-pubmed (val_pubmed)
-    data_dir: str | None = None
-    n_way: int = 5
-    k_shot: int = 1
-    q_query: int = 5  # FewRel's default Q
-    input_format: str = "C+M"
-    encoder: str = "minilm"  # alias, HF directory or recon checkpoint
-    seed: int = 42
-    lr: float = 2e-5
-    batch_size: int = 4  # episodes per optimizer step
-    max_length: int = 128
-    train_episodes: int = 40_000  # FewRel's train_iter 10,000 x batch 4; 0 = no training
-    eval_episodes: int = 10_000
-    eval_batch_size: int = 64  # instances per forward pass when building the representation table
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    similarity: str = "dot"  # the paper's choice; "euclidean" is Snell et al.'s
-    device: str = "auto"
-    progress: bool | None = None
-    extra: dict = field(default_factory=dict)
+class FewshotSettings(Config):
+    """How every few-shot setting of a study is trained and evaluated (FewRel's defaults)."""
 
-    def __post_init__(self) -> None:
-        if self.dataset not in FEWSHOT_DATASETS:
-            raise ReconError(f"few-shot evaluation supports {', '.join(FEWSHOT_DATASETS)}, got {self.dataset!r}")
-        InputFormat.parse(self.input_format)
-        if self.train_episodes < 0 or self.eval_episodes < 1:
-            raise ReconError(f"train_episodes must be >= 0 and eval_episodes >= 1 "
-                             f"(got {self.train_episodes}, {self.eval_episodes})")
+    q_query: int = knob(5, "query instances per relation and episode (FewRel's default)", ge=1)
+    max_length: int = knob(128, "word pieces per instance (FewRel's 128)", ge=8)
+    train_episodes: int = knob(40_000, "training episodes (FewRel's train_iter 10,000 x batch 4); 0 = no training",
+                               ge=0)
+    eval_episodes: int = knob(10_000, "evaluation episodes (paper: 10,000)", ge=1)
+    similarity: Literal["dot", "euclidean"] = knob("dot", "prototype similarity: dot (the paper) or euclidean "
+                                                          "(Snell et al.)", choices=("dot", "euclidean"))
+    training: TrainConfig = knob(factory=_fewshot_training, help="optimisation of prototypical training; "
+                                                                 "batch_size counts episodes")
+
+
+@dataclass
+class FewshotConfig(Config):
+    """One N-way K-shot evaluation (paper Table 6), optionally after prototypical training."""
+
+    dataset: str | None = knob("fewrel", "fewrel (val_wiki) or fewrel-pubmed (val_pubmed); none with --path")
+    path: str | None = knob(None, "a FewRel-format JSON file (or a directory holding val.json) to evaluate on")
+    data_dir: str | None = knob(None, "where dataset folders live (default: see recon data)", identity=False)
+    n_way: int = knob(5, "relations per episode (N)", ge=2)
+    k_shot: int = knob(1, "support instances per relation (K)", ge=1)
+    input_format: str = knob("C+M", "input format: C+M, C+T, OnlyC, OnlyM, OnlyT")
+    encoder: str = knob(DEFAULT_ENCODER, "encoder alias, Hugging Face directory or recon checkpoint")
+    settings: FewshotSettings = knob(factory=FewshotSettings, help="episodes, lengths and training")
+    source_identity: str | None = knob(None, "content identity of the starting checkpoint (a pre-training "
+                                             "stage's hash)", cli=False)
+
+    def check(self) -> None:
+        super().check()
+        if (self.dataset is None) == (self.path is None):
+            raise ConfigError("dataset", "give either a dataset name or a path, not both")
+        if self.dataset is not None and self.dataset not in fewshot_datasets():
+            raise ConfigError("dataset", f"few-shot evaluation supports {', '.join(fewshot_datasets())} "
+                                         f"(or --path FILE), got {self.dataset!r}")
+        try:
+            self.input_format = InputFormat.parse(self.input_format).value
+        except ReconError as exc:
+            raise ConfigError("input_format", str(exc)) from None
+
+    @property
+    def seed(self) -> int:
+        return self.settings.training.seed
+
+    @property
+    def name(self) -> str:
+        return self.dataset or Path(self.path or "").stem
+
+    def identity(self) -> dict[str, Any]:
+        out = super().identity()
+        if self.source_identity and self.encoder != DEFAULT_ENCODER:
+            out["encoder"] = "checkpoint"
+        return out
 
 
 class PrototypicalTask:
@@ -215,6 +247,32 @@ def _ci95(preds: Sequence[tuple[int, int]], per_episode: int) -> float:
     return 1.96 * math.sqrt(var / len(accs))
 
 
+def _evaluation_examples(cfg: FewshotConfig) -> tuple[list, str]:
+    """The evaluation instances and a name for caches: a registered set, or any FewRel-format file."""
+    from recon.data_prep.loaders import LoadReport, load_file
+    from recon.data_prep.registry import load_dataset
+
+    if cfg.path is None:
+        evalset = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+        if "val" not in evalset.splits:
+            raise ReconError(f"dataset {cfg.dataset!r} has no evaluation file locally ({'; '.join(evalset.notes)})")
+        return list(evalset.splits["val"]), str(cfg.dataset)
+    path = Path(cfg.path).expanduser()
+    if path.is_dir():
+        candidates = [path / "val.json"] if (path / "val.json").is_file() else \
+            [f for f in sorted(path.glob("*.json")) if f.name != "pid2name.json"]
+        if len(candidates) != 1:
+            raise ReconError(f"{path}: expected val.json or exactly one FewRel-format .json file, found "
+                             f"{[c.name for c in candidates] or 'none'}")
+        path = candidates[0]
+    if not path.is_file():
+        raise ReconError(f"{path}: no such FewRel-format file")
+    from recon.data_prep.hashing import file_sha256
+
+    examples = list(load_file(path, "fewrel", "raise", LoadReport(path=str(path))))
+    return examples, f"{path.stem}-{file_sha256(path)[:12]}"
+
+
 def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None) -> dict:
     """Train (optionally) and evaluate; returns JSON-able figures and writes ``metrics.json`` to ``out_dir``."""
     from recon.data_prep.datadir import resolve_dataset_dir
@@ -225,15 +283,13 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     from .batching import encode_examples
     from .encoder import load_encoder
     from .finetune import _with_types
-    from .training import TrainConfig, evaluate, fit, make_loader, resolve_device, seed_everything
+    from .training import evaluate, fit, make_loader, resolve_device, seed_everything
 
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)
-    device = resolve_device(cfg.device)
-    evalset = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
-    if "val" not in evalset.splits:
-        raise ReconError(f"dataset {cfg.dataset!r} has no evaluation file locally ({'; '.join(evalset.notes)})")
-    eval_examples = _with_types(list(evalset.splits["val"]), fmt, f"{cfg.dataset}:val")
+    device = resolve_device(cfg.settings.training.device)
+    eval_examples, eval_source = _evaluation_examples(cfg)
+    eval_examples = _with_types(eval_examples, fmt, f"{eval_source}:val")
     eval_relations = {ex.label for ex in eval_examples}
     notes: list[str] = []
     seed_everything(cfg.seed)  # added-token embeddings are sampled from the global RNG on resize
@@ -242,53 +298,53 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     model = bundle.model
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
     tok_name = f"{bundle.source}:{len(bundle.tokenizer)}"
-    train_cfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=1, warmup_ratio=cfg.warmup_ratio,
-                            weight_decay=cfg.weight_decay, seed=cfg.seed, device=cfg.device, metric="accuracy",
-                            progress=cfg.progress)
+    train_cfg = cfg.settings.training
     history: list[dict] = []
     trained_on = "nothing: the encoder as loaded (train_episodes=0)"
-    if cfg.train_episodes > 0:
-        fewrel_dir = resolve_dataset_dir(get_spec(cfg.dataset).name, get_spec(cfg.dataset).directory, cfg.data_dir)
+    if cfg.settings.train_episodes > 0:
+        fewrel = get_spec(cfg.dataset or "fewrel")
+        fewrel_dir = resolve_dataset_dir(fewrel.name, fewrel.directory, cfg.data_dir)
         train_examples, n_excluded, _ = wiki80_training_relations(eval_relations, fewrel_dir, cfg.data_dir)
         train_examples = _with_types(train_examples, fmt, "wiki80:fewshot-train")
-        train_data = encode_examples(train_examples, fmt, bundle.tokenizer, bundle.special, cfg.max_length, None,
-                                     cache_key=("wiki80-fewshot", cfg.dataset, fmt.value, tok_name, cfg.max_length))
+        train_data = encode_examples(train_examples, fmt, bundle.tokenizer, bundle.special, cfg.settings.max_length, None,
+                                     cache_key=("wiki80-fewshot", eval_source, fmt.value, tok_name, cfg.settings.max_length))
         by_rel = _by_relation(train_data.items, [ex.label for ex in train_examples])
-        sampler = EpisodeSampler(by_rel, cfg.n_way, cfg.k_shot, cfg.q_query, seed=cfg.seed)
-        loader = make_loader(EpisodeBatches(sampler, cfg.train_episodes), cfg.batch_size, shuffle=False,
+        sampler = EpisodeSampler(by_rel, cfg.n_way, cfg.k_shot, cfg.settings.q_query, seed=cfg.seed)
+        loader = make_loader(EpisodeBatches(sampler, cfg.settings.train_episodes), train_cfg.batch_size, shuffle=False,
                              seed=cfg.seed, collate_fn=EpisodeCollator(pad_id))
-        trained_on = (f"{cfg.train_episodes} {cfg.n_way}-way {cfg.k_shot}-shot episodes over {len(by_rel)} Wiki80 "
-                      f"relations not in {cfg.dataset} ({len(train_examples)} examples of train_0.1 + dev; "
+        trained_on = (f"{cfg.settings.train_episodes} {cfg.n_way}-way {cfg.k_shot}-shot episodes over {len(by_rel)} Wiki80 "
+                      f"relations not in {cfg.name} ({len(train_examples)} examples of train_0.1 + dev; "
                       f"{n_excluded} evaluation relations excluded)")
         notes.append("FewRel train_wiki.json is not available locally; trained on Wiki80 relations instead")
-        result = fit(model, PrototypicalTask(cfg.n_way, cfg.k_shot, cfg.similarity), loader, None, None,
+        result = fit(model, PrototypicalTask(cfg.n_way, cfg.k_shot, cfg.settings.similarity), loader, None, None,
                      train_cfg, callbacks)
         history = result.history
 
     # Evaluation: episodes over instance indices; representations computed once.
-    eval_data = encode_examples(eval_examples, fmt, bundle.tokenizer, bundle.special, cfg.max_length, None,
-                                cache_key=(cfg.dataset, "val", fmt.value, tok_name, cfg.max_length))
+    eval_data = encode_examples(eval_examples, fmt, bundle.tokenizer, bundle.special, cfg.settings.max_length, None,
+                                cache_key=(eval_source, "val", fmt.value, tok_name, cfg.settings.max_length))
     eval_sampler = EpisodeSampler(_by_relation(range(len(eval_examples)), [ex.label for ex in eval_examples]),
-                                  cfg.n_way, cfg.k_shot, cfg.q_query, seed=cfg.seed)
+                                  cfg.n_way, cfg.k_shot, cfg.settings.q_query, seed=cfg.seed)
     needed: set[int] = set()
-    for ep in eval_sampler.episodes(0, cfg.eval_episodes):
+    for ep in eval_sampler.episodes(0, cfg.settings.eval_episodes):
         needed.update(x for shots in ep.support for x in shots)
         needed.update(ep.query)
     with torch.no_grad():
-        table = encode_table(model, eval_data, sorted(needed), cfg.eval_batch_size, device, pad_id, train_cfg.bf16)
-    eval_loader = make_loader(EpisodeBatches(eval_sampler, cfg.eval_episodes), 64, shuffle=False,
+        table = encode_table(model, eval_data, sorted(needed), train_cfg.eval_batch_size, device, pad_id,
+                             train_cfg.bf16)
+    eval_loader = make_loader(EpisodeBatches(eval_sampler, cfg.settings.eval_episodes), 64, shuffle=False,
                               collate_fn=IndexCollator())
-    test, preds = evaluate(RepresentationTable(table), PrototypicalTask(cfg.n_way, cfg.k_shot, cfg.similarity),
+    test, preds = evaluate(RepresentationTable(table), PrototypicalTask(cfg.n_way, cfg.k_shot, cfg.settings.similarity),
                            eval_loader, train_cfg, device)
-    if cfg.eval_episodes < 10_000:
-        notes.append(f"{cfg.eval_episodes} evaluation episodes (paper: 10,000)")
+    if cfg.settings.eval_episodes < 10_000:
+        notes.append(f"{cfg.settings.eval_episodes} evaluation episodes (paper: 10,000)")
     if eval_data.n_truncated:
-        notes.append(f"{eval_data.n_truncated} evaluation instances longer than {cfg.max_length} tokens were windowed")
+        notes.append(f"{eval_data.n_truncated} evaluation instances longer than {cfg.settings.max_length} tokens were windowed")
     out = {
-        "dataset": cfg.dataset, "n_way": cfg.n_way, "k_shot": cfg.k_shot, "q_query": cfg.q_query,
-        "format": fmt.value, "encoder": cfg.encoder, "seed": cfg.seed, "similarity": cfg.similarity,
-        "accuracy": test["accuracy"], "accuracy_ci95": _ci95(preds, cfg.n_way * cfg.q_query), "test": test,
-        "chance": 1.0 / cfg.n_way, "eval_episodes": cfg.eval_episodes, "train_episodes": cfg.train_episodes,
+        "dataset": cfg.name, "n_way": cfg.n_way, "k_shot": cfg.k_shot, "q_query": cfg.settings.q_query,
+        "format": fmt.value, "encoder": cfg.encoder, "seed": cfg.seed, "similarity": cfg.settings.similarity,
+        "accuracy": test["accuracy"], "accuracy_ci95": _ci95(preds, cfg.n_way * cfg.settings.q_query), "test": test,
+        "chance": 1.0 / cfg.n_way, "eval_episodes": cfg.settings.eval_episodes, "train_episodes": cfg.settings.train_episodes,
         "trained_on": trained_on, "history": history, "n_eval_instances_encoded": len(needed),
         "device": str(device), "wall_s": round(time.perf_counter() - start, 3), "notes": notes,
         "config": asdict(cfg),
@@ -298,5 +354,5 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     return out
 
 
-__all__ = ["FewshotConfig", "run_fewshot", "PrototypicalTask", "EpisodeCollator", "RepresentationTable",
+__all__ = ["FewshotConfig", "FewshotSettings", "run_fewshot", "PrototypicalTask", "EpisodeCollator", "RepresentationTable",
            "encode_table", "wiki80_training_relations"]

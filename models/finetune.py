@@ -1,11 +1,13 @@
 """Supervised fine-tuning as a pure function of its config: one trial of a sweep, or one CLI run.
 
     from recon.models.finetune import FinetuneConfig, run_finetune
-    out = run_finetune(FinetuneConfig(dataset="semeval", split=0.1, input_format="C+M", seed=42,
-                                      epochs=3, max_eval=500), out_dir="runs/semeval-cm-42")
+    cfg = FinetuneConfig(dataset="semeval", split=0.1, input_format="C+M",
+                         training=TrainConfig(epochs=3, seed=43), data=DataOptions(max_eval=500))
+    out = run_finetune(cfg, out_dir="runs/semeval-cm-43")
     out["test"]["score"]
 
-Appendix B defaults: lr 3e-5, batch 64, 6 epochs, length 100 (the dataset's), test scored at the
+The defaults live on the config classes below (``TrainConfig``: Appendix B's lr 3e-5, batch 64,
+6 epochs; length 100, the dataset's; ``CnnTraining`` for the CNN); test is scored at the
 best dev epoch (``recon.models.training.fit``). ``max_eval`` caps dev and test to a fixed random subset so
 a CPU run stays affordable; the subset is drawn with ``EVAL_SAMPLE_SEED``, not the training seed,
 so the five seeds of a study are scored on the same examples and their median stays meaningful.
@@ -19,50 +21,108 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from recon.data_prep.atomic import write_text_atomic
+from recon.data_prep.configuration import Config, ConfigError, knob
+from recon.data_prep.defaults import DEFAULT_ENCODER
 from recon.data_prep.errors import ReconError
 from recon.data_prep.example import RelationExample
 from recon.data_prep.formats import InputFormat
 
+from .training import TrainConfig
+
 EVAL_SAMPLE_SEED = 0
-BERT_DEFAULTS = {"lr": 3e-5, "batch_size": 64, "epochs": 6}
+CHECKPOINT_PREFIX = "@pretrain."  # a study's pre-training stage, resolved to a directory per node
 
 
 @dataclass
-class FinetuneConfig:
-    """Everything that determines one fine-tuning run (and nothing that does not)."""
+class DataOptions(Config):
+    """Which examples a supervised run trains and is scored on (shared by every trial of a study)."""
 
-    dataset: str | None = "semeval"  # registered name, or None with path + kind
-    path: str | None = None
-    kind: str | None = None
-    data_dir: str | None = None
-    split: float = 1.0  # 0.01 / 0.1 / 1.0 of the training set
-    split_source: str = "seeded"  # "seeded" (hash-ranked, per relation) or "paper" (shipped files)
-    input_format: str = "C+M"
-    model: str = "bert"  # "bert" (the encoder as loaded), "cnn", or a recon checkpoint directory
-    encoder: str = "minilm"
-    seed: int = 42
-    epochs: int | None = None  # None: 6 (BERT) / the CNN default
-    batch_size: int | None = None  # None: 64 (BERT) / 160 (CNN)
-    lr: float | None = None  # None: 3e-5 (BERT) / 0.5 (CNN, SGD)
-    max_length: int | None = None  # None: the dataset's (100 for supervised RE)
-    max_eval: int | None = None  # cap on dev and test examples each
-    max_train_steps: int | None = None
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    eval_batch_size: int = 128
-    device: str = "auto"
-    progress: bool | None = None
-    extra: dict = field(default_factory=dict)  # free-form tags carried into the result
+    data_dir: str | None = knob(None, "where dataset folders live (default: $RECON_DATA_DIR, ../shared/datasets, "
+                                      "~/.cache/recon/datasets)", identity=False)
+    split_source: Literal["seeded", "paper"] = knob(
+        "seeded", "training subsets: seeded per-relation sampling, or the released train_0.01/train_0.1 files "
+                  "(seeded where a file does not exist)", choices=("seeded", "paper"))
+    max_length: int | None = knob(None, "word pieces per input (default: the dataset's, 100 for supervised RE)", ge=8)
+    max_eval: int | None = knob(None, "cap dev and test at K examples each (a fixed random subset; recorded in notes)",
+                                ge=1)
+    max_train: int | None = knob(None, "cap the training subset at K examples (a seeded random subset)", ge=1)
+    on_error: Literal["raise", "skip"] = knob("raise", "bad records in dataset files: stop, or skip and count by reason",
+                                              choices=("raise", "skip"))
 
-    def __post_init__(self) -> None:
+
+@dataclass
+class CnnTraining(Config):
+    """The CNN baseline (Nguyen & Grishman 2015 + POS/NER/position embeddings), trained with SGD.
+
+    The paper does not state the CNN's epochs; 100 is OpenNRE's CNN example default.
+    """
+
+    lr: float = knob(0.5, "SGD learning rate (constant schedule)", gt=0)
+    batch_size: int = knob(160, "examples per SGD step", ge=1)
+    hidden_size: int = knob(230, "convolution filters", ge=1)
+    epochs: int = knob(100, "passes over the training data", ge=1)
+    max_train_steps: int | None = knob(None, "stop after this many SGD steps", ge=1)
+    word_vectors: str = knob("embedded", "initial word vectors: embedded (the embedded encoder's word-piece "
+                                         "embeddings), random, or a GloVe-format text file")
+
+    def train_config(self, seed: int, device: str) -> TrainConfig:
+        """The loop's settings for the CNN: plain SGD, constant rate, no clipping or decay."""
+        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, optimizer="sgd",
+                           schedule="constant", max_grad_norm=None, weight_decay=0.0,
+                           max_train_steps=self.max_train_steps, seed=seed, device=device)
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """Everything that determines one fine-tuning run; its :meth:`identity` is the trial id's payload."""
+
+    dataset: str | None = knob("semeval", "registered dataset (semeval, chemprot, wiki80, tacred), or none with --path")
+    path: str | None = knob(None, "a directory with train/dev/test files, in place of --dataset")
+    kind: str | None = knob(None, "file format of --path: opennre, tacred, chemprot")
+    split: float = knob(1.0, "fraction of the training set, in (0, 1] (paper: 0.01, 0.1, 1.0)", gt=0, le=1)
+    input_format: str = knob("C+M", "input format: C+M, C+T, OnlyC, OnlyM, OnlyT")
+    model: str = knob("bert", "bert (the encoder as loaded), cnn, or a recon checkpoint directory")
+    encoder: str = knob(DEFAULT_ENCODER, "encoder alias, Hugging Face name or local directory")
+    data: DataOptions = knob(factory=DataOptions, help="dataset selection and evaluation caps")
+    training: TrainConfig = knob(factory=TrainConfig, help="optimisation of encoder models (Appendix B)")
+    cnn: CnnTraining = knob(factory=CnnTraining, help="the CNN baseline's settings")
+    source_identity: str | None = knob(None, "content identity of the starting checkpoint (a pre-training stage's "
+                                             "hash), so a trial's id follows what it starts from", cli=False)
+
+    def check(self) -> None:
+        super().check()
         if (self.dataset is None) == (self.path is None):
-            raise ReconError("FinetuneConfig needs either dataset or path (+ kind), not both")
-        InputFormat.parse(self.input_format)  # fail early on an unknown format
-        if self.max_eval is not None and self.max_eval < 1:
-            raise ReconError(f"max_eval must be positive, got {self.max_eval}")
+            raise ConfigError("dataset", "give either a dataset name or a path (+ kind), not both")
+        try:
+            self.input_format = InputFormat.parse(self.input_format).value
+        except ReconError as exc:
+            raise ConfigError("input_format", str(exc)) from None
+
+    @property
+    def seed(self) -> int:
+        return self.training.seed
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.model == "cnn"
+
+    def identity(self) -> dict[str, Any]:
+        """What changes results: the CNN's settings for a CNN run, the encoder's otherwise.
+
+        A checkpoint directory is a location: when ``source_identity`` names its content, the
+        path itself is left out, so the same stage at another path is the same trial.
+        """
+        out = super().identity()
+        out.pop("cnn" if not self.is_cnn else "training")
+        if self.is_cnn:
+            out.pop("encoder")
+            out["seed"], out["metric"] = self.training.seed, self.training.metric
+        if self.source_identity and self.model not in ("bert", "cnn"):
+            out["model"] = "checkpoint"
+        return out
 
 
 def subsample(examples: Sequence[RelationExample], cap: int | None, seed: int = EVAL_SAMPLE_SEED
@@ -93,8 +153,11 @@ def _load(cfg: FinetuneConfig):
     from recon.data_prep.registry import load_dataset
     from recon.data_prep.splits import training_subset
 
-    ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data_dir)
-    train = training_subset(ds, cfg.split, cfg.seed, source=cfg.split_source)
+    ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data.data_dir,
+                      errors=cfg.data.on_error)
+    train = training_subset(ds, cfg.split, cfg.seed, source=cfg.data.split_source)
+    if cfg.data.max_train is not None:
+        train = subsample(train, cfg.data.max_train, seed=cfg.seed)
     missing = [s for s in ("dev", "test") if s not in ds.splits]
     if missing:
         raise ReconError(f"dataset {ds.name!r} has no {' or '.join(missing)} split locally "
@@ -143,9 +206,6 @@ class _Setup:
     dev: Any
     test: Any
     collate: Any
-    lr: float
-    batch_size: int
-    optimizer: str = "adamw"
     notes: list = field(default_factory=list)
 
 
@@ -163,8 +223,7 @@ def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2i
     truncated = sum(d.n_truncated for d in data.values())
     notes = [f"{truncated} examples longer than {max_length} tokens were windowed around the entities"] if truncated else []
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
-    return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id),
-                  cfg.lr or BERT_DEFAULTS["lr"], cfg.batch_size or BERT_DEFAULTS["batch_size"], notes=notes)
+    return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), notes=notes)
 
 
 class FeatureDataset:
@@ -189,18 +248,17 @@ def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id
     from recon.data_prep.cnn_features import CNNFeaturizer
     from recon.data_prep.special_tokens import SpecialTokens
 
-    from .cnn import CNN_DEFAULTS, CNNClassifier, CNNConfig
+    from .cnn import CNNClassifier, CNNConfig
     from .training import seed_everything
 
     names = list(splits)
     special = SpecialTokens.for_vocab(())  # the CNN's own vocabulary: readable marker names
     feat = CNNFeaturizer(max_length=max_length).fit(splits[names[0]], fmt, special)
     seed_everything(cfg.seed)
-    model = CNNClassifier(CNNConfig(num_labels=len(label2id), **feat.vocab_sizes()))
+    model = CNNClassifier(CNNConfig(num_labels=len(label2id), hidden=cfg.cnn.hidden_size, **feat.vocab_sizes()))
     data = [FeatureDataset(feat.transform(xs), [label2id[x.label] for x in xs], [x.source for x in xs])
             for xs in splits.values()]
-    return _Setup(model, *data, collate=None, lr=cfg.lr or CNN_DEFAULTS["lr"],
-                  batch_size=cfg.batch_size or CNN_DEFAULTS["batch_size"], optimizer=CNN_DEFAULTS["optimizer"])
+    return _Setup(model, *data, collate=None)
 
 
 def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None
@@ -211,31 +269,28 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)
     ds, train, dev_all, test_all = _load(cfg)
-    dev, test = subsample(dev_all, cfg.max_eval), subsample(test_all, cfg.max_eval)
+    max_eval = cfg.data.max_eval
+    dev, test = subsample(dev_all, max_eval), subsample(test_all, max_eval)
     label2id = ds.label2id()
     negative_id = label2id[ds.negative_label] if ds.negative_label is not None else None
-    max_length = cfg.max_length or ds.max_length
+    max_length = cfg.data.max_length or ds.max_length
     notes = list(ds.notes)
-    split_name = f"train@{cfg.split:g}/{cfg.split_source}" + ("" if cfg.split_source == "paper" else f"/seed{cfg.seed}")
-    splits = {split_name: train, f"dev/max{cfg.max_eval}": dev, f"test/max{cfg.max_eval}": test}
+    split_source = cfg.data.split_source
+    split_name = f"train@{cfg.split:g}/{split_source}" + ("" if split_source == "paper" else f"/seed{cfg.seed}")
+    splits = {split_name: train, f"dev/max{max_eval}": dev, f"test/max{max_eval}": test}
     splits = {name: _with_types(xs, fmt, f"{ds.name}:{name}") for name, xs in splits.items()}
-    if cfg.max_eval is not None and (len(dev) < len(dev_all) or len(test) < len(test_all)):
-        notes.append(f"evaluation capped by max_eval={cfg.max_eval}: dev {len(dev)} of {len(dev_all)}, "
+    if max_eval is not None and (len(dev) < len(dev_all) or len(test) < len(test_all)):
+        notes.append(f"evaluation capped by max_eval={max_eval}: dev {len(dev)} of {len(dev_all)}, "
                      f"test {len(test)} of {len(test_all)} (random subset, seed {EVAL_SAMPLE_SEED}); "
                      "not comparable with full-test figures")
     setup = (_cnn_setup if cfg.model == "cnn" else _bert_setup)(cfg, fmt, ds, splits, label2id, max_length)
     notes.extend(setup.notes)
-    is_sgd = setup.optimizer == "sgd"
-    train_cfg = TrainConfig(
-        lr=setup.lr, batch_size=setup.batch_size, epochs=cfg.epochs or BERT_DEFAULTS["epochs"],
-        optimizer=setup.optimizer, schedule="constant" if is_sgd else "linear",
-        max_grad_norm=None if is_sgd else 1.0, warmup_ratio=cfg.warmup_ratio,
-        weight_decay=0.0 if is_sgd else cfg.weight_decay, seed=cfg.seed, device=cfg.device,
-        metric=ds.metric, negative_id=negative_id, max_train_steps=cfg.max_train_steps, progress=cfg.progress,
-    )
-    train_loader = make_loader(setup.train, setup.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
-    dev_loader, _ = _eval_loader(setup.dev, cfg.eval_batch_size, setup.collate)
-    test_loader, test_order = _eval_loader(setup.test, cfg.eval_batch_size, setup.collate)
+    base = cfg.cnn.train_config(cfg.seed, cfg.training.device) if cfg.is_cnn else cfg.training
+    train_cfg = base.replace(metric=cfg.training.metric or ds.metric, negative_id=negative_id,
+                             eval_batch_size=cfg.training.eval_batch_size, progress=cfg.training.progress)
+    train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
+    dev_loader, _ = _eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate)
+    test_loader, test_order = _eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate)
     result = fit(setup.model, ClassificationTask(), train_loader, dev_loader, test_loader, train_cfg, callbacks)
 
     id2label = {i: label for label, i in label2id.items()}
@@ -243,14 +298,14 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     predictions = [{"source": setup.test.sources[i], "gold": id2label[g], "pred": id2label[p]}
                    for i, (p, g) in by_index]
     out = {
-        "dataset": ds.name, "split": cfg.split, "split_source": cfg.split_source, "format": fmt.value,
+        "dataset": ds.name, "split": cfg.split, "split_source": split_source, "format": fmt.value,
         "model": cfg.model, "encoder": cfg.encoder if cfg.model == "bert" else None, "seed": cfg.seed,
-        "metric": ds.metric, "negative_label": ds.negative_label,
+        "metric": train_cfg.metric, "negative_label": ds.negative_label,
         "dev": result.best_dev, "test": result.test_at_best, "best_epoch": result.best_epoch,
         "history": result.history, "steps": result.steps,
         "n_train": len(train), "n_dev": len(dev), "n_test": len(test),
-        "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, ds.metric),
-        "train_config": asdict(train_cfg), "device": str(resolve_device(cfg.device)),
+        "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),
+        "train_config": asdict(train_cfg), "device": str(resolve_device(train_cfg.device)),
         "wall_s": round(time.perf_counter() - start, 3),
         "notes": notes, "config": asdict(cfg),
     }
@@ -261,4 +316,5 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     return out
 
 
-__all__ = ["FinetuneConfig", "run_finetune", "subsample", "majority_baseline", "EVAL_SAMPLE_SEED"]
+__all__ = ["FinetuneConfig", "DataOptions", "CnnTraining", "run_finetune", "subsample", "majority_baseline",
+           "EVAL_SAMPLE_SEED", "CHECKPOINT_PREFIX"]

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from recon.data_prep.configuration import Config, knob
+from recon.data_prep.defaults import DEFAULT_SEED
 from recon.data_prep.errors import ReconError
 
 from . import metrics as metrics_lib
@@ -54,38 +56,35 @@ class TrainingDiverged(ReconError):
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings of one run. ``batch_size`` is used by whoever builds the loaders."""
+class TrainConfig(Config):
+    """Optimisation settings of one run of the loop (paper Appendix B for supervised RE).
 
-    lr: float = 3e-5
-    batch_size: int = 64
-    epochs: int = 6
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
-    warmup_ratio: float = 0.1
-    warmup_steps: int | None = None  # overrides warmup_ratio when set
-    schedule: Literal["linear", "constant"] = "linear"
-    max_grad_norm: float | None = 1.0
-    grad_accum: int = 1
-    max_train_steps: int | None = None  # optimizer steps in all; stops early, shortens the schedule
-    seed: int = 42
-    device: str = "auto"  # "auto" = cuda when present, else cpu
-    bf16: bool = True  # autocast to bfloat16, on CUDA only
-    metric: str = "micro_f1"
-    negative_id: int | None = None
-    deterministic: bool = True  # torch deterministic kernels: ~6% slower on CPU (bench/bench_loop.py)
-    progress: bool | None = None  # None: show tqdm only on a terminal
+    ``batch_size`` is used by whoever builds the loaders. ``metric`` and ``negative_id`` default to
+    the dataset's (fine-tuning fills them in); the seed is the run's, so it is part of the trial id.
+    """
 
-    def __post_init__(self) -> None:
-        if self.grad_accum < 1:
-            raise ReconError(f"grad_accum must be >= 1, got {self.grad_accum}")
-        if self.epochs < 1:
-            raise ReconError(f"epochs must be >= 1, got {self.epochs}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ReconError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.metric not in metrics_lib.METRICS:
-            raise ReconError(f"metric must be one of {metrics_lib.METRICS}, got {self.metric!r}")
+    lr: float = knob(3e-5, "peak learning rate (Appendix B: 3e-5)", gt=0)
+    batch_size: int = knob(64, "examples per optimizer step before accumulation (Appendix B: 64)", ge=1)
+    epochs: int = knob(6, "passes over the training data (Appendix B: 6)", ge=1)
+    optimizer: Literal["adamw", "sgd"] = knob("adamw", "adamw (encoders) or sgd (the CNN)", choices=("adamw", "sgd"))
+    weight_decay: float = knob(0.01, "AdamW weight decay; biases and LayerNorm excluded (not in the paper)", ge=0)
+    adam_eps: float = knob(1e-8, "AdamW epsilon", gt=0)
+    warmup_ratio: float = knob(0.1, "linear warm-up as a fraction of all optimizer steps", ge=0, le=1)
+    warmup_steps: int | None = knob(None, "fixed warm-up steps, overriding warmup_ratio (the authors' script: 500)", ge=0)
+    schedule: Literal["linear", "constant"] = knob("linear", "learning-rate schedule after warm-up",
+                                                   choices=("linear", "constant"))
+    max_grad_norm: float | None = knob(1.0, "gradient clipping norm (none: no clipping)", gt=0)
+    grad_accum: int = knob(1, "micro-batches accumulated per optimizer step", ge=1)
+    max_train_steps: int | None = knob(None, "stop after this many optimizer steps (shortens the schedule)", ge=1)
+    eval_batch_size: int = knob(128, "examples per forward pass when evaluating (inference only)", ge=1,
+                                identity=False)
+    seed: int = knob(DEFAULT_SEED, "seed of initialisation, shuffling, dropout and seeded splits")
+    metric: str | None = knob(None, "evaluation metric (default: the dataset's)", choices=metrics_lib.METRICS)
+    negative_id: int | None = knob(None, "label id of the negative class (default: the dataset's)", cli=False)
+    device: str = knob("auto", "auto (cuda when present), cpu or cuda[:N]", identity=False)
+    bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
+    deterministic: bool = knob(True, "torch deterministic kernels: ~6% slower on CPU (bench/bench_loop.py)")
+    progress: bool | None = knob(None, "progress bar (default: only on a terminal)", identity=False)
 
 
 @runtime_checkable
@@ -257,6 +256,8 @@ def evaluate(
             golds.extend(gold.reshape(-1).tolist())
     finally:
         model.train(was_training)
+    if config.metric is None:
+        raise ReconError("TrainConfig.metric is not set: the caller chooses it (e.g. the dataset's metric)")
     result = metrics_lib.compute(config.metric, preds, golds, config.negative_id)
     return result, list(zip(preds, golds))
 

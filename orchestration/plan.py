@@ -18,30 +18,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-from .spec import ModelSpec, SpecError, StudySpec, stable_hash
+from recon.data_prep.hashing import stable_hash
+from recon.data_prep.registry import display_names, expected_train_size, metric_of, paper_split_sizes
+from recon.models.fewshot import FewshotConfig, FewshotSettings
+from recon.models.finetune import FinetuneConfig
 
-# Paper Tables 8 and 9: (train, dev, test) and the sizes of the 1% / 10% training subsets.
-DATASET_SIZES: dict[str, tuple[int, int, int]] = {
-    "semeval": (6507, 1493, 2717),
-    "chemprot": (4169, 2427, 3469),
-    "wiki80": (39200, 5600, 11200),
-    "tacred": (68124, 22631, 15509),
-}
-SUBSET_SIZES: dict[str, dict[float, int]] = {
-    "semeval": {0.01: 73, 0.1: 660},
-    "chemprot": {0.01: 49, 0.1: 423},
-    "wiki80": {0.01: 400, 0.1: 3920},
-    "tacred": {0.01: 703, 0.1: 6833},
-}
-FEWSHOT_EVAL_DATASETS = {"fewrel": "FewRel 1.0", "fewrel-pubmed": "FewRel 2.0 DA"}
-PAPER_DATASET_NAMES = {"semeval": "SemEval", "chemprot": "ChemProt", "wiki80": "Wiki80", "tacred": "TACRED", **FEWSHOT_EVAL_DATASETS}
-METRIC_OF = {"semeval": "micro_f1", "chemprot": "micro_f1", "tacred": "micro_f1", "wiki80": "accuracy",
-             "fewrel": "accuracy", "fewrel-pubmed": "accuracy"}
+from .spec import ModelSpec, SpecError, StudySpec
 
 # Seconds per training example (forward + backward); evaluation examples cost a third of that.
 # Rough figures: bert-base at length 100 on one modern GPU; MiniLM-L6 on one CPU core; the CNN.
 DEFAULT_SECONDS_PER_EXAMPLE = {"cnn": 0.0003, "minilm": 0.03, "encoder": 0.004}
 EVAL_COST_FRACTION = 1 / 3
+PAPER_DATASET_NAMES = display_names()
 
 
 def split_label(split: float) -> str:
@@ -55,7 +43,11 @@ def nk_label(nk: str) -> str:
 
 @dataclass(frozen=True)
 class Trial:
-    """One Tune trial: a grid cell and seed (supervised) or an N-way K-shot setting (few-shot)."""
+    """One Tune trial: a grid cell and seed (supervised) or an N-way K-shot setting (few-shot).
+
+    ``config`` is the trainer's whole config (``FinetuneConfig`` / ``FewshotConfig`` as a dict);
+    ``trial_id`` is the hash of its identity (the fields that change results).
+    """
 
     trial_id: str
     kind: str              # "finetune" | "fewshot"
@@ -69,7 +61,13 @@ class Trial:
 
     @property
     def metric(self) -> str:
-        return METRIC_OF[self.dataset]
+        training = self.config.get("training") or self.config.get("settings", {}).get("training", {})
+        return training.get("metric") or metric_of(self.dataset)
+
+    def runner_config(self) -> Any:
+        """The config object the trainer receives (references such as ``@pretrain.cp`` unresolved)."""
+        cls = FinetuneConfig if self.kind == "finetune" else FewshotConfig
+        return cls.from_dict(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,21 +79,48 @@ class Trial:
         return cls(**{**data, "tables": tuple(data["tables"])})
 
 
-def _model_config(spec: StudySpec, model: ModelSpec) -> dict[str, Any]:
+def _model_source(spec: StudySpec, model: ModelSpec) -> tuple[str, Optional[str]]:
+    """(the runner's model/encoder reference, content identity of a pre-training stage or None)."""
     if model.kind == "cnn":
-        return {"kind": "cnn", "settings": spec.cnn.model_dump(mode="json")}
-    out: dict[str, Any] = {"kind": "encoder", "encoder": spec.encoder_of(model)}
+        return "cnn", None
     if model.pretrain_ref:
-        out["pretrain"] = {"stage": model.pretrain_ref, "hash": spec.stage_hash(model.pretrain_ref)}
-    elif model.checkpoint:
-        out["checkpoint"] = model.checkpoint
-    return out
+        return model.checkpoint or "", spec.stage_hash(model.pretrain_ref)
+    if model.checkpoint:
+        return str(spec.resolve_path(model.checkpoint)), None
+    return "bert", None
+
+
+def finetune_config(spec: StudySpec, dataset: str, split: float, fmt: str, model: ModelSpec,
+                    seed: int) -> FinetuneConfig:
+    """The exact config a supervised trial's trainer receives."""
+    source, identity = _model_source(spec, model)
+    return FinetuneConfig(dataset=dataset, split=split, input_format=fmt, model=source,
+                          encoder=spec.encoder_of(model) or spec.encoder, data=spec.data,
+                          training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity)
+
+
+def fewshot_config(spec: StudySpec, dataset: str, n: int, k: int, fmt: str, model: ModelSpec) -> FewshotConfig:
+    """The exact config a few-shot trial's trainer receives (the model is its encoder)."""
+    source, identity = _model_source(spec, model)
+    encoder = spec.encoder_of(model) or spec.encoder if source == "bert" else source
+    return FewshotConfig(dataset=dataset, n_way=n, k_shot=k, input_format=fmt, encoder=encoder,
+                         settings=spec.fewshot.settings if spec.fewshot else FewshotSettings(),
+                         source_identity=identity)
+
+
+def trial_id(kind: str, cfg: Any, trainer: Optional[str] = None) -> str:
+    """Hash of the trainer's resolved config identity (and of a custom trainer, which changes results)."""
+    payload = {"kind": kind, **cfg.identity()}
+    if trainer:
+        payload["trainer"] = trainer
+    return stable_hash(payload)
 
 
 def _check_distinct_models(spec: StudySpec) -> None:
     seen: dict[str, str] = {}
     for model in spec.models:
-        key = stable_hash(_model_config(spec, model))
+        source, identity = _model_source(spec, model)
+        key = stable_hash([source, identity, spec.encoder_of(model)])
         if key in seen:
             raise SpecError(f"models {seen[key]!r} and {model.name!r} have the same definition; they would be the same trials")
         seen[key] = model.name
@@ -107,36 +132,25 @@ def expand(spec: StudySpec) -> list[Trial]:
     by_id: dict[str, Trial] = {}
     order: list[str] = []
 
-    def add(trial_kw: dict[str, Any], table: str) -> None:
-        config = trial_kw["config"]
-        if spec.trainer:
-            config["trainer"] = spec.trainer
-        trial_id = stable_hash(config)
-        if trial_id in by_id:
-            old = by_id[trial_id]
+    def add(kind: str, cfg: Any, table: str, **labels: Any) -> None:
+        tid = trial_id(kind, cfg, spec.trainer)
+        if tid in by_id:
+            old = by_id[tid]
             if table not in old.tables:
-                by_id[trial_id] = Trial(**{**asdict(old), "tables": old.tables + (table,), "config": old.config})
+                by_id[tid] = Trial(**{**asdict(old), "tables": old.tables + (table,), "config": old.config})
             return
-        by_id[trial_id] = Trial(trial_id=trial_id, tables=(table,), **trial_kw)
-        order.append(trial_id)
+        by_id[tid] = Trial(trial_id=tid, kind=kind, tables=(table,), config=cfg.to_dict(), **labels)
+        order.append(tid)
 
     for grid in spec.grids:
-        seeds = grid.seeds or spec.seeds
         for dataset in grid.datasets:
             for split in grid.splits:
                 for model in spec.grid_models(grid.models):
-                    training = spec.cnn if model.kind == "cnn" else spec.training
                     for fmt in grid.formats:
-                        for seed in seeds:
-                            config = {
-                                "kind": "finetune", "dataset": dataset, "split": split,
-                                "split_source": spec.split_source, "format": fmt, "seed": seed,
-                                "model": _model_config(spec, model),
-                                "training": training.model_dump(mode="json"),
-                                "max_eval": spec.max_eval, "max_train": spec.max_train,
-                            }
-                            add({"kind": "finetune", "dataset": dataset, "setting": split_label(split), "format": fmt,
-                                 "model": model.name, "seed": seed, "config": config}, grid.table)
+                        for seed in grid.seeds or spec.seeds:
+                            cfg = finetune_config(spec, dataset, split, fmt, model, seed)
+                            add("finetune", cfg, grid.table, dataset=dataset, setting=split_label(split),
+                                format=fmt, model=model.name, seed=seed)
     if spec.fewshot is not None:
         fs = spec.fewshot
         for dataset in fs.datasets:
@@ -146,21 +160,16 @@ def expand(spec: StudySpec) -> list[Trial]:
                     if model.kind == "cnn":
                         raise SpecError(f"fewshot.models: {model.name!r} is a CNN; few-shot needs an encoder model")
                     for fmt in fs.formats:
-                        config = {
-                            "kind": "fewshot", "dataset": dataset, "n": n, "k": k, "format": fmt, "seed": fs.seed,
-                            "model": _model_config(spec, model), "episodes": fs.episodes, "lr": fs.lr,
-                            "batch_size": fs.batch_size, "train_episodes": fs.train_episodes, "q_query": fs.q_query,
-                            "max_length": fs.max_length,
-                        }
-                        add({"kind": "fewshot", "dataset": dataset, "setting": nk_label(nk), "format": fmt,
-                             "model": model.name, "seed": fs.seed, "config": config}, "table6")
+                        cfg = fewshot_config(spec, dataset, n, k, fmt, model)
+                        add("fewshot", cfg, "table6", dataset=dataset, setting=nk_label(nk), format=fmt,
+                            model=model.name, seed=cfg.seed)
     return [by_id[i] for i in order]
 
 
 # ---------------------------------------------------------------- compute estimate
 
 def train_size(dataset: str, split: float, max_train: Optional[int] = None) -> int:
-    size = DATASET_SIZES[dataset][0] if split >= 1.0 else SUBSET_SIZES[dataset][split]
+    size = expected_train_size(dataset, split)
     return min(size, max_train) if max_train else size
 
 
@@ -178,17 +187,19 @@ def example_epochs(trial: Trial) -> float:
     """Training examples x epochs + evaluation examples (weighted by ``EVAL_COST_FRACTION``)."""
     c = trial.config
     if trial.kind == "finetune":
-        epochs = c["training"]["epochs"]
-        _, dev, test = DATASET_SIZES[trial.dataset]
-        if c["max_eval"]:
-            dev, test = min(dev, c["max_eval"]), min(test, c["max_eval"])
-        trained = train_size(trial.dataset, c["split"], c["max_train"]) * epochs
-        if c["training"].get("max_train_steps"):
-            trained = min(trained, c["training"]["max_train_steps"] * c["training"]["batch_size"])
+        training = c["cnn"] if c["model"] == "cnn" else c["training"]
+        epochs = training["epochs"]
+        _, dev, test = (s or 0 for s in paper_split_sizes(trial.dataset))
+        if c["data"]["max_eval"]:
+            dev, test = min(dev, c["data"]["max_eval"]), min(test, c["data"]["max_eval"])
+        trained = train_size(trial.dataset, c["split"], c["data"]["max_train"]) * epochs
+        if training.get("max_train_steps"):
+            trained = min(trained, training["max_train_steps"] * training["batch_size"])
         return trained + (dev + test) * epochs * EVAL_COST_FRACTION
     # Few-shot: training and evaluation episodes of N*K support + N*Q query sentences.
-    per_episode = c["n"] * (c["k"] + c["q_query"])
-    return c["train_episodes"] * per_episode + c["episodes"] * per_episode * EVAL_COST_FRACTION
+    s = c["settings"]
+    per_episode = c["n_way"] * (c["k_shot"] + s["q_query"])
+    return s["train_episodes"] * per_episode + s["eval_episodes"] * per_episode * EVAL_COST_FRACTION
 
 
 @dataclass
@@ -223,7 +234,7 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
             row["finished"] += trial.trial_id in done
     stages = {}
     for name, stage in spec.pretrain.items():
-        cost = DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in (stage.encoder or spec.encoder).lower() else "encoder"]
+        cost = DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in stage.encoder_name.lower() else "encoder"]
         seconds = stage.steps * stage.batch_size * 2 * cost * stage.max_length / 100
         stages[name] = {"objective": stage.objective, "steps": stage.steps, "hash": spec.stage_hash(name),
                         "estimated_hours": round(seconds / 3600, 3)}
@@ -240,4 +251,4 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
 
 
 __all__ = ["Trial", "expand", "summarize", "PlanSummary", "split_label", "nk_label", "example_epochs",
-           "train_size", "DATASET_SIZES", "PAPER_DATASET_NAMES", "METRIC_OF"]
+           "train_size", "trial_id", "finetune_config", "fewshot_config", "PAPER_DATASET_NAMES"]

@@ -29,11 +29,15 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recon.data_prep.configuration import knob
 from recon.data_prep.errors import ReconError
+from recon.models.pretrain_config import PretrainConfig
+
+from .tracking_uri import DEFAULT_TRACKING_URI, absolute_tracking_uri
 
 CHECKPOINT_PREFIX = "checkpoint_step_"
 TRAIN_STATE_DIR = "train"
@@ -41,72 +45,26 @@ PROGRESS_FILE = "progress.jsonl"
 CONFIG_FILE = "config.json"
 MLFLOW_FILE = "mlflow_run.json"
 EXPERIMENT = "recon-pretrain"
-# Fields that may change when a run is resumed; every other field must match the original run.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "max_failures", "tracking_uri", "resume",
-                               "fail_at_step", "fail_marker", "log_every", "use_gpu"})
+# Fields that may change when a run is resumed; every other field must match the original run (a
+# changed ``steps`` would rebuild the LR schedule with a new total, so the rate would jump).
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "max_failures", "tracking_uri", "resume",
+                               "fail_at_step", "fail_marker", "log_every", "use_gpu", "cpus_per_worker"})
 
 
 @dataclass
-class PretrainConfig:
-    """Everything a pre-training run depends on (paper defaults, Appendix A)."""
+class PretrainRun(PretrainConfig):
+    """A pre-training run: the settings that shape the encoder plus where the run lives and is tracked."""
 
-    objective: str = "cp"
-    corpus: str = ""
-    num_workers: int = 2
-    steps: int = 3500
-    batch_size: int = 2048            # pairs per optimizer step, all workers and micro-steps together
-    micro_batch_size: int | None = None  # pairs per worker per forward pass (default: min(32, B / workers))
-    p_blank: float = 0.7
-    encoder: str = "minilm"
-    lr: float = 3e-5
-    weight_decay: float = 1e-5
-    warmup: int = 500
-    max_grad_norm: float = 1.0
-    max_length: int = 64
-    temperature: float = 0.05
-    mlm_probability: float = 0.15
-    mlm_weight: float = 1.0
-    seed: int = 42
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    max_failures: int = 3
-    out: str = "runs/pretrain"
-    run_name: str | None = None
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = EXPERIMENT
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    bf16: bool = True
-    resume: bool = False
-    log_every: int = 1
+    out: str = knob("runs/pretrain", "storage directory of the run", identity=False)
+    run_name: str | None = knob(None, "run name under --out (default: pretrain-<objective>)", identity=False)
+    tracking_uri: str = knob(DEFAULT_TRACKING_URI, "MLflow tracking URI", identity=False)
+    experiment: str = knob(EXPERIMENT, "MLflow experiment", identity=False)
+    resume: bool = knob(False, "continue the run in --out from its latest checkpoint", identity=False)
     # Fault injection for tests: the last rank exits abruptly at the start of this step, once
     # (``fail_marker`` is created first, and its presence disables the failure).
-    fail_at_step: int | None = None
-    fail_marker: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("cp", "mtb"):
-            raise ReconError(f"objective must be 'cp' or 'mtb', got {self.objective!r}")
-        for name in ("num_workers", "steps", "batch_size", "checkpoint_every", "max_length", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ReconError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.p_blank <= 1.0:
-            raise ReconError(f"p_blank must be in [0, 1], got {self.p_blank}")
-        if self.micro_batch_size is None:
-            self.micro_batch_size = max(1, min(32, self.batch_size // self.num_workers))
-        self.accum_steps  # validates divisibility
-
-    @property
-    def accum_steps(self) -> int:
-        """Micro-steps per optimizer step: batch = workers x micro-batch x accum, exactly."""
-        per_round = self.num_workers * int(self.micro_batch_size)
-        if self.batch_size % per_round:
-            raise ReconError(
-                f"batch size {self.batch_size} is not a multiple of workers x micro-batch = "
-                f"{self.num_workers} x {self.micro_batch_size} = {per_round}; choose --batch-size or "
-                f"--micro-batch-size so that it divides"
-            )
-        return self.batch_size // per_round
+    fail_at_step: int | None = knob(None, "test hook: the last worker exits at this step", identity=False, cli=False)
+    fail_marker: str | None = knob(None, "test hook: file whose presence disables fail_at_step", identity=False,
+                                   cli=False)
 
     @property
     def name(self) -> str:
@@ -116,31 +74,10 @@ class PretrainConfig:
     def run_dir(self) -> Path:
         return Path(self.out).expanduser().resolve() / self.name
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PretrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ReconError(f"unknown pre-training option(s): {', '.join(unknown)}")
-        return cls(**data)
-
 
 # ---------------------------------------------------------------------------------------------
 # Paths and checkpoints on the driver side
 # ---------------------------------------------------------------------------------------------
-
-def absolute_tracking_uri(uri: str) -> str:
-    """Make a relative ``sqlite:///file.db`` absolute: Ray workers do not share the driver's cwd."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    if "://" not in uri:  # a plain directory: mlflow's file store
-        return str(Path(uri).resolve())
-    return uri
-
 
 def checkpoint_step(path: Path) -> int | None:
     """The step of a ``checkpoint_step_NNNNNN`` directory holding a complete training state."""
@@ -165,7 +102,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _check_resume(cfg: PretrainConfig) -> None:
+def _check_resume(cfg: PretrainRun) -> None:
     run_dir = cfg.run_dir
     latest = latest_checkpoint(run_dir)
     if not cfg.resume:
@@ -190,7 +127,7 @@ def _check_resume(cfg: PretrainConfig) -> None:
 # MLflow (driver creates/continues the run, rank 0 logs metrics into it)
 # ---------------------------------------------------------------------------------------------
 
-def _mlflow_run(cfg: PretrainConfig) -> str:
+def _mlflow_run(cfg: PretrainRun) -> str:
     """Create the run (params = config) or reopen the one recorded in ``mlflow_run.json``."""
     from mlflow.tracking import MlflowClient
 
@@ -262,7 +199,7 @@ def _gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def _maybe_fail(cfg: PretrainConfig, step: int, rank: int, world: int) -> None:
+def _maybe_fail(cfg: PretrainRun, step: int, rank: int, world: int) -> None:
     """Test hook: kill the last worker process outright (no exception, no cleanup), once."""
     if cfg.fail_at_step != step or rank != world - 1 or not cfg.fail_marker:
         return
@@ -308,7 +245,7 @@ def train_loop_per_worker(config: dict) -> None:
                                     reseed_step, step_generator)
     from recon.models.training import TrainConfig, build_optimizer, build_scheduler, seed_everything
 
-    cfg = PretrainConfig.from_dict(config["cfg"])
+    cfg = PretrainRun.from_dict(config["cfg"])
     run_id = config.get("mlflow_run_id")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -320,7 +257,7 @@ def train_loop_per_worker(config: dict) -> None:
         ckpt_dir = _restore_dir(ray.train.get_checkpoint(), run_dir, stack)
         seed_everything(cfg.seed)  # same fresh MLM head on every rank (DDP broadcasts rank 0's anyway)
         bundle = (load_checkpoint(ckpt_dir, mlm_head=True) if ckpt_dir
-                  else load_encoder(cfg.encoder, mlm_head=True))
+                  else load_encoder(cfg.encoder_name, mlm_head=True))
         manifest = read_manifest(cfg.corpus)
         num_shards = int(manifest.get("num_shards", len(manifest.get("shards", [])) or 1))
         index = load_corpus(cfg.corpus, shard_ids=shards_for_rank(num_shards, rank, world))
@@ -385,7 +322,7 @@ def train_loop_per_worker(config: dict) -> None:
                 with tempfile.TemporaryDirectory(prefix="recon-pretrain-") as tmp:
                     out = Path(tmp) / "ckpt"
                     save_checkpoint(out, encoder, bundle.tokenizer, special=bundle.special,
-                                    base_encoder=cfg.encoder, objective=cfg.objective, step=step,
+                                    base_encoder=cfg.encoder_name, objective=cfg.objective, step=step,
                                     extra={"pretrain_config": cfg.to_dict()})
                     save_train_state(out / TRAIN_STATE_DIR, optimizer=optimizer, scheduler=scheduler,
                                      extra={"step": step, "world_size": world,
@@ -403,7 +340,7 @@ def train_loop_per_worker(config: dict) -> None:
 # Driver
 # ---------------------------------------------------------------------------------------------
 
-def _init_ray(cfg: PretrainConfig) -> bool:
+def _init_ray(cfg: PretrainRun) -> bool:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray sized for the workers."""
     from .ray_session import ensure_ray
 
@@ -418,7 +355,7 @@ def export_final(checkpoint_dir: Path, target: Path) -> Path:
     return target
 
 
-def run_pretraining(cfg: PretrainConfig) -> Path:
+def run_pretraining(cfg: PretrainRun) -> Path:
     """Run (or resume) pre-training on Ray Train; return the final recon checkpoint directory."""
     import ray
     import ray.train
@@ -488,5 +425,5 @@ def read_progress(run_dir: str | Path) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-__all__ = ["PretrainConfig", "run_pretraining", "train_loop_per_worker", "latest_checkpoint",
+__all__ = ["PretrainConfig", "PretrainRun", "run_pretraining", "train_loop_per_worker", "latest_checkpoint",
            "read_progress", "export_final", "absolute_tracking_uri"]

@@ -7,7 +7,24 @@ worker runs :func:`quiet_workers` first, so a local run prints progress rather t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional
+
+from recon.data_prep.configuration import Config, knob
+
+
+@dataclass
+class RayConfig(Config):
+    """Where a study runs and how much of the cluster each trial takes (none of it changes results)."""
+
+    address: Optional[str] = knob(None, "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)",
+                                  identity=False)
+    num_cpus: Optional[int] = knob(None, "CPUs of the local Ray started for you (default: all)", ge=1,
+                                   identity=False)
+    cpus_per_trial: float = knob(1.0, "CPUs reserved per trial (also its torch threads)", gt=0, identity=False)
+    gpus_per_trial: float = knob(0.0, "GPUs per trial; fractions share a GPU (e.g. 0.25)", ge=0, identity=False)
+    max_concurrent_trials: int = knob(1, "trials running at once", ge=1, identity=False)
+    max_retries: int = knob(0, "retries of a failed trial", ge=0, identity=False)
 
 
 def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:

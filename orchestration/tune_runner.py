@@ -19,7 +19,6 @@ How it fits together
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -34,7 +33,10 @@ from recon.data_prep.atomic import write_text_atomic
 from recon.data_prep.errors import ReconError
 
 from .plan import Trial, expand
-from .spec import PretrainStage, StudySpec
+from recon.models.finetune import CHECKPOINT_PREFIX
+from recon.models.pretrain_config import DEMO_CORPUS, PretrainConfig
+
+from .spec import StudySpec
 from .tracking import StudyTracker
 
 RESULT_FILE = "result.json"
@@ -49,66 +51,52 @@ STAGE_DONE = "recon_stage.json"
 
 @dataclass
 class TrialRequest:
-    """What a trainer gets: the trial and where things are on this cluster (paths already resolved)."""
+    """What a trainer gets: the trial, its config with this node's locations filled in, and its folder.
+
+    ``config`` is ``trial.runner_config()`` (the very config the trial id hashes) with the
+    references resolved here: ``@pretrain.<stage>`` -> the stage's checkpoint directory, the data
+    directory -> the driver's, resolved to an absolute path.
+    """
 
     trial: Trial
     out_dir: Path
-    checkpoint_dir: Optional[str] = None  # the model's checkpoint (pre-training stage output or path)
+    config: Any = None
     data_dir: Optional[str] = None
 
 
 Trainer = Callable[[TrialRequest, Sequence[Any]], dict]
 
 
+def resolve_references(trial: Trial, checkpoints: dict[str, str], data_dir: Optional[str]) -> Any:
+    """The trial's runner config with ``@pretrain.<stage>`` and the data directory resolved."""
+    cfg = trial.runner_config()
+    if trial.kind == "finetune":
+        model = checkpoints.get(cfg.model, cfg.model)
+        if model.startswith(CHECKPOINT_PREFIX):
+            raise ReconError(f"trial {trial.trial_id}: {model} has no checkpoint (its stage did not run)")
+        return cfg.replace(model=model, data=cfg.data.replace(data_dir=data_dir),
+                           training=cfg.training.replace(progress=False))
+    encoder = checkpoints.get(cfg.encoder, cfg.encoder)
+    if encoder.startswith(CHECKPOINT_PREFIX):
+        raise ReconError(f"trial {trial.trial_id}: {encoder} has no checkpoint (its stage did not run)")
+    training = cfg.settings.training.replace(progress=False)
+    return cfg.replace(encoder=encoder, data_dir=data_dir, settings=cfg.settings.replace(training=training))
+
+
 # ---------------------------------------------------------------- trainers
 
-def _config_for(cls: type, values: dict[str, Any]) -> Any:
-    """Build the runner's config dataclass; a field it lacks is an error, never silently dropped."""
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ReconError(f"cannot build {cls.__name__} from the study's config: {exc}") from None
-
-
 def finetune_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
-    """Default supervised trainer: ``recon.models.finetune.run_finetune``."""
-    from recon.models.finetune import FinetuneConfig, run_finetune
+    """Default supervised trainer: ``recon.models.finetune.run_finetune`` on the request's config."""
+    from recon.models.finetune import run_finetune
 
-    c = request.trial.config
-    model = c["model"]
-    training = c["training"]
-    values = {
-        "dataset": c["dataset"], "data_dir": request.data_dir, "split": c["split"], "split_source": c["split_source"],
-        "input_format": c["format"], "seed": c["seed"], "max_eval": c["max_eval"],
-        "model": "cnn" if model["kind"] == "cnn" else (request.checkpoint_dir or "bert"),
-        "encoder": model.get("encoder") or "minilm",
-        "epochs": training["epochs"], "batch_size": training["batch_size"], "lr": training["lr"],
-        "max_length": training["max_length"], "progress": False,
-    }
-    for key in ("warmup_ratio", "weight_decay", "max_train_steps"):
-        if training.get(key) is not None:
-            values[key] = training[key]
-    if c.get("max_train"):
-        values["extra"] = {"max_train": c["max_train"]}
-    cfg = _config_for(FinetuneConfig, values)
-    return run_finetune(cfg, callbacks=callbacks, out_dir=request.out_dir)
+    return run_finetune(request.config, callbacks=callbacks, out_dir=request.out_dir)
 
 
 def fewshot_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
     """Default few-shot trainer: ``recon.models.fewshot.run_fewshot`` (its ``notes`` say what it trained on)."""
-    from recon.models.fewshot import FewshotConfig, run_fewshot
+    from recon.models.fewshot import run_fewshot
 
-    c = request.trial.config
-    values = {
-        "dataset": c["dataset"], "data_dir": request.data_dir, "n_way": c["n"], "k_shot": c["k"],
-        "q_query": c["q_query"], "input_format": c["format"], "seed": c["seed"], "eval_episodes": c["episodes"],
-        "train_episodes": c["train_episodes"], "lr": c["lr"], "batch_size": c["batch_size"],
-        "max_length": c["max_length"], "progress": False,
-        # FewshotConfig takes the model as its encoder: an alias, HF directory or recon checkpoint.
-        "encoder": request.checkpoint_dir or c["model"].get("encoder") or "minilm",
-    }
-    cfg = _config_for(FewshotConfig, values)
-    return run_fewshot(cfg, callbacks=callbacks, out_dir=request.out_dir)
+    return run_fewshot(request.config, callbacks=callbacks, out_dir=request.out_dir)
 
 
 def resolve_trainer(name: Optional[str], kind: str, base_dir: Optional[Path] = None) -> Trainer:
@@ -169,7 +157,8 @@ def tune_trainable(config: dict) -> None:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     trial = Trial.from_dict(config["trial"])
     request = TrialRequest(trial=trial, out_dir=Path(config["trials_dir"]) / trial.trial_id,
-                           checkpoint_dir=config["checkpoints"].get(trial.model), data_dir=config.get("data_dir"))
+                           config=resolve_references(trial, config["checkpoints"], config.get("data_dir")),
+                           data_dir=config.get("data_dir"))
     trainer = resolve_trainer(config.get("trainer"), trial.kind, Path(config["base_dir"]))
     start = time.time()
     result = trainer(request, [TuneReporter()])
@@ -181,9 +170,9 @@ def tune_trainable(config: dict) -> None:
 
 # ---------------------------------------------------------------- pre-training stages
 
-def _corpus_dir(spec: StudySpec, stage: PretrainStage, log: Callable[[str], None]) -> str:
+def _corpus_dir(spec: StudySpec, stage: PretrainConfig, log: Callable[[str], None]) -> str:
     """The stage's corpus directory; ``@demo`` builds the demo corpus from local benchmarks once."""
-    if stage.corpus != "@demo":
+    if stage.corpus != DEMO_CORPUS:
         return str(spec.resolve_path(stage.corpus))
     # The anchored variant, without the entity pairs of every dataset the study evaluates on. The
     # demo corpus IS Wiki80 dev + FewRel val text, so for a study evaluated on those it comes out
@@ -209,7 +198,7 @@ def study_data_dir(spec: StudySpec) -> Optional[str]:
     """
     from recon.data_prep.datadir import existing_data_root
 
-    root = existing_data_root(spec.resolve_path(spec.data_dir) if spec.data_dir else None)
+    root = existing_data_root(spec.resolve_path(spec.data.data_dir) if spec.data.data_dir else None)
     return str(root) if root else None
 
 
@@ -217,30 +206,16 @@ def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: 
                        log: Callable[[str], None] = say) -> Path:
     """Run one pre-training stage through ``recon.orchestration.pretrain.run_pretraining`` -> checkpoint dir.
 
-    The only place that knows ``PretrainConfig``: its fields are filled from the stage, and
-    ``options`` are passed as given (checked against the config's fields). The stage
-    tracks itself in the study's store and experiment (the driver writes nothing meanwhile).
+    The stage IS a ``PretrainConfig`` (validated with the spec); the run adds where it lives and is
+    tracked: the study's store and experiment (the driver writes nothing meanwhile).
     """
-    try:
-        from recon.orchestration.pretrain import PretrainConfig, run_pretraining
-    except ImportError as exc:
-        raise ReconError(f"pre-training stage {name!r} needs orchestration.pretrain ({exc})") from None
+    from recon.orchestration.pretrain import PretrainRun, run_pretraining
+
     stage = spec.pretrain[name]
-    values: dict[Any, Any] = {
-        "objective": stage.objective, "corpus": _corpus_dir(spec, stage, log), "encoder": stage.encoder or spec.encoder,
-        "steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
-        "max_length": stage.max_length, "p_blank": stage.p_blank, "temperature": stage.temperature,
-        "num_workers": stage.num_workers, "cpus_per_worker": stage.cpus_per_worker, "use_gpu": stage.use_gpu,
-        "seed": stage.seed, "out": str(out_dir), "run_name": name,
-        "tracking_uri": tracking_uri, "experiment": spec.name,
-        # An interrupted stage (driver killed) continues from its latest checkpoint.
-        "resume": (out_dir / name / "config.json").is_file(),
-    }
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    unknown = sorted(set(stage.options) - fields)
-    if unknown:
-        raise ReconError(f"pretrain.{name}.options: PretrainConfig has no field(s) {unknown}")
-    cfg = _config_for(PretrainConfig, {**values, **stage.options})
+    cfg = PretrainRun(**{**stage.to_dict(), "corpus": _corpus_dir(spec, stage, log), "out": str(out_dir),
+                         "run_name": name, "tracking_uri": tracking_uri, "experiment": spec.name,
+                         # An interrupted stage (driver killed) continues from its latest checkpoint.
+                         "resume": (out_dir / name / "config.json").is_file()})
     return Path(run_pretraining(cfg))
 
 
@@ -346,7 +321,7 @@ def _init_ray(spec: StudySpec, address: Optional[str], num_cpus: Optional[int]) 
     """Connect to ``address`` (or RAY_ADDRESS) or start a local Ray; True when we started it."""
     from .ray_session import ensure_ray
 
-    return ensure_ray(address=address or spec.ray_address, num_cpus=num_cpus or spec.num_cpus)
+    return ensure_ray(address=address or spec.ray.address, num_cpus=num_cpus or spec.ray.num_cpus)
 
 
 def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -385,22 +360,16 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, tria
           checkpoints: dict[str, str], log: Callable[[str], None]) -> list[str]:
     from ray import tune
 
-    model_checkpoints: dict[str, str] = {}
-    for model in spec.models:
-        if model.pretrain_ref:
-            if model.pretrain_ref in checkpoints:
-                model_checkpoints[model.name] = checkpoints[model.pretrain_ref]
-        elif model.checkpoint:
-            model_checkpoints[model.name] = str(spec.resolve_path(model.checkpoint))
+    model_checkpoints = {f"{CHECKPOINT_PREFIX}{stage}": path for stage, path in checkpoints.items()}
     base_dir = spec.source.parent if spec.source else Path.cwd()
     param_space = {
         "trial": tune.grid_search([t.to_dict() for t in pending]),
         "trials_dir": str(trials_dir), "checkpoints": model_checkpoints, "base_dir": str(base_dir),
         "data_dir": study_data_dir(spec),
-        "trainer": spec.trainer, "threads": max(1, int(spec.resources.cpu)),
+        "trainer": spec.trainer, "threads": max(1, int(spec.ray.cpus_per_trial)),
     }
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    progress = Progress(len(pending), spec.max_concurrent_trials, say if log is print else log)
+    resources = {"cpu": spec.ray.cpus_per_trial, "gpu": spec.ray.gpus_per_trial}
+    progress = Progress(len(pending), spec.ray.max_concurrent_trials, say if log is print else log)
     by_id = {t.trial_id: t for t in pending}
 
     def name_of(trial) -> str:
@@ -409,12 +378,12 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, tria
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.ray.max_concurrent_trials,
                                     trial_name_creator=name_of, trial_dirname_creator=name_of),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(spec.resolved_output_dir() / "tune"),
-            failure_config=tune.FailureConfig(max_failures=spec.max_retries),
+            failure_config=tune.FailureConfig(max_failures=spec.ray.max_retries),
             callbacks=[_driver_callback(by_id, tracker, trials_dir, progress)],
             verbose=0,
         ),

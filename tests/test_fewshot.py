@@ -16,7 +16,7 @@ from recon.data_prep.registry import load_dataset
 from recon.data_prep.special_tokens import SpecialTokens
 from recon.models.batching import encode_examples
 from recon.models.fewshot import (
-    EpisodeBatches, EpisodeCollator, FewshotConfig, IndexCollator, PrototypicalTask, RepresentationTable,
+    EpisodeBatches, EpisodeCollator, FewshotConfig, FewshotSettings, IndexCollator, PrototypicalTask, RepresentationTable,
     encode_table, run_fewshot, wiki80_training_relations,
 )
 from recon.models.training import TrainConfig, evaluate, fit, make_loader, seed_everything
@@ -135,8 +135,10 @@ def test_wiki80_training_relations_exclude_fewrel_val_wiki_on_the_real_files() -
 
 
 def test_run_fewshot_end_to_end_and_seeded(tiny_bert: str, tmp_path: Path) -> None:
-    cfg = FewshotConfig(data_dir=str(DATA), encoder=tiny_bert, train_episodes=16, eval_episodes=50,
-                        lr=1e-3, max_length=32, seed=5)
+    cfg = FewshotConfig(data_dir=str(DATA), encoder=tiny_bert,
+                        settings=FewshotSettings(train_episodes=16, eval_episodes=50, max_length=32,
+                                                 training=TrainConfig(lr=1e-3, batch_size=4, epochs=1, seed=5,
+                                                                      metric="accuracy")))
     a = run_fewshot(cfg, out_dir=tmp_path)
     b = run_fewshot(cfg)
     assert a["accuracy"] == b["accuracy"] and a["history"] == b["history"]
@@ -144,8 +146,7 @@ def test_run_fewshot_end_to_end_and_seeded(tiny_bert: str, tmp_path: Path) -> No
     assert "5 Wiki80 relations not in fewrel" in a["trained_on"] and a["history"][0]["step"] == 4
     assert any("train_wiki.json is not available" in n for n in a["notes"])
     assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == a["accuracy"]
-    zero = run_fewshot(FewshotConfig(data_dir=str(DATA), encoder=tiny_bert, train_episodes=0, eval_episodes=50,
-                                     max_length=32, seed=5))
+    zero = run_fewshot(cfg.replace(settings=cfg.settings.replace(train_episodes=0)))
     assert zero["history"] == [] and zero["trained_on"].startswith("nothing")
 
 
@@ -169,4 +170,4 @@ def test_bad_config_is_a_user_error() -> None:
     with pytest.raises(ReconError, match="few-shot evaluation supports"):
         FewshotConfig(dataset="semeval")
     with pytest.raises(ReconError, match="train_episodes"):
-        FewshotConfig(train_episodes=-1)
+        FewshotSettings(train_episodes=-1)

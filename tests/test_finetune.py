@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.models.finetune import FinetuneConfig, majority_baseline, run_finetune, subsample
+from recon.models.finetune import (CnnTraining, DataOptions, FinetuneConfig, majority_baseline, run_finetune,
+                                   subsample)
+from recon.models.training import TrainConfig
 
 torch.set_num_threads(1)
 FIXTURE = Path(__file__).parent / "fixtures" / "training" / "keyword"
@@ -32,9 +34,10 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(out)
 
 
-def keyword_cfg(encoder: str, **kw) -> FinetuneConfig:
-    base = dict(dataset=None, path=str(FIXTURE), kind="opennre", encoder=encoder, epochs=8, batch_size=16,
-                lr=2e-3, max_length=32, seed=3, warmup_ratio=0.0)
+def keyword_cfg(encoder: str, training: dict | None = None, **kw) -> FinetuneConfig:
+    base = dict(dataset=None, path=str(FIXTURE), kind="opennre", encoder=encoder, data=DataOptions(max_length=32),
+                training=TrainConfig(**{"epochs": 8, "batch_size": 16, "lr": 2e-3, "seed": 3, "warmup_ratio": 0.0,
+                                        **(training or {})}))
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -59,12 +62,12 @@ def test_tiny_bert_learns_the_keyword_task(tiny_bert: str, tmp_path: Path) -> No
 
 
 def test_same_config_same_result_and_max_eval_is_recorded(tiny_bert: str) -> None:
-    cfg = keyword_cfg(tiny_bert, epochs=2, max_eval=20)
+    cfg = keyword_cfg(tiny_bert, {"epochs": 2}, data=DataOptions(max_length=32, max_eval=20))
     a, b = run_finetune(cfg), run_finetune(cfg)
     assert a["history"] == b["history"] and a["test"] == b["test"]
     assert a["n_dev"] == 20 and a["n_test"] == 20
     assert any("max_eval=20" in note for note in a["notes"])
-    c = run_finetune(keyword_cfg(tiny_bert, epochs=2, max_eval=20, seed=4))
+    c = run_finetune(keyword_cfg(tiny_bert, {"epochs": 2, "seed": 4}, data=DataOptions(max_length=32, max_eval=20)))
     assert c["history"] != a["history"]
 
 
@@ -95,7 +98,7 @@ def test_config_errors_are_user_errors() -> None:
 
     with pytest.raises(ReconError, match="unknown input format"):
         FinetuneConfig(input_format="C+X")
-    with pytest.raises(ReconError, match="either dataset or path"):
+    with pytest.raises(ReconError, match="either a dataset name or a path"):
         FinetuneConfig(dataset="semeval", path="/tmp")
 
 
@@ -129,8 +132,9 @@ def test_cli_reports_user_errors_in_one_line() -> None:
 
 def test_cnn_baseline_learns_the_keyword_task(tmp_path: Path) -> None:
     """``model="cnn"``: featurizer fitted on train, SGD at the paper's lr 0.5, same loop and outputs."""
-    cfg = FinetuneConfig(dataset=None, path=str(FIXTURE), kind="opennre", model="cnn", epochs=15, batch_size=16,
-                         max_length=32, seed=1)
+    cfg = FinetuneConfig(dataset=None, path=str(FIXTURE), kind="opennre", model="cnn",
+                         cnn=CnnTraining(epochs=15, batch_size=16, word_vectors="random"),
+                         data=DataOptions(max_length=32), training=TrainConfig(seed=1))
     out = run_finetune(cfg, out_dir=tmp_path)
     assert out["train_config"]["optimizer"] == "sgd" and out["train_config"]["lr"] == 0.5
     assert out["test"]["micro_f1"] >= 0.9, out["history"]

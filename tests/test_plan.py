@@ -37,7 +37,7 @@ def test_trial_ids_are_stable_and_depend_only_on_the_result_config(tmp_path):
     # ... changing anything that affects the result changes them.
     path.write_text(base + "training: {lr: 5.0e-5}\n")
     assert set(t.trial_id for t in expand(load_spec(path))).isdisjoint(first)
-    path.write_text(base + "max_eval: 100\n")
+    path.write_text(base + "data: {max_eval: 100}\n")
     assert set(t.trial_id for t in expand(load_spec(path))).isdisjoint(first)
 
 

@@ -10,8 +10,8 @@ import pytest
 from recon.data_prep.errors import ReconError
 from recon.orchestration.cli import build_parser, main
 from recon.orchestration.commands.pretrain import config_from_args, format_curve
-from recon.orchestration.pretrain import (CONFIG_FILE, PretrainConfig, absolute_tracking_uri, latest_checkpoint,
-                                    read_progress, run_pretraining)
+from recon.orchestration.pretrain import (CONFIG_FILE, PretrainConfig, PretrainRun, absolute_tracking_uri,
+                                          latest_checkpoint, read_progress, run_pretraining)
 from tiny_bert import make_tiny_bert_dir
 
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
@@ -25,7 +25,7 @@ def test_batch_must_split_into_workers_micro_batches_and_accumulation():
         PretrainConfig(batch_size=100, num_workers=2, micro_batch_size=32)
     with pytest.raises(ReconError, match="objective"):
         PretrainConfig(objective="mlm")
-    with pytest.raises(ReconError, match="unknown pre-training option"):
+    with pytest.raises(ReconError, match="batchsize: unknown field of PretrainConfig"):
         PretrainConfig.from_dict({"objective": "cp", "batchsize": 4})
 
 
@@ -68,23 +68,23 @@ def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
 
 
 def test_a_used_run_directory_needs_resume_and_resume_needs_the_same_settings(tmp_path):
-    cfg = PretrainConfig(corpus=str(CORPUS), out=str(tmp_path), batch_size=8, steps=4)
+    cfg = PretrainRun(corpus=str(CORPUS), out=str(tmp_path), batch_size=8, steps=4)
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
     _fake_checkpoint(cfg.run_dir, 2)
     with pytest.raises(ReconError, match="pass --resume"):
         run_pretraining(cfg)
-    changed = PretrainConfig(corpus=str(CORPUS), out=str(tmp_path), batch_size=16, steps=4, resume=True)
+    changed = PretrainRun(corpus=str(CORPUS), out=str(tmp_path), batch_size=16, steps=4, resume=True)
     with pytest.raises(ReconError, match="batch_size: 8 -> 16"):
         run_pretraining(changed)
-    nothing = PretrainConfig(corpus=str(CORPUS), out=str(tmp_path / "other"), batch_size=8, resume=True)
+    nothing = PretrainRun(corpus=str(CORPUS), out=str(tmp_path / "other"), batch_size=8, resume=True)
     with pytest.raises(ReconError, match="nothing to resume"):
         run_pretraining(nothing)
 
 
 def test_missing_corpus_is_reported_before_any_worker_starts(tmp_path):
     with pytest.raises(ReconError, match="manifest.json is missing"):
-        run_pretraining(PretrainConfig(corpus=str(tmp_path), out=str(tmp_path / "out"), batch_size=8))
+        run_pretraining(PretrainRun(corpus=str(tmp_path), out=str(tmp_path / "out"), batch_size=8))
 
 
 def test_loss_curve_table_lists_every_nth_step_and_the_last():
@@ -97,13 +97,13 @@ def test_loss_curve_table_lists_every_nth_step_and_the_last():
 
 # ------------------------------------------------------------------------------------------- slow
 
-def _tiny_cfg(tmp_path: Path, **kw) -> PretrainConfig:
+def _tiny_cfg(tmp_path: Path, **kw) -> PretrainRun:
     enc = make_tiny_bert_dir(tmp_path, mlm=True)
     base = dict(objective="cp", corpus=str(CORPUS), num_workers=2, steps=6, batch_size=16, micro_batch_size=4,
                 encoder=str(enc), lr=1e-3, warmup=0, checkpoint_every=2, out=str(tmp_path / "out"),
                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fail_marker=str(tmp_path / "failed-once"))
     base.update(kw)
-    return PretrainConfig(**base)
+    return PretrainRun(**base)
 
 
 def _attempts(run_dir: Path) -> list[list[dict]]:

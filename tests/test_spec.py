@@ -20,7 +20,7 @@ def test_bad_split_is_rejected_with_location():
     with pytest.raises(SpecError) as err:
         load_spec(FIXTURES / "bad_split.yaml")
     msg = str(err.value)
-    assert "bad_split.yaml" in msg and "grids.0.splits" in msg and "0.5" in msg and "line 7" in msg
+    assert "bad_split.yaml" in msg and "grids.0.splits" in msg and "1.5" in msg and "line 7" in msg
 
 
 def test_bad_format_is_rejected_with_location():
@@ -33,8 +33,8 @@ def test_bad_format_is_rejected_with_location():
 def test_defaults_are_merged_and_override(tmp_path):
     spec = load_spec(FIXTURES / "child.yaml")
     assert spec.name == "toy-child" and spec.seeds == [42, 43, 44]
-    assert spec.training.epochs == 5 and spec.training.lr == 3e-5 and spec.training.max_length == 100
-    assert spec.max_eval == 200 and spec.trainer == "toy_trainer.py:train"  # inherited from toy_study.yaml
+    assert spec.training.epochs == 5 and spec.training.lr == 3e-5 and spec.data.max_length is None
+    assert spec.data.max_eval == 200 and spec.trainer == "toy_trainer.py:train"  # inherited from toy_study.yaml
     assert spec.grids[0].formats == ["C+M", "OnlyC"]
 
 
@@ -44,7 +44,8 @@ def test_format_names_are_normalised_and_paper_defaults_apply(tmp_path):
     spec = load_spec(path)
     assert spec.grids[0].formats == ["C+M", "OnlyC"]
     assert spec.seeds == [42, 43, 44, 45, 46]
-    assert (spec.training.lr, spec.training.batch_size, spec.training.epochs, spec.training.max_length) == (3e-5, 64, 6, 100)
+    assert (spec.training.lr, spec.training.batch_size, spec.training.epochs) == (3e-5, 64, 6)
+    assert spec.data.max_length is None  # the dataset's: 100 for supervised RE (registry)
 
 
 def test_unknown_model_reference_and_missing_stage(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from recon.orchestration.plan import expand
 from recon.orchestration.spec import load_spec
 from recon.orchestration.tracking import StudyTracker
-from recon.orchestration.tune_runner import RESULT_FILE, TrialRequest, harvest, resolve_trainer, write_result
+from recon.orchestration.tune_runner import (RESULT_FILE, TrialRequest, harvest, resolve_references, resolve_trainer,
+                                            write_result)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 
@@ -35,14 +36,15 @@ def test_harvest_logs_finished_trials_once_without_training(tmp_path):
     trials = expand(spec)
     trainer = resolve_trainer(spec.trainer, "finetune", spec.source.parent)
     out = spec.resolved_output_dir() / "trials" / trials[0].trial_id
-    write_result(out, trainer(TrialRequest(trials[0], out), []))
+    request = TrialRequest(trials[0], out, config=resolve_references(trials[0], {}, None))
+    write_result(out, trainer(request, []))
     tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, spec.resolved_output_dir() / "artifacts")
     assert harvest(trials, tracker, spec.resolved_output_dir() / "trials", tracker.finished_trial_ids()) == 1
     assert harvest(trials, tracker, spec.resolved_output_dir() / "trials", tracker.finished_trial_ids()) == 0
     _, runs = _trial_runs(spec)
     assert [r.data.tags["trial_id"] for r in runs] == [trials[0].trial_id]
     run = runs[0]
-    assert run.data.params["format"] == "C+M" and run.data.tags["dataset"] == "semeval"
+    assert run.data.params["input_format"] == "C+M" and run.data.params["training.seed"] == "42" and run.data.tags["dataset"] == "semeval"
     result = json.loads((out / RESULT_FILE).read_text())
     assert run.data.metrics["test_metric"] == pytest.approx(result["test"]["micro_f1"])
 

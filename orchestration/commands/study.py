@@ -96,8 +96,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _store_exists(spec) -> bool:
-    uri = spec.resolved_tracking_uri()
-    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file()
+    from ..tracking_uri import local_store_exists
+
+    return local_store_exists(spec.resolved_tracking_uri())
 
 
 def ui_command(spec_or_uri: str, port: int) -> list[str]:
