@@ -150,19 +150,25 @@ def majority_baseline(train: Sequence[RelationExample], test: Sequence[RelationE
 
 
 def _load(cfg: FinetuneConfig):
+    """The dataset, the training subset (with where it came from) and the full dev and test splits.
+
+    Dev and test are checked first: a dataset without a test split is never scored on dev under
+    the name test (Wiki80 here has no test file; such cells are reported as unavailable).
+    """
     from recon.data_prep.registry import load_dataset
-    from recon.data_prep.splits import training_subset
+    from recon.data_prep.splits import resolve_training_subset
 
     ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data.data_dir,
-                      errors=cfg.data.on_error)
-    train = training_subset(ds, cfg.split, cfg.seed, source=cfg.data.split_source)
-    if cfg.data.max_train is not None:
-        train = subsample(train, cfg.data.max_train, seed=cfg.seed)
+                      on_error=cfg.data.on_error)
     missing = [s for s in ("dev", "test") if s not in ds.splits]
     if missing:
         raise ReconError(f"dataset {ds.name!r} has no {' or '.join(missing)} split locally "
                          f"({'; '.join(ds.notes) or 'file missing'}); fine-tuning needs train, dev and test")
-    return ds, train, ds.splits["dev"], ds.splits["test"]
+    subset = resolve_training_subset(ds, cfg.split, cfg.seed, source=cfg.data.split_source)
+    train = subset.examples
+    if cfg.data.max_train is not None:
+        train = subsample(train, cfg.data.max_train, seed=cfg.seed)
+    return ds, subset, train, ds.splits["dev"], ds.splits["test"]
 
 
 def _with_types(examples: list[RelationExample], fmt: InputFormat, key: str) -> list[RelationExample]:
@@ -207,6 +213,7 @@ class _Setup:
     test: Any
     collate: Any
     notes: list = field(default_factory=list)
+    truncation: dict = field(default_factory=dict)  # per split: examples / truncated / context_split / entity_truncated
 
 
 def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id: dict, max_length: int) -> _Setup:
@@ -221,9 +228,13 @@ def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2i
                                       cache_key=key)
     names = list(splits)
     truncated = sum(d.n_truncated for d in data.values())
-    notes = [f"{truncated} examples longer than {max_length} tokens were windowed around the entities"] if truncated else []
+    cut = sum(d.n_entity_truncated for d in data.values())
+    notes = [f"{truncated} examples longer than {max_length} word pieces were windowed around the entities; "
+             f"{cut} had an entity longer than the window cut"] if truncated else []
+    stats = {name.split("/")[0].split("@")[0]: d.truncation_stats() for name, d in zip(names, data.values())}
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
-    return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), notes=notes)
+    return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), notes=notes,
+                  truncation=stats)
 
 
 class FeatureDataset:
@@ -268,15 +279,17 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
 
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)
-    ds, train, dev_all, test_all = _load(cfg)
+    ds, subset, train, dev_all, test_all = _load(cfg)
     max_eval = cfg.data.max_eval
     dev, test = subsample(dev_all, max_eval), subsample(test_all, max_eval)
     label2id = ds.label2id()
     negative_id = label2id[ds.negative_label] if ds.negative_label is not None else None
     max_length = cfg.data.max_length or ds.max_length
     notes = list(ds.notes)
-    split_source = cfg.data.split_source
-    split_name = f"train@{cfg.split:g}/{split_source}" + ("" if split_source == "paper" else f"/seed{cfg.seed}")
+    split_source = subset.source_used
+    split_name = f"train@{cfg.split:g}/{subset.describe()}"
+    if subset.note:
+        notes.append(subset.note)
     splits = {split_name: train, f"dev/max{max_eval}": dev, f"test/max{max_eval}": test}
     splits = {name: _with_types(xs, fmt, f"{ds.name}:{name}") for name, xs in splits.items()}
     if max_eval is not None and (len(dev) < len(dev_all) or len(test) < len(test_all)):
@@ -304,6 +317,9 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "dev": result.best_dev, "test": result.test_at_best, "best_epoch": result.best_epoch,
         "history": result.history, "steps": result.steps,
         "n_train": len(train), "n_dev": len(dev), "n_test": len(test),
+        "split_source_requested": cfg.data.split_source, "train_file": subset.file,
+        "skipped_records": dict(ds.skipped) | {f"subset:{k}": v for k, v in subset.report.skipped.items()},
+        "truncation": setup.truncation,
         "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),
         "train_config": asdict(train_cfg), "device": str(resolve_device(train_cfg.device)),
         "wall_s": round(time.perf_counter() - start, 3),

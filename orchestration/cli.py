@@ -1,11 +1,17 @@
-"""``recon``: the one command-line entry point.
+"""``recon``: the one command-line entry point; one module per command group in ``commands/``.
 
-    recon data stats --dataset semeval
-    recon data split --dataset semeval --fraction 0.01 --seed 42 --json
-    recon data render --dataset semeval --format C+M --limit 3
+    recon data stats|split|check|render|fetch ...    # datasets: counts, seeded subsets, what the encoder sees
+    recon finetune --dataset semeval --split 0.1     # one supervised run, one JSON line
+    recon fewshot --dataset fewrel --n-way 5 --k-shot 1
+    recon corpus build|stats|demo ...                # the CP/MTB pre-training corpus (Ray Data)
+    recon pretrain --objective cp --corpus DIR       # CP / MTB pre-training on Ray Train
+    recon study plan|run|resume|tables studies/paper.yaml
+    recon ui studies/demo.yaml                       # MLflow UI for a study's store
 
-Errors a user can fix (bad files, unknown names, missing data) are printed as one paragraph and
-exit non-zero; ``--debug`` shows the traceback as well.
+The flags of ``finetune``, ``fewshot``, ``pretrain``, ``corpus build`` and ``corpus demo`` are
+generated from their config classes (``recon.orchestration.cli_config``). Errors a user can fix (bad
+files, unknown names, missing data, a value outside its config constraints) are printed as one
+paragraph and exit non-zero; ``--debug`` shows the traceback as well.
 """
 from __future__ import annotations
 

@@ -166,6 +166,56 @@ def expand(spec: StudySpec) -> list[Trial]:
     return [by_id[i] for i in order]
 
 
+# ---------------------------------------------------------------- data availability
+
+def cell_label(trial: Trial) -> str:
+    """A grid cell across its seeds, e.g. ``wiki80 100% C+M BERT``."""
+    return f"{trial.dataset} {trial.setting} {trial.format} {trial.model}"
+
+
+def unavailable_trials(spec: StudySpec, trials: Iterable[Trial], data_dir: Optional[str]) -> dict[str, str]:
+    """trial id -> why it cannot run here, for every trial whose data is missing (files only, no parsing).
+
+    Supervised cells need train (the fraction's released file or a train file to sample from), dev
+    and test; a dataset without a test split is unavailable, never scored on dev. Few-shot cells
+    need their evaluation file and, when they train, the Wiki80 files they train on.
+    """
+    from recon.data_prep.registry import check_available
+
+    cache: dict[tuple, list[str]] = {}
+
+    def reasons(name: str, **kwargs: Any) -> list[str]:
+        key = (name, *sorted(kwargs.items()))
+        if key not in cache:
+            cache[key] = check_available(name, data_dir=data_dir, **kwargs)
+        return cache[key]
+
+    out: dict[str, str] = {}
+    for trial in trials:
+        c = trial.config
+        if trial.kind == "finetune":
+            found = reasons(c["dataset"], split=c["split"], split_source=c["data"]["split_source"])
+        else:
+            found = list(reasons(c["dataset"], needs=("val",)))
+            if c["settings"]["train_episodes"] > 0:
+                found += [f"few-shot training data: {r}" for r in
+                          reasons("wiki80", needs=("train", "dev"), split=0.1, split_source="paper")]
+        if found:
+            out[trial.trial_id] = "; ".join(found)
+    return out
+
+
+def unavailable_cells(trials: Iterable[Trial], missing: dict[str, str]) -> list[dict[str, Any]]:
+    """The unavailable trials grouped by cell: ``{"cell", "tables", "trials", "reason"}``."""
+    cells: dict[str, dict[str, Any]] = {}
+    for trial in trials:
+        if trial.trial_id in missing:
+            row = cells.setdefault(cell_label(trial), {"cell": cell_label(trial), "tables": list(trial.tables),
+                                                       "trials": 0, "reason": missing[trial.trial_id]})
+            row["trials"] += 1
+    return list(cells.values())
+
+
 # ---------------------------------------------------------------- compute estimate
 
 def train_size(dataset: str, split: float, max_train: Optional[int] = None) -> int:
@@ -214,24 +264,31 @@ class PlanSummary:
     estimated_hours_total: float
     estimated_hours_remaining: float
     note: str
+    unavailable: list[dict[str, Any]] = field(default_factory=list)  # cells that cannot run here, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()) -> PlanSummary:
+def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = (),
+              missing: Optional[dict[str, str]] = None) -> PlanSummary:
+    """Trials per table, finished so far, compute estimate; ``missing`` (trial id -> reason) is left out."""
     done = set(finished)
+    missing = missing or {}
     per_table: dict[str, dict[str, int]] = {}
     total = remaining = 0.0
     for trial in trials:
+        for table in trial.tables:
+            row = per_table.setdefault(table, {"trials": 0, "finished": 0, "unavailable": 0})
+            row["trials"] += 1
+            row["finished"] += trial.trial_id in done
+            row["unavailable"] += trial.trial_id in missing
+        if trial.trial_id in missing:
+            continue
         seconds = example_epochs(trial) * seconds_per_example(spec, trial.model)
         total += seconds
         if trial.trial_id not in done:
             remaining += seconds
-        for table in trial.tables:
-            row = per_table.setdefault(table, {"trials": 0, "finished": 0})
-            row["trials"] += 1
-            row["finished"] += trial.trial_id in done
     stages = {}
     for name, stage in spec.pretrain.items():
         cost = DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in stage.encoder_name.lower() else "encoder"]
@@ -246,9 +303,11 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
         estimated_hours_remaining=round(remaining / 3600, 3),
         note=("ESTIMATE: example-epochs x seconds per example "
               f"(defaults {DEFAULT_SECONDS_PER_EXAMPLE}, eval at {EVAL_COST_FRACTION:.2f} of a training example); "
-              "sequential, one device: divide by the number of concurrent trials."),
+              "sequential, one device: divide by the number of concurrent trials; unavailable cells excluded."),
+        unavailable=unavailable_cells(trials, missing),
     )
 
 
 __all__ = ["Trial", "expand", "summarize", "PlanSummary", "split_label", "nk_label", "example_epochs",
-           "train_size", "trial_id", "finetune_config", "fewshot_config", "PAPER_DATASET_NAMES"]
+           "train_size", "trial_id", "finetune_config", "fewshot_config", "PAPER_DATASET_NAMES",
+           "unavailable_trials", "unavailable_cells", "cell_label"]

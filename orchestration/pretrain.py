@@ -35,6 +35,7 @@ from typing import Any
 
 from recon.data_prep.configuration import knob
 from recon.data_prep.errors import ReconError
+from recon.data_prep.registry import fewshot_datasets, supervised_datasets
 from recon.models.pretrain_config import PretrainConfig
 
 from .tracking_uri import DEFAULT_TRACKING_URI, absolute_tracking_uri
@@ -47,7 +48,8 @@ MLFLOW_FILE = "mlflow_run.json"
 EXPERIMENT = "recon-pretrain"
 # Fields that may change when a run is resumed; every other field must match the original run (a
 # changed ``steps`` would rebuild the LR schedule with a new total, so the rate would jump).
-RESUMABLE_CHANGES = frozenset({"checkpoint_every", "max_failures", "tracking_uri", "resume",
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "max_failures", "tracking_uri", "resume", "evaluate_on", "data_dir",
+                               "allow_leakage",
                                "fail_at_step", "fail_marker", "log_every", "use_gpu", "cpus_per_worker"})
 
 
@@ -60,6 +62,11 @@ class PretrainRun(PretrainConfig):
     tracking_uri: str = knob(DEFAULT_TRACKING_URI, "MLflow tracking URI", identity=False)
     experiment: str = knob(EXPERIMENT, "MLflow experiment", identity=False)
     resume: bool = knob(False, "continue the run in --out from its latest checkpoint", identity=False)
+    evaluate_on: list[str] = knob(factory=lambda: list(supervised_datasets() + fewshot_datasets()),
+                                  help="datasets the encoder will be evaluated on: the corpus must exclude their "
+                                       "entity pairs (unless allow_leakage)", identity=False)
+    data_dir: str | None = knob(None, "where the evaluated datasets live, to check the corpus's exclusions against "
+                                      "their current files", identity=False)
     # Fault injection for tests: the last rank exits abruptly at the start of this step, once
     # (``fail_marker`` is created first, and its presence disables the failure).
     fail_at_step: int | None = knob(None, "test hook: the last worker exits at this step", identity=False, cli=False)
@@ -302,14 +309,18 @@ def train_loop_per_worker(config: dict) -> None:
                                device=device, no_sync=no_sync)
         local = stats.as_dict()
         local["seconds"] = time.perf_counter() - t0
+        counts = ("sentences", "tokens", "truncated", "context_split", "entity_truncated")
         merged = _all_reduce_mean({k: local[k] for k in ("loss", "objective_loss", "mlm_loss", "accuracy",
-                                                         "sentences", "tokens", "seconds")},
-                                  sums=("sentences", "tokens"), device=device)
+                                                         "seconds", *counts)},
+                                  sums=counts, device=device)
         metrics = {
             "loss": merged["loss"], f"{cfg.objective}_loss": merged["objective_loss"],
             "mlm_loss": merged["mlm_loss"], "contrastive_accuracy": merged["accuracy"],
             "sentences_per_s": merged["sentences"] / max(merged["seconds"], 1e-9),
             "lr": stats.lr, "grad_norm": stats.grad_norm,
+            # sentences of this step windowed to max_length / with entities far apart / with an entity cut
+            "truncated_sentences": merged["truncated"], "context_split_sentences": merged["context_split"],
+            "entity_truncated_sentences": merged["entity_truncated"],
         }
         if rank == 0:
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -361,9 +372,10 @@ def run_pretraining(cfg: PretrainRun) -> Path:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from recon.data_prep.corpus import read_manifest
+    from recon.data_prep.corpus import read_manifest, require_exclusions
 
     read_manifest(cfg.corpus)  # fail here, not in every worker, when the corpus is missing
+    leakage = require_exclusions(cfg.corpus, cfg.evaluate_on, allow_leakage=cfg.allow_leakage, data_dir=cfg.data_dir)
     cfg.corpus = str(Path(cfg.corpus).expanduser().resolve())
     cfg.tracking_uri = absolute_tracking_uri(cfg.tracking_uri)
     if cfg.fail_marker:
@@ -374,6 +386,10 @@ def run_pretraining(cfg: PretrainRun) -> Path:
     if not cfg.resume:
         (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1))
     run_id = _mlflow_run(cfg)
+    if not leakage.ok:  # allowed: say so where the run is read
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(cfg.tracking_uri).set_tag(run_id, "recon.leakage_allowed", ",".join(leakage.not_excluded))
 
     started = _init_ray(cfg)
     resources = {"CPU": cfg.cpus_per_worker}

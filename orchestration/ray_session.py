@@ -1,8 +1,13 @@
-"""Connecting to Ray: one function for the study driver, pre-training and the corpus commands.
+"""Ray settings of a study (:class:`RayConfig`) and connecting to Ray (:func:`ensure_ray`).
 
-``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray is started with the
-given CPUs and no dashboard (nothing to browse on a laptop; the MLflow UI is the dashboard). Every
-worker runs :func:`quiet_workers` first, so a local run prints progress rather than log noise.
+:class:`RayConfig` is the ``ray:`` section of a study spec: cluster address, local CPUs and what each
+trial reserves; none of it is part of a trial id. :func:`ensure_ray` is how the study driver
+(``recon study run``/``resume``, through ``tune_runner``) and ``recon pretrain`` connect: ``address``
+(or ``RAY_ADDRESS``) joins an existing cluster, otherwise a local Ray is started with ``num_cpus``
+CPUs (default: all local CPUs) and no dashboard (the MLflow UI is the dashboard). Either way every
+worker runs :func:`quiet_workers` first, so a run prints progress rather than log noise. The corpus
+commands do not use it yet: ``recon corpus build``/``demo`` start a local Ray themselves
+(``--num-cpus``) when none is running.
 """
 from __future__ import annotations
 

@@ -267,14 +267,17 @@ class StudySpec(_Strict):
 
 
 def corpus_content_identity(directory: Path) -> str:
-    """A built corpus's content identity (its manifest's config hash); the path when none is built yet."""
-    from recon.data_prep.corpus import read_manifest
+    """A built corpus's content identity (config hash and per-shard row digests), never its path.
+
+    A corpus that is not built yet is named by its path, so ``recon study plan`` works before it
+    exists; the stage id then changes once it is built (and with every differently built corpus).
+    """
+    from recon.data_prep.corpus import corpus_identity
 
     try:
-        manifest = read_manifest(directory)
+        return corpus_identity(directory)
     except ReconError:
         return f"unbuilt:{directory}"
-    return str(manifest.get("config_hash") or stable_hash(manifest))
 
 
 # ---------------------------------------------------------------- loading with line numbers

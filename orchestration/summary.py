@@ -14,7 +14,9 @@ from typing import Callable, Optional
 
 from .aggregate import cell_stats
 from .pilot import pilot_analysis
-from .plan import Trial, expand
+from recon.data_prep.registry import display_name
+
+from .plan import Trial, expand, unavailable_trials
 from .plots import plot_all
 from .spec import StudySpec
 from .tables import write_all
@@ -32,6 +34,37 @@ def summary_metrics(stats) -> dict[str, float]:
             key = metric_key(row.table, row.dataset, row.setting.replace("%", "pct"), row.format, row.model, stat)
             out[key] = float(getattr(row, stat))
     return out
+
+
+def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict) -> dict[str, list[str]]:
+    """Per table: cells that cannot run here (and why), training subsets that fell back to seeded
+    sampling, and pre-training stages that were allowed to see the evaluated entity pairs."""
+    from .tune_runner import study_data_dir
+
+    notes: dict[str, list[str]] = {}
+
+    def add(tables, text: str) -> None:
+        for table in tables:
+            if text not in notes.setdefault(table, []):
+                notes[table].append(text)
+
+    missing = unavailable_trials(spec, trials, study_data_dir(spec))
+    for trial in trials:
+        if trial.trial_id in missing:
+            add(trial.tables, f"{display_name(trial.dataset)} {trial.setting}: not run here ({missing[trial.trial_id]})")
+    for trial in trials:
+        run = runs.get(trial.trial_id)
+        used = run.data.tags.get("split_source") if run else None
+        if trial.kind == "finetune" and used == "seeded" and spec.data.split_source == "paper":
+            add(trial.tables, f"{display_name(trial.dataset)} {trial.setting}: no released train file, so the "
+                              "training subset is seeded per-relation sampling (one per seed)")
+    for name, stage in spec.pretrain.items():
+        if stage.allow_leakage:
+            users = [m.name for m in spec.models if m.pretrain_ref == name]
+            add({t for trial in trials if trial.model in users for t in trial.tables},
+                f"{', '.join(users)}: pre-trained with allow_leakage (the corpus may contain entity pairs "
+                "of the evaluated datasets)")
+    return notes
 
 
 def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
@@ -54,9 +87,10 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
         log("no finished trials yet: nothing to tabulate")
         return out_dir
     compare_to = {m.name: m.paper_label for m in spec.models}
-    files = write_all(stats, compare_to, out_dir)
-    files += plot_all(stats, out_dir)
     runs = tracker.trial_runs()
+    footnotes = table_footnotes(spec, trials, runs)
+    files = write_all(stats, compare_to, out_dir, footnotes)
+    files += plot_all(stats, out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         def predictions_of(trial: Trial) -> Optional[Path]:
             run = runs.get(trial.trial_id)
@@ -71,6 +105,7 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
     if spec.data.max_eval:
         notes["max_eval"] = (f"dev and test were capped at {spec.data.max_eval} examples each (a fixed random subset): "
                              "figures are not the paper's full-test numbers")
+    notes["tables"] = footnotes
     (out_dir / "notes.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
     tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source)
     log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells -> {out_dir}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -25,7 +25,7 @@ DISPLAY_SCALE = 100.0
 
 def reported_results() -> pd.DataFrame:
     """The paper's numbers: table, dataset, model, setting, input_format, metric, value."""
-    with resources.files("orchestration").joinpath("resources", REPORTED_FILE).open("r", encoding="utf-8") as fh:
+    with resources.files("recon.orchestration").joinpath("resources", REPORTED_FILE).open("r", encoding="utf-8") as fh:
         return pd.read_csv(fh)
 
 
@@ -100,29 +100,41 @@ def _flat(table: pd.DataFrame) -> pd.DataFrame:
     return flat.reset_index()
 
 
-def write_table(table: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    """``name.csv``, ``name.md``, ``name.html`` and ``name.tex`` in ``out_dir``."""
+def write_table(table: pd.DataFrame, out_dir: Path, name: str, footnotes: Sequence[str] = ()) -> list[Path]:
+    """``name.csv``, ``name.md``, ``name.html`` and ``name.tex`` in ``out_dir``; footnotes under the table."""
+    import html
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "md", "html", "tex")]
     _flat(table).to_csv(paths[0], index=False)
-    paths[1].write_text(_flat(table).to_markdown(index=False, floatfmt=".1f") + "\n", encoding="utf-8")
-    paths[2].write_text(table.to_html(float_format=lambda v: f"{v:.1f}", na_rep=""), encoding="utf-8")
-    paths[3].write_text(table.to_latex(float_format="%.1f", na_rep="--", multicolumn=True, multirow=True, escape=True),
+    notes_md = "".join(f"\n* {note}" for note in footnotes)
+    paths[1].write_text(_flat(table).to_markdown(index=False, floatfmt=".1f") + "\n" + notes_md + ("\n" if footnotes else ""),
                         encoding="utf-8")
+    notes_html = ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in footnotes) + "</ul>") if footnotes else ""
+    paths[2].write_text(table.to_html(float_format=lambda v: f"{v:.1f}", na_rep="") + notes_html, encoding="utf-8")
+    notes_tex = "".join(f"% {note}\n" for note in footnotes)
+    paths[3].write_text(table.to_latex(float_format="%.1f", na_rep="--", multicolumn=True, multirow=True, escape=True)
+                        + notes_tex, encoding="utf-8")
     return paths
 
 
-def write_all(stats: pd.DataFrame, compare_to: Mapping[str, Optional[str]], out_dir: Path) -> list[Path]:
-    """Every table, its delta table, the long cell statistics and the long delta list."""
+def write_all(stats: pd.DataFrame, compare_to: Mapping[str, Optional[str]], out_dir: Path,
+              footnotes: Optional[Mapping[str, Sequence[str]]] = None) -> list[Path]:
+    """Every table, its delta table, the long cell statistics and the long delta list.
+
+    ``footnotes`` maps a table name (``table5``) to notes printed under it and its delta table:
+    cells that could not run and why, where a training subset came from, leakage allowed.
+    """
+    footnotes = footnotes or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     stats.to_csv(out_dir / "cells.csv", index=False)
     written.append(out_dir / "cells.csv")
     for name, table in paper_tables(stats).items():
-        written += write_table(table, out_dir, name)
+        written += write_table(table, out_dir, name, footnotes.get(name, ()))
     delta = delta_frame(stats, compare_to)
     delta.to_csv(out_dir / "delta_vs_reported.csv", index=False)
     written.append(out_dir / "delta_vs_reported.csv")
     for name, table in delta_tables(delta).items():
-        written += write_table(table, out_dir, name)
+        written += write_table(table, out_dir, name, footnotes.get(name.removesuffix("_delta"), ()))
     return written

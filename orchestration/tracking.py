@@ -159,6 +159,8 @@ class StudyTracker:
                 "dataset": trial.dataset, "setting": trial.setting, "format": trial.format, "model": trial.model,
                 "seed": str(trial.seed), "tables": ",".join(trial.tables), "metric": trial.metric,
                 "git_commit": self._commit}
+        if result.get("split_source"):  # which training subset was used: paper file, seeded, or full
+            tags["split_source"] = str(result["split_source"])
         run = self.client.create_run(self.experiment.experiment_id, run_name=f"{trial.model} {trial.dataset} "
                                      f"{trial.setting} {trial.format} s{trial.seed}", tags=tags)
         run_id = run.info.run_id
@@ -213,6 +215,11 @@ def final_metrics(trial: Trial, result: dict[str, Any]) -> dict[str, float]:
     for key in ("best_epoch", "n_train", "seconds"):
         if isinstance(result.get(key), (int, float)):
             out[key] = float(result[key])
+    # Fidelity counters: inputs windowed / entities cut per split, bad records skipped by reason.
+    for split, counts in (result.get("truncation") or {}).items():
+        out.update(numeric_items({k: v for k, v in counts.items() if k != "examples"}, f"{split}_"))
+    for reason, count in (result.get("skipped_records") or {}).items():
+        out[metric_key(f"skipped/{reason}")] = float(count)
     return out
 
 

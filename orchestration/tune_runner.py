@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 from recon.data_prep.atomic import write_text_atomic
 from recon.data_prep.errors import ReconError
 
-from .plan import Trial, expand
+from .plan import Trial, expand, unavailable_trials
 from recon.models.finetune import CHECKPOINT_PREFIX
 from recon.models.pretrain_config import DEMO_CORPUS, PretrainConfig
 
@@ -214,6 +214,7 @@ def run_pretrain_stage(spec: StudySpec, name: str, out_dir: Path, tracking_uri: 
     stage = spec.pretrain[name]
     cfg = PretrainRun(**{**stage.to_dict(), "corpus": _corpus_dir(spec, stage, log), "out": str(out_dir),
                          "run_name": name, "tracking_uri": tracking_uri, "experiment": spec.name,
+                         "evaluate_on": spec.evaluated_datasets(), "data_dir": study_data_dir(spec),
                          # An interrupted stage (driver killed) continues from its latest checkpoint.
                          "resume": (out_dir / name / "config.json").is_file()})
     return Path(run_pretraining(cfg))
@@ -303,6 +304,7 @@ class StudyOutcome:
     failed: list[str]  # trial ids
     logged: int        # finished trials in MLflow now
     seconds: float
+    unavailable: int = 0  # trials whose data is missing here (listed by `recon study plan`)
 
 
 def harvest(trials: Sequence[Trial], tracker: StudyTracker, trials_dir: Path, finished: set[str]) -> int:
@@ -336,9 +338,10 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
     finished = tracker.finished_trial_ids()
     skipped = sum(t.trial_id in finished for t in trials)
     harvested = harvest(trials, tracker, trials_dir, finished)
-    pending = [t for t in trials if t.trial_id not in finished]
+    missing = unavailable_trials(spec, trials, study_data_dir(spec))
+    pending = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]
     log(f"study {spec.name}: {len(trials)} trials, {skipped} already in MLflow, {harvested} logged from disk, "
-        f"{len(pending)} to run")
+        f"{len(missing)} cannot run here (no data; see `recon study plan`), {len(pending)} to run")
     failed: list[str] = []
     if pending:
         started_ray = _init_ray(spec, address, num_cpus)
@@ -353,7 +356,8 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
                 ray.shutdown()
     logged = len(tracker.finished_trial_ids() & {t.trial_id for t in trials})
     return StudyOutcome(trials=len(trials), skipped=skipped, harvested=harvested, ran=len(pending),
-                        failed=failed, logged=logged, seconds=round(time.time() - start, 1))
+                        failed=failed, logged=logged, seconds=round(time.time() - start, 1),
+                        unavailable=len(missing))
 
 
 def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, trials_dir: Path,

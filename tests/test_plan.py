@@ -60,3 +60,28 @@ def test_summary_counts_finished_and_remaining_compute():
     summary = summarize(spec, trials, done)
     assert summary.finished == 7 and summary.trials == 60
     assert 0 < summary.estimated_hours_remaining < summary.estimated_hours_total
+
+
+def test_stage_identity_follows_corpus_content_not_its_path(tmp_path):
+    """A corpus rebuilt differently at the same path changes the CP trials' ids; a moved copy does not."""
+    import shutil
+
+    fixture = ROOT / "tests" / "fixtures" / "pretrain" / "corpus"
+    text = ("name: s\nmodels: [{name: CP, checkpoint: '@pretrain.cp'}]\n"
+            "pretrain: {cp: {corpus: CORPUS, steps: 10}}\ngrids: [{datasets: [semeval], splits: [0.01]}]\nseeds: [42]\n")
+
+    def ids(corpus: Path) -> list[str]:
+        path = tmp_path / "s.yaml"
+        path.write_text(text.replace("CORPUS", str(corpus)))
+        return [t.trial_id for t in expand(load_spec(path))]
+
+    first = tmp_path / "a" / "corpus"
+    shutil.copytree(fixture, first)
+    original = ids(first)
+    moved = tmp_path / "b" / "corpus"
+    shutil.copytree(first, moved)
+    assert ids(moved) == original
+    shard = next(p for p in sorted(first.rglob("part-*.json")))
+    lines = shard.read_text().splitlines()
+    shard.write_text("\n".join(lines[:-1]) + "\n")  # the same path, one sentence fewer
+    assert set(ids(first)).isdisjoint(original)

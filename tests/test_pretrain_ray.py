@@ -68,18 +68,34 @@ def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
 
 
 def test_a_used_run_directory_needs_resume_and_resume_needs_the_same_settings(tmp_path):
-    cfg = PretrainRun(corpus=str(CORPUS), out=str(tmp_path), batch_size=8, steps=4)
+    cfg = PretrainRun(corpus=str(CORPUS), evaluate_on=[], out=str(tmp_path), batch_size=8, steps=4)
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
     _fake_checkpoint(cfg.run_dir, 2)
     with pytest.raises(ReconError, match="pass --resume"):
         run_pretraining(cfg)
-    changed = PretrainRun(corpus=str(CORPUS), out=str(tmp_path), batch_size=16, steps=4, resume=True)
+    changed = PretrainRun(corpus=str(CORPUS), evaluate_on=[], out=str(tmp_path), batch_size=16, steps=4, resume=True)
     with pytest.raises(ReconError, match="batch_size: 8 -> 16"):
         run_pretraining(changed)
-    nothing = PretrainRun(corpus=str(CORPUS), out=str(tmp_path / "other"), batch_size=8, resume=True)
+    # A changed step count would rebuild the LR schedule with a new total (the rate would jump).
+    longer = PretrainRun(corpus=str(CORPUS), evaluate_on=[], out=str(tmp_path), batch_size=8, steps=8, resume=True)
+    with pytest.raises(ReconError, match="steps: 4 -> 8"):
+        run_pretraining(longer)
+    nothing = PretrainRun(corpus=str(CORPUS), evaluate_on=[], out=str(tmp_path / "other"), batch_size=8, resume=True)
     with pytest.raises(ReconError, match="nothing to resume"):
         run_pretraining(nothing)
+
+
+def test_a_corpus_that_keeps_evaluated_entity_pairs_is_refused_before_training(tmp_path):
+    """The fixture corpus records no exclusions: pre-training for a SemEval evaluation must refuse it."""
+    from recon.data_prep.corpus import LeakageError
+
+    cfg = PretrainRun(corpus=str(CORPUS), evaluate_on=["semeval"], out=str(tmp_path), batch_size=8, steps=4,
+                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(LeakageError, match="semeval") as err:
+        run_pretraining(cfg)
+    assert "allow_leakage" in str(err.value) and "--exclude" in str(err.value)
+    assert not cfg.run_dir.exists()  # refused before anything was written
 
 
 def test_missing_corpus_is_reported_before_any_worker_starts(tmp_path):
@@ -99,7 +115,8 @@ def test_loss_curve_table_lists_every_nth_step_and_the_last():
 
 def _tiny_cfg(tmp_path: Path, **kw) -> PretrainRun:
     enc = make_tiny_bert_dir(tmp_path, mlm=True)
-    base = dict(objective="cp", corpus=str(CORPUS), num_workers=2, steps=6, batch_size=16, micro_batch_size=4,
+    # The fixture corpus records no exclusions: these runs evaluate on nothing, so no leakage check applies.
+    base = dict(objective="cp", corpus=str(CORPUS), evaluate_on=[], num_workers=2, steps=6, batch_size=16, micro_batch_size=4,
                 encoder=str(enc), lr=1e-3, warmup=0, checkpoint_every=2, out=str(tmp_path / "out"),
                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fail_marker=str(tmp_path / "failed-once"))
     base.update(kw)

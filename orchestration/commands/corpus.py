@@ -2,12 +2,17 @@
 
     recon corpus build --text wiki.jsonl --triples kg.tsv --aliases aliases.tsv --out corpus/ \\
         [--wikidata-dump latest-all.json.gz] [--exclude wiki80 fewrel] [--data-dir D] \\
-        [--format jsonl|parquet] [--shards N] [--overwrite]
+        [--format jsonl|parquet] [--shards N] [--concurrency N] [--num-cpus N] [--overwrite]
     recon corpus stats corpus/ [--json]
-    recon corpus demo --out runs/corpus-demo [--per-relation 30] [--anchor-share 0.5]
+    recon corpus demo --out runs/corpus-demo [--per-relation 30] [--anchor-share 0.5] [--shards N]
 
 ``demo`` turns FewRel val_wiki + Wiki80 dev back into raw text, a KG and an alias table, builds a
 corpus from them and scores how many of the original annotations it recovers.
+
+The flags of ``build`` and ``demo`` are generated from
+``recon.data_prep.corpus.config.CorpusBuildConfig`` / ``CorpusDemoConfig`` (``recon.orchestration.cli_config``),
+where each default and its help text are declared; ``--text`` and ``--out`` are required by the
+builder (``--out`` by the demo).
 """
 from __future__ import annotations
 
@@ -16,24 +21,17 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from recon.data_prep.corpus.config import DEMO_SETS, CorpusBuildConfig, CorpusDemoConfig
+
+    from ..cli_config import add_config_arguments
+
     corpus = subparsers.add_parser("corpus", help="build and inspect the CP/MTB pre-training corpus")
     sub = corpus.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
 
+    # Every flag of build and demo is a field of CorpusBuildConfig / CorpusDemoConfig.
     build = sub.add_parser("build", help="link sentences to a knowledge graph and write corpus shards")
-    build.add_argument("--text", required=True, help="input lines: plain text, or JSON lines with "
-                       "'text' (char anchors) or 'tokens' (token anchors)")
-    build.add_argument("--triples", help="KG triples: head relation tail per line (tab or space)")
-    build.add_argument("--aliases", help="alias table: id<TAB>name... or JSON lines {id, aliases}")
-    build.add_argument("--wikidata-dump", help="Wikidata JSON dump (one entity per line; .gz/.bz2 ok)")
-    build.add_argument("--out", required=True, help="output directory (shards + manifest.json)")
-    build.add_argument("--exclude", nargs="*", default=[], metavar="DATASET",
-                       help="drop sentences whose unordered entity pair is in these datasets' dev/val/test sets")
-    build.add_argument("--data-dir", help="root holding the dataset folders for --exclude")
-    build.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
-    build.add_argument("--shards", type=int, default=4, help="number of shards (>= number of pre-training workers)")
-    build.add_argument("--concurrency", type=int, default=1, help="spaCy linking actors")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    build.set_defaults(func=_build)
+    build_flags = add_config_arguments(build, CorpusBuildConfig)
+    build.set_defaults(func=_build, config_flags=build_flags)
 
     stats = sub.add_parser("stats", help="summarise a built corpus from its manifest")
     stats.add_argument("dir")
@@ -41,24 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=_stats)
 
     demo = sub.add_parser("demo", help="rebuild FewRel val_wiki + Wiki80 dev from raw text and score recovery")
-    demo.add_argument("--out", required=True)
-    demo.add_argument("--data-dir", help="root holding fewrel/ and wiki80/")
-    demo.add_argument("--per-relation", type=int, default=30,
-                      help="sentences kept per relation and dataset (0 = all; slow on 2 cores)")
-    demo.add_argument("--anchor-share", type=float, default=0.5,
-                      help="share of mentions given as anchors in the 'with anchors' run")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    demo_flags = add_config_arguments(demo, CorpusDemoConfig, nested={"build": ""},
+                                      skip=tuple(f"build.{name}" for name in DEMO_SETS))
+    demo.set_defaults(func=_demo, config_flags=demo_flags)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from recon.data_prep.corpus.builder import BuildConfig, build_corpus
+    from recon.data_prep.corpus.builder import build_corpus
+    from recon.data_prep.corpus.config import CorpusBuildConfig
 
-    build_corpus(BuildConfig(
-        text=args.text, triples=args.triples, aliases=args.aliases, out=args.out,
-        wikidata_dump=args.wikidata_dump, exclude=tuple(args.exclude), data_dir=args.data_dir,
-        format=args.format, shards=args.shards, concurrency=args.concurrency, overwrite=args.overwrite,
-    ))
+    from ..cli_config import config_from_args
+
+    build_corpus(config_from_args(CorpusBuildConfig, args, args.config_flags))
     return 0
 
 
@@ -72,8 +64,10 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from recon.data_prep.corpus.config import CorpusDemoConfig
     from recon.data_prep.corpus.demo_from_benchmarks import run_demo
 
-    run_demo(args.out, data_dir=args.data_dir, per_relation=args.per_relation,
-             anchor_share=args.anchor_share, seed=args.seed)
+    from ..cli_config import config_from_args
+
+    run_demo(config=config_from_args(CorpusDemoConfig, args, args.config_flags))
     return 0

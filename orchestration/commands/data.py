@@ -1,8 +1,8 @@
 """``recon data``: inspect benchmarks, draw seeded subsets, and show exactly what the encoder sees.
 
     recon data stats --dataset semeval [--json]
-    recon data split --dataset semeval --fraction 0.05 --seed 42 [--split-source paper] [--json]
-    recon data render --dataset semeval --format C+T --limit 3 [--split train] [--encoder minilm]
+    recon data split --dataset semeval --fraction 0.05 [--seed N] [--split-source paper] [--json]
+    recon data render --dataset semeval --format C+T --limit 3 [--split train] [--encoder NAME]
     recon data stats --path DIR --kind opennre|tacred|chemprot|fewrel [--on-error skip]
     recon data check --dataset wiki80 --fraction 1.0 [--needs train dev test] [--json]
 
@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 
+from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED
 from recon.data_prep.errors import ReconError
 
 KINDS = ("opennre", "tacred", "chemprot", "fewrel")
@@ -207,7 +208,8 @@ def register(subparsers) -> None:
     split = sub.add_parser("split", help="seeded training subset at any fraction (or the paper's files)")
     _add_source_args(split)
     split.add_argument("--fraction", type=float, required=True, help="any fraction in (0, 1], e.g. 0.01, 0.05, 1.0")
-    split.add_argument("--seed", type=int, default=42)
+    split.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                       help=f"seed of the per-relation sampling (default: {DEFAULT_SEED}, as a single run)")
     split.add_argument("--split-source", choices=("seeded", "paper"), default="seeded",
                        help="paper: the train_<fraction> file where one exists, else seeded sampling (said so)")
     split.add_argument("--json", action="store_true", help="machine-readable output")
@@ -227,7 +229,8 @@ def register(subparsers) -> None:
     rend.add_argument("--format", required=True, help="C+M, C+T, OnlyC, OnlyM or OnlyT")
     rend.add_argument("--limit", type=int, default=3)
     rend.add_argument("--split", default="train")
-    rend.add_argument("--encoder", default="minilm", help="'minilm' (bundled) or a tokenizer name/path")
+    rend.add_argument("--encoder", default=DEFAULT_ENCODER,
+                      help=f"'minilm' (bundled) or a tokenizer name/path (default: {DEFAULT_ENCODER})")
     rend.set_defaults(func=cmd_render)
 
     if importlib.util.find_spec("recon.orchestration.commands.data_fetch") is not None:

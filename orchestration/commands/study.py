@@ -61,19 +61,21 @@ def _load(args: argparse.Namespace):
     if getattr(args, "tracking_uri", None):
         updates["tracking_uri"] = args.tracking_uri
     if getattr(args, "max_concurrent", None):
-        updates["max_concurrent_trials"] = args.max_concurrent
+        updates["ray"] = spec.ray.replace(max_concurrent_trials=args.max_concurrent)
     return spec.model_copy(update=updates) if updates else spec
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from recon.orchestration.plan import expand, summarize
+    from recon.orchestration.plan import expand, summarize, unavailable_trials
     from recon.orchestration.tracking import StudyTracker
+    from recon.orchestration.tune_runner import study_data_dir
 
     spec = _load(args)
     trials = expand(spec)
     tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False) if _store_exists(spec) else None
     finished = tracker.finished_trial_ids() if tracker and tracker.exists else set()
-    summary = summarize(spec, trials, finished)
+    missing = unavailable_trials(spec, trials, study_data_dir(spec))
+    summary = summarize(spec, trials, finished, missing)
     if args.json:
         payload = summary.to_dict()
         if args.trials:
@@ -83,16 +85,36 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"study {summary.study}: {summary.trials} trials, {summary.finished} finished "
           f"(store {spec.resolved_tracking_uri()})")
     for table, row in summary.per_table.items():
-        print(f"  {table:<10} {row['trials']:>5} trials  {row['finished']:>5} finished")
+        print(f"  {table:<10} {row['trials']:>5} trials  {row['finished']:>5} finished  "
+              f"{row['unavailable']:>5} cannot run here")
     for stage, info in summary.pretrain_stages.items():
         print(f"  pretrain {stage}: {info['objective']}, {info['steps']} steps, ~{info['estimated_hours']} h")
     print(f"estimated compute: {summary.estimated_hours_total} h in all, {summary.estimated_hours_remaining} h left")
     print(f"  ({summary.note})")
+    if summary.unavailable:
+        print(f"cells that cannot run here ({len(missing)} trials; `recon study run` runs the rest and the tables "
+              "say why these are blank):")
+        for group in _group_unavailable(trials, missing):
+            print(f"  {group}")
     if args.trials:
         for t in trials:
             mark = "done" if t.trial_id in finished else "todo"
             print(f"  {t.trial_id} {mark} {','.join(t.tables)} {t.dataset} {t.setting} {t.format} {t.model} s{t.seed}")
     return 0
+
+
+def _group_unavailable(trials, missing: dict[str, str]) -> list[str]:
+    """One line per dataset, setting and reason: the formats, models and trial count it covers."""
+    groups: dict[tuple, dict] = {}
+    for t in trials:
+        if t.trial_id in missing:
+            g = groups.setdefault((t.dataset, t.setting, missing[t.trial_id]), {"formats": [], "models": [], "n": 0})
+            g["n"] += 1
+            for key, value in (("formats", t.format), ("models", t.model)):
+                if value not in g[key]:
+                    g[key].append(value)
+    return [f"{dataset} {setting} [{'/'.join(g['formats'])} x {'/'.join(g['models'])}, {g['n']} trials]: {reason}"
+            for (dataset, setting, reason), g in groups.items()]
 
 
 def _store_exists(spec) -> bool:
