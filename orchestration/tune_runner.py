@@ -307,6 +307,15 @@ class StudyOutcome:
     unavailable: int = 0  # trials whose data is missing here (listed by `recon study plan`)
 
 
+def stale_runs(trials: Sequence[Trial], runs: dict[str, Any]) -> int:
+    """Finished runs whose labels (dataset, setting, format, model, seed) match a planned trial
+    that is not finished: the same cell logged under an id the current config no longer gives."""
+    planned = {t.trial_id for t in trials}
+    todo = {(t.dataset, t.setting, t.format, t.model, str(t.seed)) for t in trials if t.trial_id not in runs}
+    return sum(1 for tid, run in runs.items() if tid not in planned and
+               tuple(run.data.tags.get(k) for k in ("dataset", "setting", "format", "model", "seed")) in todo)
+
+
 def harvest(trials: Sequence[Trial], tracker: StudyTracker, trials_dir: Path, finished: set[str]) -> int:
     """Log trials that completed (``result.json`` present) but never reached MLflow."""
     count = 0
@@ -335,8 +344,14 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
     trials = expand(spec)
     tracker = StudyTracker(tracking_uri or spec.resolved_tracking_uri(), spec.name, out_dir / "artifacts")
     tracker.study_run_id()
-    finished = tracker.finished_trial_ids()
+    runs = tracker.trial_runs()
+    finished = set(runs)
     skipped = sum(t.trial_id in finished for t in trials)
+    stale = stale_runs(trials, runs)
+    if stale:
+        log(f"study {spec.name}: {stale} finished run(s) in MLflow match a planned cell and seed but not its trial id "
+            "(logged under another config, or by a recon before the configuration tree changed the ids): they are "
+            "kept, not reused, and those trials run again")
     harvested = harvest(trials, tracker, trials_dir, finished)
     missing = unavailable_trials(spec, trials, study_data_dir(spec))
     pending = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]

@@ -85,3 +85,20 @@ def test_stage_identity_follows_corpus_content_not_its_path(tmp_path):
     lines = shard.read_text().splitlines()
     shard.write_text("\n".join(lines[:-1]) + "\n")  # the same path, one sentence fewer
     assert set(ids(first)).isdisjoint(original)
+
+
+def test_runs_logged_under_old_trial_ids_are_reported_not_reused():
+    """Ids changed with the configuration tree: a run of the same cell under another id is counted."""
+    from types import SimpleNamespace
+
+    from recon.orchestration.tune_runner import stale_runs
+
+    trials = expand(load_spec(ROOT / "studies" / "demo.yaml"))[:3]
+
+    def run(t, trial_id):
+        tags = {"dataset": t.dataset, "setting": t.setting, "format": t.format, "model": t.model, "seed": str(t.seed)}
+        return SimpleNamespace(data=SimpleNamespace(tags={**tags, "trial_id": trial_id}))
+
+    runs = {"old-id-0": run(trials[0], "old-id-0"), trials[1].trial_id: run(trials[1], trials[1].trial_id),
+            "old-id-1": run(trials[1], "old-id-1")}
+    assert stale_runs(trials, runs) == 1  # trial 0 runs again; trial 1 is finished under its current id
