@@ -4,8 +4,9 @@
     python bench/bench_loop.py --steps 50 --rounds 5 --device cuda
 
 Both loops train the same freshly seeded model (RelationClassifier over the encoder) on the same
-pre-encoded SemEval C+M batches with the same optimizer (AdamW + linear warm-up/decay, grad clip
-1.0) for the same number of steps. ``fit`` adds what a trial needs (loss check per step, seeded
+pre-encoded SemEval C+M batches with the same optimizer (AdamW + linear warm-up/decay, grad clip;
+learning rate, weight decay, warm-up share and clipping norm are ``TrainConfig``'s defaults) for the
+same number of steps. ``fit`` adds what a trial needs (loss check per step, seeded
 deterministic context, progress bar, history); dev/test evaluation is left out of both, since it is
 work rather than overhead. Rounds alternate bare/fit so machine load hits both alike; the
 reported figure is the median over rounds. Goal: overhead below 5%.
@@ -18,6 +19,11 @@ import statistics
 import time
 
 import torch
+
+from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED
+from recon.models.training import TrainConfig
+
+DEFAULTS = TrainConfig()  # the loop's own defaults (Appendix B), for both loops
 
 
 def build(encoder: str, dataset: str, n: int, max_length: int, batch_size: int, seed: int):
@@ -48,14 +54,14 @@ def bare_loop(model, batches, steps: int, lr: float, device: torch.device) -> fl
 
     model.to(device).train()
     start = time.perf_counter()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=DEFAULTS.weight_decay, eps=DEFAULTS.adam_eps)
+    sched = get_linear_schedule_with_warmup(opt, int(DEFAULTS.warmup_ratio * steps), steps)
     for step in range(steps):
         batch = {k: v.to(device) for k, v in batches[step % len(batches)].items()}
         labels = batch.pop("labels")
         loss = torch.nn.functional.cross_entropy(model(**batch).float(), labels)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), DEFAULTS.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -65,11 +71,11 @@ def bare_loop(model, batches, steps: int, lr: float, device: torch.device) -> fl
 
 
 def fit_loop(model, batches, steps: int, lr: float, device: torch.device, deterministic: bool = True) -> float:
-    from recon.models.training import ClassificationTask, TrainConfig, fit
+    from recon.models.training import ClassificationTask, fit
 
     train = [batches[i % len(batches)] for i in range(steps)]
-    cfg = TrainConfig(lr=lr, epochs=1, warmup_ratio=0.1, weight_decay=0.01, device=str(device), progress=True,
-                      metric="micro_f1", deterministic=deterministic)
+    cfg = DEFAULTS.replace(lr=lr, epochs=1, device=str(device), progress=True, metric="micro_f1",
+                           deterministic=deterministic)
     start = time.perf_counter()
     fit(model, ClassificationTask(), train, None, None, cfg)
     if device.type == "cuda":
@@ -79,7 +85,7 @@ def fit_loop(model, batches, steps: int, lr: float, device: torch.device, determ
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="minilm")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER)
     parser.add_argument("--dataset", default="semeval")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
@@ -95,8 +101,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     fresh_model, batches = build(args.encoder, args.dataset, args.batch_size * args.steps, args.max_length,
-                                 args.batch_size, seed=42)
-    bare_loop(fresh_model(), batches, 3, 3e-5, device)  # warm-up: allocator, kernels, caches
+                                 args.batch_size, seed=DEFAULT_SEED)
+    bare_loop(fresh_model(), batches, 3, DEFAULTS.lr, device)  # warm-up: allocator, kernels, caches
     times: dict[str, list[float]] = {"bare": [], "fit": []}
     deterministic = not args.no_deterministic
 
@@ -106,7 +112,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = (("bare", bare_loop), ("fit", fit_fn)) if r % 2 == 0 else (("fit", fit_fn), ("bare", bare_loop))
         for name, loop in order:
-            times[name].append(loop(fresh_model(), batches, args.steps, 3e-5, device))
+            times[name].append(loop(fresh_model(), batches, args.steps, DEFAULTS.lr, device))
     examples = args.steps * args.batch_size
     bare_s, fit_s = statistics.median(times["bare"]), statistics.median(times["fit"])
     report = {

@@ -34,6 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recon.data_prep.defaults import DEFAULT_ENCODER  # noqa: E402
+from recon.models.pretrain_config import OBJECTIVE_DEFAULTS, PretrainConfig  # noqa: E402  (no torch)
+
+PAPER = PretrainConfig()  # optimizer, length and objective defaults of a real run, for every mode
+
 FIXTURE_CORPUS = ROOT / "tests" / "fixtures" / "pretrain" / "corpus"
 TINY_VOCAB = ROOT / "tests" / "fixtures" / "models" / "tiny_vocab.txt"
 RANDOM_SHAPES = {
@@ -80,14 +85,15 @@ def bare(args, encoder: str) -> dict:
     torch.manual_seed(0)
     bundle = load_encoder(encoder, mlm_head=True)
     net = PretrainNet(bundle.model).to(device)
-    cfg = TrainConfig(lr=3e-5, weight_decay=1e-5, warmup_steps=500)
+    cfg = TrainConfig(lr=PAPER.lr, weight_decay=PAPER.weight_decay, warmup_steps=PAPER.warmup)
     optimizer = build_optimizer(net, cfg)
     total = args.warmup_steps + args.steps
     scheduler = build_scheduler(optimizer, total, cfg)
     index = load_corpus(args.corpus)
     sampler = (CPSampler if args.objective == "cp" else MTBSampler)(index, args.micro_batch_size, seed=0)
     ctx = TokenContext.for_bundle(bundle, args.max_length)
-    settings = StepSettings(args.objective, bf16=not args.no_bf16)
+    settings = StepSettings(args.objective, temperature=PAPER.temperature, mlm_weight=PAPER.mlm_weight,
+                            max_grad_norm=PAPER.max_grad_norm, bf16=not args.no_bf16)
     rows = []
     for step in range(1, total + 1):
         t0 = time.perf_counter()
@@ -115,10 +121,10 @@ def bare(args, encoder: str) -> dict:
 
 def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
     """The same step under Ray Train with ``workers`` workers, each with ``--threads`` CPUs."""
-    from recon.orchestration.pretrain import PretrainConfig, read_progress, run_pretraining
+    from recon.orchestration.pretrain import PretrainRun, read_progress, run_pretraining
 
     steps = args.warmup_steps + args.steps
-    cfg = PretrainConfig(
+    cfg = PretrainRun(
         objective=args.objective, corpus=str(args.corpus), num_workers=workers, steps=steps,
         batch_size=workers * args.micro_batch_size, micro_batch_size=args.micro_batch_size, encoder=encoder,
         max_length=args.max_length, checkpoint_every=steps, max_failures=0, out=str(root / f"ray{workers}"),
@@ -140,11 +146,11 @@ def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", type=Path, default=FIXTURE_CORPUS, help="built corpus (default: the test fixture)")
-    p.add_argument("--encoder", default="minilm")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER)
     p.add_argument("--random", choices=sorted(RANDOM_SHAPES), help="random weights of this shape instead")
-    p.add_argument("--objective", choices=("cp", "mtb"), default="cp")
+    p.add_argument("--objective", choices=tuple(OBJECTIVE_DEFAULTS), default=PAPER.objective)
     p.add_argument("--micro-batch-size", type=int, default=8, help="pairs per worker per step")
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=PAPER.max_length)
     p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--workers", default="1,2", help="Ray worker counts to run (comma separated)")

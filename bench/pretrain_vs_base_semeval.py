@@ -2,7 +2,7 @@
 SemEval split with the same seeds, and print both medians (the paper reports the median of 5 seeds).
 
     python bench/pretrain_vs_base_semeval.py --checkpoint runs/pretrain/pretrain-cp/final \\
-        --split 0.01 --seeds 42 43 44 45 46 --max-eval 600 --json results.json
+        --split 0.01 --max-eval 600 --json results.json          # seeds: the paper's five (PAPER_SEEDS)
 
 The pre-training corpus must not contain SemEval's evaluation entity pairs: build it with
 ``recon corpus build ... --exclude semeval``. Each trial is ``recon.models.finetune.run_finetune`` with
@@ -21,23 +21,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recon.data_prep.defaults import DEFAULT_ENCODER, PAPER_SEEDS  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="recon checkpoint from `recon pretrain`")
-    p.add_argument("--encoder", default="minilm", help="the un-pretrained encoder it started from")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="the un-pretrained encoder it started from")
     p.add_argument("--dataset", default="semeval")
     p.add_argument("--split", type=float, default=0.01)
     p.add_argument("--format", default="C+M")
-    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(PAPER_SEEDS))
     p.add_argument("--max-eval", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's (Appendix B: 6)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
     import torch
 
-    from recon.models.finetune import FinetuneConfig, run_finetune
+    from recon.models.finetune import DataOptions, FinetuneConfig, run_finetune
+    from recon.models.training import TrainConfig
 
     torch.set_num_threads(2)
     models = {"base": "bert", "cp": args.checkpoint}
@@ -46,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for name, model in models.items():
             t0 = time.perf_counter()
+            training = TrainConfig(seed=seed, progress=False, **({"epochs": args.epochs} if args.epochs else {}))
             out = run_finetune(FinetuneConfig(dataset=args.dataset, split=args.split, input_format=args.format,
-                                              model=model, encoder=args.encoder, seed=seed, epochs=args.epochs,
-                                              max_eval=args.max_eval, progress=False))
+                                              model=model, encoder=args.encoder, training=training,
+                                              data=DataOptions(max_eval=args.max_eval)))
             score = float(out["test"]["score"])
             scores[name].append(score)
             trials.append({"model": name, "seed": seed, "test": score, "dev": (out.get("dev") or {}).get("score"),

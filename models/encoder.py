@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -258,8 +257,3 @@ def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool | None = False)
     encoder = RelationEncoder(backbone, head)
     tie_mlm_decoder(encoder)
     return EncoderBundle(encoder, tokenizer, special, source=str(name_or_path), newly_initialized=newly)
-
-
-def encoder_source_path(name_or_path: str) -> Path:
-    """Filesystem path an alias or path stands for (for provenance records)."""
-    return Path(os.path.expanduser(ENCODER_ALIASES.get(name_or_path, name_or_path)))

@@ -1,22 +1,30 @@
 """Build the pre-training corpus with Ray Data: input lines -> spaCy + KG linking -> sharded files.
 
-    from recon.data_prep.corpus.builder import BuildConfig, build_corpus
-    manifest = build_corpus(BuildConfig(text="wiki.jsonl", triples="kg.tsv", aliases="aliases.tsv",
-                                        out="corpus/", exclude=("wiki80", "fewrel"), shards=8))
+    from recon.data_prep.corpus.builder import build_corpus
+    from recon.data_prep.corpus.config import CorpusBuildConfig
+    manifest = build_corpus(CorpusBuildConfig(text="wiki.jsonl", triples="kg.tsv", aliases="aliases.tsv",
+                                              out="corpus/", exclude=("wiki80", "fewrel"), shards=8))
+
+The settings and their defaults are :class:`~recon.data_prep.corpus.config.CorpusBuildConfig`
+(``BuildConfig`` here is the same class, under its older name); ``recon corpus build`` generates its
+flags from it.
 
 Pipeline: the driver streams the input once (sha256, validation with file/line errors, byte-offset
-chunks); ``ray.data.from_items(chunks).flat_map(read_chunk)`` reads the lines in parallel while
-keeping their line numbers (``read_text`` drops them, and sentence ids and error messages need
-them); ``map_batches(_LinkBatch)`` runs spaCy + linking in a small actor pool that loads the
-pipeline once per worker; the examples are written per shard (``write_json``/``write_parquet``)
-into a temp directory that is renamed into place with the manifest, so a reader never sees half a
-corpus. Ray is started only if it is not running (2 CPUs, no dashboard) and shut down if we started it.
+chunks of ``chunk_lines``); ``ray.data.from_items(chunks).flat_map(read_chunk)`` reads the lines in
+parallel while keeping their line numbers (``read_text`` drops them, and sentence ids and error
+messages need them); ``map_batches(_LinkBatch)`` runs spaCy + linking in an actor pool of
+``concurrency`` actors that load the pipeline once each; the examples are written per shard
+(``write_json``/``write_parquet``) into a temp directory that is renamed into place with the
+manifest, so a reader never sees half a corpus. If Ray is not running, a local Ray is started with
+``num_cpus`` CPUs (default: all local CPUs) and no dashboard, and shut down at the end; a running Ray
+(the demo's, a test's, a study driver's) is used as it is.
 
 The manifest records per shard its row count and an order-independent row digest (for
 ``corpus_identity``), and under ``exclusion.datasets`` exactly which evaluation splits of which
 ``--exclude`` datasets were excluded, with their files' sha256s (for ``check_exclusions``). The
-hashed ``config`` holds input and exclusion-file digests and content settings, not paths or the
-execution knobs (``build``).
+hashed ``config`` holds the config's identity fields (``exclude``, ``format``, ``shards``), the input
+and exclusion-file digests and the spaCy pipeline id, not paths; the execution knobs are recorded,
+unhashed, under ``build``.
 """
 from __future__ import annotations
 
@@ -25,15 +33,16 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import ray  # Ray Data IS this pipeline; nothing else in data_prep imports ray
+import ray  # Ray Data IS this pipeline (the demo imports ray only to start one Ray for its builds)
 
 from .. import spacy_pipeline
 from ..atomic import publish_dir
 from ..errors import DatasetNotFound, ReconError
+from .config import CorpusBuildConfig
 from .exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
 from .index import shard_dir_name
 from .kg import KnowledgeGraph
@@ -41,25 +50,9 @@ from .linking import COUNT_KEYS, Exclusion, Linker, parse_line
 from .manifest import MANIFEST_VERSION, config_hash, file_sha256, shard_digest, write_manifest
 from .report import format_report
 
-FORMATS = ("jsonl", "parquet")
-EXECUTION_KNOBS = ("chunk_lines", "batch_size", "concurrency")  # change speed, never content
+EXECUTION_KNOBS = ("chunk_lines", "batch_size", "concurrency", "num_cpus")  # change speed, never content
 
-
-@dataclass(frozen=True)
-class BuildConfig:
-    text: str
-    triples: str | None
-    aliases: str | None
-    out: str
-    wikidata_dump: str | None = None
-    exclude: tuple[str, ...] = ()
-    data_dir: str | None = None
-    format: str = "jsonl"
-    shards: int = 4
-    chunk_lines: int = 2000      # lines per read task
-    batch_size: int = 256        # sentences per spaCy batch
-    concurrency: int = 1         # linking actors (this machine has 2 cores; Ray needs one)
-    overwrite: bool = False
+BuildConfig = CorpusBuildConfig  # the name this module used before the config moved to .config
 
 
 @dataclass
@@ -129,12 +122,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise ReconError(f"{out} exists and is not empty; pass --overwrite to replace it")
 
 
-def build_corpus(config: BuildConfig, *, log=print) -> dict:
+def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
     """Run the pipeline described in the module docstring; return the manifest written to ``out``."""
-    if config.format not in FORMATS:
-        raise ReconError(f"unknown corpus format {config.format!r}; use one of {', '.join(FORMATS)}")
-    if config.shards < 1:
-        raise ReconError("--shards must be >= 1")
+    config.check()  # choices and bounds (format, shards, ...), in case fields were set after construction
+    if not config.text:
+        raise ReconError("give --text FILE: the input lines to link")
+    if not config.out:
+        raise ReconError("give --out DIR: where the corpus shards and manifest.json go")
     text = Path(config.text)
     if not text.is_file():
         raise DatasetNotFound(f"--text {text} does not exist")
@@ -156,9 +150,7 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
             inputs[role] = {"path": str(value), "sha256": file_sha256(value)}
     # Hashed settings: what decides the corpus's content. Paths (out, inputs, data_dir) are not in it
     # (their contents are, through the sha256s), nor are the execution knobs (recorded under "build").
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "overwrite", "text", "triples",
-                                                                    "aliases", "wikidata_dump", "data_dir",
-                                                                    *EXECUTION_KNOBS)}
+    settings = config.identity()  # exclude, format, shards (CorpusBuildConfig's identity fields)
     settings["exclude"] = exclude
     settings["exclude_sha256"] = {name: info["sha256"] for name, info in exclusion_report.items()}
     settings["exclude_pairs_hash"] = {name: info["pairs_hash"] for name, info in exclusion_report.items()}
@@ -171,8 +163,8 @@ def build_corpus(config: BuildConfig, *, log=print) -> dict:
     started = False
     try:
         if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # num_cpus None: all local CPUs
             started = True
         from ray.data.expressions import col
 

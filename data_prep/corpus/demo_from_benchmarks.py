@@ -11,10 +11,11 @@ share of the mentions (JSON lines with character anchors). Both are scored again
 annotations as precision/recall over (sentence, head id, tail id, relation). A third build with
 ``--exclude wiki80 fewrel`` checks that test-set exclusion removes what it should.
 Sentences are subsampled per relation (``per_relation``) to keep the run short on 2 cores.
+The settings are :class:`~recon.data_prep.corpus.config.CorpusDemoConfig` (sharding and execution
+of each build under its ``build``); both command lines above are generated from it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import Counter, defaultdict
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, ReconError
+from .config import CorpusDemoConfig
 
 NO_SPACE_BEFORE = {",", ".", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "n't", "'", "''", "-"}
 NO_SPACE_AFTER = {"(", "[", "{", "$", "``", "-"}
@@ -147,14 +149,24 @@ DEMO_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def run_demo(out: str | Path, *, data_dir: str | None = None, per_relation: int = 30,
-             anchor_share: float = 0.5, seed: int = 0, shards: int = 4, log=print,
-             runs: dict[str, tuple[str, tuple[str, ...]]] = DEMO_RUNS) -> dict:
+def run_demo(out: str | Path | None = None, *, config: CorpusDemoConfig | None = None, log=print,
+             runs: dict[str, tuple[str, tuple[str, ...]]] = DEMO_RUNS, **changes) -> dict:
+    """Collect, write the inputs, build one corpus per entry of ``runs``, score each; returns the report.
+
+    Settings come from ``config`` (default :class:`CorpusDemoConfig`), with ``out`` and any other
+    field given as a keyword (``data_dir=``, ``per_relation=`` ...) replacing its value.
+    """
     import ray
 
-    from .builder import BuildConfig, build_corpus
+    from .builder import build_corpus
 
-    out = Path(out)
+    if out is not None:
+        changes["out"] = str(out)
+    cfg = (config or CorpusDemoConfig()).replace(**changes)
+    if not cfg.out:
+        raise ReconError("give --out DIR: where the demo writes its inputs, corpora and report")
+    out, data_dir, per_relation, anchor_share, seed = (Path(cfg.out), cfg.data_dir, cfg.per_relation,
+                                                       cfg.anchor_share, cfg.seed)
     t0 = time.time()
     sentences, triples, aliases = collect(data_dir, per_relation, seed)
     inputs = write_inputs(out, sentences, triples, aliases, anchor_share, seed)
@@ -165,14 +177,16 @@ def run_demo(out: str | Path, *, data_dir: str | None = None, per_relation: int 
               "runs": {}}
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=cfg.build.num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # num_cpus None: all local CPUs
     try:
         for name, (text, exclude) in runs.items():
             t = time.time()
             log(f"--- {name}")
-            manifest = build_corpus(BuildConfig(
+            manifest = build_corpus(cfg.build.replace(
                 text=str(out / text), triples=str(out / "kg.tsv"), aliases=str(out / "aliases.tsv"),
-                out=str(out / name), exclude=exclude, data_dir=data_dir, shards=shards, overwrite=True,
+                wikidata_dump=None, out=str(out / name), exclude=tuple(exclude), data_dir=data_dir,
+                overwrite=True,
             ), log=log)
             result = score(out / name, sentences, text)
             result["seconds"] = round(time.time() - t, 1)
@@ -191,16 +205,12 @@ def run_demo(out: str | Path, *, data_dir: str | None = None, per_relation: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--data-dir")
-    parser.add_argument("--per-relation", type=int, default=30)
-    parser.add_argument("--anchor-share", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run_demo(args.out, data_dir=args.data_dir, per_relation=args.per_relation,
-             anchor_share=args.anchor_share, seed=args.seed)
-    return 0
+    """``python -m recon.data_prep.corpus.demo_from_benchmarks ...`` is ``recon corpus demo ...``."""
+    import sys
+
+    from recon.orchestration.cli import main as recon_main  # the flags are generated from CorpusDemoConfig
+
+    return recon_main(["corpus", "demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
