@@ -56,6 +56,8 @@ class PretrainConfig(Config):
     num_workers: int = knob(1, "Ray Train workers (data parallel); sampler streams are per worker", ge=1)
     cpus_per_worker: float = knob(1.0, "CPUs reserved per worker (also its torch threads)", gt=0, identity=False)
     use_gpu: bool = knob(False, "one GPU per worker, NCCL, bf16 autocast", identity=False)
+    worker_resources: dict[str, float] = knob(factory=dict, help="custom Ray resources each worker needs, e.g. "
+                                              "{\"gpu_node\": 1}", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
     checkpoint_every: int = knob(500, "checkpoint every K steps (and at the last)", ge=1, identity=False)
     keep_checkpoints: int = knob(2, "checkpoints kept in storage", ge=1, identity=False)

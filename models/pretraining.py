@@ -32,7 +32,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Literal, Sequence
+from typing import Callable, ContextManager, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -385,6 +385,29 @@ def reseed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(step_generator(seed, step, rank, -1).initial_seed())
 
 
+def run_steps(net: nn.Module, sampler, index, objective: str, tctx: TokenContext, *, steps: int, start_step: int,
+              accum_steps: int, seed: int, rank: int, mlm_probability: float, optimizer, scheduler,
+              settings: StepSettings, device: torch.device, no_sync=None,
+              before_step: Callable[[int], None] | None = None) -> Iterator[tuple[int, StepStats]]:
+    """The pre-training loop, without Ray: yields ``(step, stats)`` after each optimizer step.
+
+    The Ray Train worker (``recon.orchestration.pretrain_worker``) wraps it with the few things a
+    cluster adds (metric all-reduce, reports, checkpoints); benchmarks and single-device runs call
+    it as it is. Each step is a pure function of (seed, step, rank) and the sampler's position, so a
+    run resumed at ``start_step`` repeats the uninterrupted run's batches exactly.
+    """
+    for step in range(start_step + 1, steps + 1):
+        if before_step is not None:
+            before_step(step)
+        reseed_step(seed, step, rank)
+        batches = [build_batch(sampler.next_batch(), index, objective, tctx, mlm_probability=mlm_probability,
+                               generator=step_generator(seed, step, rank, m))
+                   for m in range(accum_steps)]
+        stats = optimizer_step(net, batches, optimizer=optimizer, scheduler=scheduler, settings=settings,
+                               device=device, no_sync=no_sync)
+        yield step, stats
+
+
 def count_parameters(module: nn.Module) -> int:
     """Distinct parameters (tied embedding/decoder counted once), for FLOPs estimates."""
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
@@ -393,5 +416,5 @@ def count_parameters(module: nn.Module) -> int:
 __all__ = [
     "OBJECTIVES", "TokenContext", "PretrainBatch", "PretrainNet", "StepSettings", "StepStats",
     "build_batch", "micro_step_loss", "optimizer_step", "gather_across_workers", "contrastive_reps",
-    "relation_id", "step_generator", "reseed_step", "count_parameters",
+    "relation_id", "step_generator", "reseed_step", "count_parameters", "run_steps",
 ]

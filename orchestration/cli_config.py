@@ -12,6 +12,7 @@ defaults that depend on other fields (the pre-training batch size of each object
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import typing
 from dataclasses import MISSING
@@ -28,6 +29,8 @@ def _base_type(annotation: Any) -> tuple[Any, Optional[tuple]]:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return type(args[0]), tuple(args)
+    if origin is dict:
+        return dict, None
     if args and origin is not list and origin is not tuple:
         return _base_type(args[0])
     if origin in (list, tuple):
@@ -70,6 +73,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
                                   "help": field_help(f) + _default_text(cls, f)}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            kwargs.update(type=json.loads, metavar="JSON")
         elif isinstance(kind, tuple):
             kwargs.update(nargs="+", type=kind[1], metavar=f.name.upper())
         else:

@@ -2,9 +2,10 @@
 
 :class:`RayConfig` is the ``ray:`` section of a study spec: cluster address, local CPUs and what each
 trial reserves; none of it is part of a trial id. :func:`ensure_ray` is how the study driver
-(``recon study run``/``resume``, through ``tune_runner``) and ``recon pretrain`` connect: ``address``
-(or ``RAY_ADDRESS``) joins an existing cluster, otherwise a local Ray is started with ``num_cpus``
-CPUs (default: all local CPUs) and no dashboard (the MLflow UI is the dashboard). Either way every
+(``recon study run``/``resume``, through ``tune_runner``) and ``recon pretrain`` connect: they join
+the cluster Ray itself would join (``address``, else ``RAY_ADDRESS``, else one started on this
+machine with ``ray start``; :func:`cluster_to_join`), otherwise a local Ray is started with
+``num_cpus`` CPUs (default: all local CPUs) and no dashboard (the MLflow UI is the dashboard). Either way every
 worker runs :func:`quiet_workers` first, so a run prints progress rather than log noise. The corpus
 commands do not use it yet: ``recon corpus build``/``demo`` start a local Ray themselves
 (``--num-cpus``) when none is running.
@@ -30,18 +31,42 @@ class RayConfig(Config):
     gpus_per_trial: float = knob(0.0, "GPUs per trial; fractions share a GPU (e.g. 0.25)", ge=0, identity=False)
     max_concurrent_trials: int = knob(1, "trials running at once", ge=1, identity=False)
     max_retries: int = knob(0, "retries of a failed trial", ge=0, identity=False)
+    trial_resources: dict[str, float] = knob(factory=dict, help="custom Ray resources each trial needs, e.g. "
+                                             "{\"gpu_node\": 1} to keep trials off the head node", identity=False)
+
+
+def cluster_to_join(address: Optional[str] = None) -> Optional[str]:
+    """The running cluster ``ray.init`` would join, or None when it would start a local Ray.
+
+    Ray's own rule: ``address`` if given, else ``$RAY_ADDRESS``, else a cluster started on this
+    machine with ``ray start`` (its address in Ray's temp folder). Passing ``num_cpus`` while
+    joining is a ``ValueError`` in Ray, so the caller must know which case it is in.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address and address.startswith(("ray://", "http://", "https://")):
+        return address
+    try:
+        return canonicalize_bootstrap_address(address)
+    except Exception:  # no cluster recorded on this machine (or a stale record): start a local Ray
+        return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
-    """Connect or start Ray unless already connected; True when this call started/joined it."""
+    """Join the cluster Ray would join, or start a local Ray with ``num_cpus``; True when this call did.
+
+    ``num_cpus`` applies only to a Ray started here: joining a running cluster never passes it.
+    Token authentication (on by default for clusters started by Ray 2.60) needs nothing here:
+    ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` (or ``~/.ray/auth_token``) are read by Ray itself.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"worker_process_setup_hook": "recon.orchestration.ray_session.quiet_workers"}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)
+    target = cluster_to_join(address)
+    if target:
+        ray.init(address=target, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env)
     return True

@@ -184,6 +184,9 @@ class StudySpec(_Strict):
     ray: RayConfig = RayConfig()
     tracking_uri: Optional[str] = None  # default: sqlite:///<output_dir>/mlflow.db
     output_dir: Optional[str] = None    # default: runs/<name> under the current directory
+    # Where every node reads and writes (checkpoints, trial outputs, published datasets): a path (local
+    # or NFS, relative to the study file) or a URI (s3://...). Default: $RECON_STORAGE, else output_dir.
+    storage: Optional[str] = None
     trainer: Optional[str] = None  # "module:function" or "file.py:function" replacing run_finetune (tests, custom models)
     seconds_per_example: dict[str, float] = Field(default_factory=dict)  # compute-estimate overrides per model name
     _source: Optional[Path] = PrivateAttr(default=None)  # the study file, set by load_spec
@@ -362,7 +365,7 @@ def load_spec(path: str | Path) -> StudySpec:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
             message = err["msg"]
-            if err["type"] == "extra_forbidden":
+            if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
                 message = "unknown field (not in the study schema)"
             cause = (err.get("ctx") or {}).get("error")
             if isinstance(cause, ConfigError):  # a component config's own check names its field

@@ -39,7 +39,7 @@ def summary_metrics(stats) -> dict[str, float]:
 def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict) -> dict[str, list[str]]:
     """Per table: cells that cannot run here (and why), training subsets that fell back to seeded
     sampling, and pre-training stages that were allowed to see the evaluated entity pairs."""
-    from .tune_runner import study_data_dir
+    from .stages import study_data_dir
 
     notes: dict[str, list[str]] = {}
 

@@ -9,6 +9,7 @@ import pytest
 
 from recon.data_prep.errors import ReconError
 from recon.orchestration.cli import build_parser, main
+from recon.orchestration.storage import Storage
 from recon.orchestration.commands.pretrain import config_from_args, format_curve
 from recon.orchestration.pretrain import (CONFIG_FILE, PretrainConfig, PretrainRun, absolute_tracking_uri,
                                           latest_checkpoint, read_progress, run_pretraining)
@@ -59,12 +60,13 @@ def _fake_checkpoint(run_dir: Path, step: int, complete: bool = True) -> Path:
 
 
 def test_latest_checkpoint_is_the_highest_complete_step(tmp_path):
-    assert latest_checkpoint(tmp_path / "missing") is None
+    assert latest_checkpoint(Storage.from_uri(str(tmp_path)), "missing") is None
     _fake_checkpoint(tmp_path, 4)
     best = _fake_checkpoint(tmp_path, 12)
     _fake_checkpoint(tmp_path, 16, complete=False)  # a copy interrupted mid-way
     (tmp_path / "checkpoint_step_banana").mkdir()
-    assert latest_checkpoint(tmp_path) == best
+    assert latest_checkpoint(Storage.from_uri(str(tmp_path))) == best.name
+    assert latest_checkpoint(Storage.from_uri(str(tmp_path.parent)), tmp_path.name) == f"{tmp_path.name}/{best.name}"
 
 
 def test_a_used_run_directory_needs_resume_and_resume_needs_the_same_settings(tmp_path):
@@ -126,7 +128,7 @@ def _tiny_cfg(tmp_path: Path, **kw) -> PretrainRun:
 def _attempts(run_dir: Path) -> list[list[dict]]:
     """progress.jsonl split into attempts: a new one starts where the restore step changes or the
     step does not increase."""
-    rows = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (Path(run_dir) / "progress.jsonl").read_text().splitlines()]
     attempts: list[list[dict]] = [[]]
     for row in rows:
         last = attempts[-1][-1] if attempts[-1] else None
@@ -153,12 +155,12 @@ def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(
     from recon.models.encoder import load_encoder
 
     cfg = _tiny_cfg(tmp_path, fail_at_step=5, max_failures=1)
-    final = run_pretraining(cfg)
+    final = run_pretraining(cfg).local
     assert Path(cfg.fail_marker).exists()  # the failure did happen
     first, second = _attempts(cfg.run_dir)
     assert [r["step"] for r in first] == [1, 2, 3, 4]
     assert [r["step"] for r in second] == [5, 6] and {r["resumed_from"] for r in second} == {4}
-    rows = read_progress(cfg.run_dir)
+    rows = read_progress(cfg.run_uri)
     assert [r["step"] for r in rows] == list(range(1, cfg.steps + 1))
     assert all(r["loss"] > 0 for r in rows)
 
@@ -180,11 +182,11 @@ def test_a_failed_job_resumed_from_the_cli_repeats_the_same_batches(tmp_path, ca
                     run_name="mtb-run")
     with pytest.raises(ReconError, match="pre-training failed"):
         run_pretraining(cfg)
-    assert latest_checkpoint(cfg.run_dir).name == "checkpoint_step_000003"
+    assert latest_checkpoint(Storage.from_uri(cfg.run_uri)).endswith("checkpoint_step_000003")
     argv = ["pretrain", "--objective", "mtb", "--corpus", cfg.corpus, "--workers", "2", "--steps", "6",
             "--batch-size", "16", "--micro-batch-size", "4", "--encoder", cfg.encoder, "--lr", "1e-3",
             "--warmup", "0", "--checkpoint-every", "3", "--max-failures", "0", "--out", cfg.out,
-            "--run-name", "mtb-run", "--tracking-uri", cfg.tracking_uri, "--resume"]
+            "--run-name", "mtb-run", "--tracking-uri", cfg.tracking_uri, "--resume", "--allow-leakage"]
     # the CLI has no --fail-* flags: they are test hooks, so the resumed config differs only there
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,9 @@ import pytest
 from recon.orchestration.plan import expand
 from recon.orchestration.spec import load_spec
 from recon.orchestration.tracking import StudyTracker
-from recon.orchestration.tune_runner import (RESULT_FILE, TrialRequest, harvest, resolve_references, resolve_trainer,
-                                            write_result)
+from recon.orchestration.trainable import publish_result, result_rel
+from recon.orchestration.trials import TrialRequest, resolve_references, resolve_trainer
+from recon.orchestration.tune_runner import harvest, study_storage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 
@@ -35,17 +36,18 @@ def test_harvest_logs_finished_trials_once_without_training(tmp_path):
     spec = load_spec(_study(tmp_path))
     trials = expand(spec)
     trainer = resolve_trainer(spec.trainer, "finetune", spec.source.parent)
-    out = spec.resolved_output_dir() / "trials" / trials[0].trial_id
+    store = study_storage(spec)
+    out = tmp_path / "worker-out"
     request = TrialRequest(trials[0], out, config=resolve_references(trials[0], {}, None))
-    write_result(out, trainer(request, []))
+    publish_result(store, trials[0].trial_id, out, trainer(request, []))
     tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, spec.resolved_output_dir() / "artifacts")
-    assert harvest(trials, tracker, spec.resolved_output_dir() / "trials", tracker.finished_trial_ids()) == 1
-    assert harvest(trials, tracker, spec.resolved_output_dir() / "trials", tracker.finished_trial_ids()) == 0
+    assert harvest(trials, tracker, store, tracker.finished_trial_ids()) == 1
+    assert harvest(trials, tracker, store, tracker.finished_trial_ids()) == 0
     _, runs = _trial_runs(spec)
     assert [r.data.tags["trial_id"] for r in runs] == [trials[0].trial_id]
     run = runs[0]
     assert run.data.params["input_format"] == "C+M" and run.data.params["training.seed"] == "42" and run.data.tags["dataset"] == "semeval"
-    result = json.loads((out / RESULT_FILE).read_text())
+    result = store.read_json(result_rel(trials[0].trial_id))
     assert run.data.metrics["test_metric"] == pytest.approx(result["test"]["micro_f1"])
 
 
@@ -88,7 +90,7 @@ def test_study_on_ray_tune_twice_gives_one_run_per_trial(tmp_path, capsys):
     assert "predictions.jsonl" in {a.path for a in tracker.client.list_artifacts(runs[0].info.run_id)}
 
     # Tables regenerated from MLflow alone (trial dirs removed), pilot analysis included.
-    shutil.rmtree(spec.resolved_output_dir() / "trials")
+    shutil.rmtree(spec.resolved_output_dir() / "results")  # trial outputs in storage (here: the output dir)
     assert main(["study", "tables", str(path)]) == 0
     capsys.readouterr()
     summary = spec.resolved_output_dir() / "summary"

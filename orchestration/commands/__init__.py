@@ -9,4 +9,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recon.orchestration.commands.data",
     "recon.orchestration.commands.train",
     "recon.orchestration.commands.study",
+    "recon.orchestration.commands.jobs",
 )

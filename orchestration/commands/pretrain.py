@@ -59,9 +59,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
                          "`recon corpus demo --out DIR` (@demo is built for you only inside a study)")
     print(f"pre-training {cfg.objective} on {cfg.corpus}: {cfg.num_workers} worker(s) x "
           f"{cfg.micro_batch_size} pairs x {cfg.accum_steps} accumulation = {cfg.batch_size} pairs/step, "
-          f"{cfg.steps} steps -> {cfg.run_dir}", flush=True)
+          f"{cfg.steps} steps -> {cfg.run_uri}", flush=True)
     final = run_pretraining(cfg)
-    rows = read_progress(cfg.run_dir)
+    rows = read_progress(cfg.run_uri)
     print(format_curve(rows, cfg.objective, every=max(1, len(rows) // 25)))
-    print(f"final checkpoint: {final}")
+    print(f"final checkpoint: {final.local}  (published as {final.uri})")
     return 0

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
         p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for you")
         p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
+        p.add_argument("--storage", help="storage location every node reads and writes (a path, NFS or s3://...; "
+                                         "default: the spec's 'storage', $RECON_STORAGE, else the output folder)")
         p.set_defaults(func=_run, resume=(name == "resume"))
 
     tables = sub.add_parser("tables", help="regenerate tables, plots and the pilot analysis from MLflow")
@@ -68,7 +70,7 @@ def _load(args: argparse.Namespace):
 def _plan(args: argparse.Namespace) -> int:
     from recon.orchestration.plan import expand, summarize, unavailable_trials
     from recon.orchestration.tracking import StudyTracker
-    from recon.orchestration.tune_runner import study_data_dir
+    from recon.orchestration.stages import study_data_dir
 
     spec = _load(args)
     trials = expand(spec)
@@ -143,8 +145,8 @@ def _run(args: argparse.Namespace) -> int:
         if tracker is None or not tracker.exists:
             raise ReconError(f"study {spec.name!r} has not been started (no experiment in "
                              f"{spec.resolved_tracking_uri()}): use `recon study run {args.file}`")
-    outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus)
-    print(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from disk, "
+    outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus, storage=args.storage)
+    print(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
           f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
     summary_dir = write_summary(spec)
     print(f"tables and plots: {summary_dir}")

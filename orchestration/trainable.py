@@ -1,0 +1,81 @@
+"""The function Ray Tune runs for one trial, on whichever node Tune places it.
+
+It reads only what arrives with the trial: its config, a dataset manifest and encoder references,
+all resolved through the storage location into this node's cache (``recon.orchestration.storage``).
+It writes its outputs (``result.json``, ``metrics.json``, ``predictions.jsonl``) to
+``<storage>/results/<trial id>/``, ``result.json`` last, so present means complete; the final
+``tune.report`` carries the result's metrics to the driver. The driver then logs the trial to MLflow
+from storage: it never reads a worker's disk, and after a restart it finds finished trials there.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .plan import Trial
+from .storage import Storage, fetch_dir
+from .study_data import materialize
+from .trials import TrialRequest, load_trainer, resolve_references
+
+RESULTS = "results"
+RESULT_FILE = "result.json"
+
+
+def result_rel(trial_id: str, name: str = RESULT_FILE) -> str:
+    return f"{RESULTS}/{trial_id}/{name}"
+
+
+class TuneReporter:
+    """Training-loop callback: every epoch's metrics go to Tune (numbers only)."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        from ray import tune
+
+        row = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**row, "epoch": epoch, "done": False})
+
+    def on_train_end(self, result: Any) -> None:
+        pass
+
+
+def publish_result(storage: Storage, trial_id: str, out_dir: Path, result: dict) -> str:
+    """Upload the trial's files, then ``result.json`` (atomic): its presence marks the trial complete."""
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file() and path.name != RESULT_FILE:
+            storage.upload_file(path, result_rel(trial_id, str(path.relative_to(out_dir))))
+    storage.write_text(result_rel(trial_id), json.dumps(result, indent=2, default=str) + "\n")
+    return storage.join(result_rel(trial_id))
+
+
+def tune_trainable(config: dict) -> None:
+    """One trial: fetch inputs into this node's cache, train, publish outputs, report the final metrics."""
+    import ray
+    import torch
+    from ray import tune
+
+    from .tracking import final_metrics
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    trial = Trial.from_dict(config["trial"])
+    storage = Storage.from_uri(config["storage"])
+    checkpoints = {ref: str(fetch_dir(entry["uri"], entry["digest"])) for ref, entry in config["checkpoints"].items()
+                   if ref in (trial.config.get("model"), trial.config.get("encoder"))}
+    data_dir = materialize(config["data"])
+    with tempfile.TemporaryDirectory(prefix=f"recon-trial-{trial.trial_id}-") as tmp:
+        request = TrialRequest(trial=trial, out_dir=Path(tmp), config=resolve_references(trial, checkpoints, data_dir),
+                               data_dir=data_dir)
+        trainer = load_trainer(config.get("trainer"), trial.kind)
+        start = time.time()
+        result = trainer(request, [TuneReporter()])
+        result.setdefault("seconds", round(time.time() - start, 3))
+        result["node"] = {"hostname": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()}
+        uri = publish_result(storage, trial.trial_id, Path(tmp), result)
+    tune.report({**final_metrics(trial, result), "result_uri": uri, "node_id": result["node"]["node_id"],
+                 "done": True})
+
+
+__all__ = ["tune_trainable", "TuneReporter", "publish_result", "result_rel", "RESULTS", "RESULT_FILE"]
