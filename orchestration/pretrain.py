@@ -55,7 +55,7 @@ EXPERIMENT = "recon-pretrain"
 # Fields that may change when a run is resumed; every other field must match the original run (a
 # changed ``steps`` would rebuild the LR schedule with a new total, so the rate would jump).
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "max_failures", "tracking_uri", "resume", "evaluate_on", "data_dir",
-                               "allow_leakage", "worker_resources", "fail_at_step", "fail_marker", "log_every", "use_gpu",
+                               "allow_leakage", "worker_resources", "address", "fail_at_step", "fail_marker", "log_every", "use_gpu",
                                "cpus_per_worker", "corpus"})
 
 
@@ -68,6 +68,8 @@ class PretrainRun(PretrainConfig):
     run_name: str | None = knob(None, "run name under --out (default: pretrain-<objective>)", identity=False)
     tracking_uri: str = knob(DEFAULT_TRACKING_URI, "MLflow tracking URI", identity=False)
     experiment: str = knob(EXPERIMENT, "MLflow experiment", identity=False)
+    address: str | None = knob(None, "Ray cluster to run on (default: $RAY_ADDRESS, a cluster started here with "
+                                     "`ray start`, else a local Ray)", identity=False)
     resume: bool = knob(False, "continue the run in --out from its latest checkpoint", identity=False)
     evaluate_on: list[str] = knob(factory=lambda: list(supervised_datasets() + fewshot_datasets()),
                                   help="datasets the encoder will be evaluated on: the corpus must exclude their "
@@ -222,7 +224,7 @@ def _init_ray(cfg: PretrainRun) -> bool:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray sized for the workers."""
     from .ray_session import ensure_ray
 
-    return ensure_ray(num_cpus=max(2, math.ceil(cfg.num_workers * cfg.cpus_per_worker)))
+    return ensure_ray(address=cfg.address, num_cpus=max(2, math.ceil(cfg.num_workers * cfg.cpus_per_worker)))
 
 
 def _publish_inputs(cfg: PretrainRun, root: Storage) -> tuple[dict, Any]:

@@ -49,6 +49,24 @@ def publish_study_data(names: Iterable[str], data_root: Optional[str], storage: 
     return {rel: published[rel.replace("/", "__")] for rel in files}
 
 
+def publish_local_models(configs: Iterable[dict], storage: Storage) -> dict[str, dict]:
+    """Encoders or checkpoints that trials name by a directory on the driver, published for every node.
+
+    A model given as ``encoder: /path/to/dir`` (or a checkpoint directory) exists on the driver's
+    disk only; it is published content-addressed, and trials fetch it by the same name.
+    """
+    from .storage import publish_dir
+
+    out: dict[str, dict] = {}
+    for config in configs:
+        for key in ("model", "encoder"):
+            value = config.get(key)
+            if isinstance(value, str) and value not in out and Path(value).expanduser().is_dir():
+                uri, digest = publish_dir(storage, Path(value).expanduser(), "inputs/models")
+                out[value] = {"uri": uri, "digest": digest}
+    return out
+
+
 def materialize(manifest: dict, cache_dir: Optional[Path] = None) -> Optional[str]:
     """A local data directory holding the manifest's files (links into this node's verified cache).
 
@@ -80,4 +98,4 @@ def materialize(manifest: dict, cache_dir: Optional[Path] = None) -> Optional[st
     return str(target)
 
 
-__all__ = ["publish_study_data", "materialize", "dataset_files", "FEWSHOT_NEEDS"]
+__all__ = ["publish_study_data", "publish_local_models", "materialize", "dataset_files", "FEWSHOT_NEEDS"]

@@ -47,8 +47,8 @@ def resolve_references(trial: Trial, checkpoints: dict[str, str], data_dir: Opti
         model = checkpoints.get(cfg.model, cfg.model)
         if model.startswith(CHECKPOINT_PREFIX):
             raise ReconError(f"trial {trial.trial_id}: {model} has no checkpoint (its stage did not run)")
-        return cfg.replace(model=model, data=cfg.data.replace(data_dir=data_dir),
-                           training=cfg.training.replace(progress=False))
+        return cfg.replace(model=model, encoder=checkpoints.get(cfg.encoder, cfg.encoder),
+                           data=cfg.data.replace(data_dir=data_dir), training=cfg.training.replace(progress=False))
     encoder = checkpoints.get(cfg.encoder, cfg.encoder)
     if encoder.startswith(CHECKPOINT_PREFIX):
         raise ReconError(f"trial {trial.trial_id}: {encoder} has no checkpoint (its stage did not run)")

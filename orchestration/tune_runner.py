@@ -31,7 +31,7 @@ from .plan import Trial, expand, unavailable_trials
 from .spec import StudySpec
 from .stages import ensure_pretrained, say, study_data_dir
 from .storage import Storage, resolve_storage
-from .study_data import FEWSHOT_NEEDS, publish_study_data
+from .study_data import FEWSHOT_NEEDS, publish_local_models, publish_study_data
 from .trainable import RESULTS, result_rel, tune_trainable
 from .tracking import StudyTracker
 from .trials import trainer_source
@@ -170,6 +170,7 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
         try:
             stages = sorted({spec.model(t.model).pretrain_ref for t in pending} - {None})
             checkpoints = ensure_pretrained(spec, stages, tracker.tracking_uri, store, log)
+            checkpoints.update(publish_local_models([t.config for t in pending], store))
             needed = {t.dataset for t in pending} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in pending)
                                                      else set())
             data = publish_study_data(needed, data_root, store)

@@ -41,6 +41,9 @@ class CorpusBuildConfig(Config):
                                          "CPUs; more than --concurrency); unused when Ray is already running",
                                    ge=2, identity=False)
     overwrite: bool = knob(False, "replace an existing --out directory", identity=False)
+    address: Optional[str] = knob(None, "Ray cluster to build on (default: $RAY_ADDRESS, a cluster started here "
+                                        "with `ray start`, else a local Ray); inputs and --out must then be on "
+                                        "storage every node sees", identity=False)
 
     def check(self) -> None:
         super().check()

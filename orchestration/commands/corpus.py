@@ -17,6 +17,7 @@ builder (``--out`` by the demo).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 
@@ -50,7 +51,9 @@ def _build(args: argparse.Namespace) -> int:
 
     from ..cli_config import config_from_args
 
-    build_corpus(config_from_args(CorpusBuildConfig, args, args.config_flags))
+    config = config_from_args(CorpusBuildConfig, args, args.config_flags)
+    with _ray_for(config):
+        build_corpus(config)
     return 0
 
 
@@ -69,5 +72,22 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ..cli_config import config_from_args
 
-    run_demo(config=config_from_args(CorpusDemoConfig, args, args.config_flags))
+    config = config_from_args(CorpusDemoConfig, args, args.config_flags)
+    with _ray_for(config.build):
+        run_demo(config=config)
     return 0
+
+
+@contextlib.contextmanager
+def _ray_for(build):
+    """Join the cluster Ray would join (never passing num_cpus to it) or start a local Ray; stop what we started."""
+    import ray
+
+    from ..ray_session import ensure_ray
+
+    started = ensure_ray(address=build.address, num_cpus=build.num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,35 @@
+"""Joining a running cluster never passes num_cpus (Ray raises ValueError); a local Ray gets it."""
+from __future__ import annotations
+
+import pytest
+
+from recon.orchestration import ray_session
+
+
+@pytest.fixture
+def init_calls(monkeypatch):
+    import ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    return calls
+
+
+def test_joining_an_address_passes_no_cpus(init_calls, monkeypatch):
+    monkeypatch.setattr(ray_session, "cluster_to_join", lambda address=None: "10.0.0.1:6379")
+    assert ray_session.ensure_ray(address="10.0.0.1:6379", num_cpus=4) is True
+    assert init_calls[0]["address"] == "10.0.0.1:6379" and "num_cpus" not in init_calls[0]
+
+
+def test_ray_address_or_a_cluster_started_here_is_joined_too(init_calls, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
+    assert ray_session.cluster_to_join(None).endswith(":6379")
+    ray_session.ensure_ray(num_cpus=2)
+    assert "num_cpus" not in init_calls[0] and init_calls[0]["address"].endswith(":6379")
+
+
+def test_no_cluster_starts_a_local_ray_with_the_cpus_asked_for(init_calls, monkeypatch):
+    monkeypatch.setattr(ray_session, "cluster_to_join", lambda address=None: None)
+    ray_session.ensure_ray(num_cpus=3)
+    assert init_calls[0]["num_cpus"] == 3 and "address" not in init_calls[0]
