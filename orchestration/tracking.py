@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .plan import Trial
-from .tracking_uri import prepare_local_store
+from .tracking_uri import is_remote, prepare_local_store
 
 ROLE = "recon.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -84,7 +84,9 @@ class StudyTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None and create:
-            location = artifact_root.resolve().as_uri() if artifact_root else None
+            # A local store keeps artifacts beside the study; a tracking server decides where its
+            # artifacts go (its --artifacts-destination), so recon forces no file:// location on it.
+            location = artifact_root.resolve().as_uri() if artifact_root and not is_remote(tracking_uri) else None
             experiment_id = self.client.create_experiment(study_name, artifact_location=location)
             experiment = self.client.get_experiment(experiment_id)
         self.experiment = experiment

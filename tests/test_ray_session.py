@@ -33,3 +33,14 @@ def test_no_cluster_starts_a_local_ray_with_the_cpus_asked_for(init_calls, monke
     monkeypatch.setattr(ray_session, "cluster_to_join", lambda address=None: None)
     ray_session.ensure_ray(num_cpus=3)
     assert init_calls[0]["num_cpus"] == 3 and "address" not in init_calls[0]
+
+
+def test_remote_tracking_server_gets_no_forced_artifact_location_and_ui_points_at_it(monkeypatch, capsys):
+    from recon.orchestration.cli import main
+    from recon.orchestration.tracking_uri import is_remote
+
+    assert is_remote("http://10.0.0.5:5000") and not is_remote("sqlite:////tmp/x.db")
+    called = []
+    monkeypatch.setattr("subprocess.call", lambda *a, **k: called.append(a) or 0)
+    assert main(["ui", "--tracking-uri", "http://10.0.0.5:5000"]) == 0
+    assert "MLflow UI: http://10.0.0.5:5000" in capsys.readouterr().out and not called

@@ -171,6 +171,12 @@ def _ui(args: argparse.Namespace) -> int:
         uri = _load(args).resolved_tracking_uri()
     else:
         raise ReconError("recon ui needs a study file or --tracking-uri")
+    from ..tracking_uri import is_remote
+
+    if is_remote(uri):  # a tracking server already serves its own UI: point at it, start nothing
+        print(f"MLflow UI: {uri}  (a tracking server; on a cluster reach the head's private address through "
+              "`ray dashboard cluster.yaml`-style port forwarding or `ssh -L 5000:HEAD_PRIVATE_IP:5000 ...`)")
+        return 0
     command = ui_command(uri, args.port)
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri})")
     print("command: " + " ".join(shlex.quote(c) for c in command))
