@@ -132,6 +132,23 @@ class CNNFeaturizer:
                  len(self.ner_tags))
         return self
 
+    def rendered_words(self, examples: Sequence[RelationExample]) -> list[str]:
+        """The distinct (normalised) words of ``examples`` as the CNN reads them, in first-seen order."""
+        if self.fmt is None:
+            raise ReconError("CNNFeaturizer.rendered_words called before fit")
+        seen: dict[str, None] = {}
+        for r, _, _ in self._render_all(examples):
+            seen.update((self._norm(w), None) for w in r.words)
+        return list(seen)
+
+    def extend_vocab(self, words: Sequence[str]) -> int:
+        """Append words missing from the word vocabulary (after the training words, ids of those
+        unchanged); returns how many were added. Only useful with pretrained word vectors, which give
+        such words a vector that training never touches (as a full GloVe vocabulary does)."""
+        new = [w for w in dict.fromkeys(words) if w not in self.words.stoi]
+        self.words = Vocab([*self.words.itos, *new])
+        return len(new)
+
     def transform(self, examples: Sequence[RelationExample]) -> dict[str, Any]:
         """LongTensors ``[B, L]`` (L = longest example, at most ``max_length``) keyed by FEATURE_KEYS."""
         import torch
@@ -181,27 +198,29 @@ class CNNFeaturizer:
         return feat
 
 
-def load_word_vectors(path: str | Path, vocab: Vocab, *, seed: int = 0, scale: float = 0.1):
-    """Embedding matrix ``[len(vocab), dim]`` from a GloVe-style text file (``word f1 f2 ...``).
+def read_word_vectors(path: str | Path, vocab: Vocab, *, seed: int = 0, scale: float | None = None,
+                      ) -> tuple[Any, set[int]]:
+    """``(matrix [len(vocab), dim], ids of the vocabulary words found)`` from a GloVe-style text file.
 
-    Words missing from the file (markers, rare words) keep a seeded random vector; ``<pad>`` is zero.
-    A word2vec header line (``count dim``) is skipped. A line whose vector length differs from the
-    first vector's is reported with its file and line number.
+    Each line is ``word f1 f2 ... fD`` (space separated; OpenNRE's ``glove.6B.50d`` and the Stanford
+    GloVe files). A word2vec text header (``count dim``) on line 1 is skipped, blank lines too. A word
+    found only in another case (``Paris`` for the lower-cased ``paris``) is used when the exact form is
+    absent. Words missing from the file (markers, type tokens, rare words, ``<unk>``) get a seeded
+    random vector with standard deviation ``scale`` (None: that of the vectors found, so they are on
+    the file's scale); ``<pad>`` is zero. A line whose vector length differs from the first vector's,
+    or a non-number in a vocabulary word's vector, raises :class:`DataError` naming file and line.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise ReconError(f"word vector file {path} does not exist")
-    gen = torch.Generator().manual_seed(seed)
-    matrix = None
+    rows: dict[int, list[float]] = {}
+    lowered: dict[int, list[float]] = {}  # case-folded fallback, first occurrence wins
     dim = None
-    found = 0
-    exact: set[int] = set()
-    lowered: dict[str, list[str]] = {}
     with path.open(encoding="utf-8", errors="strict") as fh:
         for lineno, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            parts = line.rstrip("\r\n ").split(" ")
             if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                 continue  # word2vec text header
             if len(parts) < 2:
@@ -211,33 +230,39 @@ def load_word_vectors(path: str | Path, vocab: Vocab, *, seed: int = 0, scale: f
             word, values = parts[0], parts[1:]
             if dim is None:
                 dim = len(values)
-                matrix = torch.randn(len(vocab), dim, generator=gen) * scale
             elif len(values) != dim:
                 raise DataError(f"vector has {len(values)} dimensions, expected {dim} (as on the first vector line)",
                                 path=path, line=lineno, field="vector")
             idx = vocab.stoi.get(word)
+            target = rows
             if idx is None:
-                if word.lower() in vocab.stoi and word.lower() not in lowered:
-                    lowered[word.lower()] = values
+                idx = vocab.stoi.get(word.lower())
+                if idx is None or idx in lowered:
+                    continue
+                target = lowered
+            if idx in (0,) or (target is rows and idx in rows):
                 continue
             try:
-                matrix[idx] = torch.tensor([float(v) for v in values])
+                target[idx] = [float(v) for v in values]
             except ValueError:
                 raise DataError("vector contains a value that is not a number", path=path, line=lineno,
                                 field="vector") from None
-            exact.add(idx)
-            found += 1
-    if matrix is None:
+    if dim is None:
         raise DataError("no word vectors found", path=path, field="vector")
-    for word, values in lowered.items():  # case-folded fallback for words only seen in other case
-        idx = vocab.stoi[word]
-        if idx in exact:
-            continue
-        try:
-            matrix[idx] = torch.tensor([float(v) for v in values])
-        except ValueError:
-            continue
-        found += 1
+    for idx, values in lowered.items():
+        rows.setdefault(idx, values)
+    found = torch.tensor(list(rows.values()), dtype=torch.float32).reshape(-1, dim)
+    if scale is None:
+        scale = float(found.std()) if found.numel() > 1 else 0.1
+    gen = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(len(vocab), dim, generator=gen) * scale
+    if rows:
+        matrix[torch.tensor(list(rows))] = found
     matrix[0] = 0.0
-    log.info("word vectors %s: %d of %d vocabulary words found (dim %d)", path, found, len(vocab), dim)
-    return matrix
+    log.info("word vectors %s: %d of %d vocabulary words found (dim %d)", path, len(rows), len(vocab), dim)
+    return matrix, set(rows)
+
+
+def load_word_vectors(path: str | Path, vocab: Vocab, *, seed: int = 0, scale: float | None = None):
+    """Embedding matrix ``[len(vocab), dim]`` from a GloVe-style text file (see :func:`read_word_vectors`)."""
+    return read_word_vectors(path, vocab, seed=seed, scale=scale)[0]

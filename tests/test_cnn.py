@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from recon.data_prep.cnn_features import CNNFeaturizer, Vocab, load_word_vectors
-from recon.data_prep.errors import DataError
+from recon.data_prep.errors import DataError, ReconError
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.special_tokens import SpecialTokens
 from recon.data_prep.tagging import SpacyTagger, example_tags
-from recon.models.cnn import CNN_DEFAULTS, CNNClassifier, CNNConfig
+from recon.models.cnn import (CNN_DEFAULTS, DEFAULT_WORD_VECTORS, EMBEDDED_DIM, EMBEDDED_STD, CNNClassifier,
+                              CNNConfig, build_cnn, project_embeddings, word_vector_matrix)
 
 SEMEVAL = Path("/work/shared/datasets/semeval")
 FIXTURES = Path(__file__).parent / "fixtures" / "cnn"
@@ -168,3 +169,98 @@ def test_tags_come_from_the_example_or_cached_spacy(tmp_path, monkeypatch):
     bad = RelationExample(("a", "b"), Entity(0, 1), Entity(1, 2), "x", pos=("DT",), ner=("O", "O"), source="f.json#3")
     with pytest.raises(DataError, match="f.json.*field 'pos'"):
         CNNFeaturizer(tagger=refuse).fit([bad], InputFormat.CM, SPECIAL)
+
+
+def test_build_cnn_honours_hidden_size_and_seed(featurizer):
+    from recon.models.training import seed_everything
+
+    model, notes = build_cnn(featurizer, 12, hidden_size=64, word_vectors="random", seed=7)
+    assert model.conv.out_channels == 64 and model.classifier.in_features == 64
+    assert model.word.embedding_dim == 50 and model.word.num_embeddings == len(featurizer.words)
+    assert len(notes) == 1 and "random" in notes[0]
+    again, _ = build_cnn(featurizer, 12, hidden_size=64, word_vectors="random", seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # "random" is exactly the model finetune built before word vectors existed
+    seed_everything(7)
+    old = CNNClassifier(CNNConfig(num_labels=12, hidden=64, **featurizer.vocab_sizes()))
+    assert torch.equal(old.word.weight, model.word.weight) and torch.equal(old.conv.weight, model.conv.weight)
+    default, _ = build_cnn(featurizer, 12, word_vectors="random")
+    assert default.conv.out_channels == CNN_DEFAULTS["hidden"]
+
+
+def test_glove_file_rows_and_coverage(featurizer):
+    vocab = Vocab(["<pad>", "<unk>", "the", "of", "effect", "[E1]", "qwertyuiop"])
+    matrix, note = word_vector_matrix(vocab, FIXTURES / "glove_tiny.txt", special_tokens=["[E1]"], seed=3)
+    assert matrix.shape == (7, 4)
+    assert torch.equal(matrix[0], torch.zeros(4))
+    assert torch.allclose(matrix[2], torch.tensor([0.418, 0.24968, -0.41242, 0.1217]))
+    assert torch.allclose(matrix[3], torch.tensor([0.70853, 0.57088, -0.4716, 0.18048]))
+    assert torch.allclose(matrix[4], torch.tensor([0.1, 0.2, 0.3, 0.4]))  # "Effect" in the file, case-folded
+    assert "3 of 5 vocabulary words found" in note and "glove_tiny.txt" in note and "4-d" in note
+    assert torch.equal(matrix, word_vector_matrix(vocab, FIXTURES / "glove_tiny.txt", seed=3)[0])  # seeded
+    model, notes = build_cnn(featurizer, 5, hidden_size=32, word_vectors=str(FIXTURES / "glove_tiny.txt"))
+    assert model.word.embedding_dim == 4 and model.conv.in_channels == 4 + 2 * 10 + 2 * 5
+    for word in ("the", ",", "of"):  # frequent words of the 20 training sentences
+        row = model.word.weight[featurizer.words.id(word)]
+        assert torch.allclose(row, word_vector_matrix(Vocab(["<pad>", "<unk>", word]), FIXTURES / "glove_tiny.txt")[0][2])
+    assert "vocabulary words found" in notes[0]
+
+
+def test_bad_glove_files_name_file_and_line(tmp_path):
+    vocab = Vocab(["<pad>", "<unk>", "the", "of"])
+    with pytest.raises(DataError) as err:
+        word_vector_matrix(vocab, FIXTURES / "vectors_bad_dim.txt")
+    assert err.value.line == 3 and "vectors_bad_dim.txt" in str(err.value) and "line 3" in str(err.value)
+    bad = tmp_path / "glove_nan.txt"
+    bad.write_text("the 0.1 0.2\nof 0.3 abc\n")
+    with pytest.raises(DataError, match=r"glove_nan.txt, line 2.*not a number"):
+        word_vector_matrix(vocab, bad)
+    with pytest.raises(ReconError, match="embedded, random or a GloVe-format"):
+        word_vector_matrix(vocab, tmp_path / "missing.txt")
+
+
+def test_embedded_vectors_are_mean_word_piece_embeddings():
+    from transformers import AutoModel, AutoTokenizer
+
+    from recon.models.encoder import ENCODER_ALIASES
+
+    tok = AutoTokenizer.from_pretrained(ENCODER_ALIASES["minilm"])  # read independently of recon's loader
+    emb = AutoModel.from_pretrained(ENCODER_ALIASES["minilm"]).get_input_embeddings().weight.detach()
+    words = ["<pad>", "<unk>", "the", "misconfiguration", "[E1]", "café"]
+    matrix, note = word_vector_matrix(Vocab(words), "embedded", special_tokens=["[E1]"], seed=5,
+                                      embedded_dim=None, embedded_std=None)  # the raw embeddings
+    assert matrix.shape == (6, 384) and DEFAULT_WORD_VECTORS == "embedded"
+    assert torch.equal(matrix[0], torch.zeros(384))
+    torch.testing.assert_close(matrix[1], emb[tok.unk_token_id])
+    torch.testing.assert_close(matrix[2], emb[tok.convert_tokens_to_ids("the")])
+    pieces = tok.tokenize("misconfiguration")
+    assert len(pieces) > 1
+    torch.testing.assert_close(matrix[3], emb[tok.convert_tokens_to_ids(pieces)].mean(0))
+    torch.testing.assert_close(matrix[5], emb[tok.convert_tokens_to_ids(tok.tokenize("café"))].mean(0))
+    marker_pieces = emb[tok.convert_tokens_to_ids(tok.tokenize("[E1]"))].mean(0)
+    assert not torch.allclose(matrix[4], marker_pieces)  # markers are not words: seeded random
+    assert "3 of 4 vocabulary words" in note and "384-d" in note
+    # the default: the same means, scaled so the encoder's whole table has std EMBEDDED_STD
+    scaled, note = word_vector_matrix(Vocab(words), "embedded", special_tokens=["[E1]"], seed=5)
+    factor = EMBEDDED_STD / float(emb.std())
+    torch.testing.assert_close(scaled[[1, 2, 3, 5]], matrix[[1, 2, 3, 5]] * factor)
+    assert f"std {EMBEDDED_STD:g}" in note and EMBEDDED_DIM is None
+    assert torch.equal(scaled[4], word_vector_matrix(Vocab(words), "embedded", special_tokens=["[E1]"], seed=5)[0][4])
+    # projected: 50 principal components, linear, so still the mean of the projected pieces
+    proj = project_embeddings(emb, 50, 1.0)
+    assert proj.shape == (emb.shape[0], 50) and abs(float(proj.std()) - 1.0) < 1e-4
+    small, note = word_vector_matrix(Vocab(words), "embedded", special_tokens=["[E1]"], embedded_dim=50,
+                                     embedded_std=1.0)
+    torch.testing.assert_close(small[3], proj[tok.convert_tokens_to_ids(pieces)].mean(0))
+    assert "50-d principal components of 384" in note
+
+
+def test_extend_vocab_keeps_training_ids(featurizer):
+    import copy
+
+    wide = copy.deepcopy(featurizer)
+    before = list(wide.words.itos)
+    assert wide.extend_vocab(["the", "zyzzyva", "zyzzyva", "aardvark"]) == 2
+    assert wide.words.itos == [*before, "zyzzyva", "aardvark"] and wide.words.id("aardvark") == len(before) + 1
+    words = wide.rendered_words(_load(SEMEVAL / "dev.txt", 3))
+    assert words and len(words) == len(set(words)) and all(w == w.lower() or w.startswith("[") for w in words)
