@@ -21,9 +21,7 @@ from .storage import Storage, is_uri
 STAGE_FILE = "stage.json"
 
 
-def say(message: str) -> None:
-    """Default progress output; a module function (pickled by reference, unlike a patched ``print``)."""
-    print(message, flush=True)
+from .console import say  # noqa: E402  (default progress output; pickled by reference)
 
 
 def study_data_dir(spec: StudySpec) -> Optional[str]:

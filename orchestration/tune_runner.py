@@ -197,7 +197,9 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
         "trainer": trainer_source(spec.trainer, base_dir), "threads": max(1, int(spec.ray.cpus_per_trial)),
     }
     resources = {"cpu": spec.ray.cpus_per_trial, "gpu": spec.ray.gpus_per_trial, **spec.ray.trial_resources}
-    progress = Progress(len(pending), spec.ray.max_concurrent_trials, say if log is print else log)
+    # Tune checkpoints its callbacks: only a module-level function can go with them (pickled by name).
+    picklable = "<locals>" not in getattr(log, "__qualname__", "<locals>") and log is not print
+    progress = Progress(len(pending), spec.ray.max_concurrent_trials, log if picklable else say)
     by_id = {t.trial_id: t for t in pending}
 
     def name_of(trial) -> str:
@@ -207,7 +209,8 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
         tune.with_resources(tune_trainable, resources),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.ray.max_concurrent_trials,
-                                    trial_name_creator=name_of, trial_dirname_creator=name_of),
+                                    trial_name_creator=name_of, trial_dirname_creator=name_of,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=store.join("tune"),

@@ -191,6 +191,7 @@ def test_recon_submit_and_follow_job(tmp_path):
         listed = _recon(cluster, "jobs", "list", "--address", cluster.dashboard_url)
         assert listed.returncode == 0 and job_id in listed.stdout and "SUCCEEDED" in listed.stdout
         st = _recon(cluster, "jobs", "status", job_id, "--json", "--address", cluster.dashboard_url)
+        assert st.returncode == 0, st.stdout + st.stderr
         assert json.loads(st.stdout)["status"] == "SUCCEEDED"
         assert time.monotonic() - t0 < 120
 

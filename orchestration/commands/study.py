@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
         p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started for you")
         p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
+        p.add_argument("--verbose", action="store_true", help="show Ray's, transformers' and MLflow's output here "
+                                                                  "instead of the run's log file")
         p.add_argument("--storage", help="storage location every node reads and writes (a path, NFS or s3://...; "
                                          "default: the spec's 'storage', $RECON_STORAGE, else the output folder)")
         p.set_defaults(func=_run, resume=(name == "resume"))
@@ -135,6 +137,8 @@ def _ui_hint(spec, file: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from recon.orchestration.console import quiet_console
+    from recon.orchestration.findings import findings_paragraph
     from recon.orchestration.summary import write_summary
     from recon.orchestration.tracking import StudyTracker
     from recon.orchestration.tune_runner import run_study
@@ -145,12 +149,20 @@ def _run(args: argparse.Namespace) -> int:
         if tracker is None or not tracker.exists:
             raise ReconError(f"study {spec.name!r} has not been started (no experiment in "
                              f"{spec.resolved_tracking_uri()}): use `recon study run {args.file}`")
-    outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus, storage=args.storage)
-    print(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
-          f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
-    summary_dir = write_summary(spec)
-    print(f"tables and plots: {summary_dir}")
-    print(f"browse: {_ui_hint(spec, args.file)}")
+    with quiet_console(spec.resolved_output_dir() / "logs", "run" if not args.resume else "resume",
+                       verbose=args.verbose) as (say, log_path):
+        if log_path:
+            say(f"logs of Ray, transformers and MLflow: {log_path}  (--verbose shows them here)")
+        outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus, storage=args.storage, log=say)
+        say(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
+            f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
+        summary_dir = write_summary(spec, log=say)
+        finding = findings_paragraph(summary_dir, {m.name: m.paper_label for m in spec.models})
+        if finding:
+            say("")
+            say(finding)
+        say(f"tables and plots: {summary_dir}")
+        say(f"browse: {_ui_hint(spec, args.file)}")
     return 1 if outcome.failed else 0
 
 
