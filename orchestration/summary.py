@@ -3,6 +3,16 @@
 ``write_summary`` reads the finished trial runs of the plan (labels from the plan, metrics and
 predictions from MLflow), writes everything under ``<output_dir>/summary/`` and logs it to the
 study's parent run: medians / min / max / IQR per cell as metrics, files as artifacts.
+
+From the per-trial ``predictions.jsonl`` it also derives (each best effort: a part that cannot be
+computed here is skipped with a message, the rest of the summary is still written):
+
+* ``significance.csv`` / ``.md``: a paired bootstrap for every pair of cells a table compares, and
+  the tables' marks for differences that are not significant (``recon.orchestration.significance``);
+* ``name_leak.*``: metrics on test examples whose entity pair was / was not seen in the trial's
+  training data or the model's pre-training corpus (``recon.orchestration.name_leak``);
+* ``error_browser.html``: a static page with every example and prediction
+  (``recon.orchestration.error_browser``).
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ from typing import Callable, Optional
 
 from .aggregate import cell_stats
 from .pilot import pilot_analysis
+from .significance import cell_intervals, load_predictions, significance_frame, write_significance
 from recon.data_prep.registry import display_name
 
 from .plan import Trial, expand, unavailable_trials
@@ -67,6 +78,69 @@ def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict) -> dict[st
     return notes
 
 
+def pretrain_corpora(spec: StudySpec) -> dict[str, Path]:
+    """Model name -> the built pre-training corpus of its stage, where one exists here (never built now)."""
+    from recon.models.pretrain_config import DEMO_CORPUS
+
+    out = {}
+    for model in spec.models:
+        stage = spec.pretrain.get(model.pretrain_ref) if model.pretrain_ref else None
+        if stage is None:
+            continue
+        if stage.corpus != DEMO_CORPUS:
+            directory = spec.resolve_path(stage.corpus)
+        else:
+            try:
+                from .tune_runner import study_storage
+
+                storage = study_storage(spec)
+                if "://" in storage.uri:
+                    continue
+                variant = "with_anchors_excluding_" + "_".join(spec.evaluated_datasets())
+                directory = Path(storage.path("corpus-demo")) / variant
+            except Exception:  # noqa: BLE001 - no local storage: no pre-training lookup
+                continue
+        if (Path(directory) / "manifest.json").is_file():
+            out[model.name] = Path(directory)
+    return out
+
+
+def pilot_rows(out_dir: Path) -> list[dict]:
+    """The pilot summary (medians over seeds) as dict rows, for the error browser."""
+    import pandas as pd
+
+    path = out_dir / "pilot_pairs.csv"
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    summary = (frame.groupby(["dataset", "setting", "model", "format_a", "format_b"], sort=False)
+               [["shared_correct", "same_wrong"]].median().reset_index())
+    return summary.to_dict("records")
+
+
+def _extra_analyses(spec: StudySpec, trials: list[Trial], predictions: dict, out_dir: Path,
+                    log: Callable[[str], None]) -> list[Path]:
+    """Name-leak tables and plots, and the error browser (each skipped with a message if it fails)."""
+    from .error_browser import FILE_NAME, example_texts, write_error_browser
+    from .name_leak import name_leak_analysis
+    from .stages import study_data_dir
+
+    files: list[Path] = []
+    data_dir = study_data_dir(spec)
+    files += name_leak_analysis(trials, predictions, out_dir, data_dir=data_dir, corpora=pretrain_corpora(spec),
+                                log=log)
+    try:
+        texts = example_texts(trials, data_dir)
+    except Exception as err:  # noqa: BLE001 - sentences are optional: the page shows sources only
+        log(f"error browser: no sentences ({type(err).__name__}: {err})")
+        texts = None
+    page = write_error_browser(out_dir / FILE_NAME, spec.name, trials, predictions, texts=texts,
+                               pilot=pilot_rows(out_dir))
+    if page is not None:
+        files.append(page)
+    return files
+
+
 def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
                   trials: Optional[list[Trial]] = None) -> Path:
     """Regenerate every table, plot and the pilot analysis; returns the summary folder."""
@@ -89,14 +163,28 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
     compare_to = {m.name: m.paper_label for m in spec.models}
     runs = tracker.trial_runs()
     footnotes = table_footnotes(spec, trials, runs)
-    files = write_all(stats, compare_to, out_dir, footnotes)
-    files += plot_all(stats, out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        def predictions_of(trial: Trial) -> Optional[Path]:
-            run = runs.get(trial.trial_id)
-            return tracker.download(run.info.run_id, "predictions.jsonl", Path(tmp) / trial.trial_id) if run else None
+        downloaded: dict[str, Optional[Path]] = {}
 
+        def predictions_of(trial: Trial) -> Optional[Path]:
+            if trial.trial_id not in downloaded:
+                run = runs.get(trial.trial_id)
+                downloaded[trial.trial_id] = (tracker.download(run.info.run_id, "predictions.jsonl",
+                                                               Path(tmp) / trial.trial_id) if run else None)
+            return downloaded[trial.trial_id]
+
+        predictions = load_predictions(trials, predictions_of)
+        significance = intervals = None
+        if predictions:
+            significance = significance_frame(trials, predictions)
+            intervals = cell_intervals(trials, predictions)
+        files = write_all(stats, compare_to, out_dir, footnotes, significance=significance, intervals=intervals)
+        if significance is not None:
+            files += write_significance(significance, intervals, out_dir)
+        files += plot_all(stats, out_dir)
         files += pilot_analysis(trials, predictions_of, out_dir)
+        if predictions:
+            files += _extra_analyses(spec, trials, predictions, out_dir, log)
     notes = {}
     if any(t.kind == "fewshot" for t in trials):
         notes["fewshot"] = FEWREL_NOTE

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from recon.orchestration.aggregate import cell_stats
@@ -82,3 +83,33 @@ def test_pilot_agreement_figures(tmp_path):
     pairs = pd.read_csv(files[0])
     assert pairs.loc[0, "format_b"] == "OnlyC" and np.isclose(pairs.loc[0, "shared_correct"], 1 / 3)
     assert len((tmp_path / "out" / "pilot_examples.jsonl").read_text().splitlines()) == 3
+
+
+def test_tables_mark_non_significant_differences_and_the_papers_interval(tmp_path):
+    from recon.orchestration.significance import MARK_FORMAT, MARK_MODEL
+
+    stats = _stats()
+    base = {"dataset": "semeval", "setting": "1%", "metric": "micro_f1", "significant": False, "p_value": 0.4}
+    sig = pd.DataFrame([
+        {**base, "comparison": "model", "fixed": "C+M", "model_a": "CP", "format_a": "C+M", "model_b": "BERT",
+         "format_b": "C+M"},
+        {**base, "comparison": "format", "fixed": "BERT", "model_a": "BERT", "format_a": "OnlyM", "model_b": "BERT",
+         "format_b": "C+M"},
+        {**base, "comparison": "format", "fixed": "BERT", "model_a": "BERT", "format_a": "OnlyC", "model_b": "BERT",
+         "format_b": "C+M", "significant": True, "p_value": 0.001},
+    ])
+    cp = stats[(stats.setting == "1%") & (stats.format == "C+M") & (stats.model == "CP")].iloc[0]
+    intervals = pd.DataFrame([{"dataset": "semeval", "setting": "1%", "format": "C+M", "model": "CP",
+                               "ci_lo": 0.40, "ci_hi": 0.50}])
+    write_all(stats, {"BERT": "BERT", "CP": "CP"}, tmp_path, significance=sig, intervals=intervals)
+    md = (tmp_path / "table5.md").read_text()
+    row = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[2:4]}
+    assert row["CP"][2] == f"{cp['median'] * 100:.1f}{MARK_MODEL}"          # 1% C+M: CP ~ BERT
+    assert row["BERT"][4].endswith(MARK_FORMAT) and not row["BERT"][3].endswith(MARK_FORMAT)  # OnlyM ~ C+M; OnlyC not
+    assert "not significantly different" in md and "$^\\dagger$" in (tmp_path / "table5.tex").read_text()
+    numeric = pd.read_csv(tmp_path / "table5.csv")
+    assert numeric.loc[1, "1% C+M"] == pytest.approx(round(cp["median"] * 100, 1))  # the CSV stays numeric
+    delta = pd.read_csv(tmp_path / "delta_vs_reported.csv")
+    d = delta[(delta.setting == "1%") & (delta.format == "C+M") & (delta.model == "CP")].iloc[0]
+    assert d["in_ci"] == (0.40 <= 0.482 <= 0.50) and d["in_seed_range"] == (cp["min"] <= 0.482 <= cp["max"])
+    assert "s: the paper's number lies within" in (tmp_path / "table5_delta.md").read_text()

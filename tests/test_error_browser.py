@@ -1,0 +1,212 @@
+"""The static error browser: its data, generation time at TACRED size, and the page in headless Chromium.
+
+The browser tests drive Debian's chromium + chromium-driver through Selenium (no browser download);
+they are skipped where either is missing. The screenshot of the demo study's page is written under
+the pytest tmp dir and copied to ``$RECON_SCREENSHOT_DIR`` when that is set.
+"""
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recon.orchestration.error_browser import browser_data, marked_text, render, write_error_browser
+from recon.orchestration.plan import Trial
+from recon.orchestration.significance import load_predictions
+
+from test_significance import demo  # noqa: F401 - the session fixture: the demo-shaped toy study
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def _trial(model, fmt, seed, dataset="tacred", setting="100%"):
+    return Trial(f"{model}-{fmt}-{seed}", "finetune", ("table1",), dataset, setting, fmt, model, seed, {})
+
+
+def _synthetic(n=15_509, models=("BERT", "MTB", "CP"), formats=("C+M",), seeds=(42, 43, 44, 45, 46), seed=0):
+    """TACRED-sized predictions: 42 labels, no_relation most frequent, 15 trials by default."""
+    rng = np.random.default_rng(seed)
+    labels = ["no_relation"] + [f"per:rel_{i}" for i in range(41)]
+    golds = rng.choice(labels, n, p=[0.79] + [0.21 / 41] * 41)
+    trials, preds = [], {}
+    for m in models:
+        for f in formats:
+            for s in seeds:
+                t = _trial(m, f, s)
+                right = rng.random(n) < 0.7
+                pred = np.where(right, golds, rng.choice(labels, n))
+                preds[t.trial_id] = {f"test.json#{i}": {"gold": g, "pred": p} for i, (g, p) in enumerate(zip(golds, pred))}
+                trials.append(t)
+    texts = {f"test.json#{i}": "\x01Bill Gates\x02 founded \x03Microsoft\x04 in 1975 with Paul Allen in Albuquerque ."
+             for i in range(n)}
+    return trials, preds, texts
+
+
+def _driver():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("Debian chromium / chromium-driver not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1500,1100"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+def _matching(driver) -> int:
+    return int(driver.find_element("id", "count").get_attribute("data-matching"))
+
+
+def _select(driver, element_id, value):
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", element_id)).select_by_value(str(value))
+
+
+def test_data_is_compact_and_majority_of_seeds_decides():
+    trials = [_trial("BERT", "C+M", s) for s in (1, 2, 3)] + [_trial("BERT", "OnlyC", 1)]
+    rows = {"a": ("x", ["x", "x", "y"], "y"), "b": ("y", ["x", "y", "x"], "y"), "c": ("Other", ["Other"] * 3, "x")}
+    preds = {t.trial_id: {} for t in trials}
+    for source, (gold, cm, onlyc) in rows.items():
+        for t, p in zip(trials[:3], cm):
+            preds[t.trial_id][source] = {"gold": gold, "pred": p}
+        preds[trials[3].trial_id][source] = {"gold": gold, "pred": onlyc}
+    data = browser_data("s", trials, preds)
+    group = data["groups"][0]
+    assert group["sources"] == ["a", "b", "c"] and [data["labels"][g] for g in group["gold"]] == ["x", "y", "Other"]
+    cm = group["systems"][0]
+    assert (cm["model"], cm["format"], cm["seeds"]) == ("BERT", "C+M", [1, 2, 3]) and len(cm["preds"]) == 3
+    assert group["default_a"] == 0 and group["default_b"] == 1 and group["negative"] == "Other"
+    page = render({**data, "study": "</script><b>x"})
+    assert page.count("</script>") == 2 and "<\\/script>" in page  # data embedded once, cannot close the tag
+
+
+def test_marked_text_delimits_the_mentions():
+    from recon.data_prep.example import Entity, RelationExample
+
+    ex = RelationExample(("a", "b", "c", "d"), Entity(0, 1), Entity(2, 4), "r")
+    assert marked_text(ex) == "\x01a\x02 b \x03c d\x04"
+
+
+def test_generation_is_fast_at_tacred_size(tmp_path):
+    trials, preds, texts = _synthetic()
+    start = time.perf_counter()
+    path = write_error_browser(tmp_path / "big.html", "synthetic", trials, preds, texts=texts)
+    seconds = time.perf_counter() - start
+    size = path.stat().st_size
+    print(f"\nerror browser, 15,509 examples x 15 trials: {seconds:.2f} s, {size / 1e6:.1f} MB")
+    assert seconds < 20 and size < 12e6
+    payload = path.read_text().split('id="data">', 1)[1].split("</script>", 1)[0]
+    data = json.loads(payload)
+    assert len(data["groups"][0]["gold"]) == 15_509 and sum(len(s["preds"]) for s in data["groups"][0]["systems"]) == 15
+
+
+@pytest.mark.slow
+def test_tacred_sized_page_filters_in_chromium(tmp_path):
+    trials, preds, texts = _synthetic()
+    path = write_error_browser(tmp_path / "big.html", "synthetic", trials, preds, texts=texts)
+    driver = _driver()
+    try:
+        start = time.perf_counter()
+        driver.get(path.as_uri())
+        assert driver.find_element("tag name", "body").get_attribute("data-ready") == "1"
+        loaded = time.perf_counter() - start
+        assert _matching(driver) == 15_509
+        assert len(driver.find_elements("css selector", "#rows-body tr")) == 50  # paginated
+        start = time.perf_counter()
+        _select(driver, "filter", "all_wrong")
+        filtered = time.perf_counter() - start
+        expected = 0
+        for i in range(15_509):
+            source = f"test.json#{i}"
+            wrong = all(sum(preds[t.trial_id][source]["pred"] == preds[t.trial_id][source]["gold"]
+                            for t in trials if t.model == m) * 2 <= 5 for m in ("BERT", "MTB", "CP"))
+            expected += wrong
+        assert _matching(driver) == expected
+        print(f"\nchromium: page loaded in {loaded:.2f} s, 'all wrong' filter applied in {filtered:.2f} s")
+        assert loaded < 30 and filtered < 5
+    finally:
+        driver.quit()
+
+
+def _right(preds, trials, source):
+    votes = [preds[t.trial_id][source]["pred"] == preds[t.trial_id][source]["gold"] for t in trials]
+    return 2 * sum(votes) > len(votes)
+
+
+@pytest.mark.slow
+def test_demo_study_browser_in_headless_chromium(demo, tmp_path):  # noqa: F811
+    spec, trials, summary = demo
+    page = summary / "error_browser.html"
+    assert page.is_file()
+    # The same page is an artifact of the study's MLflow run.
+    from recon.orchestration.tracking import StudyTracker
+
+    tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
+    parent = tracker._search("tags.`recon.role` = 'study'")[0]
+    names = {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "summary")}
+    assert "summary/error_browser.html" in names and "summary/significance.csv" in names
+
+    predictions = load_predictions(trials, lambda t: None)  # nothing: trial dirs are gone; read MLflow instead
+    assert predictions == {}
+    runs = tracker.trial_runs()
+    downloaded = {t.trial_id: tracker.download(runs[t.trial_id].info.run_id, "predictions.jsonl", tmp_path / t.trial_id)
+                  for t in trials}
+    predictions = load_predictions(trials, lambda t: downloaded[t.trial_id])
+    cell = lambda model, fmt: [t for t in trials if t.setting == "1%" and t.model == model and t.format == fmt]  # noqa: E731
+    cm, onlyc = cell("Toy", "C+M"), cell("Toy", "OnlyC")
+    sources = list(predictions[cm[0].trial_id])
+    expected = [s for s in sources if _right(predictions, cm, s) and not _right(predictions, onlyc, s)]
+    every = [t for t in trials if t.setting == "1%"]
+    systems = Counter((t.model, t.format) for t in every)
+    all_wrong = [s for s in sources if not any(_right(predictions, [t for t in every if (t.model, t.format) == k], s)
+                                               for k in systems)]
+
+    driver = _driver()
+    try:
+        driver.get(page.as_uri())
+        assert driver.find_element("tag name", "body").get_attribute("data-ready") == "1"
+        assert "SemEval 1% (272 examples)" in driver.find_element("id", "group").text
+        assert _matching(driver) == 272
+        headers = [th.text.replace("\n", " ") for th in driver.find_elements("css selector", "#rows-head th")]
+        assert headers[4:] == ["Toy C+M", "Toy OnlyC", "Toy OnlyM", "Toy+CP C+M", "Toy+CP OnlyC", "Toy+CP OnlyM"]
+        # "C+M right, OnlyC wrong" (A and B default to the first model's C+M and OnlyC).
+        _select(driver, "filter", "a_right_b_wrong")
+        assert _matching(driver) == len(expected) > 0
+        shown = [tr.get_attribute("data-source") for tr in driver.find_elements("css selector", "#rows-body tr")]
+        assert shown == expected[:50]
+        first = driver.find_element("css selector", "#rows-body tr")
+        assert first.find_elements("css selector", "td")[4].get_attribute("class") in ("ok", "mixed")
+        assert first.find_elements("css selector", "span.h") and first.find_elements("css selector", "span.t")
+        _select(driver, "filter", "all_wrong")
+        assert _matching(driver) == len(all_wrong)
+        # Confusion of A: clicking a cell filters gold / predicted label.
+        _select(driver, "filter", "all")
+        cells = [td for td in driver.find_elements("css selector", "#confusion td.n") if "zero" not in td.get_attribute("class")]
+        cells[0].click()
+        gold = driver.find_element("id", "gold").get_attribute("value")
+        assert gold != "" and _matching(driver) <= 272
+        assert "C+M" in driver.find_element("id", "pilot").text and "shared correct" in driver.find_element("id", "pilot").text
+        # The view the screenshot keeps: the 10% test set, C+M right and OnlyC wrong.
+        driver.find_element("id", "reset").click()
+        _select(driver, "group", 1)
+        _select(driver, "filter", "a_right_b_wrong")
+        assert "10%" in driver.find_element("id", "count").text or _matching(driver) >= 0
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = tmp_path / "error_browser.png"
+        driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG"
+        keep = os.environ.get("RECON_SCREENSHOT_DIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / "error_browser.png")
+            shutil.copy(page, Path(keep) / "error_browser.html")
+    finally:
+        driver.quit()
