@@ -5,13 +5,15 @@
     python bench/bench_pretrain.py --bare-only --device cuda --random bert-base \\
         --micro-batch-size 128 --peak-tflops 989                    # lone GPU, torch + transformers only
 
-Every mode runs the same ``recon.models.pretraining.optimizer_step`` on the same kind of batch (C+M,
+Every mode runs the same loop, ``recon.models.pretraining.run_steps``, on the same kind of batch (C+M,
 blanking, MLM, CP or MTB loss, AdamW, clipping); the Ray modes run it through
 ``recon.orchestration.pretrain.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
 all-reduce, one checkpoint at the end) and read the per-step figures back from ``progress.jsonl``.
-Sentences/s counts the sentences of all workers per second of step wall time (batch building
-included); the first ``--warmup-steps`` steps of every mode are not timed. The ratio column is
-sentences/s relative to the bare step with the same threads per process.
+Sentences/s counts the sentences of all workers per second of step wall time (batch building,
+sampling and every sync included); the first ``--warmup-steps`` steps of every mode are not timed.
+The ratio columns are sentences/s relative to the bare loop and to one Ray worker. On a machine
+other jobs share, wall time mostly measures the scheduler; the workers' own CPU time per step
+(``cpu_s_per_step_per_worker``: all their threads, gloo's included) says what the step costs.
 
 Model FLOPs utilisation (bare mode, when ``--peak-tflops`` is given): ``6 x parameters x tokens /
 seconds / peak`` with tokens = padded positions of the batch and parameters = distinct weights
@@ -70,15 +72,19 @@ def random_encoder_dir(shape: str, root: Path) -> Path:
 
 
 def bare(args, encoder: str) -> dict:
-    """The step alone in a plain loop: no Ray, no DDP, no MLflow."""
+    """The real loop (``recon.models.pretraining.run_steps``) alone: no Ray, no DDP, no MLflow.
+
+    Figures are read from the device twice -- after the warm-up steps and at the end -- so the
+    timed window is exactly the timed steps (batch building included) with no host sync between.
+    """
     import torch
 
     from recon.data_prep.corpus import load_corpus
     from recon.data_prep.samplers import CPSampler, MTBSampler
     from recon.models.encoder import load_encoder
-    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_batch, count_parameters,
-                                    optimizer_step, step_generator)
-    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, resolve_device
+    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_pretrain_optimizer,
+                                    count_parameters, run_steps)
+    from recon.models.training import TrainConfig, build_scheduler, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -86,7 +92,7 @@ def bare(args, encoder: str) -> dict:
     bundle = load_encoder(encoder, mlm_head=True)
     net = PretrainNet(bundle.model).to(device)
     cfg = TrainConfig(lr=PAPER.lr, weight_decay=PAPER.weight_decay, warmup_steps=PAPER.warmup)
-    optimizer = build_optimizer(net, cfg)
+    optimizer = build_pretrain_optimizer(net, cfg, device)
     total = args.warmup_steps + args.steps
     scheduler = build_scheduler(optimizer, total, cfg)
     index = load_corpus(args.corpus)
@@ -94,28 +100,22 @@ def bare(args, encoder: str) -> dict:
     ctx = TokenContext.for_bundle(bundle, args.max_length)
     settings = StepSettings(args.objective, temperature=PAPER.temperature, mlm_weight=PAPER.mlm_weight,
                             max_grad_norm=PAPER.max_grad_norm, bf16=not args.no_bf16)
-    rows = []
-    for step in range(1, total + 1):
-        t0 = time.perf_counter()
-        batch = build_batch(sampler.next_batch(), index, args.objective, ctx, generator=step_generator(0, step, 0, 0))
-        stats = optimizer_step(net, [batch], optimizer=optimizer, scheduler=scheduler, settings=settings,
-                               device=device)
-        seconds = time.perf_counter() - t0
-        if step > args.warmup_steps:
-            rows.append((stats.sentences, stats.tokens, seconds, stats.seconds))
-    sentences, tokens = sum(r[0] for r in rows), sum(r[1] for r in rows)
-    seconds, compute = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    loop = run_steps(net, sampler, index, args.objective, ctx, steps=total, start_step=0, accum_steps=1, seed=0,
+                     rank=0, mlm_probability=PAPER.mlm_probability, optimizer=optimizer, scheduler=scheduler,
+                     settings=settings, device=device, log_every=total, read_at=lambda s: s == args.warmup_steps)
+    window = [stats for step, stats in loop if stats is not None and step > args.warmup_steps][-1]
     params = count_parameters(net)
     out = {
         "mode": "bare", "workers": 1, "device": str(device), "threads": args.threads,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "bf16": device.type == "cuda" and not args.no_bf16, "params": params,
-        "sentences_per_s": sentences / seconds, "tokens_per_s": tokens / seconds,
-        "step_s_median": statistics.median(r[2] for r in rows), "share_in_model_step": compute / seconds,
+        "fused_adamw": bool(optimizer.defaults.get("fused")),
+        "sentences_per_s": window.sentences / window.seconds, "tokens_per_s": window.tokens / window.seconds,
+        "step_s_mean": window.seconds / window.steps, "cpu_s_per_step": window.cpu_seconds / window.steps,
         "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
     }
     if args.peak_tflops:
-        out["mfu"] = 6 * params * tokens / seconds / (args.peak_tflops * 1e12)
+        out["mfu"] = 6 * params * window.tokens / window.seconds / (args.peak_tflops * 1e12)
     return out
 
 
@@ -125,7 +125,7 @@ def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
 
     steps = args.warmup_steps + args.steps
     cfg = PretrainRun(
-        objective=args.objective, corpus=str(args.corpus), num_workers=workers, steps=steps,
+        objective=args.objective, corpus=str(args.corpus), evaluate_on=[], num_workers=workers, steps=steps,
         batch_size=workers * args.micro_batch_size, micro_batch_size=args.micro_batch_size, encoder=encoder,
         max_length=args.max_length, checkpoint_every=steps, max_failures=0, out=str(root / f"ray{workers}"),
         tracking_uri=f"sqlite:///{root}/mlflow.db", cpus_per_worker=float(args.threads),
@@ -139,8 +139,13 @@ def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
     per_step_sentences = 2 * cfg.batch_size
     sentences = per_step_sentences * len(rows)
     seconds = sum(per_step_sentences / r["sentences_per_s"] for r in rows)
-    return {"mode": "ray", "workers": workers, "threads": args.threads, "sentences_per_s": sentences / seconds,
-            "sentences_per_s_median_step": statistics.median(per_step), "job_wall_s": wall}
+    out = {"mode": "ray", "workers": workers, "threads": args.threads, "sentences_per_s": sentences / seconds,
+           "sentences_per_s_median_step": statistics.median(per_step), "job_wall_s": wall}
+    if all("worker_cpu_s_per_step" in r for r in rows):  # load-robust: the workers' own CPU time per step
+        cpu = sum(r["worker_cpu_s_per_step"] for r in rows) / len(rows)
+        out["cpu_s_per_step_per_worker"] = cpu
+        out["sentences_per_worker_cpu_s"] = per_step_sentences / workers / cpu
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
           f"({2 * args.micro_batch_size} sentences) per worker-step, length <= {args.max_length}, "
           f"{args.steps} timed steps after {args.warmup_steps}, {args.threads} thread(s) per process, "
           f"device {results[0]['device']}")
-    print(f"{'mode':<6} {'workers':>7} {'sentences/s':>12} {'vs bare':>8}")
+    one = next((r["sentences_per_s"] for r in results if r["mode"] == "ray" and r["workers"] == 1), None)
+    print(f"{'mode':<6} {'workers':>7} {'sentences/s':>12} {'vs bare':>8} {'vs 1 worker':>12} {'cpu s/step':>11}")
     for r in results:
-        print(f"{r['mode']:<6} {r['workers']:>7} {r['sentences_per_s']:>12.1f} {r['sentences_per_s'] / base:>8.2f}")
+        vs_one = f"{r['sentences_per_s'] / one:>12.2f}" if one and r["mode"] == "ray" else f"{'':>12}"
+        cpu = r.get("cpu_s_per_step_per_worker", r.get("cpu_s_per_step"))
+        print(f"{r['mode']:<6} {r['workers']:>7} {r['sentences_per_s']:>12.1f} {r['sentences_per_s'] / base:>8.2f}"
+              f"{vs_one} {cpu if cpu is None else round(cpu, 3)!s:>11}")
     if "mfu" in results[0]:
         print(f"bare model FLOPs utilisation: {100 * results[0]['mfu']:.1f}% of {args.peak_tflops} TFLOP/s "
               f"({results[0]['params'] / 1e6:.1f} M parameters, {results[0]['tokens_per_s']:.0f} tokens/s)")

@@ -63,6 +63,11 @@ class PretrainConfig(Config):
     keep_checkpoints: int = knob(2, "checkpoints kept in storage", ge=1, identity=False)
     max_failures: int = knob(3, "worker-group restarts allowed", ge=0, identity=False)
     log_every: int = knob(1, "log metrics every K steps", ge=1, identity=False)
+    heldout_fraction: float = knob(0.05, "share of the corpus's sentences held out of training (chosen by a hash of "
+                                         "their text: the same on every rank, run and seed) to report contrastive "
+                                         "accuracy on; 0 disables", ge=0, le=0.5)
+    heldout_batches: int = knob(8, "held-out batches (micro_batch_size pairs per worker each) scored at every "
+                                   "checkpoint and at the end", ge=0, identity=False)
     allow_leakage: bool = knob(False, "pre-train on a corpus that does not exclude the entity pairs of the "
                                       "evaluated datasets (recorded as a tag and in the tables)", identity=False)
 

@@ -112,9 +112,15 @@ class PretrainBatch:
     context_split: int = 0     # sentences whose entities were further apart than max_length
 
     def to(self, device: torch.device) -> "PretrainBatch":
+        """Copy to ``device``; asynchronous (``non_blocking``) when the batch is in pinned memory."""
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                  for k, v in self.__dict__.items()}
         return PretrainBatch(**moved)
+
+    def pin_memory(self) -> "PretrainBatch":
+        """Page-locked copy (CUDA only), so ``to(cuda)`` overlaps with the step already queued."""
+        return PretrainBatch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
+                                for k, v in self.__dict__.items()})
 
     @property
     def n_sentences(self) -> int:
@@ -208,10 +214,16 @@ class PretrainNet(nn.Module):
         tail_pos: torch.Tensor,
         mlm_positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(reps [B, 2H], mlm logits [K, V])`` for the K positions where ``mlm_positions`` is true;
-        projecting only those onto the vocabulary saves a [B, L, V] tensor."""
+        """``(reps [B, 2H], mlm logits [K, V])`` for the K masked positions; projecting only those onto
+        the vocabulary saves a [B, L, V] tensor. ``mlm_positions`` is a boolean ``[B, L]`` mask or the
+        flat indices of its true entries (row-major, the same K rows in the same order); indices
+        avoid the host synchronisation of boolean indexing on CUDA."""
         reps, seq = self.encoder.encode(input_ids, attention_mask, head_pos, tail_pos)
-        return reps, self.encoder.mlm_logits(seq[mlm_positions])
+        if mlm_positions.dtype == torch.bool:
+            picked = seq[mlm_positions]
+        else:
+            picked = seq.reshape(-1, seq.size(-1)).index_select(0, mlm_positions)
+        return reps, self.encoder.mlm_logits(picked)
 
 
 def gather_across_workers(tensor: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
@@ -269,7 +281,9 @@ class StepSettings:
 
 @dataclass
 class StepStats:
-    """Local (this worker's) figures of one optimizer step; the Ray loop averages them over workers."""
+    """Local (this worker's) figures of one optimizer step, or of a window of ``steps`` steps read
+    from a :class:`StepMeter` (losses, accuracy, grad norm: mean per step; sentences, tokens and
+    truncation counts: summed; ``seconds``: wall time). The Ray loop all-reduces them over workers."""
 
     loss: float
     objective_loss: float
@@ -283,9 +297,84 @@ class StepStats:
     truncated: int = 0         # sentences of the step (all micro-batches) longer than max_length
     entity_truncated: int = 0  # ... of which an entity lost pieces (see recon.data_prep.encoding)
     context_split: int = 0     # ... of which the text between the entities was cut
+    steps: int = 1             # optimizer steps these figures cover (losses: mean per step; counts: summed)
+    cpu_seconds: float = float("nan")  # this process's CPU time over those steps (all its threads)
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
+
+
+def _nearest_is_same(reps: torch.Tensor, relation_ids: torch.Tensor) -> torch.Tensor:
+    """Per item, whether its most similar OTHER item (cosine) has the same relation, as a float
+    tensor on the reps' device (``objectives.contrastive_accuracy`` without the host transfer)."""
+    unit = torch.nn.functional.normalize(reps.float() if reps.dtype in (torch.float16, torch.bfloat16) else reps,
+                                         dim=-1)
+    sim = unit @ unit.T
+    sim.fill_diagonal_(float("-inf"))
+    labels = relation_ids.to(reps.device)
+    return (labels[sim.argmax(dim=1)] == labels).float()
+
+
+def cp_loss_nosync(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """``objectives.cp_loss`` without its two host synchronisations (``bool(positive.any())`` and
+    ``nonzero``): the mean over positive pairs is a masked sum / count. Equal up to summation order
+    (tested); used on CUDA, where a sync per micro-step would stall the queue."""
+    unit = torch.nn.functional.normalize(reps.float() if reps.dtype in (torch.float16, torch.bfloat16) else reps,
+                                         dim=-1)
+    sim = unit @ unit.T / temperature
+    labels = relation_ids.to(reps.device)
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=reps.device)
+    neg_lse = torch.logsumexp(sim.masked_fill(same, torch.finfo(sim.dtype).min), dim=1)
+    neg_lse = neg_lse.masked_fill(same.all(dim=1), float("-inf"))
+    losses = torch.logaddexp(sim, neg_lse[:, None]) - sim
+    losses = torch.where(positive, losses, torch.zeros_like(losses))
+    count = positive.sum()
+    return losses.sum() / count.clamp(min=1) + reps.sum() * 0.0
+
+
+def _micro_step(net: nn.Module, batch: PretrainBatch, settings: StepSettings, mlm_share: float,
+                mlm_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """``(loss, objective loss, MLM loss, accuracy)`` as tensors on the batch's device.
+
+    ``mlm_index``: flat indices of the masked positions, computed on the host before the copy
+    (:func:`masked_index`); with it nothing here waits for the device (boolean-mask indexing and an
+    "is anything masked" test would each synchronise on CUDA). Without it, the boolean mask is used,
+    which gives the same values.
+    """
+    device = batch.input_ids.device
+    if mlm_index is None:
+        positions = batch.mlm_labels != IGNORE_INDEX
+        reps, logits = net(batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos, positions)
+        targets = batch.mlm_labels[positions]
+        any_masked = targets.numel() > 0
+    else:
+        reps, logits = net(batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos, mlm_index)
+        targets = batch.mlm_labels.reshape(-1).index_select(0, mlm_index)
+        any_masked = mlm_index.numel() > 0  # a shape: known on the host
+    reps = reps.float()
+    if settings.objective == "cp":
+        all_reps, all_ids = contrastive_reps(reps, batch.relation_ids, batch.n_pairs, settings.gather_negatives)
+        loss_fn = cp_loss_nosync if device.type == "cuda" else objectives.cp_loss
+        obj = loss_fn(all_reps, all_ids, temperature=settings.temperature)
+        with torch.no_grad():
+            acc = _nearest_is_same(all_reps.detach(), all_ids).mean()
+    else:
+        a, b = _split_pairs(reps, batch.n_pairs)
+        obj = objectives.mtb_loss(a, b, batch.targets)
+        with torch.no_grad():
+            acc = (((a * b).sum(-1) > 0).float() == batch.targets).float().mean()
+    if any_masked:  # objectives.mlm_loss without its host-side "anything selected?" test
+        mlm = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+    else:  # nothing masked in this micro-batch: keep the head in the graph with a zero loss
+        mlm = logits.float().sum() * 0.0
+    loss = obj + settings.mlm_weight * mlm_share * mlm
+    return loss, obj.detach(), mlm.detach(), acc.detach()
+
+
+def masked_index(batch: PretrainBatch) -> torch.Tensor:
+    """Flat indices (into ``[2P * L]``) of the MLM positions, computed on the host (CPU batch)."""
+    return torch.nonzero((batch.mlm_labels != IGNORE_INDEX).reshape(-1), as_tuple=True)[0]
 
 
 def micro_step_loss(
@@ -295,26 +384,120 @@ def micro_step_loss(
     mlm_share: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch (already on the model's device). ``mlm_share`` = this micro-batch's
-    fraction of the step's masked tokens (see the module docstring)."""
-    positions = batch.mlm_labels != IGNORE_INDEX
-    reps, logits = net(batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos, positions)
-    reps = reps.float()
-    if settings.objective == "cp":
-        all_reps, all_ids = contrastive_reps(reps, batch.relation_ids, batch.n_pairs, settings.gather_negatives)
-        obj = objectives.cp_loss(all_reps, all_ids, temperature=settings.temperature)
-        with torch.no_grad():
-            acc = float(objectives.contrastive_accuracy(all_reps.detach(), all_ids))
+    fraction of the step's masked tokens (see the module docstring). Reads the parts back to the
+    host; the training loop keeps them on the device instead (:class:`StepMeter`)."""
+    loss, obj, mlm, acc = _micro_step(net, batch, settings, mlm_share)
+    return loss, {"objective_loss": float(obj), "mlm_loss": float(mlm), "accuracy": float(acc)}
+
+
+class StepMeter:
+    """Step figures summed ON THE DEVICE and read back only when asked (every ``log_every`` steps).
+
+    Each ``float(tensor)`` per micro-step is a host synchronisation that drains the CUDA queue; the
+    meter keeps losses, accuracy, gradient norm and a non-finite-loss count as device tensors and
+    reads them with one transfer. Host-side figures (sentences, tokens, truncation counts, lr) cost
+    nothing and are kept as numbers. ``read`` returns the window's mean per step (counts summed)
+    and its wall time, then starts a new window.
+    """
+
+    KEYS = ("loss", "objective_loss", "mlm_loss", "accuracy", "grad_norm", "nonfinite")
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.restart()
+
+    def restart(self) -> None:
+        """Empty the window and start its clock (also used to leave evaluation time out of it)."""
+        self.sums = torch.zeros(len(self.KEYS), dtype=torch.float64, device=self.device)
+        self.steps = 0
+        self.counts = {"sentences": 0, "tokens": 0, "truncated": 0, "entity_truncated": 0, "context_split": 0}
+        self.lr = float("nan")
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+        self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
+
+    def add(self, step: int, parts: torch.Tensor, *, lr: float, batches: Sequence[PretrainBatch]) -> None:
+        """``parts``: device tensor in ``KEYS`` order for one optimizer step."""
+        self.sums += parts.to(torch.float64)
+        self.steps += 1
+        self.lr = lr
+        self.first_step = step if self.first_step is None else self.first_step
+        self.last_step = step
+        for b in batches:
+            self.counts["sentences"] += b.n_sentences
+            self.counts["tokens"] += b.n_tokens
+            self.counts["truncated"] += b.truncated
+            self.counts["entity_truncated"] += b.entity_truncated
+            self.counts["context_split"] += b.context_split
+
+    def read(self) -> "StepStats":
+        """The window's figures on the host (one synchronisation); raises on a non-finite loss."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        values = dict(zip(self.KEYS, self.sums.tolist()))  # the one device -> host transfer
+        n = max(self.steps, 1)
+        if values["nonfinite"] > 0:
+            raise FloatingPointError(f"pre-training loss was not finite in {int(values['nonfinite'])} step(s) of "
+                                     f"steps {self.first_step}..{self.last_step}")
+        stats = StepStats(
+            loss=values["loss"] / n, objective_loss=values["objective_loss"] / n, mlm_loss=values["mlm_loss"] / n,
+            accuracy=values["accuracy"] / n, sentences=self.counts["sentences"], tokens=self.counts["tokens"],
+            lr=self.lr, grad_norm=values["grad_norm"] / n, seconds=time.perf_counter() - self.start,
+            truncated=self.counts["truncated"], entity_truncated=self.counts["entity_truncated"],
+            context_split=self.counts["context_split"], steps=self.steps,
+            cpu_seconds=time.process_time() - self.cpu_start,
+        )
+        self.restart()
+        return stats
+
+
+def _step_on_device(
+    net: nn.Module,
+    micro_batches: Sequence[PretrainBatch],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    settings: StepSettings,
+    device: torch.device,
+    meter: StepMeter,
+    step: int,
+    no_sync: Callable[[], ContextManager] | None = None,
+) -> None:
+    """One optimizer step whose figures stay on the device, added to ``meter`` (no host sync)."""
+    net.train()  # from_pretrained hands models back in eval mode: pre-training wants dropout on
+    total_masked = sum(b.n_masked for b in micro_batches)  # host batches: free
+    n = len(micro_batches)
+    cuda = device.type == "cuda"
+    # float64 like the Python floats they replace: the figures equal the old per-micro-step reads
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, objective loss, MLM loss, accuracy
+    nonfinite = torch.zeros((), dtype=torch.float64, device=device)
+    for i, host_batch in enumerate(micro_batches):
+        share = n * host_batch.n_masked / total_masked if total_masked else 1.0
+        index = None
+        if cuda:
+            index = masked_index(host_batch)
+            index = index.pin_memory().to(device, non_blocking=True)
+        batch = host_batch.to(device)
+        sync = contextlib.nullcontext() if (no_sync is None or i == n - 1) else no_sync()
+        with sync:
+            with autocast(device, settings.bf16):
+                loss, obj, mlm, acc = _micro_step(net, batch, settings, share, index)
+            (loss / n).backward()
+        obj, mlm, acc = obj.double(), mlm.double(), acc.double()
+        sums += torch.stack([obj + settings.mlm_weight * mlm, obj, mlm, acc])
+        nonfinite += (~torch.isfinite(loss.detach())).double()
+    if settings.max_grad_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings.max_grad_norm).detach()
     else:
-        a, b = _split_pairs(reps, batch.n_pairs)
-        obj = objectives.mtb_loss(a, b, batch.targets)
-        with torch.no_grad():
-            acc = float((((a * b).sum(-1) > 0).float() == batch.targets).float().mean())
-    if logits.size(0) > 0:
-        mlm = objectives.mlm_loss(logits.float(), batch.mlm_labels[positions])
-    else:  # nothing masked in this micro-batch: keep the head in the graph with a zero loss
-        mlm = logits.float().sum() * 0.0
-    loss = obj + settings.mlm_weight * mlm_share * mlm
-    return loss, {"objective_loss": float(obj.detach()), "mlm_loss": float(mlm.detach()), "accuracy": acc}
+        grad_norm = torch.full((), float("nan"), device=device)
+    lr = float(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    parts = torch.cat([sums / n, grad_norm.to(device=device, dtype=sums.dtype).reshape(1), nonfinite.reshape(1)])
+    meter.add(step, parts, lr=lr, batches=micro_batches)
 
 
 def optimizer_step(
@@ -327,50 +510,37 @@ def optimizer_step(
     device: torch.device | None = None,
     no_sync: Callable[[], ContextManager] | None = None,
 ) -> StepStats:
-    """Forward/backward over ``micro_batches`` (gradient accumulation), clip, step, schedule.
+    """Forward/backward over ``micro_batches`` (gradient accumulation), clip, step, schedule, and
+    read the step's figures back (one host synchronisation; :func:`run_steps` reads less often).
 
     ``no_sync`` is DDP's ``model.no_sync``: it skips the gradient all-reduce on every micro-batch
     but the last. Losses are averaged over micro-batches; MLM is weighted by masked-token share.
+    A non-finite loss raises ``FloatingPointError`` when the figures are read (here: after the step).
     """
-    start = time.perf_counter()
     device = device or next(net.parameters()).device
-    net.train()  # from_pretrained hands models back in eval mode: pre-training wants dropout on
-    total_masked = sum(b.n_masked for b in micro_batches)
-    n = len(micro_batches)
-    sums = {"loss": 0.0, "objective_loss": 0.0, "mlm_loss": 0.0, "accuracy": 0.0}
-    for i, batch in enumerate(micro_batches):
-        batch = batch.to(device)
-        share = n * batch.n_masked / total_masked if total_masked else 1.0
-        sync = contextlib.nullcontext() if (no_sync is None or i == n - 1) else no_sync()
-        with sync:
-            with autocast(device, settings.bf16):
-                loss, parts = micro_step_loss(net, batch, settings, share)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"pre-training loss is {value} on micro-batch {i}")
-            (loss / n).backward()
-        sums["loss"] += parts["objective_loss"] + settings.mlm_weight * parts["mlm_loss"]
-        for key in ("objective_loss", "mlm_loss", "accuracy"):
-            sums[key] += parts[key]
-    grad_norm = float("nan")
-    if settings.max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), settings.max_grad_norm))
-    lr = float(optimizer.param_groups[0]["lr"])
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return StepStats(
-        loss=sums["loss"] / n, objective_loss=sums["objective_loss"] / n, mlm_loss=sums["mlm_loss"] / n,
-        accuracy=sums["accuracy"] / n, sentences=sum(b.n_sentences for b in micro_batches),
-        tokens=sum(b.n_tokens for b in micro_batches), lr=lr, grad_norm=grad_norm,
-        seconds=time.perf_counter() - start,
-        truncated=sum(b.truncated for b in micro_batches),
-        entity_truncated=sum(b.entity_truncated for b in micro_batches),
-        context_split=sum(b.context_split for b in micro_batches),
-    )
+    meter = StepMeter(device)
+    _step_on_device(net, micro_batches, optimizer=optimizer, scheduler=scheduler, settings=settings,
+                    device=device, meter=meter, step=0, no_sync=no_sync)
+    return meter.read()
+
+
+def build_pretrain_optimizer(net: nn.Module, config, device: torch.device) -> torch.optim.Optimizer:
+    """``recon.models.training.build_optimizer`` (AdamW, no decay on biases and LayerNorm), with the
+    fused CUDA kernel on a GPU: one launch for all parameters instead of a multi-tensor loop.
+
+    Same parameter groups and hyper-parameters, and the same state layout, so checkpoints move
+    between the two; on CPU the optimizer is returned unchanged. (Belongs in ``build_optimizer``
+    itself: ``torch.optim.AdamW(..., fused=device.type == "cuda")``.)
+    """
+    from .training import build_optimizer
+
+    optimizer = build_optimizer(net, config)
+    if device.type != "cuda" or type(optimizer) is not torch.optim.AdamW:
+        return optimizer
+    d = optimizer.defaults
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+    return torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"],
+                             fused=True)
 
 
 def step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
@@ -388,14 +558,24 @@ def reseed_step(seed: int, step: int, rank: int) -> None:
 def run_steps(net: nn.Module, sampler, index, objective: str, tctx: TokenContext, *, steps: int, start_step: int,
               accum_steps: int, seed: int, rank: int, mlm_probability: float, optimizer, scheduler,
               settings: StepSettings, device: torch.device, no_sync=None,
-              before_step: Callable[[int], None] | None = None) -> Iterator[tuple[int, StepStats]]:
+              before_step: Callable[[int], None] | None = None, log_every: int = 1,
+              read_at: Callable[[int], bool] | None = None) -> Iterator[tuple[int, StepStats | None]]:
     """The pre-training loop, without Ray: yields ``(step, stats)`` after each optimizer step.
+
+    ``stats`` is read from the device only at the steps that need it -- every ``log_every`` steps,
+    where ``read_at(step)`` is true (checkpoints), and at the last step -- and is then the mean over
+    the steps since the previous read (:class:`StepMeter`); at the other steps it is None and nothing
+    waits for the device, so on CUDA the host builds the next batch while the GPU computes this one.
+    Time the caller spends between a read and the next step (evaluation, checkpoints) is left out of
+    the next window's ``seconds``.
 
     The Ray Train worker (``recon.orchestration.pretrain_worker``) wraps it with the few things a
     cluster adds (metric all-reduce, reports, checkpoints); benchmarks and single-device runs call
     it as it is. Each step is a pure function of (seed, step, rank) and the sampler's position, so a
     run resumed at ``start_step`` repeats the uninterrupted run's batches exactly.
     """
+    meter = StepMeter(device)
+    pin = device.type == "cuda"
     for step in range(start_step + 1, steps + 1):
         if before_step is not None:
             before_step(step)
@@ -403,9 +583,154 @@ def run_steps(net: nn.Module, sampler, index, objective: str, tctx: TokenContext
         batches = [build_batch(sampler.next_batch(), index, objective, tctx, mlm_probability=mlm_probability,
                                generator=step_generator(seed, step, rank, m))
                    for m in range(accum_steps)]
-        stats = optimizer_step(net, batches, optimizer=optimizer, scheduler=scheduler, settings=settings,
-                               device=device, no_sync=no_sync)
-        yield step, stats
+        if pin:
+            batches = [b.pin_memory() for b in batches]
+        _step_on_device(net, batches, optimizer=optimizer, scheduler=scheduler, settings=settings, device=device,
+                        meter=meter, step=step, no_sync=no_sync)
+        read = step % log_every == 0 or step == steps or (read_at is not None and read_at(step))
+        yield step, (meter.read() if read else None)
+        if read:
+            meter.restart()
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out evaluation: does the stage learn?
+# ---------------------------------------------------------------------------------------------
+
+HELDOUT_SALT = "recon-heldout-v1"
+
+
+def heldout_score(tokens: Sequence[str]) -> float:
+    """A sentence's place in [0, 1): a keyed hash of its token sequence, the same on every rank, in
+    every run and for every seed (and for CP and MTB stages alike)."""
+    text = "\x1f".join(tokens).encode("utf-8")
+    digest = hashlib.blake2b(text, digest_size=8, key=HELDOUT_SALT.encode()).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def is_heldout(tokens: Sequence[str], fraction: float) -> bool:
+    """Whether a sentence (token sequence) belongs to the held-out slice of share ``fraction``."""
+    return fraction > 0 and heldout_score(tokens) < fraction
+
+
+def split_heldout(index, fraction: float):
+    """``(train, heldout)`` indexes of ``index``: every row of a held-out SENTENCE goes to ``heldout``.
+
+    The decision is per token sequence (as ``CorpusIndex.text_ids`` counts sentences), so a sentence
+    with several entity pairs or relations -- rows that may live in different shards, hence on
+    different ranks -- is held out everywhere and never trained on, whichever rank loads it. Rows
+    keep their shard, so a sampler partitions either index across ranks as it would the whole one.
+    ``fraction == 0`` gives ``(index, None)``.
+    """
+    from recon.data_prep.corpus.index import CorpusIndex
+
+    if fraction <= 0:
+        return index, None
+    flags = [is_heldout(ex.tokens, fraction) for ex in index.examples]
+
+    def part(keep: bool):
+        rows = [ex for ex, f in zip(index.examples, flags) if f == keep]
+        return CorpusIndex(rows, num_shards=index.num_shards, shard_ids=index.shard_ids, manifest=index.manifest)
+
+    return part(False), part(True)
+
+
+def heldout_batches(index, objective: str, ctx: TokenContext, *, batches: int, pairs: int, p_blank: float,
+                    seed: int, rank: int = 0, world_size: int = 1) -> list[PretrainBatch]:
+    """A fixed set of up to ``batches`` evaluation batches of ``pairs`` pairs from the held-out index.
+
+    Drawn once by the run's own sampler class (same blanking probability, rank partition and
+    one-sentence-per-batch rule) from a dedicated seed, without MLM corruption; the same batches
+    are scored at every checkpoint. A rank whose held-out rows cannot form a pair (small corpora)
+    returns fewer batches or none; CP batches of fewer than 2 pairs are dropped (no negative).
+    """
+    from recon.data_prep.errors import ReconError
+    from recon.data_prep.samplers import CPSampler, MTBSampler
+
+    if index is None or batches <= 0 or len(index) == 0:
+        return []
+    sampler_cls = CPSampler if objective == "cp" else MTBSampler
+    try:
+        sampler = sampler_cls(index, pairs, p_blank=p_blank, seed=seed, rank=rank, world_size=world_size)
+    except ReconError:
+        return []
+    out: list[PretrainBatch] = []
+    seen: set[tuple] = set()
+    for b in range(batches):
+        drawn = sampler.next_batch()
+        key = tuple((p.a, p.b) for p in drawn)
+        if len(drawn) < (2 if objective == "cp" else 1) or key in seen:
+            continue
+        seen.add(key)
+        out.append(build_batch(drawn, index, objective, ctx, mlm_probability=0.0,
+                               generator=step_generator(seed, -1, rank, b)))
+    return out
+
+
+@dataclass
+class HeldoutScore:
+    """Sums over the scored items, so workers can add theirs up before dividing.
+
+    ``correct``: items scored right -- CP: sentences whose nearest other sentence in their batch
+    (cosine of the relation representations) has the same relation, i.e. ``contrastive_accuracy``
+    of training; MTB: pairs whose score sign matches the target. ``chance``: the expected number
+    right by guessing -- CP: for each sentence, the share of the OTHER 2N - 1 sentences of its batch
+    with its relation (exactly 1 / (2N - 1) when the batch's N relations are distinct, more when a
+    relation is drawn twice); MTB: the majority class's count (a constant guess).
+    """
+
+    correct: float = 0.0
+    items: float = 0.0
+    chance: float = 0.0
+    batches: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.items if self.items else float("nan")
+
+    @property
+    def chance_accuracy(self) -> float:
+        return self.chance / self.items if self.items else float("nan")
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def evaluate_heldout(net: nn.Module, batches: Sequence[PretrainBatch], objective: str, *, device: torch.device,
+                     bf16: bool = True) -> HeldoutScore:
+    """Score ``batches`` with the model in eval mode under ``torch.inference_mode`` (no dropout, no
+    graph); the model's train/eval mode is restored afterwards. Pass the bare module, not the DDP
+    wrapper: DDP's forward may broadcast buffers, a collective the other ranks are not in."""
+    net = getattr(net, "module", net)
+    was_training = net.training
+    net.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    try:
+        with torch.inference_mode():
+            for host_batch in batches:
+                batch = host_batch.to(device)
+                no_mlm = torch.zeros(0, dtype=torch.long, device=device)  # no MLM position: head skipped
+                with autocast(device, bf16):
+                    reps, _ = net(batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos, no_mlm)
+                reps = reps.float()
+                if objective == "cp":
+                    ids = batch.relation_ids
+                    right = _nearest_is_same(reps, ids).sum()
+                    m = ids.numel()
+                    same_others = (ids[:, None] == ids[None, :]).sum(dim=1) - 1
+                    chance = (same_others.double() / (m - 1)).sum()
+                else:
+                    a, b = _split_pairs(reps, batch.n_pairs)
+                    right = (((a * b).sum(-1) > 0).float() == batch.targets).sum()
+                    m = batch.n_pairs
+                    positives = batch.targets.sum()
+                    chance = torch.maximum(positives, m - positives)
+                sums += torch.stack([right.double(), torch.tensor(float(m), dtype=torch.float64, device=device),
+                                     chance.double(), torch.ones((), dtype=torch.float64, device=device)])
+    finally:
+        net.train(was_training)
+    correct, items, chance, n = sums.tolist()
+    return HeldoutScore(correct, items, chance, n)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -416,5 +741,7 @@ def count_parameters(module: nn.Module) -> int:
 __all__ = [
     "OBJECTIVES", "TokenContext", "PretrainBatch", "PretrainNet", "StepSettings", "StepStats",
     "build_batch", "micro_step_loss", "optimizer_step", "gather_across_workers", "contrastive_reps",
-    "relation_id", "step_generator", "reseed_step", "count_parameters", "run_steps",
+    "relation_id", "step_generator", "reseed_step", "count_parameters", "run_steps", "StepMeter",
+    "masked_index", "cp_loss_nosync", "build_pretrain_optimizer", "HeldoutScore", "heldout_score", "is_heldout",
+    "split_heldout", "heldout_batches", "evaluate_heldout",
 ]

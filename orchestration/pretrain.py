@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,11 +51,13 @@ PROGRESS_FILE = "progress.jsonl"
 CONFIG_FILE = "config.json"
 MLFLOW_FILE = "mlflow_run.json"
 FINAL_FILE = "final.json"
+HELDOUT_START_FILE = "heldout_start.json"  # held-out figures of the untrained encoder (rank 0, fresh runs)
+HELDOUT_KEYS = ("heldout_contrastive_accuracy", "heldout_chance_accuracy", "heldout_items")
 EXPERIMENT = "recon-pretrain"
 # Fields that may change when a run is resumed; every other field must match the original run (a
 # changed ``steps`` would rebuild the LR schedule with a new total, so the rate would jump).
 RESUMABLE_CHANGES = frozenset({"checkpoint_every", "max_failures", "tracking_uri", "resume", "evaluate_on", "data_dir",
-                               "allow_leakage", "worker_resources", "address", "fail_at_step", "fail_marker", "log_every", "use_gpu",
+                               "allow_leakage", "heldout_batches", "worker_resources", "address", "fail_at_step", "fail_marker", "log_every", "use_gpu",
                                "cpus_per_worker", "corpus"})
 
 
@@ -104,11 +106,17 @@ class PretrainRun(PretrainConfig):
 
 @dataclass(frozen=True)
 class FinalEncoder:
-    """The encoder of the last step: published in storage (``uri`` + ``digest``) and cached locally."""
+    """The encoder of the last step: published in storage (``uri`` + ``digest``) and cached locally.
+
+    ``heldout``: does the stage learn -- contrastive accuracy on held-out sentences at the start
+    (``initial_*``, fresh runs) and at the last step, with the chance level of those batches (see
+    ``recon.models.pretraining.HeldoutScore``); empty when the run held nothing out.
+    """
 
     uri: str
     digest: str
     local: Path
+    heldout: dict = field(default_factory=dict, compare=False)
 
 
 def _check_resume(cfg: PretrainRun, run: Storage) -> None:
@@ -237,14 +245,31 @@ def _publish_inputs(cfg: PretrainRun, root: Storage) -> tuple[dict, Any]:
     return {"uri": corpus_uri, "digest": corpus_digest}, encoder
 
 
-def export_final(run: Storage, root: Storage, checkpoint_rel: str, name: str) -> FinalEncoder:
+def heldout_summary(run: Storage, rows: list[dict] | None = None) -> dict:
+    """Held-out figures of the run: the last reported ones (``heldout_*``, with their step) and the
+    untrained encoder's (``initial_*``) when the run started from scratch in this folder."""
+    rows = read_progress(run.uri) if rows is None else rows
+    out: dict = {}
+    scored = [r for r in rows if "heldout_contrastive_accuracy" in r]
+    if scored:
+        out = {"step": int(scored[-1]["step"]), **{k: scored[-1][k] for k in HELDOUT_KEYS if k in scored[-1]}}
+    if out and run.exists(HELDOUT_START_FILE):
+        start = run.read_json(HELDOUT_START_FILE)
+        out.update({f"initial_{k}": start[k] for k in HELDOUT_KEYS if k in start})
+    return out
+
+
+def export_final(run: Storage, root: Storage, checkpoint_rel: str, name: str,
+                 heldout: Optional[dict] = None) -> FinalEncoder:
     """Publish the encoder part of a training checkpoint (everything but ``train/``) and cache it here."""
     with tempfile.TemporaryDirectory(prefix="recon-final-") as tmp:
         local = run.download_dir(checkpoint_rel, Path(tmp) / "ckpt")
         shutil.rmtree(local / TRAIN_STATE_DIR, ignore_errors=True)
         uri, digest = publish_dir(root, local, f"{name}/final")
-    run.write_json(FINAL_FILE, {"uri": uri, "digest": digest, "step": step_of(Path(checkpoint_rel).name)})
-    return FinalEncoder(uri, digest, fetch_dir(uri, digest))
+    heldout = dict(heldout or {})
+    run.write_json(FINAL_FILE, {"uri": uri, "digest": digest, "step": step_of(Path(checkpoint_rel).name),
+                                "heldout": heldout})
+    return FinalEncoder(uri, digest, fetch_dir(uri, digest), heldout)
 
 
 def final_encoder(run_uri: str) -> Optional[FinalEncoder]:
@@ -253,7 +278,8 @@ def final_encoder(run_uri: str) -> Optional[FinalEncoder]:
     if not run.exists(FINAL_FILE):
         return None
     record = run.read_json(FINAL_FILE)
-    return FinalEncoder(record["uri"], record["digest"], fetch_dir(record["uri"], record["digest"]))
+    return FinalEncoder(record["uri"], record["digest"], fetch_dir(record["uri"], record["digest"]),
+                        record.get("heldout") or {})
 
 
 def run_pretraining(cfg: PretrainRun) -> FinalEncoder:
@@ -315,7 +341,11 @@ def run_pretraining(cfg: PretrainRun) -> FinalEncoder:
     if latest is None or step_of(Path(latest).name) != cfg.steps:
         client.set_terminated(run_id, status="FAILED")
         raise ReconError(f"pre-training ended without a checkpoint at step {cfg.steps} in {run.uri}")
-    final = export_final(run, root, latest, cfg.name)
+    heldout = heldout_summary(run)
+    final = export_final(run, root, latest, cfg.name, heldout)
+    if "initial_heldout_contrastive_accuracy" in heldout:  # the final figures reached MLflow with their step
+        client.log_metric(run_id, "heldout_contrastive_accuracy_initial",
+                          float(heldout["initial_heldout_contrastive_accuracy"]), step=0)
     client.log_artifacts(run_id, str(final.local), artifact_path="encoder")
     client.set_terminated(run_id, status="FINISHED")
     return final
@@ -343,5 +373,5 @@ def train_loop_per_worker(config: dict) -> None:
     loop(config)
 
 
-__all__ = ["PretrainConfig", "PretrainRun", "FinalEncoder", "run_pretraining", "read_progress", "read_progress_rows",
+__all__ = ["PretrainConfig", "PretrainRun", "FinalEncoder", "run_pretraining", "heldout_summary", "read_progress", "read_progress_rows",
            "final_encoder", "absolute_tracking_uri", "latest_checkpoint"]

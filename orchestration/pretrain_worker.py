@@ -88,10 +88,11 @@ def train_loop_per_worker(config: dict) -> None:
     from recon.models.checkpoint import load_checkpoint, save_checkpoint
     from recon.models.encoder import load_encoder
     from recon.models.pretrain_state import load_train_state, rng_state, save_train_state, set_rng_state
-    from recon.models.pretraining import PretrainNet, StepSettings, TokenContext, run_steps
-    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, seed_everything
+    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_pretrain_optimizer,
+                                          evaluate_heldout, heldout_batches, run_steps, split_heldout)
+    from recon.models.training import TrainConfig, build_scheduler, seed_everything
 
-    from .pretrain import PretrainRun, progress_rel
+    from .pretrain import HELDOUT_START_FILE, PretrainRun, progress_rel
 
     cfg = PretrainRun.from_dict(config["cfg"])
     run = Storage.from_uri(config["run_uri"])
@@ -109,14 +110,18 @@ def train_loop_per_worker(config: dict) -> None:
         bundle = load_checkpoint(ckpt_dir, mlm_head=True) if ckpt_dir else load_encoder(start_from, mlm_head=True)
         manifest = read_manifest(corpus_dir)
         num_shards = int(manifest.get("num_shards", len(manifest.get("shards", [])) or 1))
-        index = load_corpus(corpus_dir, shard_ids=shards_for_rank(num_shards, rank, world))
+        loaded = load_corpus(corpus_dir, shard_ids=shards_for_rank(num_shards, rank, world))
+        # held-out sentences (a hash of their text: the same slice on every rank) are never trained on
+        index, heldout_index = split_heldout(loaded, float(cfg.heldout_fraction))
         sampler_cls = CPSampler if cfg.objective == "cp" else MTBSampler
         sampler = sampler_cls(index, int(cfg.micro_batch_size), p_blank=cfg.p_blank, seed=cfg.seed,
                               rank=rank, world_size=world)
-        net = ray.train.torch.prepare_model(PretrainNet(bundle.model))  # [Ray 3] DDP
+        # gradient buckets double as .grad (no copy in and out of them each step): pure speed
+        net = ray.train.torch.prepare_model(PretrainNet(bundle.model),  # [Ray 3] DDP
+                                            parallel_strategy_kwargs={"gradient_as_bucket_view": True})
         train_cfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=min(cfg.warmup, cfg.steps),
                                 max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16)
-        optimizer = build_optimizer(net, train_cfg)
+        optimizer = build_pretrain_optimizer(net, train_cfg, device)  # fused AdamW on CUDA
         scheduler = build_scheduler(optimizer, cfg.steps, train_cfg)
         start_step = 0
         if ckpt_dir:
@@ -135,32 +140,59 @@ def train_loop_per_worker(config: dict) -> None:
     settings = StepSettings(cfg.objective, cfg.temperature, cfg.mlm_weight, cfg.max_grad_norm, cfg.bf16,
                             gather_negatives=True)
     encoder_module = getattr(net, "module", net).encoder
+    eval_batches = heldout_batches(heldout_index, cfg.objective, tctx, batches=int(cfg.heldout_batches),
+                                   pairs=int(cfg.micro_batch_size), p_blank=cfg.p_blank, seed=cfg.seed,
+                                   rank=rank, world_size=world)
+    evaluate = bool(_all_reduce({"n": float(len(eval_batches))}, sums=("n",), device=device)["n"])
+
+    def heldout() -> dict[str, float]:
+        """Held-out accuracy and its chance level, all workers' batches together."""
+        score = evaluate_heldout(net, eval_batches, cfg.objective, device=device, bf16=cfg.bf16).as_dict()
+        total = _all_reduce(score, sums=tuple(score), device=device)
+        items = max(total["items"], 1.0)
+        return {"heldout_contrastive_accuracy": total["correct"] / items,
+                "heldout_chance_accuracy": total["chance"] / items, "heldout_items": total["items"]}
+
+    if evaluate and start_step == 0:  # the untrained encoder's figures, for the "does it learn" comparison
+        initial = heldout()
+        if rank == 0:
+            run.write_json(HELDOUT_START_FILE, {"step": 0, **initial})
     net.train()
     steps = run_steps(net, sampler, index, cfg.objective, tctx, steps=cfg.steps, start_step=start_step,
                       accum_steps=cfg.accum_steps, seed=cfg.seed, rank=rank, mlm_probability=cfg.mlm_probability,
                       optimizer=optimizer, scheduler=scheduler, settings=settings, device=device,
-                      no_sync=getattr(net, "no_sync", None),
+                      no_sync=getattr(net, "no_sync", None), log_every=int(cfg.log_every),
+                      read_at=lambda s: s % cfg.checkpoint_every == 0,
                       before_step=lambda s: _maybe_fail(cfg.fail_at_step, cfg.fail_marker, s, rank, world))
-    counts = ("sentences", "tokens", "truncated", "context_split", "entity_truncated")
+    counts = ("sentences", "tokens", "truncated", "context_split", "entity_truncated", "steps")
     attempt = f"{time.time_ns():020d}-from{start_step:06d}"  # progress files sort by attempt, then step
     for step, stats in steps:
+        if stats is None:  # figures stay on the device until a log or checkpoint step
+            continue
         local = stats.as_dict()
+        # one all-reduce per read (not per step); the window's figures, averaged or summed over workers
         merged = _all_reduce({k: local[k] for k in ("loss", "objective_loss", "mlm_loss", "accuracy", "seconds",
-                                                    *counts)}, sums=counts, device=device)
+                                                    "cpu_seconds", *counts)}, sums=counts, device=device)
+        n = max(merged["steps"] / world, 1.0)  # optimizer steps in the window
         row = {
             "step": step, "resumed_from": start_step,
             "loss": merged["loss"], f"{cfg.objective}_loss": merged["objective_loss"],
             "mlm_loss": merged["mlm_loss"], "contrastive_accuracy": merged["accuracy"],
+            # wall time of the window's steps (batch building, sampling and syncs included)
             "sentences_per_s": merged["sentences"] / max(merged["seconds"], 1e-9),
+            "step_s": merged["seconds"] / n, "worker_cpu_s_per_step": merged["cpu_seconds"] / n,
             "lr": stats.lr, "grad_norm": stats.grad_norm,
-            # sentences of this step windowed to max_length / with entities far apart / with an entity cut
-            "truncated_sentences": merged["truncated"], "context_split_sentences": merged["context_split"],
-            "entity_truncated_sentences": merged["entity_truncated"],
+            # sentences per step windowed to max_length / with entities far apart / with an entity cut
+            "truncated_sentences": merged["truncated"] / n, "context_split_sentences": merged["context_split"] / n,
+            "entity_truncated_sentences": merged["entity_truncated"] / n,
         }
         last = step == cfg.steps
-        if rank == 0 and (step % cfg.log_every == 0 or last):
+        checkpoint = step % cfg.checkpoint_every == 0 or last
+        if checkpoint and evaluate:
+            row.update(heldout())
+        if rank == 0 and (step % cfg.log_every == 0 or checkpoint):
             run.write_json(progress_rel(attempt, step), row)              # the driver polls these into MLflow
-        if step % cfg.checkpoint_every == 0 or last:
+        if checkpoint:
             states = _gather_objects({"sampler": sampler.state_dict(), "rng": rng_state()})
             if rank == 0:
                 with tempfile.TemporaryDirectory(prefix="recon-pretrain-") as tmp:

@@ -120,7 +120,8 @@ def _tiny_cfg(tmp_path: Path, **kw) -> PretrainRun:
     # The fixture corpus records no exclusions: these runs evaluate on nothing, so no leakage check applies.
     base = dict(objective="cp", corpus=str(CORPUS), evaluate_on=[], num_workers=2, steps=6, batch_size=16, micro_batch_size=4,
                 encoder=str(enc), lr=1e-3, warmup=0, checkpoint_every=2, out=str(tmp_path / "out"),
-                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fail_marker=str(tmp_path / "failed-once"))
+                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fail_marker=str(tmp_path / "failed-once"),
+                heldout_fraction=0.4, heldout_batches=2)  # the fixture has 64 sentences: hold out enough for pairs
     base.update(kw)
     return PretrainRun(**base)
 
@@ -173,6 +174,23 @@ def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(
     assert "encoder/model.safetensors" in artifacts
     assert params["objective"] == "cp" and params["accum_steps"] == "2"
 
+    # held-out accuracy at every checkpoint and at the end, in the step files, MLflow and final.json
+    scored = [r for r in rows if "heldout_contrastive_accuracy" in r]
+    assert [r["step"] for r in scored] == [2, 4, 6]
+    assert all(0 <= r["heldout_contrastive_accuracy"] <= 1 and 0 < r["heldout_chance_accuracy"] < 1
+               and r["heldout_items"] > 0 for r in scored)
+    from mlflow.tracking import MlflowClient
+
+    from recon.orchestration.pretrain import final_encoder
+
+    run_id = json.loads((cfg.run_dir / "mlflow_run.json").read_text())["run_id"]
+    history = MlflowClient(cfg.tracking_uri).get_metric_history(run_id, "heldout_contrastive_accuracy")
+    assert sorted(m.step for m in history) == [2, 4, 6]
+    summary = json.loads((cfg.run_dir / "final.json").read_text())["heldout"]
+    assert summary["step"] == 6 and summary["heldout_contrastive_accuracy"] == scored[-1]["heldout_contrastive_accuracy"]
+    assert 0 <= summary["initial_heldout_contrastive_accuracy"] <= 1  # the untrained encoder, before step 1
+    assert final_encoder(cfg.run_uri).heldout == summary
+
 
 @pytest.mark.slow
 def test_a_failed_job_resumed_from_the_cli_repeats_the_same_batches(tmp_path, capsys):
@@ -186,7 +204,8 @@ def test_a_failed_job_resumed_from_the_cli_repeats_the_same_batches(tmp_path, ca
     argv = ["pretrain", "--objective", "mtb", "--corpus", cfg.corpus, "--workers", "2", "--steps", "6",
             "--batch-size", "16", "--micro-batch-size", "4", "--encoder", cfg.encoder, "--lr", "1e-3",
             "--warmup", "0", "--checkpoint-every", "3", "--max-failures", "0", "--out", cfg.out,
-            "--run-name", "mtb-run", "--tracking-uri", cfg.tracking_uri, "--resume", "--allow-leakage"]
+            "--run-name", "mtb-run", "--tracking-uri", cfg.tracking_uri, "--resume", "--allow-leakage",
+            "--heldout-fraction", "0.4", "--heldout-batches", "2"]
     # the CLI has no --fail-* flags: they are test hooks, so the resumed config differs only there
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -356,3 +356,142 @@ def test_batches_and_steps_count_truncated_sentences(tiny_dir, corpus):
     stats = optimizer_step(net, batches, optimizer=opt, scheduler=None, settings=StepSettings("cp"))
     logged = stats.as_dict()
     assert {key: logged[key] for key in expected} == expected
+
+
+# ------------------------------------------------------------------ figures kept on the device
+
+def _reference_step(net, micro_batches, opt, settings):
+    """The step as it was written before the figures moved to the device: a host read per micro-step."""
+    from recon.models import objectives
+
+    net.train()
+    total = sum(b.n_masked for b in micro_batches)
+    n, losses = len(micro_batches), []
+    for batch in micro_batches:
+        positions = batch.mlm_labels != IGNORE_INDEX
+        reps, logits = net(batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos, positions)
+        obj = objectives.cp_loss(reps.float(), batch.relation_ids, temperature=settings.temperature)
+        mlm = objectives.mlm_loss(logits.float(), batch.mlm_labels[positions])
+        loss = obj + settings.mlm_weight * (n * batch.n_masked / total) * mlm
+        (loss / n).backward()
+        losses.append(float(obj.detach()) + settings.mlm_weight * float(mlm.detach()))
+    torch.nn.utils.clip_grad_norm_(net.parameters(), settings.max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return sum(losses) / n
+
+
+def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny_dir, corpus):
+    """Pure speed: keeping the figures on the device changes no loss and no weight (same seed)."""
+    settings = StepSettings("cp", gather_negatives=False)
+    runs = []
+    for fn in ("reference", "optimizer_step"):
+        torch.manual_seed(0)
+        bundle = _bundle(tiny_dir)
+        net = PretrainNet(bundle.model)
+        opt = build_optimizer(net, TrainConfig(lr=1e-3, warmup_steps=0))
+        sampler, ctx = CPSampler(corpus, 4, seed=5), TokenContext.for_bundle(bundle, 64)
+        losses = []
+        for step in range(1, 4):
+            reseed_step(7, step, 0)
+            batches = [build_batch(sampler.next_batch(), corpus, "cp", ctx, generator=step_generator(7, step, 0, m))
+                       for m in range(2)]
+            if fn == "reference":
+                losses.append(_reference_step(net, batches, opt, settings))
+            else:
+                losses.append(optimizer_step(net, batches, optimizer=opt, scheduler=None, settings=settings).loss)
+        runs.append((losses, {n: p.detach().clone() for n, p in net.named_parameters()}))
+    (ref_losses, ref_params), (losses, params) = runs
+    assert losses == ref_losses  # bit for bit
+    for name, p in params.items():
+        assert torch.equal(p, ref_params[name]), name
+
+
+def _loop(tiny_dir, corpus, log_every: int, steps: int = 6):
+    from recon.models.pretraining import run_steps
+
+    torch.manual_seed(0)
+    bundle = _bundle(tiny_dir)
+    net = PretrainNet(bundle.model)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=1)
+    opt = build_optimizer(net, cfg)
+    return list(run_steps(net, CPSampler(corpus, 4, seed=5), corpus, "cp", TokenContext.for_bundle(bundle, 64),
+                          steps=steps, start_step=0, accum_steps=2, seed=7, rank=0, mlm_probability=0.15,
+                          optimizer=opt, scheduler=build_scheduler(opt, steps, cfg),
+                          settings=StepSettings("cp", gather_negatives=False), device=torch.device("cpu"),
+                          log_every=log_every, read_at=lambda s: s == 2))
+
+
+def test_figures_accumulated_on_the_device_equal_the_per_step_values(tiny_dir, corpus):
+    every = _loop(tiny_dir, corpus, log_every=1)
+    sparse = _loop(tiny_dir, corpus, log_every=4)
+    assert all(stats is not None for _, stats in every)
+    assert [s for s, stats in sparse if stats is not None] == [2, 4, 6]  # read_at, log_every, the last
+    per_step = {s: stats for s, stats in every}
+    start = 1
+    for step, window in ((s, st) for s, st in sparse if st is not None):
+        steps = [per_step[s] for s in range(start, step + 1)]
+        assert window.steps == len(steps)
+        for key in ("loss", "objective_loss", "mlm_loss", "accuracy", "grad_norm"):
+            assert getattr(window, key) == pytest.approx(sum(getattr(s, key) for s in steps) / len(steps),
+                                                         rel=1e-12), key
+        for key in ("sentences", "tokens", "truncated", "entity_truncated", "context_split"):
+            assert getattr(window, key) == sum(getattr(s, key) for s in steps), key
+        assert window.lr == steps[-1].lr and window.seconds > 0 and window.cpu_seconds > 0
+        start = step + 1
+
+
+def test_a_non_finite_loss_is_reported_when_the_figures_are_read(tiny_dir, corpus):
+    bundle = _bundle(tiny_dir)
+    net = PretrainNet(bundle.model)
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    batch = _cp_batch(bundle, corpus, pairs=4)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        optimizer_step(net, [batch], optimizer=torch.optim.SGD(net.parameters(), lr=0.0), scheduler=None,
+                       settings=StepSettings("cp"))
+
+
+def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
+    """What CUDA runs instead (flat MLM indices, the masked-sum CP loss) gives the CPU path's values."""
+    from recon.models import objectives
+    from recon.models.pretraining import cp_loss_nosync, masked_index
+
+    bundle = _bundle(tiny_dir, dropout=0.0)
+    net = PretrainNet(bundle.model).eval()
+    batch = _cp_batch(bundle, corpus, pairs=6)
+    positions = batch.mlm_labels != IGNORE_INDEX
+    args = (batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos)
+    with torch.no_grad():
+        reps, by_mask = net(*args, positions)
+        _, by_index = net(*args, masked_index(batch))
+    assert torch.equal(by_mask, by_index)
+    ids = batch.relation_ids
+    for labels in (ids, torch.arange(len(ids)), torch.zeros(len(ids), dtype=torch.long)):  # none / all positive
+        torch.testing.assert_close(cp_loss_nosync(reps, labels), objectives.cp_loss(reps, labels), rtol=1e-6,
+                                   atol=1e-6)
+
+
+def test_pretrain_optimizer_is_plain_adamw_off_cuda(tiny_dir):
+    from recon.models.pretraining import build_pretrain_optimizer
+
+    net = PretrainNet(_bundle(tiny_dir).model)
+    opt = build_pretrain_optimizer(net, TrainConfig(lr=1e-3), torch.device("cpu"))
+    assert type(opt) is torch.optim.AdamW and not opt.defaults.get("fused")
+    assert [g["weight_decay"] for g in opt.param_groups] == [g["weight_decay"] for g in
+                                                            build_optimizer(net, TrainConfig(lr=1e-3)).param_groups]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_uses_fused_adamw_and_pinned_batches(tiny_dir, corpus):
+    from recon.models.pretraining import build_pretrain_optimizer
+
+    device = torch.device("cuda")
+    bundle = _bundle(tiny_dir)
+    net = PretrainNet(bundle.model).to(device)
+    opt = build_pretrain_optimizer(net, TrainConfig(lr=1e-3), device)
+    assert opt.defaults["fused"]
+    batch = _cp_batch(bundle, corpus, pairs=4).pin_memory()
+    assert batch.input_ids.is_pinned()
+    stats = optimizer_step(net, [batch], optimizer=opt, scheduler=None, settings=StepSettings("cp"), device=device)
+    assert math.isfinite(stats.loss)
