@@ -195,8 +195,8 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with no decay on biases and LayerNorm weights (BERT practice), or plain SGD."""
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW with no decay on biases and LayerNorm weights (BERT practice), or plain SGD; fused AdamW on CUDA."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD([p for _, p in params], lr=config.lr, weight_decay=config.weight_decay)
@@ -205,7 +205,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
         {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, eps=config.adam_eps)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, eps=config.adam_eps,
+                             fused=device is not None and device.type == "cuda")
 
 
 def _total_steps(train_loader: Sized, config: TrainConfig) -> int:
@@ -294,7 +295,7 @@ def fit(
     step = 0
     with deterministic(config.seed, config.deterministic):
         _reseed_loader(train_loader, config.seed)
-        optimizer = build_optimizer(model, config)
+        optimizer = build_optimizer(model, config, device)
         scheduler = build_scheduler(optimizer, total_steps, config)
         model.train()
         optimizer.zero_grad(set_to_none=True)

@@ -21,8 +21,13 @@ def _paper(reported, dataset: str, label: Optional[str], setting: str) -> Option
     return values if len(values) == len(FORMATS) else None
 
 
-def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Optional[str]]] = None) -> str:
-    """One short paragraph of findings, or "" when the study has no cells to compare."""
+def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Optional[str]]] = None,
+                       pretrain: Optional[Mapping[str, dict]] = None) -> str:
+    """One short paragraph of findings, or "" when the study has no cells to compare.
+
+    ``pretrain``: stage name -> its held-out figures (``heldout_contrastive_accuracy`` and
+    ``heldout_chance_accuracy``, at the start as ``initial_*``), to say whether the stage learned.
+    """
     import pandas as pd
 
     from recon.data_prep.registry import display_name
@@ -71,6 +76,13 @@ def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Opti
                     + ("within the seed spread, so no effect of pre-training is shown at this scale." if overlap else
                        ("higher" if a.median > b.median else "lower") + " beyond the seed spread.")
                 )
+    for stage, held in (pretrain or {}).items():
+        if "heldout_contrastive_accuracy" in held:
+            start = held.get("initial_heldout_contrastive_accuracy")
+            sentences.append(
+                f"Pre-training stage {stage}: held-out contrastive accuracy "
+                + (f"{start:.3f} -> " if start is not None else "")
+                + f"{held['heldout_contrastive_accuracy']:.3f} (chance {held.get('heldout_chance_accuracy', float('nan')):.3f}).")
     if not sentences:
         return ""
     return "Findings (medians over seeds): " + " ".join(sentences)

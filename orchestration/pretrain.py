@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from recon.data_prep.configuration import knob
 from recon.data_prep.errors import ReconError
@@ -177,10 +177,13 @@ class ProgressPoller:
     attempt order, so a reader can see what each attempt did.
     """
 
-    def __init__(self, cfg: PretrainRun, run: Storage, run_id: str, every_s: float = 3.0) -> None:
+    def __init__(self, cfg: PretrainRun, run: Storage, run_id: str, every_s: float = 3.0,
+                 log: Optional[Callable[[str], None]] = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id, self.run, self.every_s = MlflowClient(cfg.tracking_uri), run_id, run, every_s
+        self.log, self.name, self.steps, self.objective = log, cfg.name, int(cfg.steps), cfg.objective
+        self._said = 0  # the last step shown on the console
         self.seen: set[str] = set()
         self.rows: dict[str, dict] = {}
         self.logged: set[int] = {m.step for m in self.client.get_metric_history(run_id, "loss")}
@@ -210,6 +213,21 @@ class ProgressPoller:
                       if k not in ("step", "resumed_from") and isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        if self.log and files:
+            self._say(self.rows[files[-1]])
+
+    def _say(self, row: dict) -> None:
+        """A console line about every tenth of the run: step, loss, training and held-out accuracy."""
+        step = int(row["step"])
+        if step - self._said < max(1, self.steps // 10) and step != self.steps:
+            return
+        self._said = step
+        heldout = ""
+        if "heldout_contrastive_accuracy" in row:
+            heldout = (f", held-out accuracy {row['heldout_contrastive_accuracy']:.3f} "
+                       f"(chance {row.get('heldout_chance_accuracy', float('nan')):.3f})")
+        self.log(f"[pretrain {self.name}] step {step}/{self.steps}: loss {row.get('loss', float('nan')):.3f}, "
+                 f"{self.objective} accuracy {row.get('contrastive_accuracy', float('nan')):.3f}{heldout}")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -282,7 +300,7 @@ def final_encoder(run_uri: str) -> Optional[FinalEncoder]:
                         record.get("heldout") or {})
 
 
-def run_pretraining(cfg: PretrainRun) -> FinalEncoder:
+def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = None) -> FinalEncoder:
     """Run (or resume) pre-training on Ray Train; return the final encoder (published and cached)."""
     import ray
     import ray.train
@@ -312,7 +330,7 @@ def run_pretraining(cfg: PretrainRun) -> FinalEncoder:
     corpus, encoder = _publish_inputs(cfg, root)
 
     started = _init_ray(cfg)
-    poller = ProgressPoller(cfg, run, run_id).start()
+    poller = ProgressPoller(cfg, run, run_id, log=log).start()
     resources = {"CPU": cfg.cpus_per_worker, **cfg.worker_resources}
     if cfg.use_gpu:
         resources["GPU"] = 1

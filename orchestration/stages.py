@@ -74,7 +74,7 @@ def run_pretrain_stage(spec: StudySpec, name: str, stage_uri: str, tracking_uri:
                          "evaluate_on": spec.evaluated_datasets(), "data_dir": study_data_dir(spec),
                          # An interrupted stage (driver killed) continues from its latest checkpoint.
                          "resume": Storage.from_uri(stage_uri).exists(f"{name}/config.json")})
-    return run_pretraining(cfg)
+    return run_pretraining(cfg, log=log)
 
 
 def ensure_pretrained(spec: StudySpec, stages: Sequence[str], tracking_uri: str, storage: Storage,
@@ -94,7 +94,12 @@ def ensure_pretrained(spec: StudySpec, stages: Sequence[str], tracking_uri: str,
             record = {"uri": final.uri, "digest": final.digest, "stage_hash": stage_hash,
                       "seconds": round(time.time() - start, 1)}
             storage.write_json(f"{rel}/{STAGE_FILE}", record)
-            log(f"pretrain {name}: done in {record['seconds']:.0f} s -> {final.uri}")
+            held = getattr(final, "heldout", None) or {}
+            if held:
+                record["heldout"] = held
+            log(f"pretrain {name}: done in {record['seconds']:.0f} s -> {final.uri}"
+                + (f"; held-out contrastive accuracy {held.get('heldout_contrastive_accuracy', float('nan')):.3f} "
+                   f"vs chance {held.get('heldout_chance_accuracy', float('nan')):.3f}" if held else ""))
         out[f"@pretrain.{name}"] = {"uri": record["uri"], "digest": record["digest"]}
     return out
 

@@ -157,13 +157,28 @@ def _run(args: argparse.Namespace) -> int:
         say(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
             f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
         summary_dir = write_summary(spec, log=say)
-        finding = findings_paragraph(summary_dir, {m.name: m.paper_label for m in spec.models})
+        finding = findings_paragraph(summary_dir, {m.name: m.paper_label for m in spec.models},
+                                     _stage_heldout(spec, args.storage))
         if finding:
             say("")
             say(finding)
         say(f"tables and plots: {summary_dir}")
         say(f"browse: {_ui_hint(spec, args.file)}")
     return 1 if outcome.failed else 0
+
+
+def _stage_heldout(spec, storage: str | None) -> dict[str, dict]:
+    """Held-out figures of the study's finished pre-training stages, from their records in storage."""
+    from recon.orchestration.stages import STAGE_FILE
+    from recon.orchestration.tune_runner import study_storage
+
+    store = study_storage(spec, storage)
+    out = {}
+    for name in spec.pretrain:
+        rel = f"pretrain/{name}-{spec.stage_hash(name)}/{STAGE_FILE}"
+        if store.exists(rel):
+            out[name] = store.read_json(rel).get("heldout") or {}
+    return out
 
 
 def _tables(args: argparse.Namespace) -> int:
