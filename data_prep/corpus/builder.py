@@ -19,6 +19,14 @@ manifest, so a reader never sees half a corpus. If Ray is not running, a local R
 ``num_cpus`` CPUs (default: all local CPUs) and no dashboard, and shut down at the end; a running Ray
 (the demo's, a test's, a study driver's) is used as it is.
 
+Two linking paths, one switch (``linking``; the same corpus either way, the same functions of
+``linking`` underneath): ``memory`` ships one :class:`KnowledgeGraph` dict to every linking actor
+(small graphs); ``join`` (``join_linking``) joins the sentences' mentions with the hash-partitioned
+KG tables of ``recon kg build`` (``--kg URI``, or tables built first from the KG files given), so
+no worker holds the graph. ``auto`` picks ``join`` for ``--kg`` or KG files over 64 MiB. Input
+lines may also be WikiExtractor ``--json`` articles, whose links map to entities through the
+sitelinks table.
+
 The manifest records per shard its row count and an order-independent row digest (for
 ``corpus_identity``), and under ``exclusion.datasets`` exactly which evaluation splits of which
 ``--exclude`` datasets were excluded, with their files' sha256s (for ``check_exclusions``). The
@@ -46,11 +54,12 @@ from .config import CorpusBuildConfig
 from .exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
 from .index import shard_dir_name
 from .kg import KnowledgeGraph
-from .linking import COUNT_KEYS, Exclusion, Linker, parse_line
+from .kg_tables import read_kg_manifest
+from .linking import COUNT_KEYS, Exclusion, Linker, parse_units
 from .manifest import MANIFEST_VERSION, config_hash, file_sha256, shard_digest, write_manifest
 from .report import format_report
 
-EXECUTION_KNOBS = ("chunk_lines", "batch_size", "concurrency", "num_cpus")  # change speed, never content
+EXECUTION_KNOBS = ("chunk_lines", "batch_size", "concurrency", "num_cpus", "linking", "sentences_per_partition")  # change speed, never content
 
 BuildConfig = CorpusBuildConfig  # the name this module used before the config moved to .config
 
@@ -73,7 +82,7 @@ def scan_input(path: Path, chunk_lines: int) -> _Scan:
             digest.update(raw)
             text = raw.decode("utf-8", errors="strict") if raw else ""
             if text.strip():
-                parse_line(text, path=path, line=lineno)
+                parse_units(text, path=path, line=lineno)
             offset += len(raw)
             if lineno - start_line + 1 == chunk_lines:
                 chunks.append({"path": str(path), "offset": start_offset, "length": offset - start_offset,
@@ -103,8 +112,8 @@ class _LinkBatch:
         self.path = path
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        sentences = [parse_line(raw, path=self.path, line=int(line))
-                     for line, raw in zip(batch["line"], batch["raw"])]
+        sentences = [unit for line, raw in zip(batch["line"], batch["raw"])
+                     for unit in parse_units(raw, path=self.path, line=int(line))]
         out: dict[str, list] = {"examples_json": [], **{f"n_{k}": [] for k in COUNT_KEYS}}
         for examples, counts in self.linker.link(sentences):
             out["examples_json"].append(json.dumps([e.to_row() for e in examples]))
@@ -132,12 +141,22 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
     text = Path(config.text)
     if not text.is_file():
         raise DatasetNotFound(f"--text {text} does not exist")
-    if not (config.triples or config.wikidata_dump):
-        raise ReconError("give --triples FILE and/or --wikidata-dump FILE: without relations no example can be labelled")
+    if not (config.triples or config.wikidata_dump or config.kg):
+        raise ReconError("give --kg TABLES, or --triples FILE and/or --wikidata-dump FILE: without relations no "
+                         "example can be labelled")
+    if config.kg and (config.triples or config.aliases or config.wikidata_dump):
+        raise ReconError("give either --kg TABLES or the KG files (--triples/--aliases/--wikidata-dump), not both")
     out = Path(config.out).resolve()
     _prepare_out(out, config.overwrite)
+    mode = linking_mode(config)
 
-    kg = KnowledgeGraph.from_files(config.triples, config.aliases, config.wikidata_dump)
+    kg = kg_manifest = None
+    if config.kg:
+        kg_manifest = read_kg_manifest(config.kg)
+        if mode == "memory":
+            kg = KnowledgeGraph.from_tables(config.kg)
+    elif mode == "memory":
+        kg = KnowledgeGraph.from_files(config.triples, config.aliases, config.wikidata_dump)
     exclude = sorted(set(config.exclude))  # order and repeats of --exclude do not matter
     exclusion, exclusion_report = Exclusion(), {}
     if exclude:
@@ -148,6 +167,8 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
         value = getattr(config, role)
         if value:
             inputs[role] = {"path": str(value), "sha256": file_sha256(value)}
+    if kg_manifest is not None:
+        inputs["kg"] = {"path": str(config.kg), "sha256": kg_manifest["kg_hash"]}
     # Hashed settings: what decides the corpus's content. Paths (out, inputs, data_dir) are not in it
     # (their contents are, through the sha256s), nor are the execution knobs (recorded under "build").
     settings = config.identity()  # exclude, format, shards (CorpusBuildConfig's identity fields)
@@ -160,6 +181,7 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))  # own KG tables, exclusion parts
     started = False
     try:
         if not ray.is_initialized():
@@ -172,15 +194,31 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        linked = (
-            ray.data.from_items(scan.chunks)
-            .flat_map(read_chunk)
-            .map_batches(_LinkBatch, batch_size=config.batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-                         fn_constructor_kwargs={"kg": kg, "exclusion": exclusion,
-                                                "num_shards": config.shards, "path": str(text)})
-            .materialize()
-        )
+        lines = ray.data.from_items(scan.chunks).flat_map(read_chunk)
+        if mode == "memory":
+            linked = lines.map_batches(
+                _LinkBatch, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+                fn_constructor_kwargs={"kg": kg, "exclusion": exclusion, "num_shards": config.shards,
+                                       "path": str(text)}).materialize()
+            kg_counts = {"triples": kg.num_triples, "entity_pairs": len(kg.relations),
+                         "aliases": len(kg.alias_index), "entities_named": len(kg.names)}
+        else:
+            from .join_linking import link_with_joins
+            from .kg_tables import KGBuildConfig, build_kg_tables
+
+            tables = config.kg
+            if tables is None:  # the graph files given: their tables first (every relation, as the dict path)
+                tables = str(work / "kg")
+                kg_manifest = build_kg_tables(KGBuildConfig(
+                    triples=config.triples, aliases=config.aliases, wikidata_dump=config.wikidata_dump,
+                    out=tables, relations="all"), filter_triples=False, log=lambda *_: None)
+            c = kg_manifest["counts"]
+            kg_counts = {"triples": c["statements"], "entity_pairs": c["entity_pairs"], "aliases": c["aliases"],
+                         "entities_named": c["entities_named"]}
+            linked = link_with_joins(lines, tables=tables, kg_manifest=kg_manifest, exclusion=exclusion,
+                                     exclusion_uri=str(work / "exclusion"), num_shards=config.shards,
+                                     path=str(text), batch_size=config.batch_size, concurrency=config.concurrency,
+                                     units_hint=scan.lines, sentences_per_partition=config.sentences_per_partition)
         counts: Counter = Counter()
         for batch in linked.drop_columns(["examples_json"]).iter_batches(batch_format="numpy"):
             counts.update({k: int(batch[f"n_{k}"].sum()) for k in COUNT_KEYS})
@@ -210,10 +248,9 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
             "num_shards": config.shards,
             "config": settings,
             "config_hash": config_hash(settings),
-            "build": {k: getattr(config, k) for k in EXECUTION_KNOBS},
+            "build": {**{k: getattr(config, k) for k in EXECUTION_KNOBS}, "linking": mode},
             "inputs": inputs,
-            "kg": {"triples": kg.num_triples, "entity_pairs": len(kg.relations),
-                   "aliases": len(kg.alias_index), "entities_named": len(kg.names)},
+            "kg": kg_counts,
             "shards": shards,
             "relations": dict(sorted(relations.items())),
             "counts": {k: int(counts.get(k, 0)) for k in COUNT_KEYS},
@@ -235,7 +272,22 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         if started:
             ray.shutdown()
     log(format_report(manifest))
     return manifest
+
+
+MEMORY_KG_MAX_BYTES = 64 << 20  # linking="auto": KG files above this are joined, not loaded into every actor
+
+
+def linking_mode(config: CorpusBuildConfig) -> str:
+    """``memory`` or ``join`` (``auto``: join for --kg tables or KG files over 64 MiB)."""
+    if config.linking != "auto":
+        return config.linking
+    if config.kg:
+        return "join"
+    size = sum(Path(p).stat().st_size for p in (config.triples, config.aliases, config.wikidata_dump)
+               if p and Path(p).is_file())
+    return "join" if size > MEMORY_KG_MAX_BYTES else "memory"

@@ -28,6 +28,16 @@ class CorpusBuildConfig(Config):
     aliases: Optional[str] = knob(None, "alias table: id<TAB>name... or JSON lines {id, aliases}", identity=False)
     wikidata_dump: Optional[str] = knob(None, "Wikidata JSON dump (one entity per line; .gz/.bz2 ok)",
                                         identity=False)
+    kg: Optional[str] = knob(None, "knowledge-graph tables built by `recon kg build` (path or URI), instead of "
+                                   "--triples/--aliases/--wikidata-dump", identity=False)
+    linking: Literal["auto", "memory", "join"] = knob(
+        "auto", "how sentences meet the graph: 'join' (Ray Data joins against the partitioned KG tables: no worker "
+                "holds the graph), 'memory' (the whole graph as a dict in every linking actor: small graphs), "
+                "'auto' (join with --kg or KG files over 64 MiB, else memory); both give the same corpus",
+        choices=("auto", "memory", "join"), identity=False)
+    sentences_per_partition: int = knob(50_000, "join linking: sentences per hash partition of the sentence-side "
+                                                "shuffles (the partitions follow the input size)", ge=1,
+                                        identity=False)
     out: Optional[str] = knob(None, "output directory (required): shards + manifest.json", identity=False)
     exclude: tuple[str, ...] = knob((), "drop sentences whose unordered entity pair is in these datasets' "
                                         "dev/val/test sets")
@@ -73,6 +83,6 @@ class CorpusDemoConfig(Config):
 
 
 # The fields of CorpusBuildConfig that the demo sets itself (no flag on `recon corpus demo`).
-DEMO_SETS = ("text", "triples", "aliases", "wikidata_dump", "out", "exclude", "data_dir", "overwrite")
+DEMO_SETS = ("text", "triples", "aliases", "wikidata_dump", "kg", "out", "exclude", "data_dir", "overwrite")
 
 __all__ = ["CorpusBuildConfig", "CorpusDemoConfig", "DEMO_SETS", "FORMATS"]

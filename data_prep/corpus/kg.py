@@ -35,6 +35,17 @@ def normalise_name(name: str) -> str:
     return "".join(ch for ch in text if not ch.isspace() and not unicodedata.category(ch).startswith("P"))
 
 
+def normalise_title(title: str) -> str:
+    """The sitelink-matching key of a Wikipedia page title, as MediaWiki compares them.
+
+    Underscores are spaces, runs of white space are one space, a ``#section`` is dropped and the
+    first character is upper case (``"douglas_Adams#Life"`` -> ``"Douglas Adams"``).
+    """
+    text = unicodedata.normalize("NFC", title).split("#", 1)[0].replace("_", " ")
+    text = " ".join(text.split())
+    return text[:1].upper() + text[1:]
+
+
 def _open(path: Path) -> IO[str]:
     if not path.is_file():
         raise DatasetNotFound(f"{path} does not exist")
@@ -53,39 +64,45 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield lineno, stripped
 
 
+def parse_triple_line(line: str, *, path, lineno: int) -> tuple[str, str, str]:
+    parts = line.split()
+    if len(parts) != 3:
+        raise DataError(f"expected 3 fields (head relation tail), found {len(parts)}",
+                        path=path, line=lineno, field="triple")
+    return parts[0], parts[1], parts[2]
+
+
+def parse_alias_line(line: str, *, path, lineno: int) -> tuple[str, list[str]]:
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=lineno) from exc
+        entity = record.get("id") if isinstance(record, dict) else None
+        if not isinstance(entity, str) or not entity:
+            raise DataError("missing or empty entity id", path=path, line=lineno, field="id")
+        names = record.get("aliases", record.get("names"))
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError("expected a list of strings", path=path, line=lineno, field="aliases")
+        return entity, names
+    parts = [p.strip() for p in line.split("\t")]
+    if len(parts) < 2 or not parts[0]:
+        raise DataError("expected entity_id<TAB>name[<TAB>name...]", path=path, line=lineno, field="aliases")
+    return parts[0], [p for p in parts[1:] if p]
+
+
 def read_triples(path: str | Path) -> Iterator[tuple[str, str, str]]:
     """Yield ``(head_id, relation_id, tail_id)`` from a whitespace-separated triples file."""
     path = Path(path)
     for lineno, line in _lines(path):
-        parts = line.split()
-        if len(parts) != 3:
-            raise DataError(f"expected 3 fields (head relation tail), found {len(parts)}",
-                            path=path, line=lineno, field="triple")
-        yield parts[0], parts[1], parts[2]
+        yield parse_triple_line(line, path=path, lineno=lineno)
 
 
 def read_aliases(path: str | Path) -> Iterator[tuple[str, list[str]]]:
     """Yield ``(entity_id, names)`` from a TSV or JSON-lines alias table (detected per line)."""
     path = Path(path)
     for lineno, line in _lines(path):
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON: {exc.msg}", path=path, line=lineno) from exc
-            entity = record.get("id")
-            if not isinstance(entity, str) or not entity:
-                raise DataError("missing or empty entity id", path=path, line=lineno, field="id")
-            names = record.get("aliases", record.get("names"))
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise DataError("expected a list of strings", path=path, line=lineno, field="aliases")
-            yield entity, names
-        else:
-            parts = [p.strip() for p in line.split("\t")]
-            if len(parts) < 2 or not parts[0]:
-                raise DataError("expected entity_id<TAB>name[<TAB>name...]", path=path, line=lineno,
-                                field="aliases")
-            yield parts[0], [p for p in parts[1:] if p]
+        yield parse_alias_line(line, path=path, lineno=lineno)
 
 
 @dataclass(frozen=True)
@@ -93,66 +110,19 @@ class WikidataEntity:
     id: str
     names: tuple[str, ...]
     triples: tuple[tuple[str, str, str], ...]
+    sitelink: str | None = None
 
 
-def _entity_value(snak: object) -> str | None:
-    if not isinstance(snak, dict):
-        return None
-    value = (snak.get("datavalue") or {}).get("value") if isinstance(snak.get("datavalue"), dict) else None
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return value["id"]
-    return None
+def read_wikidata_dump(path: str | Path, language: str = "en", *, relations=None,
+                       site: str = "enwiki") -> Iterator[WikidataEntity]:
+    """Stream a Wikidata JSON dump: one entity per line inside a JSON array (``wikidata.parse_dump_line``)."""
+    from .wikidata import parse_dump_line
 
-
-def read_wikidata_dump(path: str | Path, language: str = "en") -> Iterator[WikidataEntity]:
-    """Stream a Wikidata JSON dump: one entity per line inside a JSON array."""
     path = Path(path)
     for lineno, line in _lines(path):
-        if line in ("[", "]"):
-            continue
-        line = line.rstrip(",")
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=lineno) from exc
-        if not isinstance(record, dict):
-            raise DataError("expected one JSON object per line", path=path, line=lineno)
-        entity = record.get("id")
-        if not isinstance(entity, str) or not entity:
-            raise DataError("missing or empty entity id", path=path, line=lineno, field="id")
-        names: list[str] = []
-        labels, aliases = record.get("labels", {}), record.get("aliases", {})
-        if not isinstance(labels, dict):
-            raise DataError("expected an object", path=path, line=lineno, field="labels")
-        if not isinstance(aliases, dict):
-            raise DataError("expected an object", path=path, line=lineno, field="aliases")
-        label = labels.get(language)
-        if label is not None:
-            if not isinstance(label, dict) or not isinstance(label.get("value"), str):
-                raise DataError("expected {'value': str}", path=path, line=lineno,
-                                field=f"labels.{language}")
-            names.append(label["value"])
-        for alias in aliases.get(language, []) or []:
-            if not isinstance(alias, dict) or not isinstance(alias.get("value"), str):
-                raise DataError("expected {'value': str}", path=path, line=lineno,
-                                field=f"aliases.{language}")
-            names.append(alias["value"])
-        claims = record.get("claims", {})
-        if not isinstance(claims, dict):
-            raise DataError("expected an object", path=path, line=lineno, field="claims")
-        triples = []
-        for prop, statements in claims.items():
-            if not isinstance(statements, list):
-                raise DataError("expected a list of statements", path=path, line=lineno,
-                                field=f"claims.{prop}")
-            for statement in statements:
-                if not isinstance(statement, dict):
-                    raise DataError("expected a statement object", path=path, line=lineno,
-                                    field=f"claims.{prop}")
-                target = _entity_value(statement.get("mainsnak"))
-                if target is not None:
-                    triples.append((entity, prop, target))
-        yield WikidataEntity(entity, tuple(names), tuple(triples))
+        rows = parse_dump_line(line, path=path, line=lineno, languages=(language,), relations=relations, site=site)
+        if rows is not None:
+            yield WikidataEntity(rows.id, rows.names, rows.statements, rows.sitelink)
 
 
 @dataclass
@@ -162,6 +132,11 @@ class KnowledgeGraph:
     relations: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     alias_index: dict[str, tuple[str, ...]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # entity id -> first (display) name
+    sitelinks: dict[str, str] = field(default_factory=dict)  # normalised Wikipedia title -> entity id
+
+    def entity_for_title(self, title: str) -> str | None:
+        """The entity whose Wikipedia page has this title (a link target), else ``None``."""
+        return self.sitelinks.get(normalise_title(title))
 
     def relations_between(self, head: str, tail: str) -> tuple[str, ...]:
         return self.relations.get((head, tail), ())
@@ -179,6 +154,7 @@ class KnowledgeGraph:
         cls,
         triples: Iterable[tuple[str, str, str]] = (),
         aliases: Iterable[tuple[str, Iterable[str]]] = (),
+        sitelinks: Iterable[tuple[str, str]] = (),
     ) -> "KnowledgeGraph":
         relations: dict[tuple[str, str], set[str]] = defaultdict(set)
         for head, relation, tail in triples:
@@ -195,6 +171,7 @@ class KnowledgeGraph:
             {k: tuple(sorted(v)) for k, v in relations.items()},
             {k: tuple(sorted(v)) for k, v in alias_index.items()},
             names,
+            {normalise_title(title): entity for title, entity in sitelinks},
         )
 
     @classmethod
@@ -207,6 +184,7 @@ class KnowledgeGraph:
         """Read a triples file, an alias table and/or a Wikidata dump into one graph."""
         all_triples: list[tuple[str, str, str]] = []
         all_aliases: list[tuple[str, list[str]]] = []
+        all_sitelinks: list[tuple[str, str]] = []
         if triples is not None:
             all_triples.extend(read_triples(triples))
         if aliases is not None:
@@ -215,4 +193,22 @@ class KnowledgeGraph:
             for entity in read_wikidata_dump(wikidata_dump):
                 all_triples.extend(entity.triples)
                 all_aliases.append((entity.id, list(entity.names)))
-        return cls.build(all_triples, all_aliases)
+                if entity.sitelink:
+                    all_sitelinks.append((entity.sitelink, entity.id))
+        return cls.build(all_triples, all_aliases, all_sitelinks)
+
+    @classmethod
+    def from_tables(cls, uri: str | Path) -> "KnowledgeGraph":
+        """The whole graph of tables written by ``recon kg build``, in memory (small graphs only)."""
+        from .kg_tables import read_table
+
+        relations: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for row in read_table(uri, "statements"):
+            relations[(row["head"], row["tail"])].add(row["relation"])
+        alias_index: dict[str, set[str]] = defaultdict(set)
+        for row in read_table(uri, "aliases"):
+            alias_index[row["alias"]].add(row["entity"])
+        names = {row["entity"]: row["name"] for row in read_table(uri, "names")}
+        sitelinks = {row["title"]: row["entity"] for row in read_table(uri, "sitelinks")}
+        return cls({k: tuple(sorted(v)) for k, v in relations.items()},
+                   {k: tuple(sorted(v)) for k, v in alias_index.items()}, names, sitelinks)

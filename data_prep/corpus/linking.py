@@ -23,15 +23,17 @@ one of its examples has an excluded unordered entity pair (by id, or by normalis
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import permutations
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import unquote
 
 from ..errors import DataError
 from .index import CorpusExample, Mention, pair_key, pair_shard
-from .kg import KnowledgeGraph, normalise_name
+from .kg import KnowledgeGraph, normalise_name, normalise_title
 
 ANCHOR, NER_ALIAS = "anchor", "ner_alias"
 # Every count the linker keeps; the builder sums them over the corpus into the manifest.
@@ -40,15 +42,20 @@ COUNT_KEYS: tuple[str, ...] = (
     "ner_unlinked", "ner_ambiguous", "ner_overlaps_anchor", "dropped_same_entity",
     "dropped_overlap", "dropped_no_relation", "excluded_sentences", "excluded_examples",
     "examples_anchor_anchor", "examples_anchor_ner_alias", "examples_ner_alias_ner_alias",
+    "anchors_unlinked",
 )
 SPACY_DISABLE = ("parser", "tagger", "lemmatizer", "attribute_ruler", "senter")
 
 
 @dataclass(frozen=True)
 class Anchor:
+    """A span linked by the input: to an ``entity`` id, or to a Wikipedia ``title`` (mapped to an id
+    through the sitelinks table; ``anchors_unlinked`` counts titles with no entity)."""
+
     start: int
     end: int
-    entity: str
+    entity: str | None
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,73 @@ def parse_line(raw: str, *, path: str | Path, line: int, sentence_id: str | None
                          anchors=tuple(anchors))
 
 
+_LINK = re.compile(r'<a\s+href="([^"]*)"\s*>(.*?)</a>', re.DOTALL | re.IGNORECASE)
+_SENTENCE_END = re.compile(r'(?<=[.!?])["\u201d)\]]?\s+(?=["\u201c(\[]?[A-Z0-9])')
+
+
+def is_wikiextractor(record: dict) -> bool:
+    """A WikiExtractor ``--json`` article: ``text`` with ``<a href>`` links, plus ``title``/``url``, no anchors."""
+    return "anchors" not in record and isinstance(record.get("text"), str) and ("url" in record or "title" in record)
+
+
+def wikiextractor_units(record: dict, *, path: str | Path, line: int) -> list[SentenceInput]:
+    """One WikiExtractor article -> sentences with title anchors (ids ``file:line:k``).
+
+    Links ``<a href="Page%20title">surface</a>`` (what ``WikiExtractor.py --json --links`` writes) become
+    anchors on ``surface`` whose ``title`` (URL-decoded) is mapped to a Wikidata id through the
+    sitelinks table; other tags are left as text. The article is split at line breaks (paragraphs)
+    and then at sentence ends (``.``/``!``/``?`` followed by white space and a capital or digit: a
+    rule, not a model; a link crossing a boundary is dropped).
+    """
+    text = record["text"]
+    plain, anchors, last = [], [], 0
+    length = 0
+    for match in _LINK.finditer(text):
+        before = text[last:match.start()]
+        plain.append(before)
+        length += len(before)
+        surface = match.group(2)
+        title = unquote(match.group(1)).strip()
+        if surface.strip() and title:
+            anchors.append((length, length + len(surface), title))
+        plain.append(surface)
+        length += len(surface)
+        last = match.end()
+    plain.append(text[last:])
+    body = "".join(plain)
+    units, k = [], 0
+    offset = 0
+    for paragraph in body.split("\n"):
+        starts = [0] + [m.end() for m in _SENTENCE_END.finditer(paragraph)]
+        ends = starts[1:] + [len(paragraph)]
+        for a, b in zip(starts, ends):
+            sentence = paragraph[a:b]
+            lead = len(sentence) - len(sentence.lstrip())
+            sentence = sentence.strip()
+            if not sentence:
+                continue
+            begin = offset + a + lead
+            inside = tuple(Anchor(s - begin, e - begin, None, t) for s, e, t in anchors
+                           if begin <= s and e <= begin + len(sentence))
+            units.append(SentenceInput(f"{Path(path).name}:{line}:{k}", text=sentence, anchors=inside))
+            k += 1
+        offset += len(paragraph) + 1
+    return units
+
+
+def parse_units(raw: str, *, path: str | Path, line: int) -> list[SentenceInput]:
+    """The linking units of one input line: one sentence, or a WikiExtractor article's sentences."""
+    stripped = raw.strip()
+    if stripped.startswith("{"):
+        try:
+            record = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=line) from exc
+        if isinstance(record, dict) and is_wikiextractor(record):
+            return wikiextractor_units(record, path=path, line=line)
+    return [parse_line(raw, path=path, line=line)]
+
+
 @dataclass(frozen=True)
 class Exclusion:
     """Unordered entity pairs to keep out of the corpus: by entity id and by normalised names."""
@@ -123,17 +197,28 @@ class Exclusion:
         return any(pair_key(h, t) in self.name_pairs for h in head_names for t in tail_names if h and t)
 
 
-def _doc_mentions(doc: Any, sentence: SentenceInput, kg: KnowledgeGraph, counts: Counter) -> tuple[list[str], list[Mention]]:
-    """Tokens (white space dropped) and linked mentions of one spaCy ``Doc``."""
+def _remapper(doc: Any) -> tuple[list[str], Any]:
     keep = [i for i, tok in enumerate(doc) if not tok.is_space]
     new_index = {old: new for new, old in enumerate(keep)}
 
-    def remap(start: int, end: int) -> tuple[int, int] | None:
+    def remap(start: int, end: int) -> list[int] | None:
         inside = [new_index[i] for i in range(start, end) if i in new_index]
-        return (inside[0], inside[-1] + 1) if inside else None
+        return [inside[0], inside[-1] + 1] if inside else None
 
-    tokens = [doc[i].text for i in keep]
-    mentions: list[Mention] = []
+    return [doc[i].text for i in keep], remap
+
+
+def extract_mentions(doc: Any, sentence: SentenceInput) -> dict:
+    """The KG-independent half of linking (the spaCy stage): tokens, anchor spans, NER candidates.
+
+    A plain, JSON-able dict, so the join pipeline (``join_linking``) can ship it between stages:
+    ``tokens``; ``anchors`` ``[start, end, entity, title]`` (token spans; ``title`` set for
+    Wikipedia links still to be mapped through the sitelinks table); ``ner`` ``[full_text,
+    full_span, trimmed_text, trimmed_span]`` (the trimmed form, without a leading "the", is tried
+    when the full text matches no alias; ``None`` when the mention has no leading "the").
+    """
+    tokens, remap = _remapper(doc)
+    anchors = []
     for anchor in sentence.anchors:
         if sentence.text is not None:
             span = doc.char_span(anchor.start, anchor.end, alignment_mode="expand")
@@ -143,22 +228,55 @@ def _doc_mentions(doc: Any, sentence: SentenceInput, kg: KnowledgeGraph, counts:
         else:
             start, end = anchor.start, anchor.end
         mapped = remap(start, end)
-        if mapped is None:
-            continue
-        name = " ".join(tokens[mapped[0]:mapped[1]])
-        mentions.append(Mention(anchor.entity, name, mapped[0], mapped[1], ANCHOR))
+        if mapped is not None:
+            anchors.append([mapped[0], mapped[1], anchor.entity, anchor.title])
+    ner = []
+    for ent in doc.ents:
+        trimmed = len(ent) > 1 and ent[0].lower_ == "the"
+        ner.append([ent.text, remap(ent.start, ent.end),
+                    ent[1:].text if trimmed else None, remap(ent.start + 1, ent.end) if trimmed else None])
+    return {"sentence_id": sentence.sentence_id, "tokens": tokens, "anchors": anchors, "ner": ner}
+
+
+def lookup_keys(extracted: dict) -> tuple[set[str], set[str]]:
+    """The normalised surfaces and the link titles :func:`resolve_mentions` will look up."""
+    surfaces = set()
+    for full, _, trimmed, _ in extracted["ner"]:
+        surfaces.add(normalise_name(full))
+        if trimmed is not None:
+            surfaces.add(normalise_name(trimmed))
+    surfaces.discard("")
+    titles = {normalise_title(a[3]) for a in extracted["anchors"] if a[2] is None and a[3]}
+    return surfaces, titles
+
+
+def resolve_mentions(extracted: dict, kg: Any, counts: Counter) -> list[Mention]:
+    """The KG half: anchors (link titles mapped to entities), then NER mentions linked by alias.
+
+    ``kg`` needs ``lookup(surface)`` and, for title anchors, ``entity_for_title(title)``: a
+    :class:`KnowledgeGraph`, or the per-sentence slice the join pipeline assembles from its joins.
+    """
+    tokens = extracted["tokens"]
+    mentions: list[Mention] = []
+    for start, end, entity, title in extracted["anchors"]:
+        if entity is None:
+            entity = kg.entity_for_title(title) if title else None
+            if entity is None:
+                counts["anchors_unlinked"] += 1
+                continue
+        mentions.append(Mention(entity, " ".join(tokens[start:end]), start, end, ANCHOR))
         counts["mentions_anchor"] += 1
     anchored = list(mentions)
-    for ent in doc.ents:
-        if len(ent) > 1 and ent[0].lower_ == "the" and not kg.lookup(ent.text):
-            ent = ent[1:]  # spaCy often includes the article ("the BBC"); aliases rarely do
-        mapped = remap(ent.start, ent.end)
+    for full, full_span, trimmed, trimmed_span in extracted["ner"]:
+        text, mapped = full, full_span
+        if trimmed is not None and not kg.lookup(full):
+            text, mapped = trimmed, trimmed_span  # spaCy often includes the article ("the BBC"); aliases rarely do
         if mapped is None:
             continue
         if any(mapped[0] < m.end and m.start < mapped[1] for m in anchored):
             counts["ner_overlaps_anchor"] += 1
             continue
-        candidates = kg.lookup(ent.text)
+        candidates = kg.lookup(text)
         if not candidates:
             counts["ner_unlinked"] += 1
         elif len(candidates) > 1:
@@ -167,7 +285,35 @@ def _doc_mentions(doc: Any, sentence: SentenceInput, kg: KnowledgeGraph, counts:
             mentions.append(Mention(candidates[0], " ".join(tokens[mapped[0]:mapped[1]]),
                                     mapped[0], mapped[1], NER_ALIAS))
             counts["mentions_ner_alias"] += 1
-    return tokens, mentions
+    return mentions
+
+
+def _doc_mentions(doc: Any, sentence: SentenceInput, kg: KnowledgeGraph, counts: Counter) -> tuple[list[str], list[Mention]]:
+    """Tokens (white space dropped) and linked mentions of one spaCy ``Doc``."""
+    extracted = extract_mentions(doc, sentence)
+    return extracted["tokens"], resolve_mentions(extracted, kg, counts)
+
+
+def candidate_pairs(mentions: list[Mention]) -> set[tuple[str, str]]:
+    """The ordered entity pairs :func:`pair_examples` will look up relations for."""
+    return {(h.id, t.id) for h, t in permutations(mentions, 2)
+            if h.id != t.id and not (h.start < t.end and t.start < h.end)}
+
+
+def finish_sentence(sentence_id: str, tokens: list[str], mentions: list[Mention], kg: Any,
+                    exclusion: "Exclusion", counts: Counter, num_shards: int) -> list[CorpusExample]:
+    """Examples of one sentence after pairing, exclusion and the per-sentence counts (both paths)."""
+    examples = pair_examples(sentence_id, tokens, mentions, kg, counts, num_shards)
+    if examples and exclusion and any(exclusion.matches(e, kg) for e in examples):
+        counts["excluded_sentences"] += 1
+        counts["excluded_examples"] += len(examples)
+        examples = []
+    counts["examples"] += len(examples)
+    for e in examples:
+        first, second = sorted((e.head.source, e.tail.source))
+        counts[f"examples_{first}_{second}"] += 1
+    counts["sentences_with_examples"] += int(bool(examples))
+    return examples
 
 
 def pair_examples(
@@ -221,15 +367,7 @@ class Linker:
         for sentence, doc in zip(sentences, self._docs(sentences)):
             counts: Counter = Counter(sentences=1)
             tokens, mentions = _doc_mentions(doc, sentence, self.kg, counts)
-            examples = pair_examples(sentence.sentence_id, tokens, mentions, self.kg, counts, self.num_shards)
-            if examples and self.exclusion and any(self.exclusion.matches(e, self.kg) for e in examples):
-                counts["excluded_sentences"] += 1
-                counts["excluded_examples"] += len(examples)
-                examples = []
-            counts["examples"] += len(examples)
-            for e in examples:
-                first, second = sorted((e.head.source, e.tail.source))
-                counts[f"examples_{first}_{second}"] += 1
-            counts["sentences_with_examples"] += int(bool(examples))
+            examples = finish_sentence(sentence.sentence_id, tokens, mentions, self.kg, self.exclusion, counts,
+                                       self.num_shards)
             results.append((examples, counts))
         return results

@@ -3,6 +3,7 @@
     recon corpus build --text wiki.jsonl --triples kg.tsv --aliases aliases.tsv --out corpus/ \\
         [--wikidata-dump latest-all.json.gz] [--exclude wiki80 fewrel] [--data-dir D] \\
         [--format jsonl|parquet] [--shards N] [--concurrency N] [--num-cpus N] [--overwrite]
+    recon corpus build --text enwiki-extracted.jsonl --kg s3://bucket/kg --out corpus/ [--linking join]
     recon corpus stats corpus/ [--json]
     recon corpus demo --out runs/corpus-demo [--per-relation 30] [--anchor-share 0.5] [--shards N]
 
