@@ -2,17 +2,27 @@
 
 Encoding (render + word-piece) is the slow part of data loading, and the same split is used by
 every epoch, every seed and every trial of a sweep running in one worker process. So encoded
-splits are memoised under a key ``(dataset, split, format, tokenizer, max_length, ...)`` chosen by
-the caller; batches are then padded only to the longest sequence they contain.
+splits are memoised: in memory per process, under a key the caller chooses, and -- with
+``cache_dir`` -- on disk, where every process of the node finds them. :func:`encoding_key` is the
+key to use: a content hash of what determines the result (the examples themselves, format, the
+tokenizer's full definition and marker tokens, max_length, label ids and the encoding code), so a
+hit can never be a different dataset, subset, seed or tokenizer. Batches are then padded only to
+the longest sequence they contain.
 
+    key = encoding_key(examples, InputFormat.CM, bundle.tokenizer, bundle.special, 100, label2id)
     data = encode_examples(examples, InputFormat.CM, bundle.tokenizer, bundle.special, 100, label2id,
-                           cache_key=("semeval", "train_0.1", "C+M", "minilm", 100))
+                           cache_key=key, cache_dir=default_cache_dir())
     loader = make_loader(data, 64, shuffle=True, seed=42, collate_fn=Collator(pad_id))
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
 import torch
@@ -110,6 +120,109 @@ def encode_one(
                           enc.entity_truncated, enc.context_split)
 
 
+_CODE_DIGEST: str | None = None
+_TOKENIZER_DIGESTS: dict[int, tuple[object, str]] = {}
+DISK_SUBDIR = "encoded"  # under the node cache (recon.orchestration.storage.default_cache_dir())
+
+
+def _code_digest() -> str:
+    """Hash of the modules whose code decides the token ids (a disk cache must not outlive them)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import sys
+
+        from recon.data_prep import encoding, formats, special_tokens
+
+        h = hashlib.sha256()
+        for module in (encoding, formats, special_tokens, sys.modules[__name__]):
+            h.update(Path(module.__file__).read_bytes())
+        _CODE_DIGEST = h.hexdigest()
+    return _CODE_DIGEST
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Hash of a tokenizer's whole definition (vocabulary, normalisation, added tokens); memoised per object."""
+    memo = _TOKENIZER_DIGESTS.get(id(tokenizer))
+    if memo is not None and memo[0] is tokenizer and memo[1][0] == len(tokenizer):
+        return memo[1][1]
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+        h.update(repr(sorted((k, str(v)) for k, v in getattr(tokenizer, "init_kwargs", {}).items())).encode())
+    h.update(repr(tokenizer.all_special_tokens).encode())
+    digest = h.hexdigest()
+    _TOKENIZER_DIGESTS[id(tokenizer)] = (tokenizer, (len(tokenizer), digest))
+    return digest
+
+
+def examples_digest(examples: Sequence[RelationExample]) -> str:
+    """Hash of the examples' content (what rendering reads, and the source each prediction names)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(repr((ex.source, ex.tokens, ex.head, ex.tail, ex.label, ex.pos, ex.ner)).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def encoding_key(
+    examples: Sequence[RelationExample],
+    fmt: InputFormat,
+    tokenizer,
+    special: SpecialTokens,
+    max_length: int,
+    label2id: Mapping[str, int] | None,
+) -> str:
+    """The content hash an encoded split is cached under (in memory and on disk)."""
+    h = hashlib.sha256()
+    for part in (examples_digest(examples), fmt.value, tokenizer_digest(tokenizer), repr(special), str(max_length),
+                 repr(sorted(label2id.items())) if label2id is not None else "-", _code_digest()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+DISK_CACHE_DIR: str | None = None  # set by the Tune trainable to the node cache; else $RECON_CACHE_DIR
+
+
+def encoded_cache_dir() -> str | None:
+    """Where encoded splits are kept on disk: :data:`DISK_CACHE_DIR`, else ``$RECON_CACHE_DIR``, else nowhere."""
+    return DISK_CACHE_DIR or os.environ.get("RECON_CACHE_DIR") or None
+
+
+def _disk_path(cache_dir: str | os.PathLike, key: Hashable) -> Path | None:
+    if not isinstance(key, str) or not key.isalnum():
+        return None  # only content-hash keys go to disk: a caller's tuple key is not stable enough
+    return Path(cache_dir) / DISK_SUBDIR / key[:2] / f"{key}.pkl"
+
+
+def _read_disk(path: Path, n: int) -> "EncodedDataset | None":
+    try:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError):
+        return None
+    return data if isinstance(data, EncodedDataset) and len(data) == n else None
+
+
+def _write_disk(path: Path, data: "EncodedDataset") -> None:
+    """Atomic: written beside, then renamed; a process racing on the same key writes the same bytes."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:  # a read-only or full cache only costs the next process an encoding
+        pass
+
+
 def encode_examples(
     examples: Sequence[RelationExample],
     fmt: InputFormat,
@@ -119,14 +232,24 @@ def encode_examples(
     label2id: Mapping[str, int] | None,
     *,
     cache_key: Hashable | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> EncodedDataset:
     """Encode every example; with ``label2id=None`` labels are -1 (unlabelled / episodic use).
 
     A label missing from ``label2id`` is a data error naming the example's source and field.
+    ``cache_key`` memoises the result in this process; with ``cache_dir`` and a key from
+    :func:`encoding_key` also on disk (``<cache_dir>/encoded/``), shared by the node's processes.
+    The returned dataset may be shared: treat it as read-only.
     """
     if cache_key is not None and cache_key in _CACHE:
         _CACHE.move_to_end(cache_key)
         return _CACHE[cache_key]
+    disk = _disk_path(cache_dir, cache_key) if cache_dir is not None and cache_key is not None else None
+    if disk is not None and disk.is_file():
+        data = _read_disk(disk, len(examples))
+        if data is not None:
+            _remember(cache_key, data)
+            return data
     pieces = word_pieces(tokenizer, special)
     items = []
     for ex in examples:
@@ -140,10 +263,16 @@ def encode_examples(
         items.append(encode_one(ex, fmt, pieces, special, max_length, label))
     data = EncodedDataset(items, [ex.source for ex in examples])
     if cache_key is not None:
-        _CACHE[cache_key] = data
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        _remember(cache_key, data)
+    if disk is not None:
+        _write_disk(disk, data)
     return data
+
+
+def _remember(key: Hashable, data: EncodedDataset) -> None:
+    _CACHE[key] = data
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
 
 
 def pad_batch(items: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:

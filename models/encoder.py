@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,22 +207,9 @@ def _load_model(auto_cls, target: str, tried: list[str]):
         return _from_pretrained(auto_cls, target, tried, "model", output_loading_info=True)
 
 
-def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool | None = False) -> EncoderBundle:
-    """Load tokenizer + backbone (+ MLM head), wire the marker tokens and resize embeddings if needed.
-
-    ``name_or_path`` is an alias (``minilm``), a Hugging Face id available offline, a local
-    ``save_pretrained`` directory, or a recon checkpoint directory (recognised by ``recon.json``).
-    ``mlm_head``: ``True`` loads or initialises one, ``False`` leaves it out (fine-tuning: DDP rejects
-    unused parameters), ``None`` restores a recon checkpoint exactly as saved.
-    """
-    target, tried = _resolve(str(name_or_path))
-    expanded = os.path.expanduser(target)
-    if os.path.isfile(os.path.join(expanded, RECON_MANIFEST)):
-        from .checkpoint import load_checkpoint
-
-        return load_checkpoint(expanded, mlm_head=mlm_head)
-    mlm_head = bool(mlm_head)
-
+def _load_parts(name_or_path: str, expanded: str, tried: list[str], mlm_head: bool):
+    """Tokenizer (with the marker tokens wired in), the model as ``from_pretrained`` left it, its
+    load info and the special tokens: everything of :func:`load_encoder` before the resize."""
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     try:
@@ -244,6 +232,12 @@ def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool | None = False)
         log.info("encoder %s: newly initialised weights (not in the checkpoint): %s", name_or_path,
                  ", ".join(newly))
     special = SpecialTokens.for_tokenizer(tokenizer)
+    return tokenizer, model, special, newly
+
+
+def _assemble(name_or_path: str, model: nn.Module, tokenizer, special: SpecialTokens, newly: tuple[str, ...],
+              mlm_head: bool) -> EncoderBundle:
+    """Resize for added tokens (seeded draws: transformers' mean_resizing), tie, split: the bundle."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         # Resize the full model before splitting so a tied MLM decoder and its bias grow with it.
         model.resize_token_embeddings(len(tokenizer))
@@ -257,3 +251,114 @@ def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool | None = False)
     encoder = RelationEncoder(backbone, head)
     tie_mlm_decoder(encoder)
     return EncoderBundle(encoder, tokenizer, special, source=str(name_or_path), newly_initialized=newly)
+
+
+def load_encoder(name_or_path: str = "minilm", *, mlm_head: bool | None = False, cache: bool = False
+                 ) -> EncoderBundle:
+    """Load tokenizer + backbone (+ MLM head), wire the marker tokens and resize embeddings if needed.
+
+    ``name_or_path`` is an alias (``minilm``), a Hugging Face id available offline, a local
+    ``save_pretrained`` directory, or a recon checkpoint directory (recognised by ``recon.json``).
+    ``mlm_head``: ``True`` loads or initialises one, ``False`` leaves it out (fine-tuning: DDP rejects
+    unused parameters), ``None`` restores a recon checkpoint exactly as saved.
+
+    ``cache=True`` keeps what was read from disk in this process (:func:`cached_parts`): later
+    calls get the same bundle as an uncached load would give them -- a fresh model built from a
+    copy of the loaded weights, never weights a previous caller trained -- without reading the
+    files again; the tokenizer object is shared (it is only read).
+    """
+    target, tried = _resolve(str(name_or_path))
+    expanded = os.path.expanduser(target)
+    if cache:
+        return _cached_load(str(name_or_path), expanded, tried, mlm_head)
+    if os.path.isfile(os.path.join(expanded, RECON_MANIFEST)):
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(expanded, mlm_head=mlm_head)
+    mlm_head = bool(mlm_head)
+    tokenizer, model, special, newly = _load_parts(str(name_or_path), expanded, tried, mlm_head)
+    return _assemble(str(name_or_path), model, tokenizer, special, newly, mlm_head)
+
+
+# ---------------------------------------------------------------- per-process cache of loaded encoders
+
+@dataclass
+class _Loaded:
+    """What one load read from disk, kept pristine: never handed out, only copied."""
+
+    kind: str                 # "hf": model before the resize; "checkpoint": the finished encoder
+    model: nn.Module
+    tokenizer: Any
+    special: SpecialTokens
+    newly: tuple[str, ...]
+
+
+_LOADED: "OrderedDict[tuple, _Loaded]" = OrderedDict()
+_LOADED_SIZE = 2  # encoders kept per process (MiniLM ~90 MB, BERT-base ~440 MB of CPU memory each)
+
+
+def source_fingerprint(path: str) -> tuple | None:
+    """``(path, ((file, size, mtime_ns), ...))`` of a local encoder directory; None for anything else.
+
+    A directory rewritten in place (a re-run pre-training stage, a re-saved model) changes size or
+    mtime of its files, so it is read again.
+    """
+    if not os.path.isdir(path):
+        return None
+    root = os.path.realpath(path)
+    files = []
+    for base, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(base, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            files.append((os.path.relpath(full, root), st.st_size, st.st_mtime_ns))
+    return root, tuple(files)
+
+
+def clear_encoder_cache() -> None:
+    """Forget every cached encoder of this process (tests; freeing memory)."""
+    _LOADED.clear()
+
+
+def _cached_load(name: str, expanded: str, tried: list[str], mlm_head: bool | None) -> EncoderBundle:
+    import copy
+
+    fingerprint = source_fingerprint(expanded)
+    is_checkpoint = os.path.isfile(os.path.join(expanded, RECON_MANIFEST))
+    head = mlm_head if is_checkpoint else bool(mlm_head)
+    key = (fingerprint, head) if fingerprint is not None else None
+    entry = _LOADED.get(key) if key is not None else None
+    if entry is not None:
+        _LOADED.move_to_end(key)
+        model = copy.deepcopy(entry.model)
+        if entry.kind == "checkpoint":
+            return EncoderBundle(model, entry.tokenizer, entry.special, source=expanded, newly_initialized=entry.newly)
+        return _assemble(name, model, entry.tokenizer, entry.special, entry.newly, bool(head))
+    if is_checkpoint:
+        from .checkpoint import load_checkpoint
+
+        bundle = load_checkpoint(expanded, mlm_head=mlm_head)
+        # Every weight came from the file unless a head was initialised here (seeded draws): only
+        # then would a copy differ from a fresh load.
+        if key is not None and not bundle.newly_initialized:
+            _remember(key, _Loaded("checkpoint", copy.deepcopy(bundle.model), bundle.tokenizer, bundle.special, ()))
+        return bundle
+    rng = torch.get_rng_state()
+    tokenizer, model, special, newly = _load_parts(name, expanded, tried, bool(head))
+    # A copy stands for a fresh load when the loaded weights did not come from the random generator
+    # (no newly initialised weights) and, when the resize draws rows for added tokens, loading left
+    # the generator where the resize expects it (the caller seeded it just before).
+    resize = len(tokenizer) > model.get_input_embeddings().num_embeddings
+    if key is not None and not newly and (not resize or torch.equal(rng, torch.get_rng_state())):
+        _remember(key, _Loaded("hf", copy.deepcopy(model), tokenizer, special, newly))
+    return _assemble(name, model, tokenizer, special, newly, bool(head))
+
+
+def _remember(key: tuple, entry: _Loaded) -> None:
+    _LOADED[key] = entry
+    while len(_LOADED) > _LOADED_SIZE:
+        _LOADED.popitem(last=False)

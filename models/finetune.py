@@ -19,6 +19,7 @@ import json
 import os
 import random
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -150,22 +151,78 @@ def majority_baseline(train: Sequence[RelationExample], test: Sequence[RelationE
     return out
 
 
+# Parsed datasets and training subsets, kept per process: the trials of a sweep that run one after
+# another in a worker (Tune actor reuse) read and parse the same files once. An entry is used only
+# while its files (and their folder) are unchanged on disk; the objects are shared, read-only.
+_DATASETS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_SUBSETS: "OrderedDict[tuple, Any]" = OrderedDict()
+_DATASETS_SIZE, _SUBSETS_SIZE = 4, 32
+
+
+def _stamp(ds) -> tuple:
+    """Size and mtime of the dataset's files and folder (a folder's mtime moves when files come or go)."""
+    out = []
+    for name, path in sorted(ds.files.items()) + [("", ds.directory or "")]:
+        try:
+            st = os.stat(path)
+            out.append((name, path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((name, path, None, None))
+    return tuple(out)
+
+
+def _remember(cache: OrderedDict, size: int, key: tuple, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
+def _dataset(cfg: FinetuneConfig):
+    """``load_dataset`` for the config, parsed once per process while its files are unchanged."""
+    from recon.data_prep.datadir import ENV_VAR
+    from recon.data_prep.registry import load_dataset
+
+    key = (cfg.dataset, cfg.path, cfg.kind, cfg.data.data_dir, cfg.data.on_error, os.environ.get(ENV_VAR),
+           os.getcwd())
+    hit = _DATASETS.get(key)
+    if hit is not None:
+        stamp = _stamp(hit[0])
+        if stamp == hit[1]:
+            _DATASETS.move_to_end(key)
+            return hit[0], key + stamp
+    ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data.data_dir,
+                      on_error=cfg.data.on_error)
+    stamp = _stamp(ds)
+    _remember(_DATASETS, _DATASETS_SIZE, key, (ds, stamp))
+    return ds, key + stamp
+
+
+def _training_subset(ds, ds_key: tuple, cfg: FinetuneConfig):
+    """``resolve_training_subset``, memoised with the dataset (seedless when the subset does not use the seed)."""
+    from recon.data_prep.splits import resolve_training_subset
+
+    base = (ds_key, cfg.split, cfg.data.split_source)  # ds_key: the dataset's files as they are now
+    for key in (base, base + (cfg.seed,)):
+        if key in _SUBSETS:
+            _SUBSETS.move_to_end(key)
+            return _SUBSETS[key]
+    subset = resolve_training_subset(ds, cfg.split, cfg.seed, source=cfg.data.split_source)
+    _remember(_SUBSETS, _SUBSETS_SIZE, base if subset.seed is None else base + (cfg.seed,), subset)
+    return subset
+
+
 def _load(cfg: FinetuneConfig):
     """The dataset, the training subset (with where it came from) and the full dev and test splits.
 
     Dev and test are checked first: a dataset without a test split is never scored on dev under
     the name test (Wiki80 here has no test file; such cells are reported as unavailable).
     """
-    from recon.data_prep.registry import load_dataset
-    from recon.data_prep.splits import resolve_training_subset
-
-    ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data.data_dir,
-                      on_error=cfg.data.on_error)
+    ds, ds_key = _dataset(cfg)
     missing = [s for s in ("dev", "test") if s not in ds.splits]
     if missing:
         raise ReconError(f"dataset {ds.name!r} has no {' or '.join(missing)} split locally "
                          f"({'; '.join(ds.notes) or 'file missing'}); fine-tuning needs train, dev and test")
-    subset = resolve_training_subset(ds, cfg.split, cfg.seed, source=cfg.data.split_source)
+    subset = _training_subset(ds, ds_key, cfg)
     train = subset.examples
     if cfg.data.max_train is not None:
         train = subsample(train, cfg.data.max_train, seed=cfg.seed)
@@ -190,18 +247,35 @@ def _build_bert(cfg: FinetuneConfig, num_labels: int):
     # Seed before loading too: resizing embeddings for added marker tokens samples their init
     # from the global RNG (transformers' mean_resizing), which must not depend on earlier work.
     seed_everything(cfg.seed)
-    bundle = load_encoder(source)
+    # Cached per process: a fresh model from a copy of the weights as read from disk (never a
+    # previous trial's), the same as an uncached load for the same seed (see load_encoder).
+    bundle = load_encoder(source, cache=True)
     seed_everything(cfg.seed)  # the classifier's initial weights depend on the seed only
     return RelationClassifier(bundle.model, num_labels), bundle
 
 
-def _eval_loader(data, batch_size: int, collate):
-    """Length-sorted evaluation batches (less padding); returns the loader and its index order."""
+_EVAL_BATCHES: "OrderedDict[tuple, tuple]" = OrderedDict()
+_EVAL_BATCHES_SIZE = 16
+
+
+def _eval_loader(data, batch_size: int, collate, key: Any = None):
+    """Length-sorted evaluation batches (less padding), collated once; returns them and their index order.
+
+    Dev is scored after every epoch on the same batches: they are padded once per trial, and with
+    ``key`` (the split's content hash) once per process. The tensors are shared, read-only.
+    """
     from torch.utils.data import DataLoader
 
+    memo = (key, batch_size, getattr(collate, "pad_id", None)) if key is not None and collate is not None else None
+    if memo is not None and memo in _EVAL_BATCHES:
+        _EVAL_BATCHES.move_to_end(memo)
+        return _EVAL_BATCHES[memo]
     lengths = data.lengths
     order = sorted(range(len(data)), key=lengths.__getitem__)
-    return DataLoader(data, batch_size=batch_size, sampler=order, collate_fn=collate), order
+    batches = list(DataLoader(data, batch_size=batch_size, sampler=order, collate_fn=collate))
+    if memo is not None:
+        _remember(_EVAL_BATCHES, _EVAL_BATCHES_SIZE, memo, (batches, order))
+    return batches, order
 
 
 @dataclass
@@ -213,20 +287,22 @@ class _Setup:
     dev: Any
     test: Any
     collate: Any
+    keys: tuple = (None, None, None)  # content hashes of the three encoded splits (BERT-style models)
     notes: list = field(default_factory=list)
     truncation: dict = field(default_factory=dict)  # per split: examples / truncated / context_split / entity_truncated
 
 
 def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id: dict, max_length: int) -> _Setup:
-    from .batching import Collator, encode_examples
+    from .batching import Collator, encode_examples, encoded_cache_dir, encoding_key
 
     model, bundle = _build_bert(cfg, len(label2id))
-    tok_name = f"{bundle.source}:{len(bundle.tokenizer)}"
-    data = {}
+    data, keys = {}, []
     for split, examples in splits.items():
-        key = (ds.name, tuple(sorted(ds.files.items())), split, len(examples), fmt.value, tok_name, max_length)
+        # A content hash: the examples themselves, format, tokenizer, max_length, label ids.
+        key = encoding_key(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id)
+        keys.append(key)
         data[split] = encode_examples(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id,
-                                      cache_key=key)
+                                      cache_key=key, cache_dir=encoded_cache_dir())
     names = list(splits)
     truncated = sum(d.n_truncated for d in data.values())
     cut = sum(d.n_entity_truncated for d in data.values())
@@ -234,8 +310,8 @@ def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2i
              f"{cut} had an entity longer than the window cut"] if truncated else []
     stats = {name.split("/")[0].split("@")[0]: d.truncation_stats() for name, d in zip(names, data.values())}
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
-    return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), notes=notes,
-                  truncation=stats)
+    return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), keys=tuple(keys),
+                  notes=notes, truncation=stats)
 
 
 class FeatureDataset:
@@ -304,8 +380,8 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     train_cfg = base.replace(metric=cfg.training.metric or ds.metric, negative_id=negative_id,
                              eval_batch_size=cfg.training.eval_batch_size, progress=cfg.training.progress)
     train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
-    dev_loader, _ = _eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate)
-    test_loader, test_order = _eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate)
+    dev_loader, _ = _eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
+    test_loader, test_order = _eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
     result = fit(setup.model, ClassificationTask(), train_loader, dev_loader, test_loader, train_cfg, callbacks)
 
     id2label = {i: label for label, i in label2id.items()}
@@ -324,7 +400,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "truncation": setup.truncation,
         "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),
         "train_config": asdict(train_cfg), "device": str(resolve_device(train_cfg.device)),
-        "wall_s": round(time.perf_counter() - start, 3),
+        "wall_s": round(time.perf_counter() - start, 3), "fit_s": round(result.wall_s, 3),
         "notes": notes, "config": asdict(cfg),
     }
     if out_dir is not None:
