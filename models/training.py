@@ -239,7 +239,7 @@ def _show_progress(config: TrainConfig) -> bool:
     return config.progress if config.progress is not None else sys.stderr.isatty()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, task: Task, loader: Iterable, config: TrainConfig, device: torch.device | None = None
 ) -> tuple[dict, list[tuple[int, int]]]:

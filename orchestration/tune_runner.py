@@ -75,17 +75,47 @@ def log_from_storage(tracker: StudyTracker, trial: Trial, storage: Storage) -> b
     return True
 
 
+_LOGGING: dict[str, Any] = {}  # the driver's one MLflow-writer thread (not part of the pickled callback)
+
+
+def _logging_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    if "pool" not in _LOGGING:
+        _LOGGING["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-mlflow")
+    return _LOGGING["pool"]
+
+
+def drain_logging() -> None:
+    """Wait until every completed trial handed to the writer thread is logged."""
+    pool = _LOGGING.pop("pool", None)
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
 def _driver_callback(by_id: dict[str, Trial], tracker: StudyTracker, storage: Storage, progress: Progress):
-    """A Tune callback (built lazily: ray is imported only when a study runs)."""
+    """A Tune callback (built lazily: ray is imported only when a study runs).
+
+    Logging a trial to MLflow (download its outputs from storage, write the run) happens on one
+    writer thread, so Tune's event loop hands the worker its next trial at once; one thread keeps
+    the driver the store's only writer, with no concurrent writes.
+    """
     from ray.tune import Callback
+
+    def log_and_count(tid: str, key: str) -> None:
+        try:
+            ok = log_from_storage(tracker, by_id[tid], storage)
+        except Exception as exc:  # noqa: BLE001 - a failed log must not kill the writer thread
+            ok = False
+            progress.log(f"trial {tid}: could not be logged to MLflow ({exc}); `recon study resume` retries it")
+        progress.finish(key, ok)
 
     class DriverLogger(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
             progress.start(trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            tid = trial.config["trial"]["trial_id"]
-            progress.finish(trial.trial_id, log_from_storage(tracker, by_id[tid], storage))
+            _logging_pool().submit(log_and_count, trial.config["trial"]["trial_id"], trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             progress.finish(trial.trial_id, False)
@@ -219,7 +249,10 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
             verbose=0,
         ),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        drain_logging()
     failed = []
     for result in grid:
         tid = result.config["trial"]["trial_id"] if result.config else None
