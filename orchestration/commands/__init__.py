@@ -5,9 +5,12 @@ Modules import heavy libraries (ray, torch, mlflow, spacy) inside their handlers
 """
 COMMAND_MODULES: tuple[str, ...] = (
     "recon.orchestration.commands.corpus",
+    "recon.orchestration.commands.kg",
     "recon.orchestration.commands.pretrain",
     "recon.orchestration.commands.data",
     "recon.orchestration.commands.train",
     "recon.orchestration.commands.study",
     "recon.orchestration.commands.jobs",
+    "recon.orchestration.commands.export",
+    "recon.orchestration.commands.sweep",
 )
