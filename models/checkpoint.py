@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+REQUIRED_FILES = (RECON_MANIFEST, WEIGHTS, "config.json", "tokenizer_config.json")
+
+
+class CheckpointWriteError(ReconError, OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is unchanged."""
 
 
 def _dedup_state(encoder: RelationEncoder) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -106,15 +111,27 @@ def save_checkpoint(
         "backbone_class": type(encoder.backbone).__name__,
         "extra": extra,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "recon_format": str(FORMAT_VERSION)})
         encoder.backbone.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / RECON_MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         publish_dir(tmp, target)
+    except Exception as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, ReconError):
+            raise
+        # safetensors reports a full disk as SafetensorError("I/O error: No space left on device"):
+        # name the checkpoint, and say that what was there before is intact.
+        previous = "the previous checkpoint there is unchanged" if target.exists() else "nothing was written"
+        raise CheckpointWriteError(f"could not write checkpoint {target}: {type(err).__name__}: {err} "
+                                   f"({previous})") from err
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
@@ -122,16 +139,57 @@ def save_checkpoint(
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``recon.json`` of a checkpoint directory (error names the file when unreadable)."""
     path = Path(dir) / RECON_MANIFEST
+    if not Path(dir).is_dir():
+        raise ReconError(f"{dir} is not a recon checkpoint: no such directory")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ReconError(f"{dir} is not a recon checkpoint: {RECON_MANIFEST} is missing") from None
+        pickles = sorted(p.name for p in Path(dir).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        hint = (f" (it holds pickled weights {', '.join(pickles[:3])}, which recon never loads)" if pickles else "")
+        raise ReconError(f"{dir} is not a recon checkpoint: {RECON_MANIFEST} is missing{hint}") from None
+    except UnicodeDecodeError as err:
+        raise ReconError(f"{path}: not UTF-8 text (byte {err.start}); the file is damaged") from None
     except json.JSONDecodeError as err:
         raise ReconError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    except RecursionError:
+        raise ReconError(f"{path}: JSON nested too deeply; the file is damaged") from None
+    if not isinstance(manifest, dict):
+        raise ReconError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ReconError(f"{path}: field 'format_version' is {version!r}; this recon reads {FORMAT_VERSION}")
+    special = manifest.get("special_tokens")
+    keys = ("head_start", "head_end", "tail_start", "tail_end", "head_blank", "tail_blank", "types")
+    if not isinstance(special, dict) or any(k not in special for k in keys):
+        missing = [k for k in keys if not isinstance(special, dict) or k not in special]
+        raise ReconError(f"{path}: field 'special_tokens' is missing or incomplete (no {', '.join(missing)})")
+    if not isinstance(manifest.get("tied_weights", {}), dict):
+        raise ReconError(f"{path}: field 'tied_weights' must be a JSON object")
     return manifest
+
+
+def check_files(dir: str | os.PathLike) -> Path:
+    """The checkpoint's resolved root, after checking that its files are all there and stay inside it.
+
+    A symlink that points outside the checkpoint directory (``config.json -> /etc/passwd``, weights
+    from another checkpoint) is refused: a checkpoint fetched from elsewhere must be self-contained.
+    """
+    root = Path(dir).expanduser()
+    real = root.resolve()
+    for entry in sorted(root.rglob("*")):
+        if entry.is_symlink():
+            target = entry.resolve()
+            if target != real and real not in target.parents:
+                raise ReconError(f"checkpoint {root}: {entry.relative_to(root)} is a symlink to {target}, "
+                                 "outside the checkpoint directory; copy the file in instead")
+    for name in REQUIRED_FILES:
+        if not (root / name).is_file():
+            if name == WEIGHTS:
+                raise ReconError(f"checkpoint {root} has no {WEIGHTS}; it is incomplete or not a recon checkpoint "
+                                 "(recon never loads pickled *.bin/*.pt weights)")
+            raise ReconError(f"checkpoint {root} has no {name}; it is incomplete (a checkpoint holds "
+                             f"{', '.join(REQUIRED_FILES)})")
+    return root
 
 
 def load_checkpoint(dir: str | os.PathLike, *, mlm_head: bool | None = None) -> EncoderBundle:
@@ -145,15 +203,19 @@ def load_checkpoint(dir: str | os.PathLike, *, mlm_head: bool | None = None) -> 
 
     root = Path(dir).expanduser()
     manifest = read_manifest(root)
+    check_files(root)
     weights = root / WEIGHTS
-    if not weights.is_file():
-        raise ReconError(f"checkpoint {root} has no {WEIGHTS}; it is incomplete or not a recon checkpoint "
-                         "(recon never loads pickled *.bin/*.pt weights)")
     saved_head = bool(manifest.get("has_mlm_head"))
     want_head = saved_head if mlm_head is None else bool(mlm_head)
 
-    config = AutoConfig.from_pretrained(root)
-    tokenizer = AutoTokenizer.from_pretrained(root)
+    try:
+        config = AutoConfig.from_pretrained(root, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ReconError(f"checkpoint {root}: unreadable {root / 'config.json'}: {err}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ReconError(f"checkpoint {root}: unreadable tokenizer files: {err}") from None
     special = _special_from_json(manifest["special_tokens"])
     tokenizer.add_tokens(special.all_tokens(), special_tokens=True)  # keep markers atomic (no-op ids)
     if want_head:
@@ -165,7 +227,11 @@ def load_checkpoint(dir: str | os.PathLike, *, mlm_head: bool | None = None) -> 
     encoder = RelationEncoder(backbone, head)
     tie_mlm_decoder(encoder)
 
-    state = load_file(str(weights), device="cpu")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as err:  # SafetensorError: truncated, not safetensors at all, bad header
+        raise ReconError(f"{weights}: not a readable safetensors file ({err}); the checkpoint is damaged "
+                         "or incomplete") from None
     for alias, stored in manifest.get("tied_weights", {}).items():
         if stored in state:
             state[alias] = state[stored]

@@ -110,8 +110,13 @@ class CorpusExample:
         if missing:
             raise DataError("corpus row lacks a column", path=path, line=line, field=missing[0])
         mentions = {}
+        if not isinstance(row["tokens"], list):
+            raise DataError("expected a list of tokens", path=path, line=line, field="tokens")
         for role in ("head", "tail"):
-            start, end = int(row[f"{role}_start"]), int(row[f"{role}_end"])
+            start, end = row[f"{role}_start"], row[f"{role}_end"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
+                raise DataError(f"span bounds must be integers, got [{start!r:.20}, {end!r:.20}]",
+                                path=path, line=line, field=f"{role}_start")
             if not 0 <= start < end <= len(row["tokens"]):
                 raise DataError(f"span [{start}, {end}) is outside the {len(row['tokens'])} tokens",
                                 path=path, line=line, field=f"{role}_start")
@@ -204,9 +209,41 @@ def read_manifest(directory: str | Path) -> dict:
         raise DatasetNotFound(f"{directory} is not a built corpus: {MANIFEST_NAME} is missing "
                               f"(build one with `recon corpus build`)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (byte {exc.start}); the manifest is damaged", path=path) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    except RecursionError:
+        raise DataError("JSON nested too deeply; the manifest is damaged", path=path) from None
+    _check_manifest(manifest, path)
+    return manifest
+
+
+def _check_manifest(manifest, path: Path) -> None:
+    """The manifest's shape: an object whose ``shards`` (when present) list ``{id, files}`` entries
+    whose files are relative paths inside the corpus directory."""
+    if not isinstance(manifest, dict):
+        raise DataError(f"expected a JSON object, got {type(manifest).__name__}", path=path)
+    shards = manifest.get("shards", [])
+    if not isinstance(shards, list):
+        raise DataError("expected a list of shards", path=path, field="shards")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or "id" not in shard or not isinstance(shard.get("files"), list):
+            raise DataError("expected {\"id\": int, \"files\": [...]}", path=path, field=f"shards[{i}]")
+        try:
+            int(shard["id"])
+        except (TypeError, ValueError):
+            raise DataError(f"shard id {shard['id']!r} is not an integer", path=path,
+                            field=f"shards[{i}].id") from None
+        for name in shard["files"]:
+            parts = Path(str(name)).parts
+            if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in parts:
+                raise DataError(f"shard file {name!r} is not a relative path inside the corpus directory",
+                                path=path, field=f"shards[{i}].files")
+        for key in ("examples", "rows"):
+            if key in shard and (not isinstance(shard[key], int) or isinstance(shard[key], bool) or shard[key] < 0):
+                raise DataError(f"expected a row count, got {shard[key]!r}", path=path, field=f"shards[{i}].{key}")
 
 
 def _read_shard_file(path: Path) -> list[CorpusExample]:
@@ -216,14 +253,20 @@ def _read_shard_file(path: Path) -> list[CorpusExample]:
         rows = pq.read_table(path).to_pylist()
         return [_row_or_error(r, path, i) for i, r in enumerate(rows)]
     out = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if any("\udc80" <= c <= "\udcff" for c in line):
+                raise DataError("not UTF-8 text; the shard is damaged", path=path, line=lineno)
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"invalid JSON: {exc.msg}", path=path, line=lineno) from exc
+            except RecursionError:
+                raise DataError("JSON nested too deeply", path=path, line=lineno) from None
+            if not isinstance(row, dict):
+                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
             out.append(CorpusExample.from_row(row, path=str(path), line=lineno))
     return out
 
@@ -251,11 +294,24 @@ def load_corpus(directory: str | Path, shard_ids: Iterable[int] | None = None) -
         raise DataError(f"shard {unknown[0]} is not in this corpus (it has shards 0..{len(shards) - 1})",
                         path=directory / MANIFEST_NAME, field="shards")
     examples: list[CorpusExample] = []
+    position = {int(s["id"]): i for i, s in enumerate(manifest.get("shards", []))}
     for sid in wanted:
+        before = len(examples)
         for name in shards[sid]["files"]:
             path = directory / name
             if not path.is_file():
                 raise DatasetNotFound(f"{path} is listed in the manifest but missing")
             examples.extend(_read_shard_file(path))
+        found = len(examples) - before
+        for key in ("examples", "rows"):  # the builder writes "examples"; hand-made corpora "rows"
+            recorded = shards[sid].get(key)
+            if recorded is not None and recorded != found:
+                raise DataError(f"shard {sid} holds {found} rows but the manifest records {recorded}: the corpus "
+                                "was changed after it was built (or its manifest is wrong); rebuild it",
+                                path=directory / MANIFEST_NAME, field=f"shards[{position[sid]}].{key}")
+    total = (manifest.get("counts") or {}).get("examples") if isinstance(manifest.get("counts"), dict) else None
+    if shard_ids is None and isinstance(total, int) and total != len(examples):
+        raise DataError(f"the corpus holds {len(examples)} rows but the manifest records {total}; rebuild it",
+                        path=directory / MANIFEST_NAME, field="counts.examples")
     return CorpusIndex(examples, num_shards=int(manifest.get("num_shards", len(shards) or 1)),
                        shard_ids=tuple(wanted), manifest=manifest)

@@ -7,7 +7,8 @@ or ``path#record`` (arrays/dicts).
 
 Error policy (``on_error="raise"``, the default, stops at the first problem naming file, line or
 record, and field; ``on_error="skip"`` skips the record and counts it in :class:`LoadReport` under
-the reason below, keeping its first few locations; nothing is ever dropped silently). The policy
+the reason below, keeping its first few locations; nothing is ever dropped silently). A UTF-8 byte
+order mark at the start of a file is ignored. The policy
 reaches every loader through ``load_dataset(..., on_error=)``, ``recon data ... --on-error`` and a
 study's ``on_error``; the older keyword ``errors=`` is still accepted.
 
@@ -16,8 +17,12 @@ problem                                    reason                  with errors="
 =========================================  ======================  ==========================
 file missing                               (DatasetNotFound)       stop
 whole file not JSON / wrong top container  (DataError)             stop
+empty file (or only blank lines)           (DataError)             stop
+JSON nested too deeply (whole document)    (DataError)             stop
+bytes not UTF-8 in a JSON document         (DataError)             stop
 JSON array in a JSON-lines file            (DataError, line 1)     stop
 malformed JSON on one line                 malformed_json          skip line
+a line that is not UTF-8 (latin-1, UTF-16) bad_encoding            skip line
 record is not an object, value wrong type  wrong_type              skip record
 missing key                                missing_key             skip record
 empty token list                           empty_tokens            skip record

@@ -35,6 +35,7 @@ REASONS: dict[str, str] = {
     "bad_markers": "bad ChemProt markers",
     "bad_tags": "tag count differs from token count",
     "unknown_label": "label not in rel2id",
+    "bad_encoding": "not UTF-8 text",
 }
 
 
@@ -136,12 +137,36 @@ class Collector:
         self.report.add_skip(exc.reason, location, str(error))
 
 
+def _undecodable(text: str) -> int | None:
+    """0-based index of the first byte that was not UTF-8 (read with ``surrogateescape``), or None."""
+    for index, char in enumerate(text):
+        if "\udc80" <= char <= "\udcff":
+            return index
+    return None
+
+
+def _not_utf8(byte: int, column: int) -> str:
+    return (f"not UTF-8 text: byte 0x{byte:02x} at column {column} (latin-1, UTF-16 or a binary file?); "
+            "save the file as UTF-8")
+
+
 def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, parsed)`` for non-blank lines; a malformed line yields a RecordError."""
-    with path.open(encoding="utf-8") as handle:
+    """Yield ``(line_number, parsed)`` for non-blank lines; a malformed line yields a RecordError.
+
+    A UTF-8 byte order mark is ignored; a line that is not UTF-8 (latin-1 bytes, UTF-16) yields a
+    RecordError (reason ``bad_encoding``) naming its column; a file with no non-blank line at all is
+    a DataError (an empty split is never silently loaded as zero examples).
+    """
+    seen = False
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
         for number, raw in enumerate(handle, 1):
             text = raw.strip()
             if not text:
+                continue
+            seen = True
+            bad = _undecodable(raw)
+            if bad is not None:
+                yield number, RecordError("bad_encoding", _not_utf8(ord(raw[bad]) - 0xDC00, bad + 1))
                 continue
             if number == 1 and text.startswith("[") and not text.endswith("]"):
                 raise DataError(
@@ -152,6 +177,10 @@ def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
                 yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+            except RecursionError:
+                yield number, RecordError("malformed_json", "JSON nested too deeply to be a record")
+    if not seen:
+        raise DataError("the file is empty (no JSON line in it)", path=path)
 
 
 def load_json_lines(path: str | Path, kind: str, collector: "Collector",
@@ -170,13 +199,29 @@ def load_json_lines(path: str | Path, kind: str, collector: "Collector",
 
 
 def read_json_document(path: Path, expected: type, kind: str) -> Any:
-    """Parse a whole-file JSON document and check its top-level container type (always fatal)."""
+    """Parse a whole-file JSON document and check its top-level container type (always fatal).
+
+    A UTF-8 byte order mark is ignored; bytes that are not UTF-8, an empty file and JSON nested
+    deeper than Python's recursion limit are DataErrors naming the line.
+    """
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
     try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(_not_utf8(raw[exc.start], column), path=path, line=line) from None
+    if not text.strip():
+        raise DataError(f"the file is empty; kind {kind!r} expects a JSON {_json_name(expected)}", path=path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
                         path=path, line=exc.lineno) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", path=path) from None
     if not isinstance(data, expected):
         raise DataError(
             f"kind {kind!r} expects a JSON {_json_name(expected)} at the top level, got {_json_name(type(data))}",
