@@ -285,17 +285,26 @@ def corpus_content_identity(directory: Path) -> str:
 
 # ---------------------------------------------------------------- loading with line numbers
 
+MAX_YAML_NODES = 100_000  # a study file is a few hundred values; more means aliases nested like a YAML bomb
+
+
 def _compose_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML and record the 1-based line of every key/item, by field path."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark else ""
         raise SpecError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     lines: dict[tuple, int] = {}
+    budget = [MAX_YAML_NODES]
 
     def walk(n: yaml.Node, at: tuple) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SpecError(f"{path}, line {n.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES} "
+                            "values (anchors and aliases nested like a 'billion laughs' bomb?)")
         if isinstance(n, yaml.MappingNode):
             for key, value in n.value:
                 lines[at + (key.value,)] = key.start_mark.line + 1
@@ -307,7 +316,6 @@ def _compose_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
 
     if node is not None:
         walk(node, ())
-    data = yaml.safe_load(text)
     return data, lines
 
 
@@ -326,7 +334,11 @@ def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
         raise SpecError(f"{path}: 'defaults' chain loops back to this file")
     if not path.is_file():
         raise SpecError(f"{path}: study file not found")
-    data, lines = _compose_lines(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); save the study file as UTF-8") from None
+    data, lines = _compose_lines(text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -72,8 +72,6 @@ def _checkpoint(path: Path):
     return load_checkpoint(path)
 
 
-SPEC_BUG = "recon.orchestration.spec does not catch this yet (fix proposed for spec.py)"
-
 CASES = [
     # -- dataset files (one loader each) -------------------------------------------------------
     Case("truncated_line", _load("opennre"), "truncated_line.txt", ("line 2", "malformed JSON")),
@@ -123,9 +121,9 @@ CASES = [
     Case("spec_syntax_error", _spec, "specs/syntax_error.yaml", ("line 4", "not valid YAML")),
     Case("spec_empty", _spec, "specs/empty.yaml", ("field 'name'", "field 'models'")),
     Case("spec_defaults_loop", _spec, "specs/defaults_loop.yaml", ("loops",)),
-    Case("spec_python_tag", _spec, "specs/python_tag.yaml", ("line 6",), xfail=SPEC_BUG),
-    Case("spec_latin1", _spec, "specs/latin1.yaml", ("UTF-8",), xfail=SPEC_BUG),
-    Case("spec_billion_laughs", _spec, "specs/billion_laughs.yaml", (), xfail=SPEC_BUG),
+    Case("spec_python_tag", _spec, "specs/python_tag.yaml", ("line 6",)),
+    Case("spec_latin1", _spec, "specs/latin1.yaml", ("UTF-8",)),
+    Case("spec_billion_laughs", _spec, "specs/billion_laughs.yaml", ()),
     # -- built corpora -------------------------------------------------------------------------
     Case("corpus_lying_shard_count", _corpus, "corpus_lying_shard_count",
          ("manifest.json", "field 'shards[0].examples'", "holds 2 rows")),
