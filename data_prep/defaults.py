@@ -9,6 +9,7 @@ from __future__ import annotations
 DEFAULT_SEED = 42
 PAPER_SEEDS = tuple(range(DEFAULT_SEED, DEFAULT_SEED + 5))  # medians over seeds 42..46
 DEFAULT_ENCODER = "minilm"
+P_BLANK = 0.7  # Appendix A: probability of blanking each entity mention (samplers and PretrainConfig)
 PAPER_ENCODER = "bert-base-uncased"
 
-__all__ = ["DEFAULT_SEED", "PAPER_SEEDS", "DEFAULT_ENCODER", "PAPER_ENCODER"]
+__all__ = ["DEFAULT_SEED", "PAPER_SEEDS", "DEFAULT_ENCODER", "PAPER_ENCODER", "P_BLANK"]

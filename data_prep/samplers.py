@@ -7,7 +7,7 @@ the blanking decisions to pass on to ``recon.data_prep.formats.render(..., blank
 Usage (one worker of a distributed run)::
 
     index = load_corpus(d, shard_ids=shards_for_rank(manifest["num_shards"], rank, world))
-    sampler = CPSampler(index, pairs_per_batch=1024, p_blank=0.7, seed=42, rank=rank, world_size=world)
+    sampler = CPSampler(index, pairs_per_batch=1024, p_blank=0.7, seed=7, rank=rank, world_size=world)
     for batch in sampler:          # endless; sampler.epoch / sampler.step say where it is
         ...
     ckpt["sampler"] = sampler.state_dict()   # later: sampler.load_state_dict(ckpt["sampler"])
@@ -55,6 +55,7 @@ from typing import Iterator
 import numpy as np
 
 from .corpus.index import CorpusIndex, pair_key
+from .defaults import P_BLANK
 from .errors import ReconError
 
 
@@ -96,7 +97,7 @@ class _PairSampler:
         index: CorpusIndex,
         pairs_per_batch: int,
         *,
-        p_blank: float = 0.7,
+        p_blank: float = P_BLANK,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,

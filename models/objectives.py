@@ -10,6 +10,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from .pretrain_config import PretrainConfig
+
 IGNORE_INDEX = -100
 
 
@@ -76,7 +78,8 @@ def _cosine_matrix(reps: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def cp_loss(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def cp_loss(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = PretrainConfig().temperature
+            ) -> torch.Tensor:
     """NT-Xent over relation representations where every same-relation pair is a positive.
 
     For each ordered positive pair (a, p), a != p:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from recon.data_prep.configuration import Config, ConfigError, knob
-from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED
+from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED, P_BLANK
 
 # Appendix A: "batch size N" pairs per step and the number of steps, per objective.
 OBJECTIVE_DEFAULTS: dict[str, dict[str, int]] = {
@@ -43,7 +43,7 @@ class PretrainConfig(Config):
                                         "(default per objective: CP 2,048, MTB 256)", ge=2)
     micro_batch_size: int | None = knob(None, "pairs per worker per forward pass (default: min(32, batch / workers))",
                                         ge=1)
-    p_blank: float = knob(0.7, "probability of replacing each entity mention with [BLANK]", ge=0, le=1)
+    p_blank: float = knob(P_BLANK, "probability of replacing each entity mention with [BLANK]", ge=0, le=1)
     lr: float = knob(3e-5, "peak AdamW learning rate", gt=0)
     weight_decay: float = knob(1e-5, "AdamW weight decay", ge=0)
     warmup: int = knob(500, "linear warm-up steps (capped at the run's steps)", ge=0)

@@ -37,11 +37,15 @@ from typing import Callable, ContextManager, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
+
 from recon.data_prep.encoding import WordPieceCache, encode
 from recon.data_prep.formats import InputFormat, render
 
 from . import objectives
+from .pretrain_config import PretrainConfig
 from .training import autocast
+
+_PAPER = PretrainConfig()  # the paper's loss settings (Appendix A): one home, read here
 
 Objective = Literal["cp", "mtb"]
 OBJECTIVES: tuple[str, ...] = ("cp", "mtb")
@@ -269,13 +273,13 @@ def contrastive_reps(
 
 @dataclass(frozen=True)
 class StepSettings:
-    """Loss settings of one step (paper defaults: temperature 0.05, MLM weight 1, clip 1.0)."""
+    """Loss settings of one step; the defaults are ``PretrainConfig``'s (the paper's), read from there."""
 
     objective: Objective = "cp"
-    temperature: float = 0.05
-    mlm_weight: float = 1.0
-    max_grad_norm: float | None = 1.0
-    bf16: bool = True
+    temperature: float = _PAPER.temperature
+    mlm_weight: float = _PAPER.mlm_weight
+    max_grad_norm: float | None = _PAPER.max_grad_norm
+    bf16: bool = _PAPER.bf16
     gather_negatives: bool = True
 
 
@@ -315,7 +319,8 @@ def _nearest_is_same(reps: torch.Tensor, relation_ids: torch.Tensor) -> torch.Te
     return (labels[sim.argmax(dim=1)] == labels).float()
 
 
-def cp_loss_nosync(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def cp_loss_nosync(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = _PAPER.temperature
+                   ) -> torch.Tensor:
     """``objectives.cp_loss`` without its two host synchronisations (``bool(positive.any())`` and
     ``nonzero``): the mean over positive pairs is a masked sum / count. Equal up to summation order
     (tested); used on CUDA, where a sync per micro-step would stall the queue."""
