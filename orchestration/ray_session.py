@@ -63,7 +63,12 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
 
     if ray.is_initialized():
         return False
-    runtime_env = {"worker_process_setup_hook": "recon.orchestration.ray_session.quiet_workers"}
+    from .tracking import apply_offline_env
+
+    # Ray's usage stats, MLflow's and the Hub's telemetry off (unless the user set them) in the Ray
+    # started here (it inherits this environment) and in every worker (also on a joined cluster).
+    runtime_env = {"worker_process_setup_hook": "recon.orchestration.ray_session.quiet_workers",
+                   "env_vars": apply_offline_env()}
     target = cluster_to_join(address)
     if target:
         ray.init(address=target, runtime_env=runtime_env)

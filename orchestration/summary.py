@@ -141,6 +141,59 @@ def _extra_analyses(spec: StudySpec, trials: list[Trial], predictions: dict, out
     return files
 
 
+def study_tags(spec: StudySpec, trials: list[Trial]) -> dict[str, str]:
+    """``recon.*`` tags of the experiment and the parent run (to filter experiments by)."""
+    def joined(values) -> str:
+        return ",".join(dict.fromkeys(str(v) for v in values))
+
+    return {"recon.study": spec.name, "recon.datasets": joined(t.dataset for t in trials),
+            "recon.models": joined(t.model for t in trials), "recon.tables": joined(x for t in trials for x in t.tables),
+            "recon.formats": joined(t.format for t in trials), "recon.seeds": joined(spec.seeds),
+            "recon.trials": str(len(trials))}
+
+
+def experiment_description(spec: StudySpec, trials: list[Trial]) -> str:
+    """The experiment's description (Markdown): the study, what its runs are, how to filter them."""
+    models = ", ".join(dict.fromkeys(t.model for t in trials))
+    datasets = ", ".join(display_name(d) for d in dict.fromkeys(t.dataset for t in trials))
+    lines = [f"**recon study {spec.name}**" + (f": {spec.description.strip()}" if spec.description.strip() else ""),
+             "",
+             f"{len(trials)} trials: {models} on {datasets}; seeds {', '.join(map(str, spec.seeds))}. "
+             f"One run per trial (a grid cell and seed), nested under the parent run *{spec.name} (study)*, "
+             "whose description and artifacts (`overview.html`, `tables/`, `summary/`) hold the paper-layout "
+             "tables and plots.",
+             "",
+             "Filter runs with e.g. `tags.dataset = 'semeval'`, `tags.format = 'C+M'`, `tags.model = '...'`, "
+             "`tags.setting = '10%'`, `tags.tables LIKE '%table5%'` or by dataset (Datasets used); compare `test_metric` "
+             "(the dataset's paper metric at the best dev epoch)."]
+    return "\n".join(lines)
+
+
+def study_run_description(spec: StudySpec, trials: list[Trial], results, out_dir: Path) -> str:
+    """The parent run's description (Markdown): the paper tables inline, and where everything is."""
+    from .tracking import MAX_TAG_VALUE, paper_table_files
+
+    finished = results["trial_id"].nunique() if len(results) else 0
+    lines = [f"**Study {spec.name}**: {finished} of {len(trials)} trials finished." +
+             (f" {spec.description.strip()}" if spec.description.strip() else ""),
+             "",
+             "Tables below: medians over seeds, x100, in the paper's layout. On one page with the plots: "
+             "artifact `overview.html`; sortable: `tables/<name>.json`; every format (CSV, Markdown, HTML, LaTeX), "
+             "the significance tests, the pilot analysis and `error_browser.html`: `summary/`."]
+    budget = MAX_TAG_VALUE - 1500
+    for name, csv in paper_table_files(out_dir).items():
+        text = csv.with_suffix(".md").read_text(encoding="utf-8").strip()
+        block = ["", f"#### {name}", "", text]
+        if sum(len(x) + 1 for x in lines + block) > budget:
+            lines += ["", f"#### {name}", "", f"(too long for here: `summary/{name}.md`, `tables/{name}.json`)"]
+            continue
+        lines += block
+    plots = sorted(p.name for p in out_dir.glob("*.png"))
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"`summary/{p}`" for p in plots) + " (and in `overview.html`)."]
+    return "\n".join(lines)
+
+
 def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
                   trials: Optional[list[Trial]] = None) -> Path:
     """Regenerate every table, plot and the pilot analysis; returns the summary folder."""
@@ -195,6 +248,9 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
                              "figures are not the paper's full-test numbers")
     notes["tables"] = footnotes
     (out_dir / "notes.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
-    tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source)
+    tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source,
+                              description=study_run_description(spec, trials, results, out_dir),
+                              tags=study_tags(spec, trials))
+    tracker.describe_experiment(experiment_description(spec, trials), study_tags(spec, trials))
     log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells -> {out_dir}")
     return out_dir

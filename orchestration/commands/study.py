@@ -5,11 +5,16 @@
     recon study resume studies/demo.yaml             # continue after an interruption, nothing repeated
     recon study tables studies/demo.yaml             # regenerate tables/plots/pilot from MLflow alone
     recon ui studies/demo.yaml                       # mlflow ui on 127.0.0.1 with the study's store
+
+Every process these commands start (this one, the MLflow server of ``recon ui``, Ray and its workers)
+runs with MLflow's usage telemetry, Ray's usage stats and the Hugging Face Hub's telemetry off unless
+the user set those variables (``recon.orchestration.tracking.OFFLINE_ENV``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -53,12 +58,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ui.add_argument("file", nargs="?", help="study YAML whose store to open")
     ui.add_argument("--tracking-uri", help="MLflow tracking URI (instead of a study file)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default=LOCALHOST,
+                    help="address the UI binds to (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
+                         "runs to the network, without authentication)")
     ui.add_argument("--print-only", action="store_true", help="print the command and URL, start nothing")
     ui.set_defaults(func=_ui)
 
 
+LOCALHOST = "127.0.0.1"
+
+
+def _offline() -> dict[str, str]:
+    """Telemetry opt-outs in this process before anything imports mlflow or starts Ray."""
+    from recon.orchestration.tracking import apply_offline_env
+
+    return apply_offline_env()
+
+
 def _load(args: argparse.Namespace):
     from recon.orchestration.spec import load_spec
+
+    _offline()
 
     spec = load_spec(args.file)
     updates = {}
@@ -127,9 +147,37 @@ def _store_exists(spec) -> bool:
     return local_store_exists(spec.resolved_tracking_uri())
 
 
-def ui_command(spec_or_uri: str, port: int) -> list[str]:
+def ui_command(spec_or_uri: str, port: int, host: str = LOCALHOST) -> list[str]:
+    """``mlflow ui`` for one user on this machine: bound to ``host``, one server worker."""
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", spec_or_uri,
-            "--host", "127.0.0.1", "--port", str(port)]
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def ui_env() -> dict[str, str]:
+    """The MLflow server's environment: this one with the telemetry opt-outs (a user's setting wins)."""
+    from recon.orchestration.tracking import offline_env
+
+    return {**os.environ, **offline_env()}
+
+
+def experiment_url(base: str, experiment_id: str | None) -> str:
+    """The study's runs table (MLflow 3.17's UI picks GenAI or model-training pages by its
+    ``workflowType``; a study is model training), or the experiment list."""
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _experiment_id(spec) -> str | None:
+    from recon.orchestration.tracking import StudyTracker
+
+    if not _store_exists(spec):
+        return None
+    try:
+        tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
+    except Exception:  # noqa: BLE001 - an unreadable store: the UI still starts on the list
+        return None
+    return tracker.experiment.experiment_id if tracker.exists else None
 
 
 def _ui_hint(spec, file: str) -> str:
@@ -192,10 +240,13 @@ def _tables(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    if args.tracking_uri:
+    offline = _offline()
+    spec = None
+    if args.file:
+        spec = _load(args)
+        uri = spec.resolved_tracking_uri()
+    elif args.tracking_uri:
         uri = args.tracking_uri
-    elif args.file:
-        uri = _load(args).resolved_tracking_uri()
     else:
         raise ReconError("recon ui needs a study file or --tracking-uri")
     from ..tracking_uri import is_remote
@@ -204,9 +255,16 @@ def _ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI: {uri}  (a tracking server; on a cluster reach the head's private address through "
               "`ray dashboard cluster.yaml`-style port forwarding or `ssh -L 5000:HEAD_PRIVATE_IP:5000 ...`)")
         return 0
-    command = ui_command(uri, args.port)
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri})")
+    command = ui_command(uri, args.port, args.host)
+    shown = LOCALHOST if args.host in ("0.0.0.0", "::", "") else args.host
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}"
+    print(f"MLflow UI: {experiment_url(base, _experiment_id(spec) if spec else None)}  (store {uri})")
+    if args.host != LOCALHOST:
+        print(f"warning: bound to {args.host}, not {LOCALHOST}: anyone who can reach this machine on port "
+              f"{args.port} sees and can change the runs (MLflow's UI has no login)")
+    print("telemetry: " + " ".join(f"{k}={v}" for k, v in offline.items()) +
+          "  (recon turns it off; a value you set yourself is kept)")
     print("command: " + " ".join(shlex.quote(c) for c in command))
     if args.print_only:
         return 0
-    return subprocess.call(command)
+    return subprocess.call(command, env=ui_env())
