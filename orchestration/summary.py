@@ -47,9 +47,10 @@ def summary_metrics(stats) -> dict[str, float]:
     return out
 
 
-def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict) -> dict[str, list[str]]:
-    """Per table: cells that cannot run here (and why), training subsets that fell back to seeded
-    sampling, and pre-training stages that were allowed to see the evaluated entity pairs."""
+def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict, failed: Optional[dict] = None
+                    ) -> dict[str, list[str]]:
+    """Per table: cells that cannot run here (and why), trials that failed (and their error), training
+    subsets that fell back to seeded sampling, and pre-training stages allowed to see evaluated pairs."""
     from .stages import study_data_dir
 
     notes: dict[str, list[str]] = {}
@@ -63,6 +64,11 @@ def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict) -> dict[st
     for trial in trials:
         if trial.trial_id in missing:
             add(trial.tables, f"{display_name(trial.dataset)} {trial.setting}: not run here ({missing[trial.trial_id]})")
+    for trial in trials:
+        bad = (failed or {}).get(trial.trial_id)
+        if bad is not None:
+            add(trial.tables, f"{display_name(trial.dataset)} {trial.setting} {trial.format} {trial.model} seed "
+                              f"{trial.seed}: failed ({bad.data.tags.get('error', 'unknown error')})")
     for trial in trials:
         run = runs.get(trial.trial_id)
         used = run.data.tags.get("split_source") if run else None
@@ -215,7 +221,7 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
         return out_dir
     compare_to = {m.name: m.paper_label for m in spec.models}
     runs = tracker.trial_runs()
-    footnotes = table_footnotes(spec, trials, runs)
+    footnotes = table_footnotes(spec, trials, runs, tracker.failed_trial_runs())
     with tempfile.TemporaryDirectory() as tmp:
         downloaded: dict[str, Optional[Path]] = {}
 

@@ -304,6 +304,33 @@ class StudyTracker:
     def finished_trial_ids(self) -> set[str]:
         return set(self.trial_runs())
 
+    def failed_trial_runs(self) -> dict[str, Any]:
+        """Trial id -> its FAILED run, for trials that have no FINISHED run."""
+        runs = self._search(f"tags.`{ROLE}` = 'trial'")
+        finished = {r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED"}
+        return {r.data.tags["trial_id"]: r for r in runs
+                if r.info.status == "FAILED" and r.data.tags["trial_id"] not in finished}
+
+    def log_failed_trial(self, trial: Trial, error: str, attempts: int) -> Optional[str]:
+        """A FAILED run holding the trial's last error (its retries used up); replaced when it later succeeds.
+
+        ``finished_trial_ids`` ignores FAILED runs, so ``recon study resume`` runs the trial again.
+        """
+        existing = self._search(f"tags.`{ROLE}` = 'trial' and tags.trial_id = '{trial.trial_id}'")
+        if any(r.info.status == "FINISHED" for r in existing):
+            return None
+        for run in existing:
+            self.client.delete_run(run.info.run_id)
+        tags = {ROLE: "trial", "trial_id": trial.trial_id, PARENT_TAG: self.study_run_id(), "kind": trial.kind,
+                "dataset": trial.dataset, "setting": trial.setting, "format": trial.format, "model": trial.model,
+                "seed": str(trial.seed), "tables": ",".join(trial.tables), "metric": trial.metric,
+                "git_commit": self._commit, "error": redact(error)[:5000], "attempts": str(attempts)}
+        run = self.client.create_run(self.experiment.experiment_id, tags=tags,
+                                     run_name=f"{trial.model} {trial.dataset} {trial.setting} {trial.format} "
+                                              f"s{trial.seed} (failed)")
+        self.client.set_terminated(run.info.run_id, "FAILED")
+        return run.info.run_id
+
     # ------------------------------------------------------------ study (parent) run
     def study_run_id(self) -> str:
         runs = self._search(f"tags.`{ROLE}` = 'study'")

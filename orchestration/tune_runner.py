@@ -118,6 +118,7 @@ def _driver_callback(by_id: dict[str, Trial], tracker: StudyTracker, storage: St
             _logging_pool().submit(log_and_count, trial.config["trial"]["trial_id"], trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            # Called once the trial's retries are used up; _tune records the error from Tune's result.
             progress.finish(trial.trial_id, False)
 
     return DriverLogger()
@@ -258,7 +259,11 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
         tid = result.config["trial"]["trial_id"] if result.config else None
         if result.error is not None or tid is None or not store.exists(result_rel(tid)):
             failed.append(tid or "?")
-            log(f"trial {tid} failed: {str(result.error).splitlines()[0] if result.error else 'no result'}")
+            lines = [line for line in str(result.error or "no result").splitlines() if line.strip()]
+            error = lines[-1] if lines else "no result"
+            if tid in by_id:  # a FAILED run with the error; `recon study resume` runs the trial again
+                tracker.log_failed_trial(by_id[tid], error, spec.ray.max_retries + 1)
+            log(f"trial {tid} failed: {error}")
     return failed
 
 

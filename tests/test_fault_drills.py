@@ -147,9 +147,6 @@ def test_failing_trials_are_retried_then_reported_and_the_rest_finishes(failed_s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the driver logs no MLflow run for a failed trial and the tables do not "
-                                       "name failed cells yet (fix proposed for tune_runner.py / tracking.py / "
-                                       "summary.py)")
 def test_failed_trial_has_a_failed_mlflow_run_with_its_error_and_the_table_says_why(failed_study):
     spec, trials = failed_study["spec"], failed_study["trials"]
     failed = {r.data.tags["trial_id"]: r for r in _trial_runs(spec, "FAILED")}
