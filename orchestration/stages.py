@@ -93,10 +93,10 @@ def ensure_pretrained(spec: StudySpec, stages: Sequence[str], tracking_uri: str,
             final = run_pretrain_stage(spec, name, storage.join(rel), tracking_uri, storage, log)
             record = {"uri": final.uri, "digest": final.digest, "stage_hash": stage_hash,
                       "seconds": round(time.time() - start, 1)}
-            storage.write_json(f"{rel}/{STAGE_FILE}", record)
             held = getattr(final, "heldout", None) or {}
-            if held:
+            if held:  # does the stage learn: held-out contrastive accuracy vs chance, kept for the findings
                 record["heldout"] = held
+            storage.write_json(f"{rel}/{STAGE_FILE}", record)
             log(f"pretrain {name}: done in {record['seconds']:.0f} s -> {final.uri}"
                 + (f"; held-out contrastive accuracy {held.get('heldout_contrastive_accuracy', float('nan')):.3f} "
                    f"vs chance {held.get('heldout_chance_accuracy', float('nan')):.3f}" if held else ""))
