@@ -361,6 +361,25 @@ def _locate(loc: tuple, layers: list[tuple[Path, dict, dict[tuple, int]]]) -> tu
     return layers[-1][0], None
 
 
+def validation_problems(exc: ValidationError, layers: list, schema: str) -> list[str]:
+    """pydantic's errors as ``file, line N, field 'a.b': message`` (component configs name their own field)."""
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        message = err["msg"]
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            message = f"unknown field (not in the {schema} schema)"
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # a component config's own check names its field
+            loc = loc + tuple(cause.field.split("."))
+            message = cause.detail
+        where_file, line = _locate(loc, layers)
+        field = ".".join(str(p) for p in loc) or f"({schema})"
+        at = f"{where_file}, line {line}" if line else f"{where_file}"
+        problems.append(f"{at}, field '{field}': {message}")
+    return problems
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read, merge and validate a study file; raise :class:`SpecError` naming file, field and line."""
     path = Path(path).resolve()
@@ -373,18 +392,5 @@ def load_spec(path: str | Path) -> StudySpec:
         spec._source = path
         return spec
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-            message = err["msg"]
-            if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-                message = "unknown field (not in the study schema)"
-            cause = (err.get("ctx") or {}).get("error")
-            if isinstance(cause, ConfigError):  # a component config's own check names its field
-                loc = loc + tuple(cause.field.split("."))
-                message = cause.detail
-            where_file, line = _locate(loc, layers)
-            field = ".".join(str(p) for p in loc) or "(study)"
-            at = f"{where_file}, line {line}" if line else f"{where_file}"
-            problems.append(f"{at}, field '{field}': {message}")
+        problems = validation_problems(exc, layers, "study")
         raise SpecError("invalid study spec: " + "; ".join(problems)) from None

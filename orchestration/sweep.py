@@ -60,7 +60,7 @@ from recon.models.finetune import FinetuneConfig
 from recon.models.pretrain_config import DEMO_CORPUS, PretrainConfig
 
 from .ray_session import RayConfig
-from .spec import SpecError, _locate, _merge, _read_layers, corpus_content_identity
+from .spec import SpecError, _locate, _merge, _read_layers, corpus_content_identity, validation_problems
 from .tracking_uri import DEFAULT_DB_NAME, sqlite_uri
 
 SECTIONS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
@@ -403,20 +403,7 @@ def _build(merged: dict, layers, path: Path) -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(merged)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-            message = err["msg"]
-            if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-                message = "unknown field (not in the sweep schema)"
-            cause = (err.get("ctx") or {}).get("error")
-            if isinstance(cause, ConfigError):
-                loc = loc + tuple(cause.field.split("."))
-                message = cause.detail
-            where_file, line = _locate(loc, layers)
-            field = ".".join(str(p) for p in loc) or "(sweep)"
-            at = f"{where_file}, line {line}" if line else f"{where_file}"
-            problems.append(f"{at}, field '{field}': {message}")
+        problems = validation_problems(exc, layers, "sweep")
         raise SpecError("invalid sweep spec: " + "; ".join(problems)) from None
     spec._source = path
     spec._merged = copy.deepcopy(merged)
