@@ -36,6 +36,7 @@ from recon.data_prep.errors import DataError, ReconError
 from recon.data_prep.formats import InputFormat
 from recon.data_prep.registry import fewshot_datasets
 
+from .finetune import check_source_and_format
 from .training import TrainConfig
 
 def _fewshot_training() -> TrainConfig:
@@ -75,15 +76,10 @@ class FewshotConfig(Config):
 
     def check(self) -> None:
         super().check()
-        if (self.dataset is None) == (self.path is None):
-            raise ConfigError("dataset", "give either a dataset name or a path, not both")
+        check_source_and_format(self, "a path")
         if self.dataset is not None and self.dataset not in fewshot_datasets():
             raise ConfigError("dataset", f"few-shot evaluation supports {', '.join(fewshot_datasets())} "
                                          f"(or --path FILE), got {self.dataset!r}")
-        try:
-            self.input_format = InputFormat.parse(self.input_format).value
-        except ReconError as exc:
-            raise ConfigError("input_format", str(exc)) from None
 
     @property
     def seed(self) -> int:

@@ -77,6 +77,16 @@ class CnnTraining(Config):
                            max_train_steps=self.max_train_steps, seed=seed, device=device)
 
 
+def check_source_and_format(cfg: Any, path_words: str) -> None:
+    """Shared by run configs: exactly one of ``dataset`` / ``path``, and a known input format (normalised)."""
+    if (cfg.dataset is None) == (cfg.path is None):
+        raise ConfigError("dataset", f"give either a dataset name or {path_words}, not both")
+    try:
+        cfg.input_format = InputFormat.parse(cfg.input_format).value
+    except ReconError as exc:
+        raise ConfigError("input_format", str(exc)) from None
+
+
 @dataclass
 class FinetuneConfig(Config):
     """Everything that determines one fine-tuning run; its :meth:`identity` is the trial id's payload."""
@@ -96,12 +106,7 @@ class FinetuneConfig(Config):
 
     def check(self) -> None:
         super().check()
-        if (self.dataset is None) == (self.path is None):
-            raise ConfigError("dataset", "give either a dataset name or a path (+ kind), not both")
-        try:
-            self.input_format = InputFormat.parse(self.input_format).value
-        except ReconError as exc:
-            raise ConfigError("input_format", str(exc)) from None
+        check_source_and_format(self, "a path (+ kind)")
 
     @property
     def seed(self) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from .pretrain import PROGRESS_DIR
 from .storage import Storage
 from .sweep_trial import RESULT_FILE, TRIAL_FILE, PRETRAIN_RUN, probe_rel, trial_rel
-from .tracking import PARENT_TAG, ROLE, flatten, git_commit, metric_key
+from .tracking import PARENT_TAG, ROLE, flatten, git_commit, metric_key, search_all_runs
 from .tracking_uri import is_remote, prepare_local_store
 
 SWEEP_ROLE, TRIAL_ROLE = "sweep", "sweep-trial"
@@ -73,16 +73,7 @@ class SweepTracker:
         self._commit = git_commit()
 
     def _search(self, filter_string: str) -> list:
-        if self.experiment is None:
-            return []
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment.experiment_id], filter_string=filter_string,
-                                           max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all_runs(self.client, self.experiment, filter_string)
 
     def parent_run_id(self, params: Optional[dict] = None) -> str:
         from mlflow.entities import Param

@@ -211,6 +211,20 @@ def numeric_items(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]
     return out
 
 
+def search_all_runs(client, experiment, filter_string: str) -> list:
+    """Every run of ``experiment`` matching ``filter_string``, page by page (none without an experiment)."""
+    if experiment is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], filter_string=filter_string, max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 class StudyTracker:
     """The driver's handle on a study's MLflow experiment."""
 
@@ -280,16 +294,7 @@ class StudyTracker:
 
     # ------------------------------------------------------------ queries
     def _search(self, filter_string: str) -> list:
-        if self.experiment is None:
-            return []
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment.experiment_id], filter_string=filter_string,
-                                           max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all_runs(self.client, self.experiment, filter_string)
 
     def trial_runs(self, finished_only: bool = True) -> dict[str, Any]:
         """Trial id -> run (the FINISHED ones by default)."""
