@@ -245,7 +245,8 @@ def example_epochs(trial: Trial) -> float:
         trained = train_size(trial.dataset, c["split"], c["data"]["max_train"]) * epochs
         if training.get("max_train_steps"):
             trained = min(trained, training["max_train_steps"] * training["batch_size"])
-        return trained + (dev + test) * epochs * EVAL_COST_FRACTION
+        # Dev is scored after every epoch (best-epoch selection); test once, with the best weights.
+        return trained + (dev * epochs + test) * EVAL_COST_FRACTION
     # Few-shot: training and evaluation episodes of N*K support + N*Q query sentences.
     s = c["settings"]
     per_episode = c["n_way"] * (c["k_shot"] + s["q_query"])
