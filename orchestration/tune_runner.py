@@ -38,22 +38,33 @@ from .trials import trainer_source
 
 
 class Progress:
-    """Compact progress lines: done / running / failed out of the pending trials, and an ETA."""
+    """Compact progress lines: done / running / failed out of the pending trials, and an ETA.
+
+    ``running`` is the set of trials Tune has started and not yet completed, errored or put back for
+    a retry (a set: a retried trial starts again under the same key). A completed trial counts as
+    done once the writer thread has logged it, which can be after Tune has started the next one.
+    """
 
     def __init__(self, total: int, concurrency: int, log: Callable[[str], None]) -> None:
         self.total, self.concurrency, self.log = total, max(1, concurrency), log
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = 0
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
 
+    @property
+    def running(self) -> int:
+        return len(self.started)
+
     def start(self, key: str) -> None:
         self.started[key] = time.time()
-        self.running += 1
 
-    def finish(self, key: str, ok: bool) -> None:
-        self.running = max(0, self.running - 1)
+    def stop(self, key: str) -> None:
+        """The trial's process finished (or is retried): it no longer runs; its time counts for the ETA."""
         if key in self.started:
             self.durations.append(time.time() - self.started.pop(key))
+
+    def finish(self, key: str, ok: bool) -> None:
+        self.stop(key)
         if ok:
             self.done += 1
         else:
@@ -115,7 +126,11 @@ def _driver_callback(by_id: dict[str, Trial], tracker: StudyTracker, storage: St
             progress.start(trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            progress.stop(trial.trial_id)  # before Tune starts the next trial on the freed worker
             _logging_pool().submit(log_and_count, trial.config["trial"]["trial_id"], trial.trial_id)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            progress.stop(trial.trial_id)  # Tune starts it again (on_trial_start) for the retry
 
         def on_trial_error(self, iteration, trials, trial, **info):
             # Called once the trial's retries are used up; _tune records the error from Tune's result.

@@ -253,3 +253,25 @@ def test_study_reuses_one_worker_and_results_match_in_process(tmp_path: Path) ->
         alone = trainer(TrialRequest(trial, tmp_path / trial.trial_id, config=resolve_references(trial, {}, None)), [])
         assert result["test"] == alone["test"] and result["history"] == alone["history"]
     assert len(pids) == 1  # one worker process ran all three trials
+
+
+def test_progress_counts_a_reused_worker_running_the_next_trial_before_the_last_is_logged() -> None:
+    """Tune completes trial a and starts c on the freed worker before the writer thread has logged a:
+    at most ``concurrency`` trials are running at any time, and a retried trial is not counted twice."""
+    from recon.orchestration.tune_runner import Progress
+
+    lines: list[str] = []
+    progress = Progress(total=3, concurrency=2, log=lines.append)
+    progress.start("a")
+    progress.start("b")
+    progress.stop("a")         # Tune: a completed, its logging queued
+    progress.start("c")        # the worker runs c at once
+    assert progress.running == 2
+    progress.finish("a", True)  # the writer thread logged a
+    assert lines[-1].startswith("[trials] done 1/3, running 2, failed 0")
+    progress.stop("b")         # b put back for a retry ...
+    progress.start("b")        # ... and started again
+    assert progress.running == 2
+    progress.finish("b", False)
+    progress.finish("c", True)
+    assert lines[-1].startswith("[trials] done 2/3, running 0, failed 1") and progress.running == 0
