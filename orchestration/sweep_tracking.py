@@ -23,7 +23,7 @@ from typing import Any, Optional
 from .pretrain import PROGRESS_DIR
 from .storage import Storage
 from .sweep_trial import RESULT_FILE, TRIAL_FILE, PRETRAIN_RUN, probe_rel, trial_rel
-from .tracking import PARENT_TAG, ROLE, flatten, git_commit, metric_key, search_all_runs
+from .tracking import PARENT_TAG, ROLE, flatten, git_commit, metric_key, redact, redacted_copy, search_all_runs
 from .tracking_uri import is_remote, prepare_local_store
 
 SWEEP_ROLE, TRIAL_ROLE = "sweep", "sweep-trial"
@@ -86,7 +86,7 @@ class SweepTracker:
             return run_id
         run = self.client.create_run(self.experiment.experiment_id, run_name=f"{self.name} (sweep)",
                                      tags={ROLE: SWEEP_ROLE, "git_commit": self._commit})
-        items = [Param(k, v[:6000]) for k, v in flatten(params or {}).items()]
+        items = [Param(k, redact(v)[:6000]) for k, v in flatten(params or {}).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run.info.run_id, params=items[i:i + 100])
         return run.info.run_id
@@ -111,11 +111,11 @@ class SweepTracker:
                 "state": state, "git_commit": self._commit, "node_id": str(node.get("node_id")),
                 "cached": str(bool((record.get("result") or {}).get("cached")))}
         label = ", ".join(f"{p.split('.')[-1]}={_fmt(v)}" for p, v in params.items())
-        run_id = self.client.create_run(self.experiment.experiment_id, run_name=f"trial {number}: {label}",
-                                        tags=tags).info.run_id
+        run_id = self.client.create_run(self.experiment.experiment_id, run_name=redact(f"trial {number}: {label}"),
+                                        tags={k: redact(v) for k, v in tags.items()}).info.run_id
         flat = {f"space.{k}": str(v) for k, v in params.items()}
         flat.update(flatten({"pretrain": record.get("pretrain") or {}, "probe": record.get("probe") or {}}))
-        items = [Param(k, v[:6000]) for k, v in flat.items()]
+        items = [Param(k, redact(v)[:6000]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
         now = int(time.time() * 1000)
@@ -148,7 +148,12 @@ class SweepTracker:
             now = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric("best_objective", float(best["value"]), now, 0),
                                                    Metric("best_trial", float(best["number"]), now, 0)])
-        self.client.log_artifacts(run_id, str(artifacts))
+        logged, tmp = redacted_copy(Path(artifacts))  # a secret in a config or a plot title never leaves
+        try:
+            self.client.log_artifacts(run_id, str(logged))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 

@@ -192,3 +192,32 @@ def test_secret_environment_values_never_reach_mlflow(tmp_path, monkeypatch, cap
     finally:
         db.close()
     shutil.rmtree(tmp_path / "dl", ignore_errors=True)
+
+
+def test_sweep_tracker_redacts_params_tags_and_artifacts(tmp_path, monkeypatch):
+    """The sweep's MLflow writer: a secret in a sampled value, a resolved config or an artifact is redacted."""
+    from mlflow.tracking import MlflowClient
+
+    from recon.orchestration.sweep_tracking import SweepTracker
+
+    monkeypatch.setenv("RECON_TEST_API_TOKEN", TOKEN)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "sweep-secrets", tmp_path / "mlruns")
+    tracker.parent_run_id({"pretrain": {"tracking_uri": f"https://user:{TOKEN}@mlflow.example"}})
+    record = {"trial_id": f"t-{TOKEN}", "probes": [], "curve": [], "result": {"seconds": 1.0},
+              "pretrain": {"note": f"token {TOKEN}"}, "probe": {}}
+    assert tracker.log_trial(0, {"pretrain.p_blank": TOKEN}, "completed", record)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "best.json").write_text(json.dumps({"env": TOKEN}))
+    run_id = tracker.finish(artifacts, None)
+    assert TOKEN in (artifacts / "best.json").read_text()  # the local file is left as written
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([tracker.experiment.experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        text = json.dumps(run.data.params) + json.dumps(run.data.tags) + run.info.run_name
+        assert TOKEN not in text and (REDACTED in text)
+    logged = Path(client.download_artifacts(run_id, "best.json", str(tmp_path / "dl"))).read_text()
+    assert TOKEN not in logged and REDACTED in logged
