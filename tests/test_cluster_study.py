@@ -179,3 +179,56 @@ def test_corpus_build_and_pretrain_join_the_running_cluster(tmp_path):
         assert trained.returncode == 0, trained.stdout + trained.stderr
         assert "final checkpoint:" in trained.stdout
         assert (cluster.shared / "pretrain" / "pretrain-cp" / "final.json").is_file()
+
+
+def _corpus_digests(corpus: Path) -> tuple[list, dict]:
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    return [(s["id"], s["examples"], s["digest"]) for s in manifest["shards"]], manifest["counts"]
+
+
+def _kg_tables(tables: Path) -> dict[str, list]:
+    from recon.data_prep.corpus.kg_tables import read_table
+
+    return {name: sorted(map(repr, read_table(str(tables), name))) for name in ("statements", "aliases", "sitelinks")}
+
+
+def test_kg_tables_and_join_linked_corpus_on_the_cluster_match_one_node(tmp_path):
+    """The Wikidata dump slice (5 bad lines, skipped and counted) -> KG tables -> a join-linked corpus of the
+    WikiExtractor articles, built on the shared-nothing cluster, equals the same two builds on one node."""
+    import shutil
+
+    kg_fixtures = ROOT / "tests" / "fixtures" / "kg"
+    driver = tmp_path / "driver"
+    driver.mkdir()
+
+    def build(run, where: Path) -> None:
+        shutil.copy(kg_fixtures / "wikidata_slice.json", where / "slice.json")
+        shutil.copy(kg_fixtures / "wiki_articles.jsonl", where / "articles.jsonl")
+        tables = run("kg", "build", "--wikidata-dump", str(where / "slice.json"), "--out", str(where / "tables"),
+                     "--on-error", "skip", "--chunk-lines", "60", "--rows-per-part", "120")
+        assert tables.returncode == 0, tables.stdout + tables.stderr
+        corpus = run("corpus", "build", "--kg", str(where / "tables"), "--text", str(where / "articles.jsonl"),
+                     "--out", str(where / "corpus"), "--linking", "join", "--sentences-per-partition", "3",
+                     "--shards", "2")
+        assert corpus.returncode == 0, corpus.stdout + corpus.stderr
+
+    with two_node_cluster(tmp_path, hidden=[driver, DATA]) as cluster:
+        build(lambda *args: _recon(cluster, *args[:2], "--address", cluster.address, *args[2:]), cluster.shared)
+        on_cluster = tmp_path / "from_cluster"
+        shutil.copytree(cluster.shared, on_cluster)
+
+    alone = driver / "alone"
+    alone.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    build(lambda *args: subprocess.run([sys.executable, "-m", "recon.orchestration.cli", *args, "--num-cpus", "2"],
+                                       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT), alone)
+
+    manifests = {name: json.loads((root / "tables" / "manifest.json").read_text()) for name, root in
+                 (("cluster", on_cluster), ("alone", alone))}
+    assert manifests["cluster"]["counts"] == manifests["alone"]["counts"]
+    assert manifests["cluster"]["errors"]["count"] == manifests["alone"]["errors"]["count"] == 5
+    assert manifests["cluster"]["tables"] == manifests["alone"]["tables"]
+    assert _kg_tables(on_cluster / "tables") == _kg_tables(alone / "tables")
+    shards, counts = _corpus_digests(on_cluster / "corpus")
+    assert (shards, counts) == _corpus_digests(alone / "corpus")
+    assert sum(n for _, n, _ in shards) > 0 and counts["anchors_unlinked"] == 1

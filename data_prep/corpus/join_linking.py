@@ -21,6 +21,11 @@ E. **label** (co-group C with D by sentence): ``linking.finish_sentence`` -> exa
    exactly as the in-memory linker (same functions, the per-sentence slice of the graph instead of
    the whole dict). A sentence with one excluded pair is dropped whole (the anti-join).
 
+Why bucketed joins and not ``Dataset.join``: the graph's tables are partitioned by their join key
+once, when ``recon kg build`` writes them, so each build shuffles only the sentence-side requests and
+every join task reads just the part its requests hash to; ``Dataset.join`` would hash-shuffle both
+inputs, the whole statements and alias tables included, on every build.
+
 Memory per task: one part of one table plus the requests that hash to it, so it stays flat as the
 graph grows when the tables' ``parts`` follow their size (``rows_per_part``); the number of
 sentence partitions follows the input (``sentences_per_partition``). A stage with one partition
