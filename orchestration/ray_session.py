@@ -77,6 +77,17 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
     return True
 
 
+def lean_tune() -> None:
+    """Driver-side Tune settings for recon's Tuners (``setdefault``: a user's own setting wins).
+
+    Tune's automatic CSV, JSON and TensorBoard logger callbacks write every reported result of every
+    trial to files under the Tune run folder, on the driver's event loop, between handing workers their
+    next trial. recon keeps every metric in MLflow and its results in storage and reads only Tune's
+    in-memory results, so those files are work nobody reads.
+    """
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
 def quiet_workers() -> None:
     """Ray worker set-up hook.
 

@@ -358,6 +358,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
                     return config
 
             resources = {"cpu": spec.ray.cpus_per_trial, "gpu": spec.ray.gpus_per_trial, **spec.ray.trial_resources}
+            from .ray_session import lean_tune
+
+            lean_tune()
             tuner = tune.Tuner(
                 tune.with_resources(sweep_trainable, resources),
                 param_space={"sweep": payload},

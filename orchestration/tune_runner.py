@@ -251,6 +251,9 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
     def name_of(trial) -> str:
         return trial.config["trial"]["trial_id"]
 
+    from .ray_session import lean_tune
+
+    lean_tune()
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, resources),
         param_space=param_space,

@@ -77,6 +77,10 @@ def test_study_on_ray_tune_twice_gives_one_run_per_trial(tmp_path, capsys):
     assert main(["study", "run", str(path)]) == 0
     first = capsys.readouterr().out
     assert "2 run now, 0 failed; 2 in MLflow" in first and f"recon ui {path}" in first
+    # Tune kept its experiment state for a restart, but wrote no per-result log files (lean_tune):
+    tune_files = [p.name for p in (spec.resolved_output_dir() / "tune").rglob("*") if p.is_file()]
+    assert any(name.startswith("experiment_state") for name in tune_files), tune_files
+    assert not [n for n in tune_files if n in ("progress.csv", "result.json") or n.startswith("events.out")]
 
     # Second time: nothing runs, nothing is logged again.
     assert main(["study", "resume", str(path)]) == 0
