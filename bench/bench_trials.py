@@ -1,7 +1,7 @@
 """Trials against their compute floor: the demo's fine-tuning trials through ``recon study run`` vs in-process.
 
-    python bench/bench_trials.py                              # 12 MiniLM trials, 8 steps, 100 eval, 2 at once
-    python bench/bench_trials.py --trials 6 --max-train-steps 24 --max-eval 100
+    python bench/bench_trials.py                              # 6 of the demo's MiniLM trials as they are, 2 at once
+    python bench/bench_trials.py --trials 12 --max-train-steps 8 --max-eval 100   # short trials: the fixed cost
     python bench/bench_trials.py --floor-lanes 1              # the floor in ONE process, serial
 
 Both sides run the same trials, planned from a temporary copy of ``studies/demo.yaml`` (the
@@ -84,8 +84,10 @@ def make_spec(args, tmp: Path) -> Path:
     grid = raw["grids"][0]
     grid["splits"], grid["formats"], raw["seeds"] = _shape(per_model, grid["splits"], grid["formats"], raw["seeds"])
     raw["grids"] = [grid]
-    raw["training"]["max_train_steps"] = args.max_train_steps
-    raw["data"]["max_eval"] = args.max_eval
+    if args.max_train_steps is not None:
+        raw["training"]["max_train_steps"] = args.max_train_steps
+    if args.max_eval is not None:
+        raw["data"]["max_eval"] = args.max_eval
     data_dir = study_data_dir(load_spec(REPO / "studies" / "demo.yaml"))
     if data_dir:
         raw["data"]["data_dir"] = data_dir
@@ -203,9 +205,10 @@ def run_tune(spec_path: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=12, help="trials to run (the demo's grid trimmed to about this)")
-    ap.add_argument("--max-train-steps", type=int, default=8, help="optimizer steps per trial (demo: 24)")
-    ap.add_argument("--max-eval", type=int, default=100, help="dev/test cap (demo: 100)")
+    ap.add_argument("--trials", type=int, default=6, help="trials to run (the demo's grid trimmed to about this)")
+    ap.add_argument("--max-train-steps", type=int, default=None,
+                    help="cap optimizer steps per trial (default: the demo's own epochs; 8 isolates the fixed cost)")
+    ap.add_argument("--max-eval", type=int, default=None, help="dev/test cap (default: studies/demo.yaml's)")
     ap.add_argument("--concurrency", type=int, default=2, help="trials at once (Tune and floor lanes)")
     ap.add_argument("--floor-lanes", type=int, default=None, help="floor processes (default: --concurrency)")
     ap.add_argument("--with-pretrain", action="store_true", help="keep the CP model (runs its pre-training)")
@@ -234,8 +237,10 @@ def main() -> None:
         n = len(trials)
         print(f"{n} trials ({', '.join(sorted({t.model for t in trials}))}; splits "
               f"{sorted({t.setting for t in trials})}, formats {sorted({t.format for t in trials})}, "
-              f"seeds {sorted({t.seed for t in trials})}), {args.max_train_steps} steps, max_eval {args.max_eval}, "
-              f"{args.concurrency} at once, {threads} torch thread(s) each; loaded machine: "
+              f"seeds {sorted({t.seed for t in trials})}), "
+              f"{args.max_train_steps or str(trials[0].config['training']['epochs']) + ' epochs'} per trial, "
+              f"max_eval {trials[0].config['data']['max_eval']}, "
+              f"{args.concurrency} at once, {threads} torch thread(s) each; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
               f"code {Path(recon_models.__file__).parent}",
               flush=True)
@@ -279,7 +284,7 @@ def main() -> None:
             print(f"vs the trials' own fit time in this Tune run (robust to load drift between the phases): "
                   f"per-trial fixed overhead {direct:.2f}s (= (wall_tune {tune['wall_tune']:.1f} x {args.concurrency}"
                   f" - sum of fit {fit_sum:.1f}) / {n}; of which inside the trainer around fit {in_trial:.2f}s); "
-                  f"ratio {ratio_direct:.3f} (loaded)", flush=True)
+                  f"ratio {ratio_direct:.3f} (load average {os.getloadavg()[0]:.1f})", flush=True)
         if floor and tune:
             overhead = (tune["wall_tune"] * args.concurrency - sum_floor) / n
             ratio = tune["wall_tune"] / floor_wall
@@ -292,7 +297,7 @@ def main() -> None:
                   f"(= (wall_tune {tune['wall_tune']:.1f} x "
                   f"{args.concurrency} - sum of floors {sum_floor:.1f}) / {n}); ratio wall_tune / floor_wall "
                   f"{ratio:.3f}; study incl. Ray start {oc.seconds / floor_wall:.3f}; identical results "
-                  f"{len(same)}/{n} (loaded)", flush=True)
+                  f"{len(same)}/{n} (load average {os.getloadavg()[0]:.1f})", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     finally:
