@@ -230,25 +230,63 @@ class PretrainNet(nn.Module):
         return reps, self.encoder.mlm_logits(picked)
 
 
-def gather_across_workers(tensor: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
-    """Concatenate ``tensor`` from every rank along dim 0 (identity outside torch.distributed).
+def rows_per_worker(rows: int) -> list[int] | None:
+    """Every rank's row count (one tiny all-gather), or None outside torch.distributed.
 
-    Ranks must hold the same number of rows; ``differentiable`` keeps the autograd graph through the
-    gathered copies (their gradients are summed back onto each rank's rows).
+    A CP batch can end short on one rank (the sampler ran out of unused sentences in every
+    relation: ``pairs_skipped``), so ranks may hold different numbers of pairs.
+    The counts are host integers, exchanged over gloo (a gloo group beside NCCL's, made once), so
+    reading them never waits for the GPU's queue.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    group = None
+    if dist.get_backend() != "gloo":
+        world = id(dist.distributed_c10d._get_default_group())
+        if world not in _HOST_GROUP:  # every rank reaches its first CP step together: a collective call
+            _HOST_GROUP.clear()
+            _HOST_GROUP[world] = dist.new_group(backend="gloo")
+        group = _HOST_GROUP[world]
+    mine = torch.tensor([rows], dtype=torch.int64)
+    counts = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, mine, group=group)
+    return [int(c) for c in counts]
+
+
+_HOST_GROUP: dict = {}  # default group's id -> the gloo group for host-side counts (NCCL runs)
+
+
+def gather_across_workers(tensor: torch.Tensor, differentiable: bool = True,
+                          sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0, in rank order (identity outside torch.distributed).
+
+    ``sizes`` are the ranks' row counts (:func:`rows_per_worker`); when they differ, each rank pads to
+    the largest (collectives need equal shapes) and the padding is cut off after the gather.
+    ``differentiable`` keeps the autograd graph through the gathered copies (their gradients are
+    summed back onto each rank's rows).
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
+    sizes = sizes if sizes is not None else rows_per_worker(tensor.size(0))
+    longest = max(sizes)
+    padded = tensor.contiguous()
+    if tensor.size(0) < longest:
+        filler = tensor.new_zeros((longest - tensor.size(0), *tensor.shape[1:]))
+        padded = torch.cat([padded, filler], dim=0)
     if differentiable:
         from torch.distributed.nn.functional import all_gather
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated alias, still the documented API
-            return torch.cat(all_gather(tensor.contiguous()), dim=0)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+            parts = all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
 def _split_pairs(t: torch.Tensor, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,13 +299,15 @@ def contrastive_reps(
     """Reorder to the objective's layout (all firsts, then all seconds) over the GLOBAL batch.
 
     Each rank holds ``[a_0..a_{P-1}, b_0..b_{P-1}]``; after gathering, firsts of all ranks come
-    before seconds of all ranks, so pair ``k`` of the global batch is ``(k, k + world x P)``.
+    before seconds of all ranks, so pair ``k`` of the global batch is ``(k, k + total pairs)``
+    (ranks may hold different numbers of pairs).
     """
     a, b = _split_pairs(reps, n_pairs)
     ra, rb = _split_pairs(relation_ids, n_pairs)
     if gather:
-        a, b = gather_across_workers(a), gather_across_workers(b)
-        ra, rb = gather_across_workers(ra, False), gather_across_workers(rb, False)
+        sizes = rows_per_worker(n_pairs)  # once per step: a rank's batch may have ended short
+        a, b = gather_across_workers(a, sizes=sizes), gather_across_workers(b, sizes=sizes)
+        ra, rb = gather_across_workers(ra, False, sizes), gather_across_workers(rb, False, sizes)
     return torch.cat([a, b]), torch.cat([ra, rb])
 
 
@@ -745,7 +785,7 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "OBJECTIVES", "TokenContext", "PretrainBatch", "PretrainNet", "StepSettings", "StepStats",
-    "build_batch", "micro_step_loss", "optimizer_step", "gather_across_workers", "contrastive_reps",
+    "build_batch", "micro_step_loss", "optimizer_step", "gather_across_workers", "rows_per_worker", "contrastive_reps",
     "relation_id", "step_generator", "reseed_step", "count_parameters", "run_steps", "StepMeter",
     "masked_index", "cp_loss_nosync", "build_pretrain_optimizer", "HeldoutScore", "heldout_score", "is_heldout",
     "split_heldout", "heldout_batches", "evaluate_heldout",

@@ -221,8 +221,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gathered_cp_grads(rank: int, world: int, port: int, tiny_dir: str, batch_file: str, out_file: str) -> None:
-    """Worker of the 2-process test: CP on its half of the pairs, negatives gathered, DDP-averaged."""
+def _gathered_cp_grads(rank: int, world: int, port: int, tiny_dir: str, batch_file: str, out_file: str,
+                       split: tuple[int, ...]) -> None:
+    """Worker of the 2-process test: CP on its share of the pairs (``split``), negatives gathered, DDP-averaged."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -232,8 +233,8 @@ def _gathered_cp_grads(rank: int, world: int, port: int, tiny_dir: str, batch_fi
     try:
         big = PretrainBatch(**{k: (torch.tensor(v) if isinstance(v, list) else v)
                                for k, v in json.loads(Path(batch_file).read_text()).items()})
-        per = big.n_pairs // world
-        mine = _take(big, list(range(rank * per, (rank + 1) * per)))
+        first = sum(split[:rank])
+        mine = _take(big, list(range(first, first + split[rank])))
         net = DistributedDataParallel(PretrainNet(_bundle(Path(tiny_dir), dropout=0.0).model))
         loss, _ = micro_step_loss(net, mine, StepSettings("cp", mlm_weight=0.0))
         loss.backward()
@@ -245,8 +246,10 @@ def _gathered_cp_grads(rank: int, world: int, port: int, tiny_dir: str, batch_fi
 
 
 @pytest.mark.slow  # two spawned processes importing torch + transformers: ~35 s on 2 shared cores
-def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_dir, corpus, tmp_path):
-    """2 gloo processes x 4 pairs with the differentiable all-gather give the gradient of CP over all 8."""
+@pytest.mark.parametrize("split", [(4, 4), (5, 3)], ids=["even", "one-batch-ended-short"])
+def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_dir, corpus, tmp_path, split):
+    """2 gloo processes with the differentiable all-gather give the gradient of CP over all 8 pairs, also
+    when one rank's batch ended short (the sampler's ``pairs_skipped``): before, unequal shapes aborted gloo."""
     import torch.multiprocessing as mp
 
     bundle = _bundle(tiny_dir, dropout=0.0)
@@ -255,7 +258,8 @@ def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_di
     batch_file.write_text(json.dumps({k: (v.tolist() if isinstance(v, torch.Tensor) else v)
                                       for k, v in big.__dict__.items()}))
     out_file = tmp_path / "grads.safetensors"
-    mp.spawn(_gathered_cp_grads, args=(2, _free_port(), str(tiny_dir), str(batch_file), str(out_file)), nprocs=2)
+    mp.spawn(_gathered_cp_grads, args=(2, _free_port(), str(tiny_dir), str(batch_file), str(out_file), split),
+             nprocs=2)
     distributed = load_file(str(out_file))
 
     # reference: one process, the global batch in the gathered order (firsts of both ranks, then seconds)
