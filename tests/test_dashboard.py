@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from headless_browser import chromium_driver
+
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 SHOTS = Path("/tmp/recon-shots")
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 def _study(tmp_path: Path) -> Path:
@@ -43,18 +44,7 @@ def _free_port() -> int:
 
 
 def _driver():
-    if not (CHROMIUM and DRIVER):
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("Debian chromium / chromium-driver not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1600,1000"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    return webdriver.Chrome(service=Service(DRIVER), options=options)
+    return chromium_driver("1600,1000", performance_log=True)
 
 
 def _body(driver) -> str:

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headless_browser import chromium_driver
+
 from recon.orchestration.error_browser import browser_data, marked_text, render, write_error_browser
 from recon.orchestration.plan import Trial
 from recon.orchestration.significance import load_predictions
 
 from test_significance import demo  # noqa: F401 - the session fixture: the demo-shaped toy study
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 def _trial(model, fmt, seed, dataset="tacred", setting="100%"):
@@ -47,18 +48,7 @@ def _synthetic(n=15_509, models=("BERT", "MTB", "CP"), formats=("C+M",), seeds=(
 
 
 def _driver():
-    if not (CHROMIUM and DRIVER):
-        # The README's test command installs both, so under CI a missing browser is a failure, not a skip.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("Debian chromium / chromium-driver not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1500,1100"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(DRIVER), options=options)
+    return chromium_driver("1500,1100")
 
 
 def _matching(driver) -> int:
