@@ -244,7 +244,7 @@ def rows_per_worker(rows: int) -> list[int] | None:
         return None
     group = None
     if dist.get_backend() != "gloo":
-        world = id(dist.distributed_c10d._get_default_group())
+        world = id(dist.group.WORLD)
         if world not in _HOST_GROUP:  # every rank reaches its first CP step together: a collective call
             _HOST_GROUP.clear()
             _HOST_GROUP[world] = dist.new_group(backend="gloo")
