@@ -23,7 +23,7 @@ from typing import Any, Optional
 from .pretrain import PROGRESS_DIR
 from .storage import Storage
 from .sweep_trial import RESULT_FILE, TRIAL_FILE, PRETRAIN_RUN, probe_rel, trial_rel
-from .tracking import PARENT_TAG, ROLE, flatten, git_commit, metric_key, redact, redacted_copy, search_all_runs
+from .tracking import PARENT_TAG, ROLE, flatten, git_commit, log_artifacts_redacted, metric_key, redact, search_all_runs
 from .tracking_uri import is_remote, prepare_local_store
 
 SWEEP_ROLE, TRIAL_ROLE = "sweep", "sweep-trial"
@@ -148,12 +148,7 @@ class SweepTracker:
             now = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric("best_objective", float(best["value"]), now, 0),
                                                    Metric("best_trial", float(best["number"]), now, 0)])
-        logged, tmp = redacted_copy(Path(artifacts))  # a secret in a config or a plot title never leaves
-        try:
-            self.client.log_artifacts(run_id, str(logged))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
+        log_artifacts_redacted(self.client, run_id, Path(artifacts))  # a secret in a config never leaves
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 

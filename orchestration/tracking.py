@@ -176,6 +176,19 @@ def redacted_copy(src: Path, secrets: Optional[Iterable[str]] = None) -> tuple[P
     return target, tmp
 
 
+def log_artifacts_redacted(client, run_id: str, src: Path, artifact_path: Optional[str] = None) -> None:
+    """``log_artifacts`` / ``log_artifact`` of ``src`` (a folder or a file) with secret values redacted."""
+    path, tmp = redacted_copy(Path(src))
+    try:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
 def git_commit(cwd: Path | None = None) -> str:
     """The checked-out commit of the code running the study ('unknown' outside a git checkout)."""
     try:
@@ -277,16 +290,7 @@ class StudyTracker:
         return tags
 
     def _log_artifacts(self, run_id: str, src: Path, artifact_path: Optional[str] = None) -> None:
-        """``log_artifacts`` / ``log_artifact`` of ``src`` with secret values redacted."""
-        path, tmp = redacted_copy(src)
-        try:
-            if path.is_dir():
-                self.client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
-            else:
-                self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
+        log_artifacts_redacted(self.client, run_id, src, artifact_path)
 
     @property
     def exists(self) -> bool:
