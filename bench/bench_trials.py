@@ -182,11 +182,11 @@ def run_tune(spec_path: Path) -> dict:
     real_tune = tune_runner._tune
 
     def timed_tune(*a, **k):
-        start = time.perf_counter()
+        start, timing["tune_start_epoch"] = time.perf_counter(), time.time()
         try:
             return real_tune(*a, **k)
         finally:
-            timing["tune"] = time.perf_counter() - start
+            timing["tune"], timing["tune_end_epoch"] = time.perf_counter() - start, time.time()
 
     tune_runner._tune = timed_tune
     try:
@@ -200,7 +200,39 @@ def run_tune(spec_path: Path) -> dict:
         rel = f"results/{t.trial_id}/result.json"
         if store.exists(rel):
             results[t.trial_id] = store.read_json(rel)
-    return {"outcome": outcome, "wall_tune": timing.get("tune", float("nan")), "results": results}
+    return {"outcome": outcome, "wall_tune": timing.get("tune", float("nan")), "results": results,
+            "tune_start": timing.get("tune_start_epoch"), "tune_end": timing.get("tune_end_epoch")}
+
+
+def slot_time(results: list[dict], tune_start: float, tune_end: float) -> dict:
+    """Where the Tune run's slot-seconds went, from each trial's ``node`` record (pid, started) and its
+    ``seconds`` / ``fit_s``, lane by lane (a lane = one reused worker process):
+
+    * ``startup``: from the ``_tune`` call to a lane's first trial entering its trainer (Tuner set-up,
+      the worker process and Ray's imports), once per lane;
+    * ``cold``: a lane's first trial, its trainer time around ``fit`` (torch / transformers imports,
+      encoder load, first tokenization), once per lane;
+    * ``warm``: every later trial, its trainer time around ``fit`` plus the gap since the lane's previous
+      trial ended (publishing its outputs, its final report, Tune stopping it and handing the worker the
+      next config, the next trial fetching its inputs): the cost a trial adds to a warm worker;
+    * ``tail``: from a lane's last trial ending to the ``_tune`` call returning (the other lane finishing,
+      the last MLflow logging).
+    """
+    lanes: dict = {}
+    for r in sorted(results, key=lambda r: r["node"]["started"]):
+        lanes.setdefault(r["node"]["pid"], []).append(r)
+    startup = cold = tail = 0.0
+    warm: list[float] = []
+    for rows in lanes.values():
+        startup += rows[0]["node"]["started"] - tune_start
+        cold += rows[0]["seconds"] - rows[0]["fit_s"]
+        for prev, row in zip(rows, rows[1:]):
+            warm.append(row["node"]["started"] - (prev["node"]["started"] + prev["seconds"])
+                        + row["seconds"] - row["fit_s"])
+        tail += tune_end - (rows[-1]["node"]["started"] + rows[-1]["seconds"])
+    return {"lanes": len(lanes), "startup_s": startup / len(lanes), "cold_s": cold / len(lanes),
+            "warm_trials": len(warm), "warm_s": sum(warm) / len(warm) if warm else float("nan"),
+            "warm_max_s": max(warm, default=float("nan")), "tail_s": tail / len(lanes)}
 
 
 def main() -> None:
@@ -281,6 +313,12 @@ def main() -> None:
                 avg = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
                 print(f"worker processes: {len(pids)} for {len(res)} trials; trainer time around fit: first trial "
                       f"of a worker {avg(first):.2f}s, later trials {avg(later):.2f}s", flush=True)
+                slots = slot_time(res, tune["tune_start"], tune["tune_end"])
+                figures.update({f"slots_{k}": v for k, v in slots.items()})
+                print(f"per lane (reused worker), slot time outside fit: start-up {slots['startup_s']:.2f}s and cold "
+                      f"first trial {slots['cold_s']:.2f}s once per lane; tail {slots['tail_s']:.2f}s once per lane; "
+                      f"per-trial overhead on a warm worker {slots['warm_s']:.2f}s (max {slots['warm_max_s']:.2f}s, "
+                      f"{slots['warm_trials']} trials)", flush=True)
             print(f"vs the trials' own fit time in this Tune run (robust to load drift between the phases): "
                   f"per-trial fixed overhead {direct:.2f}s (= (wall_tune {tune['wall_tune']:.1f} x {args.concurrency}"
                   f" - sum of fit {fit_sum:.1f}) / {n}; of which inside the trainer around fit {in_trial:.2f}s); "
