@@ -82,9 +82,8 @@ def bare(args, encoder: str) -> dict:
     from recon.data_prep.corpus import load_corpus
     from recon.data_prep.samplers import CPSampler, MTBSampler
     from recon.models.encoder import load_encoder
-    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_pretrain_optimizer,
-                                    count_parameters, run_steps)
-    from recon.models.training import TrainConfig, build_scheduler, resolve_device
+    from recon.models.pretraining import PretrainNet, StepSettings, TokenContext, count_parameters, run_steps
+    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -92,7 +91,7 @@ def bare(args, encoder: str) -> dict:
     bundle = load_encoder(encoder, mlm_head=True)
     net = PretrainNet(bundle.model).to(device)
     cfg = TrainConfig(lr=PAPER.lr, weight_decay=PAPER.weight_decay, warmup_steps=PAPER.warmup)
-    optimizer = build_pretrain_optimizer(net, cfg, device)
+    optimizer = build_optimizer(net, cfg, device)
     total = args.warmup_steps + args.steps
     scheduler = build_scheduler(optimizer, total, cfg)
     index = load_corpus(args.corpus)

@@ -569,25 +569,6 @@ def optimizer_step(
     return meter.read()
 
 
-def build_pretrain_optimizer(net: nn.Module, config, device: torch.device) -> torch.optim.Optimizer:
-    """``recon.models.training.build_optimizer`` (AdamW, no decay on biases and LayerNorm), with the
-    fused CUDA kernel on a GPU: one launch for all parameters instead of a multi-tensor loop.
-
-    Same parameter groups and hyper-parameters, and the same state layout, so checkpoints move
-    between the two; on CPU the optimizer is returned unchanged. (Belongs in ``build_optimizer``
-    itself: ``torch.optim.AdamW(..., fused=device.type == "cuda")``.)
-    """
-    from .training import build_optimizer
-
-    optimizer = build_optimizer(net, config)
-    if device.type != "cuda" or type(optimizer) is not torch.optim.AdamW:
-        return optimizer
-    d = optimizer.defaults
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
-    return torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], weight_decay=d["weight_decay"],
-                             fused=True)
-
-
 def step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
     """MLM masking randomness as a pure function of (seed, step, rank, micro-step): a resumed run
     masks exactly as the uninterrupted one would, with no generator state to carry."""
@@ -787,6 +768,6 @@ __all__ = [
     "OBJECTIVES", "TokenContext", "PretrainBatch", "PretrainNet", "StepSettings", "StepStats",
     "build_batch", "micro_step_loss", "optimizer_step", "gather_across_workers", "rows_per_worker", "contrastive_reps",
     "relation_id", "step_generator", "reseed_step", "count_parameters", "run_steps", "StepMeter",
-    "masked_index", "cp_loss_nosync", "build_pretrain_optimizer", "HeldoutScore", "heldout_score", "is_heldout",
+    "masked_index", "cp_loss_nosync", "HeldoutScore", "heldout_score", "is_heldout",
     "split_heldout", "heldout_batches", "evaluate_heldout",
 ]

@@ -88,9 +88,9 @@ def train_loop_per_worker(config: dict) -> None:
     from recon.models.checkpoint import load_checkpoint, save_checkpoint
     from recon.models.encoder import load_encoder
     from recon.models.pretrain_state import load_train_state, rng_state, save_train_state, set_rng_state
-    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext, build_pretrain_optimizer,
+    from recon.models.pretraining import (PretrainNet, StepSettings, TokenContext,
                                           evaluate_heldout, heldout_batches, run_steps, split_heldout)
-    from recon.models.training import TrainConfig, build_scheduler, seed_everything
+    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, seed_everything
 
     from .pretrain import HELDOUT_START_FILE, PretrainRun, progress_rel
 
@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
                                             parallel_strategy_kwargs={"gradient_as_bucket_view": True})
         train_cfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=min(cfg.warmup, cfg.steps),
                                 max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16)
-        optimizer = build_pretrain_optimizer(net, train_cfg, device)  # fused AdamW on CUDA
+        optimizer = build_optimizer(net, train_cfg, device)  # fused AdamW (CPU and CUDA)
         scheduler = build_scheduler(optimizer, cfg.steps, train_cfg)
         start_step = 0
         if ckpt_dir:

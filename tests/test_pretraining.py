@@ -476,24 +476,12 @@ def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
                                    atol=1e-6)
 
 
-def test_pretrain_optimizer_is_plain_adamw_off_cuda(tiny_dir):
-    from recon.models.pretraining import build_pretrain_optimizer
-
-    net = PretrainNet(_bundle(tiny_dir).model)
-    opt = build_pretrain_optimizer(net, TrainConfig(lr=1e-3), torch.device("cpu"))
-    assert type(opt) is torch.optim.AdamW and not opt.defaults.get("fused")
-    assert [g["weight_decay"] for g in opt.param_groups] == [g["weight_decay"] for g in
-                                                            build_optimizer(net, TrainConfig(lr=1e-3)).param_groups]
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_uses_fused_adamw_and_pinned_batches(tiny_dir, corpus):
-    from recon.models.pretraining import build_pretrain_optimizer
-
     device = torch.device("cuda")
     bundle = _bundle(tiny_dir)
     net = PretrainNet(bundle.model).to(device)
-    opt = build_pretrain_optimizer(net, TrainConfig(lr=1e-3), device)
+    opt = build_optimizer(net, TrainConfig(lr=1e-3), device)
     assert opt.defaults["fused"]
     batch = _cp_batch(bundle, corpus, pairs=4).pin_memory()
     assert batch.input_ids.is_pinned()

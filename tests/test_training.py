@@ -175,6 +175,30 @@ def test_gradient_accumulation_matches_a_larger_batch(optimizer: str) -> None:
         torch.testing.assert_close(pb, ps, rtol=1e-4, atol=1e-5)
 
 
+def test_adamw_is_fused_on_cpu_and_matches_the_per_parameter_loop() -> None:
+    from recon.models.training import build_optimizer
+
+    opt = build_optimizer(BagModel(), TrainConfig())
+    assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]  # biases are not decayed
+    assert not build_optimizer(BagModel(), TrainConfig(fused_adamw=False)).defaults["fused"]
+
+    def train(fused: bool) -> BagModel:
+        seed_everything(7)
+        model = BagModel(dropout=0.0)
+        train_loader, _, _ = loaders(batch=8, seed=5)
+        fit(model, ClassificationTask(), train_loader, None, None,
+            TrainConfig(lr=0.05, epochs=3, seed=7, metric="accuracy", fused_adamw=fused))
+        return model
+
+    seed_everything(7)
+    start = BagModel(dropout=0.0).out.weight.detach().clone()
+    fused, loop = train(True), train(False)
+    assert not torch.allclose(fused.out.weight, start)  # it trained
+    for pf, pl in zip(fused.parameters(), loop.parameters()):
+        torch.testing.assert_close(pf, pl, rtol=1e-5, atol=1e-6)
+
+
 def test_accumulation_differs_from_small_batch_steps() -> None:
     def final(batch: int, accum: int) -> torch.Tensor:
         seed_everything(7)
