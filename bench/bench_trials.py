@@ -246,6 +246,9 @@ def main() -> None:
     ap.add_argument("--with-pretrain", action="store_true", help="keep the CP model (runs its pre-training)")
     ap.add_argument("--skip-floor", action="store_true")
     ap.add_argument("--skip-tune", action="store_true")
+    ap.add_argument("--tune-first", action="store_true",
+                    help="run the Tune phase before the floor (a machine that slows under sustained load then "
+                         "shows up as a floor slower than Tune's fit instead of the reverse)")
     ap.add_argument("--cache-dir", default=None, help="node cache ($RECON_CACHE_DIR; default: a fresh temporary one)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--lane", default=None, help=argparse.SUPPRESS)
@@ -277,6 +280,8 @@ def main() -> None:
               f"code {Path(recon_models.__file__).parent}",
               flush=True)
         floor = tune = None
+        if args.tune_first and not args.skip_tune:
+            tune = run_tune(spec_path)
         if not args.skip_floor:
             floor = run_floor(trials, data_dir, lanes, threads, tmp, env)
             rows = floor["rows"].values()
@@ -287,7 +292,7 @@ def main() -> None:
                   f"{floor_wall:.1f}s; in-process extra around fit {extra:.2f}s/trial; warm-up "
                   f"{max(r['warmup_s'] for r in rows):.1f}s; lanes' wall {floor['wall']:.1f}s", flush=True)
         if not args.skip_tune:
-            tune = run_tune(spec_path)
+            tune = tune or run_tune(spec_path)
             oc = tune["outcome"]
             trainer_s = sum(r.get("seconds", 0) for r in tune["results"].values())
             print(f"tune: wall_tune {tune['wall_tune']:.1f}s, wall_study {oc.seconds:.1f}s, ran {oc.ran}, "
@@ -331,6 +336,18 @@ def main() -> None:
                     if tid in got and got[tid]["test"] == r["test"] and got[tid]["best_epoch"] == r["best_epoch"]]
             figures.update(overhead_s=overhead, ratio=ratio, wall_tune=tune["wall_tune"], wall_study=oc.seconds,
                            sum_floor=sum_floor, floor_wall=floor_wall, identical=len(same))
+            first_of_lane, seen = set(), set()
+            for tid, r in sorted(got.items(), key=lambda kv: kv[1]["node"]["started"]):
+                if r["node"]["pid"] not in seen:
+                    first_of_lane.add(tid)
+                seen.add(r["node"]["pid"])
+            slow = {tid: got[tid]["fit_s"] / r["floor_s"] for tid, r in floor["rows"].items() if tid in got}
+            cold = [v for tid, v in slow.items() if tid in first_of_lane]
+            warm = [v for tid, v in slow.items() if tid not in first_of_lane]
+            figures.update(fit_vs_floor_cold=cold, fit_vs_floor_warm=warm)
+            print("the same trial's time in fit, Tune / floor: first trial of a lane "
+                  + ", ".join(f"{v:.3f}" for v in cold) + "; later trials " + ", ".join(f"{v:.3f}" for v in warm),
+                  flush=True)
             print(f"vs the floor phase: per-trial fixed overhead {overhead:.2f}s  "
                   f"(= (wall_tune {tune['wall_tune']:.1f} x "
                   f"{args.concurrency} - sum of floors {sum_floor:.1f}) / {n}); ratio wall_tune / floor_wall "

@@ -6,7 +6,8 @@ trial reserves; none of it is part of a trial id. :func:`ensure_ray` is how the 
 the cluster Ray itself would join (``address``, else ``RAY_ADDRESS``, else one started on this
 machine with ``ray start``; :func:`cluster_to_join`), otherwise a local Ray is started with
 ``num_cpus`` CPUs (default: all local CPUs) and no dashboard (the MLflow UI is the dashboard). Either way every
-worker runs :func:`quiet_workers` first, so a run prints progress rather than log noise. The corpus
+worker runs :func:`quiet_workers` first, so a run prints progress rather than log noise, and starts
+with one glibc malloc arena (:data:`WORKER_MALLOC_ENV`: why is told there). The corpus
 commands do not use it yet: ``recon corpus build``/``demo`` start a local Ray themselves
 (``--num-cpus``) when none is running.
 """
@@ -68,13 +69,28 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
     # Ray's usage stats, MLflow's and the Hub's telemetry off (unless the user set them) in the Ray
     # started here (it inherits this environment) and in every worker (also on a joined cluster).
     runtime_env = {"worker_process_setup_hook": "recon.orchestration.ray_session.quiet_workers",
-                   "env_vars": apply_offline_env()}
+                   "env_vars": {**worker_malloc_env(), **apply_offline_env()}}
     target = cluster_to_join(address)
     if target:
         ray.init(address=target, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env)
     return True
+
+
+# glibc malloc for Ray workers: one arena. Tune and Ray Train run the training function in a thread
+# of the worker, and glibc gives such a thread its own arena, whose heap it gives back to the kernel
+# (madvise) whenever its top grows past the trim threshold, then faults the pages in again, zeroed,
+# on the next step's allocations. With two trials on two cores that kernel time made every step in
+# Tune 15-50% slower than the same step in a plain process (18% system time in the workers; 1,000+
+# context switches/s); with one arena the thread allocates as a main thread does
+# (bench/bench_trials.py: Tune's fit / the floor's fit per trial, 1.09-1.52 -> 1.01-1.12).
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1"}
+
+
+def worker_malloc_env() -> dict[str, str]:
+    """:data:`WORKER_MALLOC_ENV`, except where this process's environment sets the variable (a user's choice wins)."""
+    return {name: os.environ.get(name, value) for name, value in WORKER_MALLOC_ENV.items()}
 
 
 def lean_tune() -> None:

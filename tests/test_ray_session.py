@@ -44,3 +44,35 @@ def test_remote_tracking_server_gets_no_forced_artifact_location_and_ui_points_a
     monkeypatch.setattr("subprocess.call", lambda *a, **k: called.append(a) or 0)
     assert main(["ui", "--tracking-uri", "http://10.0.0.5:5000"]) == 0
     assert "MLflow UI: http://10.0.0.5:5000" in capsys.readouterr().out and not called
+
+
+def test_workers_get_one_malloc_arena_unless_the_user_chose(init_calls, monkeypatch):
+    monkeypatch.setattr(ray_session, "cluster_to_join", lambda address=None: None)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    ray_session.ensure_ray(num_cpus=1)
+    assert init_calls[-1]["runtime_env"]["env_vars"]["MALLOC_ARENA_MAX"] == "1"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    ray_session.ensure_ray(num_cpus=1)
+    assert init_calls[-1]["runtime_env"]["env_vars"]["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_a_real_ray_worker_process_starts_with_the_malloc_setting(monkeypatch):
+    """glibc reads MALLOC_ARENA_MAX once, at process start: the worker's own environment must have it."""
+    import ray
+
+    monkeypatch.setattr(ray_session, "cluster_to_join", lambda address=None: None)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    assert ray_session.ensure_ray(num_cpus=1)
+    try:
+        @ray.remote(num_cpus=1)
+        def start_environment() -> dict:
+            import os
+
+            raw = open(f"/proc/{os.getpid()}/environ", "rb").read().split(b"\0")
+            return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+        assert ray.get(start_environment.remote()).get("MALLOC_ARENA_MAX") == "1"
+    finally:
+        ray.shutdown()
