@@ -90,7 +90,8 @@ def bare(args, encoder: str) -> dict:
     torch.manual_seed(0)
     bundle = load_encoder(encoder, mlm_head=True)
     net = PretrainNet(bundle.model).to(device)
-    cfg = TrainConfig(lr=PAPER.lr, weight_decay=PAPER.weight_decay, warmup_steps=PAPER.warmup)
+    cfg = TrainConfig(lr=PAPER.lr, weight_decay=PAPER.weight_decay, warmup_steps=PAPER.warmup,
+                      fused_adamw=not args.loop_adamw)
     optimizer = build_optimizer(net, cfg, device)
     total = args.warmup_steps + args.steps
     scheduler = build_scheduler(optimizer, total, cfg)
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (dense bf16) for MFU")
     p.add_argument("--bare-only", action="store_true", help="no Ray: torch + transformers only")
+    p.add_argument("--loop-adamw", action="store_true",
+                   help="bare mode with torch's per-parameter AdamW instead of the fused kernel (before/after)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.device == "auto":
