@@ -204,6 +204,14 @@ def run_tune(spec_path: Path) -> dict:
             "tune_start": timing.get("tune_start_epoch"), "tune_end": timing.get("tune_end_epoch")}
 
 
+def by_worker(results) -> list[list[dict]]:
+    """Trial results grouped by the worker process that ran them (``node.pid``), each lane in start order."""
+    by_pid: dict = {}
+    for r in sorted(results, key=lambda r: r["node"]["started"]):
+        by_pid.setdefault(r["node"]["pid"], []).append(r)
+    return list(by_pid.values())
+
+
 def slot_time(results: list[dict], tune_start: float, tune_end: float) -> dict:
     """Where the Tune run's slot-seconds went, from each trial's ``node`` record (pid, started) and its
     ``seconds`` / ``fit_s``, lane by lane (a lane = one reused worker process):
@@ -218,21 +226,22 @@ def slot_time(results: list[dict], tune_start: float, tune_end: float) -> dict:
     * ``tail``: from a lane's last trial ending to the ``_tune`` call returning (the other lane finishing,
       the last MLflow logging).
     """
-    lanes: dict = {}
-    for r in sorted(results, key=lambda r: r["node"]["started"]):
-        lanes.setdefault(r["node"]["pid"], []).append(r)
+    by_lane = by_worker(results)
     startup = cold = tail = 0.0
     warm: list[float] = []
-    for rows in lanes.values():
+    for rows in by_lane:
         startup += rows[0]["node"]["started"] - tune_start
         cold += rows[0]["seconds"] - rows[0]["fit_s"]
         for prev, row in zip(rows, rows[1:]):
             warm.append(row["node"]["started"] - (prev["node"]["started"] + prev["seconds"])
                         + row["seconds"] - row["fit_s"])
         tail += tune_end - (rows[-1]["node"]["started"] + rows[-1]["seconds"])
-    return {"lanes": len(lanes), "startup_s": startup / len(lanes), "cold_s": cold / len(lanes),
+    n = len(by_lane)
+    return {"lanes": n, "startup_s": startup / n, "cold_s": cold / n,
             "warm_trials": len(warm), "warm_s": sum(warm) / len(warm) if warm else float("nan"),
-            "warm_max_s": max(warm, default=float("nan")), "tail_s": tail / len(lanes)}
+            "warm_around_fit_s": (sum(r["seconds"] - r["fit_s"] for rows in by_lane for r in rows[1:]) / len(warm)
+                                  if warm else float("nan")),
+            "warm_max_s": max(warm, default=float("nan")), "tail_s": tail / n}
 
 
 def main() -> None:
@@ -308,17 +317,10 @@ def main() -> None:
             ratio_direct = tune["wall_tune"] / (fit_sum / args.concurrency)
             figures.update(overhead_direct_s=direct, ratio_direct=ratio_direct, fit_sum_tune=fit_sum,
                            trainer_minus_fit_s=in_trial, wall_tune=tune["wall_tune"], wall_study=oc.seconds)
-            pids = {r.get("node", {}).get("pid") for r in res} - {None}
-            if pids:
-                first, later, seen = [], [], set()
-                for r in sorted(res, key=lambda r: r.get("node", {}).get("started", 0)):
-                    pid = r.get("node", {}).get("pid")
-                    (later if pid in seen else first).append(r.get("seconds", 0.0) - r.get("fit_s", 0.0))
-                    seen.add(pid)
-                avg = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-                print(f"worker processes: {len(pids)} for {len(res)} trials; trainer time around fit: first trial "
-                      f"of a worker {avg(first):.2f}s, later trials {avg(later):.2f}s", flush=True)
+            if all("node" in r for r in res):
                 slots = slot_time(res, tune["tune_start"], tune["tune_end"])
+                print(f"worker processes: {slots['lanes']} for {len(res)} trials; trainer time around fit: first trial "
+                      f"of a worker {slots['cold_s']:.2f}s, later trials {slots['warm_around_fit_s']:.2f}s", flush=True)
                 figures.update({f"slots_{k}": v for k, v in slots.items()})
                 print(f"per lane (reused worker), slot time outside fit: start-up {slots['startup_s']:.2f}s and cold "
                       f"first trial {slots['cold_s']:.2f}s once per lane; tail {slots['tail_s']:.2f}s once per lane; "
@@ -336,14 +338,10 @@ def main() -> None:
                     if tid in got and got[tid]["test"] == r["test"] and got[tid]["best_epoch"] == r["best_epoch"]]
             figures.update(overhead_s=overhead, ratio=ratio, wall_tune=tune["wall_tune"], wall_study=oc.seconds,
                            sum_floor=sum_floor, floor_wall=floor_wall, identical=len(same))
-            first_of_lane, seen = set(), set()
-            for tid, r in sorted(got.items(), key=lambda kv: kv[1]["node"]["started"]):
-                if r["node"]["pid"] not in seen:
-                    first_of_lane.add(tid)
-                seen.add(r["node"]["pid"])
+            first_of_lane = {id(rows[0]) for rows in by_worker(got.values())}
             slow = {tid: got[tid]["fit_s"] / r["floor_s"] for tid, r in floor["rows"].items() if tid in got}
-            cold = [v for tid, v in slow.items() if tid in first_of_lane]
-            warm = [v for tid, v in slow.items() if tid not in first_of_lane]
+            cold = [v for tid, v in slow.items() if id(got[tid]) in first_of_lane]
+            warm = [v for tid, v in slow.items() if id(got[tid]) not in first_of_lane]
             figures.update(fit_vs_floor_cold=cold, fit_vs_floor_warm=warm)
             print("the same trial's time in fit, Tune / floor: first trial of a lane "
                   + ", ".join(f"{v:.3f}" for v in cold) + "; later trials " + ", ".join(f"{v:.3f}" for v in warm),

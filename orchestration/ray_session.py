@@ -84,7 +84,7 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
 # on the next step's allocations. With two trials on two cores that kernel time made every step in
 # Tune 15-50% slower than the same step in a plain process (18% system time in the workers; 1,000+
 # context switches/s); with one arena the thread allocates as a main thread does
-# (bench/bench_trials.py: Tune's fit / the floor's fit per trial, 1.09-1.52 -> 1.01-1.12).
+# (bench/bench_trials.py: Tune's fit / the floor's fit per trial, 1.09-1.52 -> 0.99-1.09).
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1"}
 
 
