@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 from .errors import ReconError
 
 # Metadata keys of a knob's dataclass field.
-HELP, CHOICES, BOUNDS, IDENTITY, CLI = "help", "choices", "bounds", "identity", "cli"
+HELP, CHOICES, BOUNDS, IDENTITY, CLI, POINT = "help", "choices", "bounds", "identity", "cli", "point"
 
 
 class ConfigError(ReconError, ValueError):
@@ -44,16 +44,18 @@ class ConfigError(ReconError, ValueError):
 
 def knob(default: Any = MISSING, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
          choices: Optional[Sequence[Any]] = None, ge: Any = None, gt: Any = None, le: Any = None,
-         lt: Any = None, identity: bool = True, cli: bool = True) -> Any:
+         lt: Any = None, identity: bool = True, cli: bool = True, point: Optional[str] = None) -> Any:
     """A config field: its default, one line of help, constraints, and whether it is part of the id.
 
     ``cli=False`` keeps a field off the generated command line (values set by code, not users).
+    ``point`` names the protocol point the field implements (``recon.data_prep.protocol``): a named
+    protocol sets it, and its default is the default protocol's value.
     """
     if not help:
         raise TypeError("every config field needs help text")
     metadata = {HELP: help, CHOICES: tuple(choices) if choices is not None else None,
                 BOUNDS: {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
-                IDENTITY: identity, CLI: cli}
+                IDENTITY: identity, CLI: cli, POINT: point}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)

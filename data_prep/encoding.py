@@ -3,7 +3,10 @@
 Words are word-piece tokenised one at a time, so the index of every marker survives tokenisation
 exactly; special tokens map straight to their ids and are never split. When a sentence is longer
 than ``max_length`` a window around the two entities is kept rather than cutting blindly at the
-end (a blind cut would drop the tail marker of long SemEval/TACRED sentences). The window keeps
+end (a blind cut would drop the tail marker of long SemEval/TACRED sentences). The blind cut is
+what the authors' code does, so it is available as the ``cut`` truncation (a protocol point, see
+``recon.data_prep.protocol``): the first ``max_length`` pieces, ``[SEP]`` dropped, and a start
+marker that was cut away replaced by the last piece kept (``Encoded.marker_cut``). The window keeps
 both entities whole -- start marker, every mention piece, end marker (or the blank / type token) --
 whenever they fit; :func:`truncate` says how, and :class:`Encoded` flags what had to be given up
 (ChemProt test at length 100, C+M: 363 sentences windowed, 40 with the text between the entities
@@ -27,7 +30,10 @@ class Encoded:
     one around each entity, were joined: part of the text between them was cut.
     ``entity_truncated``: the two entities alone (markers and mentions) are longer than
     ``max_length - 2``, so an entity lost mention pieces and its end marker; the start markers /
-    blank / type tokens that the representation reads are always kept.
+    blank / type tokens that the representation reads are always kept. With ``cut`` truncation:
+    an entity lost pieces to the cut.
+    ``marker_cut``: ``cut`` truncation only: a start marker (or placeholder) lay beyond the cut, so
+    the relation is read from the last piece kept, an ordinary word.
     """
 
     input_ids: tuple[int, ...]
@@ -36,6 +42,7 @@ class Encoded:
     truncated: bool = False
     entity_truncated: bool = False
     context_split: bool = False
+    marker_cut: bool = False
 
 
 class WordPieceCache:
@@ -110,11 +117,26 @@ def truncate(
     return [(a0, a0 + keep_a), (b0, b0 + budget - keep_a)], True, True
 
 
-def encode(rendered: Rendered, pieces: WordPieceCache, max_length: int) -> Encoded:
+TRUNCATIONS = ("window", "cut")
+
+
+def _cut(ids: list[int], spans: Sequence[tuple[int, int]], max_length: int, cls_id: int, sep_id: int) -> Encoded:
+    """The authors' truncation: ``[CLS] + pieces + [SEP]`` cut to its first ``max_length`` ids and each
+    position clamped to the last one kept."""
+    full = (cls_id, *ids, sep_id)
+    (h0, h1), (t0, t1) = ((lo + 1, hi + 1) for lo, hi in spans)  # +1: [CLS]
+    last = max_length - 1
+    truncated = len(full) > max_length
+    return Encoded(full[:max_length], min(h0, last), min(t0, last), truncated,
+                   entity_truncated=truncated and max(h1, t1) > max_length, marker_cut=max(h0, t0) > last)
+
+
+def encode(rendered: Rendered, pieces: WordPieceCache, max_length: int, truncation: str = "window") -> Encoded:
     """Token ids ``[CLS] ... [SEP]`` of at most ``max_length`` with the head/tail positions.
 
-    A longer sentence is cut by :func:`truncate`: both entities (markers and mention) stay whole
-    whenever ``max_length`` allows it; the flags of :class:`Encoded` say what was given up.
+    A longer sentence is cut by :func:`truncate` (``window``): both entities (markers and mention)
+    stay whole whenever ``max_length`` allows it; or (``cut``) at ``max_length`` as the authors' code
+    does. The flags of :class:`Encoded` say what was given up.
     """
     tok = pieces.tokenizer
     ids: list[int] = []
@@ -124,6 +146,10 @@ def encode(rendered: Rendered, pieces: WordPieceCache, max_length: int) -> Encod
         ids.extend(pieces.ids(word))
     starts.append(len(ids))
     spans = [(starts[lo], starts[hi]) for lo, hi in (rendered.head_span, rendered.tail_span)]
+    if truncation == "cut":
+        return _cut(ids, spans, max_length, tok.cls_token_id, tok.sep_token_id)
+    if truncation != "window":
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
     windows, split, cut = truncate(len(ids), spans, max_length - 2)
     truncated = len(ids) > max_length - 2
     kept: list[int] = []

@@ -4,6 +4,14 @@
 vocabulary strings chosen by :class:`SpecialTokens`, plus the indices of the two positions whose
 hidden states form the relation representation (the head/tail START markers, or the blank/type
 token standing in for the mention).
+
+The placeholder formats (OnlyC, C+T, OnlyT) come in two renderings, a protocol point
+(``recon.data_prep.protocol``): the placeholder alone (recon), or the placeholder inside the entity
+markers, read at the start marker, as the authors' code renders them (``placeholder_markers``)::
+
+    recon    [CLS] the most common [unused4] were about [unused5] and recycling . [SEP]          (4, 7)
+    authors  [CLS] the most common [unused0] [unused4] [unused1] were about [unused2] [unused5]
+             [unused3] and recycling . [SEP]                                                    (4, 9)
 """
 from __future__ import annotations
 
@@ -60,7 +68,8 @@ class Rendered:
 
 
 def _mention_tokens(
-    example: RelationExample, role: str, fmt: InputFormat, special: SpecialTokens, blank: bool
+    example: RelationExample, role: str, fmt: InputFormat, special: SpecialTokens, blank: bool,
+    placeholder_markers: bool,
 ) -> list[str]:
     entity = example.head if role == "subj" else example.tail
     words = list(example.tokens[entity.start:entity.end])
@@ -68,10 +77,9 @@ def _mention_tokens(
         (special.head_start, special.head_end, special.head_blank) if role == "subj"
         else (special.tail_start, special.tail_end, special.tail_blank)
     )
-    if fmt in (InputFormat.CT, InputFormat.ONLYT):
-        return [special.type_token(role, entity.type)]
-    if fmt is InputFormat.ONLYC:
-        return [blank_token]
+    if fmt in (InputFormat.CT, InputFormat.ONLYT, InputFormat.ONLYC):
+        placeholder = blank_token if fmt is InputFormat.ONLYC else special.type_token(role, entity.type)
+        return [start, placeholder, end] if placeholder_markers else [placeholder]
     # C+M and OnlyM: markers around the mention; a blanked mention (pre-training) keeps its
     # markers so the start position still exists.
     return [start, *( [blank_token] if blank else words ), end]
@@ -84,12 +92,14 @@ def render(
     *,
     blank_head: bool = False,
     blank_tail: bool = False,
+    placeholder_markers: bool = False,
 ) -> Rendered:
-    """Render one example in ``fmt``. ``blank_*`` replace a marked mention by its blank token."""
+    """Render one example in ``fmt``. ``blank_*`` replace a marked mention by its blank token;
+    ``placeholder_markers`` keeps the entity markers around OnlyC's blanks and C+T/OnlyT's type tokens."""
     head, tail = example.head, example.tail
     pieces = {
-        "subj": _mention_tokens(example, "subj", fmt, special, blank_head),
-        "obj": _mention_tokens(example, "obj", fmt, special, blank_tail),
+        "subj": _mention_tokens(example, "subj", fmt, special, blank_head, placeholder_markers),
+        "obj": _mention_tokens(example, "obj", fmt, special, blank_tail, placeholder_markers),
     }
     ordered = sorted((("subj", head), ("obj", tail)), key=lambda item: item[1].start)
     words: list[str] = []

@@ -55,6 +55,7 @@ class DatasetSpec:
     display_name: str = ""
     task: str = "supervised"
     licence_note: str | None = None  # why recon cannot download it (TACRED: LDC)
+    official_metric: str | None = None  # the benchmark's own scorer where it differs from ``metric`` (SemEval)
 
     @property
     def paper_split_sizes(self) -> tuple[int | None, int | None, int | None]:
@@ -75,20 +76,21 @@ class DatasetSpec:
 
 
 def _supervised(name: str, kind: str, metric: str, ext: str, sizes: dict[str, int], display: str,
-                paper_splits: bool = True, licence_note: str | None = None) -> DatasetSpec:
+                paper_splits: bool = True, licence_note: str | None = None,
+                official_metric: str | None = None) -> DatasetSpec:
     return DatasetSpec(
         name=name, directory=name, kind=kind,
         splits={s: f"{s}{ext}" for s in ("train", "dev", "test")}, metric=metric,
         paper_splits={f"train_{p:g}": f"train_{p:g}{ext}" for p in PAPER_FRACTIONS} if paper_splits else {},
         rel2id="rel2id.json" if kind != "tacred" else None, paper_sizes=sizes, display_name=display,
-        task="supervised", licence_note=licence_note,
+        task="supervised", licence_note=licence_note, official_metric=official_metric,
     )
 
 
 REGISTRY: dict[str, DatasetSpec] = {
     "semeval": _supervised("semeval", "opennre", "micro_f1", ".txt",
                            {"train": 6507, "dev": 1493, "test": 2717, "train_0.01": 73, "train_0.1": 660},
-                           "SemEval"),
+                           "SemEval", official_metric="semeval_official"),  # scorer v1.2, as the paper
     "chemprot": _supervised("chemprot", "chemprot", "micro_f1", ".txt",
                             {"train": 4169, "dev": 2427, "test": 3469, "train_0.01": 49, "train_0.1": 423},
                             "ChemProt"),
@@ -123,6 +125,16 @@ def fewshot_datasets() -> tuple[str, ...]:
 def metric_of(name: str) -> str:
     """``"micro_f1"`` or ``"accuracy"`` for a registered dataset."""
     return get_spec(name).metric
+
+
+def reported_metric(name: str, scorer: str = "recon") -> str:
+    """The metric tables report for a dataset: its official scorer's (``scorer="official"``, where the
+    benchmark has one: SemEval's ``semeval_official``), else recon's (:func:`metric_of`). Unregistered
+    datasets (``--path``) report micro-F1."""
+    if name not in REGISTRY:
+        return "micro_f1"
+    spec = get_spec(name)
+    return spec.official_metric if scorer == "official" and spec.official_metric else spec.metric
 
 
 def display_name(name: str) -> str:
@@ -361,6 +373,6 @@ def check_available(name: str | None = None, data_dir: str | None = None,
 
 
 __all__ = ["REGISTRY", "DatasetSpec", "get_spec", "load_dataset", "load_paper_subset", "paper_size",
-           "supervised_datasets", "fewshot_datasets", "metric_of", "display_name", "display_names",
+           "supervised_datasets", "fewshot_datasets", "metric_of", "reported_metric", "display_name", "display_names",
            "paper_split_sizes", "paper_subset_size", "expected_train_size", "check_available", "subset_file",
            "PAPER_FRACTIONS", "TASKS"]

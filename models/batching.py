@@ -44,6 +44,7 @@ class EncodedExample:
     truncated: bool = False          # longer than max_length: pieces were dropped
     entity_truncated: bool = False   # an entity lost mention pieces / its end marker (see encoding.Encoded)
     context_split: bool = False      # entities further apart than max_length: text between them cut
+    marker_cut: bool = False         # ``cut`` truncation: a start marker was cut away (read from a word)
 
 
 class EncodedDataset(Dataset):
@@ -78,10 +79,16 @@ class EncodedDataset(Dataset):
         """Examples whose entities were further apart than ``max_length``: the text between them was cut."""
         return sum(item.context_split for item in self.items)
 
+    @property
+    def n_marker_cut(self) -> int:
+        """``cut`` truncation: examples whose relation is read from an ordinary word (a start marker was cut)."""
+        return sum(getattr(item, "marker_cut", False) for item in self.items)
+
     def truncation_stats(self) -> dict[str, int]:
-        """``{"examples", "truncated", "context_split", "entity_truncated"}`` counts, for logging."""
+        """``{"examples", "truncated", "context_split", "entity_truncated", "marker_cut"}`` counts, for logging."""
         return {"examples": len(self.items), "truncated": self.n_truncated,
-                "context_split": self.n_context_split, "entity_truncated": self.n_entity_truncated}
+                "context_split": self.n_context_split, "entity_truncated": self.n_entity_truncated,
+                "marker_cut": self.n_marker_cut}
 
 
 _CACHE: "OrderedDict[Hashable, EncodedDataset]" = OrderedDict()
@@ -114,10 +121,15 @@ def encode_one(
     special: SpecialTokens,
     max_length: int,
     label: int,
+    *,
+    truncation: str = "window",
+    placeholder_markers: bool = False,
 ) -> EncodedExample:
-    enc = encode(render(example, fmt, special), pieces, max_length)
+    """One example rendered in ``fmt`` and encoded; ``truncation`` / ``placeholder_markers`` are protocol points."""
+    enc = encode(render(example, fmt, special, placeholder_markers=placeholder_markers), pieces, max_length,
+                 truncation)
     return EncodedExample(enc.input_ids, enc.head_pos, enc.tail_pos, label, enc.truncated,
-                          enc.entity_truncated, enc.context_split)
+                          enc.entity_truncated, enc.context_split, enc.marker_cut)
 
 
 _CODE_DIGEST: str | None = None
@@ -174,11 +186,15 @@ def encoding_key(
     special: SpecialTokens,
     max_length: int,
     label2id: Mapping[str, int] | None,
+    *,
+    truncation: str = "window",
+    placeholder_markers: bool = False,
 ) -> str:
     """The content hash an encoded split is cached under (in memory and on disk)."""
     h = hashlib.sha256()
     for part in (examples_digest(examples), fmt.value, tokenizer_digest(tokenizer), repr(special), str(max_length),
-                 repr(sorted(label2id.items())) if label2id is not None else "-", _code_digest()):
+                 repr(sorted(label2id.items())) if label2id is not None else "-", _code_digest(), truncation,
+                 str(placeholder_markers)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -233,6 +249,8 @@ def encode_examples(
     *,
     cache_key: Hashable | None = None,
     cache_dir: str | os.PathLike | None = None,
+    truncation: str = "window",
+    placeholder_markers: bool = False,
 ) -> EncodedDataset:
     """Encode every example; with ``label2id=None`` labels are -1 (unlabelled / episodic use).
 
@@ -260,7 +278,8 @@ def encode_examples(
         else:
             raise DataError(f"label {ex.label!r} is not among the dataset's {len(label2id)} labels",
                             field="relation", **_where(ex.source))
-        items.append(encode_one(ex, fmt, pieces, special, max_length, label))
+        items.append(encode_one(ex, fmt, pieces, special, max_length, label, truncation=truncation,
+                                placeholder_markers=placeholder_markers))
     data = EncodedDataset(items, [ex.source for ex in examples])
     if cache_key is not None:
         _remember(cache_key, data)

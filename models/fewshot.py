@@ -34,6 +34,7 @@ from recon.data_prep.configuration import Config, ConfigError, knob
 from recon.data_prep.defaults import DEFAULT_ENCODER
 from recon.data_prep.errors import DataError, ReconError
 from recon.data_prep.formats import InputFormat
+from recon.data_prep.protocol import POINTS, point_default
 from recon.data_prep.registry import fewshot_datasets
 
 from .finetune import check_source_and_format
@@ -50,6 +51,10 @@ class FewshotSettings(Config):
 
     q_query: int = knob(5, "query instances per relation and episode (FewRel's default)", ge=1)
     max_length: int = knob(128, "word pieces per instance (FewRel's 128)", ge=8)
+    truncation: Literal["window", "cut"] = knob(point_default("truncation"), POINTS["truncation"].help,
+                                                choices=("window", "cut"), point="truncation")
+    placeholder_markers: bool = knob(point_default("placeholder_markers"), POINTS["placeholder_markers"].help,
+                                     point="placeholder_markers")
     train_episodes: int = knob(40_000, "training episodes (FewRel's train_iter 10,000 x batch 4); 0 = no training",
                                ge=0)
     eval_episodes: int = knob(10_000, "evaluation episodes (paper: 10,000)", ge=1)
@@ -276,6 +281,8 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     from recon.data_prep.atomic import write_text_atomic
     from recon.data_prep.registry import get_spec, load_dataset
 
+    from recon.data_prep.protocol import describe
+
     from .batching import encode_examples
     from .encoder import load_encoder
     from .finetune import _with_types
@@ -294,6 +301,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     model = bundle.model
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
     tok_name = f"{bundle.source}:{len(bundle.tokenizer)}"
+    rendering = {"truncation": cfg.settings.truncation, "placeholder_markers": cfg.settings.placeholder_markers}
     train_cfg = cfg.settings.training
     history: list[dict] = []
     trained_on = "nothing: the encoder as loaded (train_episodes=0)"
@@ -303,7 +311,8 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
         train_examples, n_excluded, _ = wiki80_training_relations(eval_relations, fewrel_dir, cfg.data_dir)
         train_examples = _with_types(train_examples, fmt, "wiki80:fewshot-train")
         train_data = encode_examples(train_examples, fmt, bundle.tokenizer, bundle.special, cfg.settings.max_length, None,
-                                     cache_key=("wiki80-fewshot", eval_source, fmt.value, tok_name, cfg.settings.max_length))
+                                     cache_key=("wiki80-fewshot", eval_source, fmt.value, tok_name, *rendering.values(),
+                                                cfg.settings.max_length), **rendering)
         by_rel = _by_relation(train_data.items, [ex.label for ex in train_examples])
         sampler = EpisodeSampler(by_rel, cfg.n_way, cfg.k_shot, cfg.settings.q_query, seed=cfg.seed)
         loader = make_loader(EpisodeBatches(sampler, cfg.settings.train_episodes), train_cfg.batch_size, shuffle=False,
@@ -318,7 +327,8 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
 
     # Evaluation: episodes over instance indices; representations computed once.
     eval_data = encode_examples(eval_examples, fmt, bundle.tokenizer, bundle.special, cfg.settings.max_length, None,
-                                cache_key=(eval_source, "val", fmt.value, tok_name, cfg.settings.max_length))
+                                cache_key=(eval_source, "val", fmt.value, tok_name, *rendering.values(),
+                                           cfg.settings.max_length), **rendering)
     eval_sampler = EpisodeSampler(_by_relation(range(len(eval_examples)), [ex.label for ex in eval_examples]),
                                   cfg.n_way, cfg.k_shot, cfg.settings.q_query, seed=cfg.seed)
     needed: set[int] = set()
@@ -335,10 +345,12 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     if cfg.settings.eval_episodes < 10_000:
         notes.append(f"{cfg.settings.eval_episodes} evaluation episodes (paper: 10,000)")
     if eval_data.n_truncated:
-        notes.append(f"{eval_data.n_truncated} evaluation instances longer than {cfg.settings.max_length} tokens were windowed")
+        how = "cut (the authors' truncation)" if cfg.settings.truncation == "cut" else "windowed"
+        notes.append(f"{eval_data.n_truncated} evaluation instances longer than {cfg.settings.max_length} tokens were {how}")
     out = {
         "dataset": cfg.name, "n_way": cfg.n_way, "k_shot": cfg.k_shot, "q_query": cfg.settings.q_query,
         "format": fmt.value, "encoder": cfg.encoder, "seed": cfg.seed, "similarity": cfg.settings.similarity,
+        "protocol": describe(cfg),
         "accuracy": test["accuracy"], "accuracy_ci95": _ci95(preds, cfg.n_way * cfg.settings.q_query), "test": test,
         "chance": 1.0 / cfg.n_way, "eval_episodes": cfg.settings.eval_episodes, "train_episodes": cfg.settings.train_episodes,
         "trained_on": trained_on, "history": history, "n_eval_instances_encoded": len(needed),

@@ -30,8 +30,10 @@ from recon.data_prep.defaults import DEFAULT_ENCODER
 from recon.data_prep.errors import ReconError
 from recon.data_prep.example import RelationExample
 from recon.data_prep.formats import InputFormat
+from recon.data_prep.protocol import POINTS, point_default
 
 from .cnn import DEFAULT_WORD_VECTORS
+from .heads import HeadOptions
 from .training import TrainConfig
 
 EVAL_SAMPLE_SEED = 0
@@ -53,6 +55,12 @@ class DataOptions(Config):
     max_train: int | None = knob(None, "cap the training subset at K examples (a seeded random subset)", ge=1)
     on_error: Literal["raise", "skip"] = knob("raise", "bad records in dataset files: stop, or skip and count by reason",
                                               choices=("raise", "skip"))
+    truncation: Literal["window", "cut"] = knob(point_default("truncation"), POINTS["truncation"].help,
+                                                choices=("window", "cut"), point="truncation")
+    placeholder_markers: bool = knob(point_default("placeholder_markers"), POINTS["placeholder_markers"].help,
+                                     point="placeholder_markers")
+    scorer: Literal["recon", "official"] = knob(point_default("scorer"), POINTS["scorer"].help,
+                                                choices=("recon", "official"), identity=False, point="scorer")
 
 
 @dataclass
@@ -98,7 +106,8 @@ class FinetuneConfig(Config):
     input_format: str = knob("C+M", "input format: C+M, C+T, OnlyC, OnlyM, OnlyT")
     model: str = knob("bert", "bert (the encoder as loaded), cnn, or a recon checkpoint directory")
     encoder: str = knob(DEFAULT_ENCODER, "encoder alias, Hugging Face name or local directory")
-    data: DataOptions = knob(factory=DataOptions, help="dataset selection and evaluation caps")
+    data: DataOptions = knob(factory=DataOptions, help="dataset selection, input rendering and evaluation caps")
+    head: HeadOptions = knob(factory=HeadOptions, help="the linear classifier of encoder models")
     training: TrainConfig = knob(factory=TrainConfig, help="optimisation of encoder models (Appendix B)")
     cnn: CnnTraining = knob(factory=CnnTraining, help="the CNN baseline's settings")
     source_identity: str | None = knob(None, "content identity of the starting checkpoint (a pre-training stage's "
@@ -126,6 +135,9 @@ class FinetuneConfig(Config):
         out.pop("cnn" if not self.is_cnn else "training")
         if self.is_cnn:
             out.pop("encoder")
+            out.pop("head")
+            for point in ("truncation", "placeholder_markers"):  # the CNN's featurizer renders on its own
+                out["data"].pop(point)
             out["seed"], out["metric"] = self.training.seed, self.training.metric
         if self.source_identity and self.model not in ("bert", "cnn"):
             out["model"] = "checkpoint"
@@ -256,7 +268,7 @@ def _build_bert(cfg: FinetuneConfig, num_labels: int):
     # previous trial's), the same as an uncached load for the same seed (see load_encoder).
     bundle = load_encoder(source, cache=True)
     seed_everything(cfg.seed)  # the classifier's initial weights depend on the seed only
-    return RelationClassifier(bundle.model, num_labels), bundle
+    return RelationClassifier.from_options(bundle.model, num_labels, cfg.head), bundle
 
 
 _EVAL_BATCHES: "OrderedDict[tuple, tuple]" = OrderedDict()
@@ -304,15 +316,22 @@ def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2i
     data, keys = {}, []
     for split, examples in splits.items():
         # A content hash: the examples themselves, format, tokenizer, max_length, label ids.
-        key = encoding_key(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id)
+        rendering = {"truncation": cfg.data.truncation, "placeholder_markers": cfg.data.placeholder_markers}
+        key = encoding_key(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id, **rendering)
         keys.append(key)
         data[split] = encode_examples(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id,
-                                      cache_key=key, cache_dir=encoded_cache_dir())
+                                      cache_key=key, cache_dir=encoded_cache_dir(), **rendering)
     names = list(splits)
     truncated = sum(d.n_truncated for d in data.values())
     cut = sum(d.n_entity_truncated for d in data.values())
-    notes = [f"{truncated} examples longer than {max_length} word pieces were windowed around the entities; "
-             f"{cut} had an entity longer than the window cut"] if truncated else []
+    if cfg.data.truncation == "cut":
+        lost = sum(d.n_marker_cut for d in data.values())
+        notes = [f"{truncated} examples longer than {max_length} word pieces were cut at {max_length} (the authors' "
+                 f"truncation): {cut} lost entity pieces, {lost} read the relation from an ordinary word "
+                 "(a start marker was cut)"] if truncated else []
+    else:
+        notes = [f"{truncated} examples longer than {max_length} word pieces were windowed around the entities; "
+                 f"{cut} had an entity longer than the window cut"] if truncated else []
     stats = {name.split("/")[0].split("@")[0]: d.truncation_stats() for name, d in zip(names, data.values())}
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
     return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), keys=tuple(keys),
@@ -357,7 +376,15 @@ def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id
 
 def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None
                  ) -> dict:
-    """Fine-tune and evaluate; returns JSON-able metrics, and writes them (and predictions) to ``out_dir``."""
+    """Fine-tune and evaluate; returns JSON-able metrics, and writes them (and predictions) to ``out_dir``.
+
+    ``metric`` (``dev.score``) selects the best epoch; ``reported`` is what the tables print for this
+    dataset under ``data.scorer`` (SemEval's official score with ``official``), at that epoch.
+    """
+    from recon.data_prep.protocol import describe
+    from recon.data_prep.registry import reported_metric
+
+    from .metrics import label_scorers
     from .training import ClassificationTask, TrainConfig, fit, make_loader, resolve_device
 
     start = time.perf_counter()
@@ -387,16 +414,23 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
     dev_loader, _ = _eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
     test_loader, test_order = _eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
-    result = fit(setup.model, ClassificationTask(), train_loader, dev_loader, test_loader, train_cfg, callbacks)
-
     id2label = {i: label for label, i in label2id.items()}
+    # The benchmark's official score (SemEval's) is logged beside micro-F1 whichever the tables report.
+    official = reported_metric(ds.name, "official")
+    scorers = label_scorers([official] if official != train_cfg.metric else [], id2label, ds.negative_label)
+    result = fit(setup.model, ClassificationTask(), train_loader, dev_loader, test_loader, train_cfg, callbacks,
+                 scorers=scorers)
+    reported = reported_metric(ds.name, cfg.data.scorer) if cfg.training.metric is None else train_cfg.metric
+
     by_index = sorted(zip(test_order, result.test_predictions))
     predictions = [{"source": setup.test.sources[i], "gold": id2label[g], "pred": id2label[p]}
                    for i, (p, g) in by_index]
     out = {
         "dataset": ds.name, "split": cfg.split, "split_source": split_source, "format": fmt.value,
         "model": cfg.model, "encoder": cfg.encoder if cfg.model == "bert" else None, "seed": cfg.seed,
-        "metric": train_cfg.metric, "negative_label": ds.negative_label,
+        "metric": train_cfg.metric, "negative_label": ds.negative_label, "protocol": describe(cfg),
+        "reported": {"metric": reported, "test": (result.test_at_best or {}).get(reported),
+                     "dev": (result.best_dev or {}).get(reported)},
         "dev": result.best_dev, "test": result.test_at_best, "best_epoch": result.best_epoch,
         "history": result.history, "steps": result.steps,
         "n_train": len(train), "n_dev": len(dev), "n_test": len(test),

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from recon.data_prep.configuration import Config, ConfigError, knob
 from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED, P_BLANK
+from recon.data_prep.protocol import POINTS, point_default
 
 # Appendix A: "batch size N" pairs per step and the number of steps, per objective.
 OBJECTIVE_DEFAULTS: dict[str, dict[str, int]] = {
@@ -49,6 +50,10 @@ class PretrainConfig(Config):
     warmup: int = knob(500, "linear warm-up steps (capped at the run's steps)", ge=0)
     max_grad_norm: float = knob(1.0, "gradient clipping norm", gt=0)
     max_length: int = knob(64, "word pieces per sentence", ge=8)
+    truncation: Literal["window", "cut"] = knob(point_default("truncation"), POINTS["truncation"].help,
+                                                choices=("window", "cut"), point="truncation")
+    adam_bias_correction: bool = knob(point_default("adam_bias_correction"), POINTS["adam_bias_correction"].help,
+                                      point="adam_bias_correction")
     temperature: float = knob(0.05, "CP InfoNCE temperature", gt=0)
     mlm_probability: float = knob(0.15, "share of word pieces masked for the MLM loss", ge=0, le=1)
     mlm_weight: float = knob(1.0, "weight of the MLM loss beside the CP/MTB loss", ge=0)

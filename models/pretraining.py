@@ -70,11 +70,12 @@ class TokenContext:
     pieces: WordPieceCache
     max_length: int = 64
     fmt: InputFormat = InputFormat.CM
+    truncation: str = "window"  # a protocol point: "cut" as the authors' pre-training code
 
     @classmethod
-    def for_bundle(cls, bundle, max_length: int = 64) -> "TokenContext":
+    def for_bundle(cls, bundle, max_length: int = 64, truncation: str = "window") -> "TokenContext":
         return cls(bundle.tokenizer, bundle.special,
-                   WordPieceCache(bundle.tokenizer, bundle.special.all_tokens()), max_length)
+                   WordPieceCache(bundle.tokenizer, bundle.special.all_tokens()), max_length, truncation=truncation)
 
     @property
     def pad_id(self) -> int:
@@ -175,7 +176,7 @@ def build_batch(
             draw = getattr(pair, side)
             example = index[draw.index].to_relation_example()
             rendered = render(example, ctx.fmt, ctx.special, blank_head=draw.blank_head, blank_tail=draw.blank_tail)
-            enc = encode(rendered, ctx.pieces, ctx.max_length)
+            enc = encode(rendered, ctx.pieces, ctx.max_length, ctx.truncation)
             rows.append(enc.input_ids)
             heads.append(enc.head_pos)
             tails.append(enc.tail_pos)

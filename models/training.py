@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from recon.data_prep.configuration import Config, knob
 from recon.data_prep.defaults import DEFAULT_SEED
 from recon.data_prep.errors import ReconError
+from recon.data_prep.protocol import POINTS, point_default
 
 from . import metrics as metrics_lib
 
@@ -71,6 +72,8 @@ class TrainConfig(Config):
     adam_eps: float = knob(1e-8, "AdamW epsilon", gt=0)
     fused_adamw: bool = knob(True, "AdamW as one fused kernel (CPU and CUDA; 4.7x faster optimizer step for MiniLM "
                                    "on CPU); off: torch's per-parameter loop, the same update up to float rounding")
+    adam_bias_correction: bool = knob(point_default("adam_bias_correction"), POINTS["adam_bias_correction"].help,
+                                      point="adam_bias_correction")
     warmup_ratio: float = knob(0.1, "linear warm-up as a fraction of all optimizer steps", ge=0, le=1)
     warmup_steps: int | None = knob(None, "fixed warm-up steps, overriding warmup_ratio (the authors' script: 500)", ge=0)
     schedule: Literal["linear", "constant"] = knob("linear", "learning-rate schedule after warm-up",
@@ -197,13 +200,47 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class UncorrectedAdamW(torch.optim.AdamW):
+    """AdamW without bias correction: the update of transformers 3.0.2's ``AdamW(correct_bias=False)``,
+    which the authors fine-tuned and pre-trained with.
+
+    Per parameter, at step t: ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``,
+    ``p -= lr m / (sqrt(v) + eps)``, then ``p -= lr wd p``. torch's AdamW divides by the bias corrections
+    ``bc1 = 1 - b1^t`` and ``sqrt(bc2) = sqrt(1 - b2^t)``; running it with ``lr' = lr bc1 / sqrt(bc2)``,
+    ``eps' = eps / sqrt(bc2)`` and ``wd' = wd sqrt(bc2) / bc1`` gives exactly the update above (the decay
+    comes before the Adam step in torch and after it in transformers: the two differ by ``lr wd`` times the
+    update, ~1e-9 of it at the paper's settings, below float32 rounding). So the fused kernel still runs.
+    The scheduled values are restored after every step: state dicts and schedulers see the real ones.
+    Every parameter of a group must step together (as in :func:`fit`: each gets a gradient every step).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        saved = []
+        for group in self.param_groups:
+            saved.append((group["lr"], group["eps"], group["weight_decay"]))
+            t = 1 + max((float(self.state[p]["step"]) for p in group["params"]
+                         if p.grad is not None and "step" in self.state[p]), default=0.0)
+            beta1, beta2 = group["betas"]
+            bc1, sqrt_bc2 = 1.0 - beta1 ** t, math.sqrt(1.0 - beta2 ** t)
+            group["lr"] = group["lr"] * bc1 / sqrt_bc2
+            group["eps"] = group["eps"] / sqrt_bc2
+            group["weight_decay"] = group["weight_decay"] * sqrt_bc2 / bc1
+        try:
+            return super().step(closure)
+        finally:
+            for group, (lr, eps, weight_decay) in zip(self.param_groups, saved):
+                group["lr"], group["eps"], group["weight_decay"] = lr, eps, weight_decay
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
     """AdamW with no decay on biases and LayerNorm weights (BERT practice), or plain SGD.
 
     AdamW runs as torch's fused kernel (``config.fused_adamw``) where torch has one (CPU, CUDA): one
     pass over all parameters instead of a dozen small ops per tensor, about 0.03 s instead of 0.13 s
     per step for MiniLM's 22.7M parameters on one CPU thread (a sixth of a batch-16 training step).
-    ``device`` defaults to the parameters' own.
+    ``device`` defaults to the parameters' own. ``config.adam_bias_correction=False`` gives the
+    authors' uncorrected update (:class:`UncorrectedAdamW`), on the same kernel.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if config.optimizer == "sgd":
@@ -215,8 +252,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device 
     ]
     device = device or (params[0][1].device if params else torch.device("cpu"))
     fused = config.fused_adamw and device.type in ("cpu", "cuda")
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, eps=config.adam_eps,
-                             fused=fused or None)
+    cls = torch.optim.AdamW if config.adam_bias_correction else UncorrectedAdamW
+    return cls([g for g in groups if g["params"]], lr=config.lr, eps=config.adam_eps, fused=fused or None)
 
 
 def _total_steps(train_loader: Sized, config: TrainConfig) -> int:
@@ -251,9 +288,11 @@ def _show_progress(config: TrainConfig) -> bool:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, task: Task, loader: Iterable, config: TrainConfig, device: torch.device | None = None
+    model: nn.Module, task: Task, loader: Iterable, config: TrainConfig, device: torch.device | None = None,
+    scorers: dict | None = None,
 ) -> tuple[dict, list[tuple[int, int]]]:
-    """Metrics on ``loader`` and the (pred, gold) pairs in loader order."""
+    """Metrics on ``loader`` (plus ``scorers``' figures, see ``metrics.compute``) and the (pred, gold)
+    pairs in loader order."""
     device = device or resolve_device(config.device)
     was_training = model.training
     model.eval()
@@ -269,7 +308,7 @@ def evaluate(
         model.train(was_training)
     if config.metric is None:
         raise ReconError("TrainConfig.metric is not set: the caller chooses it (e.g. the dataset's metric)")
-    result = metrics_lib.compute(config.metric, preds, golds, config.negative_id)
+    result = metrics_lib.compute(config.metric, preds, golds, config.negative_id, scorers)
     return result, list(zip(preds, golds))
 
 
@@ -288,11 +327,13 @@ def fit(
     test_loader: Iterable | None,
     config: TrainConfig,
     callbacks: Sequence[Any] = (),
+    scorers: dict | None = None,
 ) -> FitResult:
     """Train ``model`` on ``task``; return dev/test figures at the best dev epoch.
 
     Without a dev loader the last epoch counts as best. Raises :class:`TrainingDiverged` on the
-    first non-finite loss. The model is left holding the best-dev weights.
+    first non-finite loss. The model is left holding the best-dev weights. ``scorers`` add figures
+    to every dev and test evaluation (SemEval's official score); model selection uses ``config.metric``.
     """
     from tqdm.auto import tqdm
 
@@ -338,7 +379,7 @@ def fit(
             row: dict = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(i + 1, 1),
                          "lr": scheduler.get_last_lr()[0]}
             if dev_loader is not None:
-                dev, _ = evaluate(model, task, dev_loader, config, device)
+                dev, _ = evaluate(model, task, dev_loader, config, device, scorers)
                 row.update({f"dev_{k}": v for k, v in dev.items() if k != "metric"})
                 if dev["score"] > best_score:
                     best_score, best_epoch, best_dev = dev["score"], epoch, dev
@@ -353,7 +394,7 @@ def fit(
             model.load_state_dict(best_state)
         test, test_predictions = (None, [])
         if test_loader is not None:
-            test, test_predictions = evaluate(model, task, test_loader, config, device)
+            test, test_predictions = evaluate(model, task, test_loader, config, device, scorers)
     result = FitResult(best_epoch, best_dev, test, history, test_predictions, step,
                        time.perf_counter() - start)
     _notify(callbacks, "on_train_end", result)
@@ -363,5 +404,5 @@ def fit(
 __all__ = [
     "TrainConfig", "Task", "ClassificationTask", "Callback", "FitResult", "TrainingDiverged",
     "fit", "evaluate", "seed_everything", "deterministic", "make_loader", "move_to",
-    "build_optimizer", "build_scheduler", "resolve_device",
+    "build_optimizer", "build_scheduler", "resolve_device", "UncorrectedAdamW",
 ]

@@ -19,8 +19,10 @@ from dataclasses import MISSING
 from typing import Any, Literal, Optional, Sequence
 
 from recon.data_prep.configuration import CLI, Config, ConfigError, config_class, field_help
+from recon.data_prep.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES, point_fields, protocol_layer
 
 Flags = dict[str, str]  # dotted config path -> flag ("training.lr" -> "--lr")
+PROTOCOL_DEST = "protocol"  # --protocol NAME: a layer of protocol point values under the flags given
 
 
 def _base_type(annotation: Any) -> tuple[Any, Optional[tuple]]:
@@ -56,6 +58,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
     nested = nested or {}
     aliases = aliases or {}
     hints = typing.get_type_hints(cls)
+    if not path and any(True for _ in point_fields(cls)):
+        parser.add_argument("--protocol", dest=PROTOCOL_DEST, choices=list(PROTOCOL_NAMES), default=argparse.SUPPRESS,
+                            help=f"set every protocol point below to a named protocol's value (recon: recon's "
+                                 f"choices, authors: the authors' code's; a flag given explicitly wins; default: "
+                                 f"{DEFAULT_PROTOCOL})")
     for f in dataclasses.fields(cls):
         dotted = f"{path}{f.name}"
         if dotted in skip or not f.metadata.get(CLI, True):
@@ -121,8 +128,12 @@ def given(args: argparse.Namespace, flags: Flags) -> dict[str, Any]:
 
 
 def config_from_args(cls: type, args: argparse.Namespace, flags: Flags, **fixed: Any) -> Any:
-    """Build ``cls`` from its defaults, the flags given, and ``fixed`` values set by the command."""
-    values = _merge(_merge(raw_defaults(cls), given(args, flags)), fixed)
+    """Build ``cls`` from its defaults, ``--protocol``'s values, the flags given, and ``fixed`` values set by
+    the command (each layer over the one before)."""
+    base = raw_defaults(cls)
+    if getattr(args, PROTOCOL_DEST, None):
+        base = _merge(base, protocol_layer(cls, getattr(args, PROTOCOL_DEST)))
+    values = _merge(_merge(base, given(args, flags)), fixed)
     try:
         return cls.from_dict(values)
     except ConfigError as exc:

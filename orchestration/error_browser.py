@@ -36,9 +36,9 @@ def marked_text(example) -> str:
     return " ".join(words)
 
 
-def _metric(rows: Sequence[dict], negative: Optional[str]) -> float:
+def _metric(rows: Sequence[dict], negative: Optional[str], metric: str = "micro_f1") -> float:
     keyed = {str(i): r for i, r in enumerate(rows)}
-    return float(f1_from_counts(example_counts(keyed, list(keyed), negative).sum(axis=0)))
+    return float(f1_from_counts(example_counts(keyed, list(keyed), negative, metric).sum(axis=0)))
 
 
 def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, Mapping[str, dict]], *,
@@ -77,7 +77,7 @@ def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, 
             for t in ts:
                 rows = predictions[t.trial_id]
                 preds.append([lid(rows[s]["pred"]) for s in sources])
-                scores.append(_metric([rows[s] for s in sources], negative))
+                scores.append(_metric([rows[s] for s in sources], negative, members[0].metric))
             out_systems.append({"model": model, "format": fmt, "seeds": [t.seed for t in ts], "preds": preds,
                                 "metric_median": statistics.median(scores), "metric_min": min(scores),
                                 "metric_max": max(scores)})

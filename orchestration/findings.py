@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 FORMATS = ("C+M", "OnlyC", "OnlyM")
+SHORT = {"micro_f1": "micro-F1", "accuracy": "accuracy", "semeval_official": "official score"}
 
 
 def _paper(reported, dataset: str, label: Optional[str], setting: str) -> Optional[dict[str, float]]:
@@ -30,7 +31,7 @@ def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Opti
     """
     import pandas as pd
 
-    from recon.data_prep.registry import display_name
+    from recon.data_prep.registry import display_name, reported_metric
 
     from .tables import reported_results
 
@@ -50,16 +51,20 @@ def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Opti
             continue
         order = sorted(FORMATS, key=lambda f: -by_format[f].median)
         ours = " > ".join(f"{f} {by_format[f].median:.3f}" for f in order)
+        metric = str(getattr(by_format["C+M"], "metric", "") or "")
         paper = _paper(reported, display_name(dataset), compare_to.get(model), setting)
         verdict = ""
         if paper:
             paper_order = sorted(FORMATS, key=lambda f: -paper[f])
             same = order == paper_order
-            verdict = (f", {'as' if same else 'unlike'} in the paper ({compare_to.get(model)}: "
+            paper_metric = reported_metric(dataset, "official") if dataset else metric
+            verdict = (f", {'as' if same else 'unlike'} in the paper ({compare_to.get(model)}, "
+                       f"{SHORT.get(paper_metric, paper_metric)}: "
                        + " > ".join(f"{paper[f]:.3f}" for f in paper_order) + ")")
         collapsed = [f for f in FORMATS if by_format[f].median <= 0.0]
         warn = f"; collapsed to the negative class: {', '.join(collapsed)}" if collapsed else ""
-        sentences.append(f"{display_name(dataset)} {setting}, {model}: {ours}{verdict}{warn}.")
+        label = f" ({SHORT.get(metric, metric)})" if metric else ""
+        sentences.append(f"{display_name(dataset)} {setting}, {model}{label}: {ours}{verdict}{warn}.")
     base_of = {label: name for name, label in compare_to.items() if label in ("BERT", "CNN")}
     for name, label in compare_to.items():
         base = base_of.get("BERT")

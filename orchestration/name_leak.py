@@ -205,13 +205,13 @@ def example_flags(trials: Sequence[Trial], predictions: Mapping[str, dict], data
     return pd.DataFrame(rows)
 
 
-def _score(part: pd.DataFrame, negative: Optional[str]) -> tuple[float, float]:
+def _score(part: pd.DataFrame, negative: Optional[str], metric: str = "micro_f1") -> tuple[float, float]:
     """(metric, true positives) of prediction rows."""
     if part.empty:
         return float("nan"), 0.0
     rows = {str(i): {"gold": g, "pred": p} for i, (g, p) in enumerate(zip(part["gold"], part["pred"]))}
-    counts = example_counts(rows, list(rows), negative).sum(axis=0)
-    return float(f1_from_counts(counts)), float(counts[0])
+    counts = example_counts(rows, list(rows), negative, metric).sum(axis=0)
+    return float(f1_from_counts(counts)), float(counts[..., 0].sum())
 
 
 def seen_unseen(flags: pd.DataFrame) -> pd.DataFrame:
@@ -220,7 +220,8 @@ def seen_unseen(flags: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     out = []
     for (dataset, setting), group in flags.groupby(["dataset", "setting"], sort=False):
-        negative = negative_label(set(group["gold"]) | set(group["pred"]), group["metric"].iloc[0])
+        metric = group["metric"].iloc[0]
+        negative = negative_label(set(group["gold"]) | set(group["pred"]), metric)
         for scope in SCOPES:
             column = f"pair_{scope}"
             usable = group[group[column].notna()]
@@ -229,9 +230,9 @@ def seen_unseen(flags: pd.DataFrame) -> pd.DataFrame:
                 for seed, trial in cell.groupby("seed"):
                     seen = trial[trial[column].astype(bool)]
                     unseen = trial[~trial[column].astype(bool)]
-                    m_seen, tp_seen = _score(seen, negative)
-                    m_unseen, tp_unseen = _score(unseen, negative)
-                    m_all, _ = _score(trial, negative)
+                    m_seen, tp_seen = _score(seen, negative, metric)
+                    m_unseen, tp_unseen = _score(unseen, negative, metric)
+                    m_all, _ = _score(trial, negative, metric)
                     mention_seen = (trial[f"head_{scope}"].astype(bool) | trial[f"tail_{scope}"].astype(bool)).mean()
                     per_seed.append({"n_seen": len(seen), "n_unseen": len(unseen), "metric_all": m_all,
                                      "metric_seen": m_seen, "metric_unseen": m_unseen,

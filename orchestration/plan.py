@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from recon.data_prep.hashing import stable_hash
-from recon.data_prep.registry import display_names, expected_train_size, metric_of, paper_split_sizes
+from recon.data_prep.registry import display_names, expected_train_size, metric_of, paper_split_sizes, reported_metric
 from recon.models.fewshot import FewshotConfig, FewshotSettings
 from recon.models.finetune import FinetuneConfig
 
@@ -61,8 +61,14 @@ class Trial:
 
     @property
     def metric(self) -> str:
+        """The metric tables report for this trial: an explicit ``training.metric``, else the dataset's under
+        the config's scorer (SemEval's official score with ``data.scorer: official``)."""
         training = self.config.get("training") or self.config.get("settings", {}).get("training", {})
-        return training.get("metric") or metric_of(self.dataset)
+        if training.get("metric"):
+            return training["metric"]
+        if self.kind == "finetune":
+            return reported_metric(self.dataset, (self.config.get("data") or {}).get("scorer", "recon"))
+        return metric_of(self.dataset)
 
     def runner_config(self) -> Any:
         """The config object the trainer receives (references such as ``@pretrain.cp`` unresolved)."""
@@ -95,7 +101,7 @@ def finetune_config(spec: StudySpec, dataset: str, split: float, fmt: str, model
     """The exact config a supervised trial's trainer receives."""
     source, identity = _model_source(spec, model)
     return FinetuneConfig(dataset=dataset, split=split, input_format=fmt, model=source,
-                          encoder=spec.encoder_of(model) or spec.encoder, data=spec.data,
+                          encoder=spec.encoder_of(model) or spec.encoder, data=spec.data, head=spec.head,
                           training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity)
 
 

@@ -120,7 +120,8 @@ def train_loop_per_worker(config: dict) -> None:
         net = ray.train.torch.prepare_model(PretrainNet(bundle.model),  # [Ray 3] DDP
                                             parallel_strategy_kwargs={"gradient_as_bucket_view": True})
         train_cfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=min(cfg.warmup, cfg.steps),
-                                max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16)
+                                max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
+                                adam_bias_correction=cfg.adam_bias_correction)
         optimizer = build_optimizer(net, train_cfg, device)  # fused AdamW (CPU and CUDA)
         scheduler = build_scheduler(optimizer, cfg.steps, train_cfg)
         start_step = 0
@@ -136,7 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
     if len(set(starts)) != 1:
         raise ReconError(f"workers would resume from different steps {starts}; do all nodes see {run.uri}?")
 
-    tctx = TokenContext.for_bundle(bundle, cfg.max_length)
+    tctx = TokenContext.for_bundle(bundle, cfg.max_length, cfg.truncation)
     settings = StepSettings(cfg.objective, cfg.temperature, cfg.mlm_weight, cfg.max_grad_norm, cfg.bf16,
                             gather_negatives=True)
     encoder_module = getattr(net, "module", net).encoder

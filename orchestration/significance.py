@@ -37,6 +37,9 @@ multiplicities ``w``, and ``F1 = 2 (w.correct) / (w.predicted + w.gold)``, exact
 ``recon.models.metrics.micro_f1`` on the resampled list. The negative class (``Other``,
 ``no_relation``, ``NA``; found by name) counts in neither predicted nor gold; with no negative
 class or for accuracy datasets every example counts in both and the same formula is accuracy.
+SemEval's official score (macro-F1 over relation types) is resampled the same way, with the three
+counts kept per relation type (``recon.models.metrics.example_counts``): each type's F1 is
+recomputed from its summed counts and averaged, as the official scorer does.
 
 A difference is *significant* when ``p < 0.05`` (the 95% interval then almost always excludes 0).
 Tables mark the cells whose comparison with the reference (the first model of the column; the
@@ -52,6 +55,9 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from recon.models.metrics import SEMEVAL_OFFICIAL, score_from_counts
+from recon.models.metrics import example_counts as metric_counts
 
 from .pilot import read_predictions
 from .plan import Trial
@@ -95,24 +101,17 @@ def negative_label(labels: Iterable[str], metric: str) -> Optional[str]:
     return None
 
 
-def example_counts(rows: Mapping[str, dict], sources: Sequence[str], negative: Optional[str]) -> np.ndarray:
-    """``[n, 3]`` float array of (correct, predicted, gold) per example, in ``sources`` order."""
-    gold = np.array([rows[s]["gold"] for s in sources], dtype=object)
-    pred = np.array([rows[s]["pred"] for s in sources], dtype=object)
-    if negative is None:
-        pred_pos = np.ones(len(sources), dtype=bool)
-        gold_pos = np.ones(len(sources), dtype=bool)
-    else:
-        pred_pos, gold_pos = pred != negative, gold != negative
-    correct = pred_pos & gold_pos & (pred == gold)
-    return np.stack([correct, pred_pos, gold_pos], axis=1).astype(np.float64)
+def example_counts(rows: Mapping[str, dict], sources: Sequence[str], negative: Optional[str],
+                   metric: str = "micro_f1") -> np.ndarray:
+    """``[n, K, 3]`` float array of (correct, predicted, gold) per example and class group, in ``sources``
+    order (``recon.models.metrics.example_counts``; K=1 but for SemEval's official score)."""
+    mode = metric if metric == SEMEVAL_OFFICIAL else ("accuracy" if negative is None else "micro_f1")
+    counts, _ = metric_counts([rows[s]["gold"] for s in sources], [rows[s]["pred"] for s in sources], mode,
+                              negative)
+    return counts
 
 
-def f1_from_counts(counts: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` summed counts -> micro-F1 (0 where nothing is predicted or gold), as metrics.py."""
-    c, p, g = counts[..., 0], counts[..., 1], counts[..., 2]
-    denom = p + g
-    return np.divide(2 * c, denom, out=np.zeros_like(c, dtype=np.float64), where=denom > 0)
+f1_from_counts = score_from_counts  # summed counts [..., K, 3] -> the metric
 
 
 def _seed_for(*parts: str) -> int:
@@ -122,13 +121,14 @@ def _seed_for(*parts: str) -> int:
 def bootstrap_medians(cells: Sequence[np.ndarray], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Observed and resampled seed-medians of several cells on the same examples.
 
-    ``cells[i]`` is ``[seeds_i, n, 3]`` (counts per seed and example). Returns ``observed [cells]``
-    and ``resampled [n_boot, cells]``, every resample drawing the same examples for every cell and seed.
+    ``cells[i]`` is ``[seeds_i, n, K, 3]`` (counts per seed, example and class group). Returns ``observed
+    [cells]`` and ``resampled [n_boot, cells]``, every resample drawing the same examples for every cell
+    and seed.
     """
-    n = cells[0].shape[1]
+    n, groups = cells[0].shape[1], cells[0].shape[2]
     observed = np.array([np.median(f1_from_counts(c.sum(axis=1)), axis=0) for c in cells])
     rng = np.random.default_rng(seed)
-    flat = np.concatenate([c.transpose(1, 0, 2).reshape(n, -1) for c in cells], axis=1)  # [n, sum(seeds)*3]
+    flat = np.concatenate([c.transpose(1, 0, 2, 3).reshape(n, -1) for c in cells], axis=1)  # [n, sum(seeds)*K*3]
     out = np.empty((n_boot, len(cells)))
     done = 0
     while done < n_boot:
@@ -139,9 +139,9 @@ def bootstrap_medians(cells: Sequence[np.ndarray], n_boot: int, seed: int) -> tu
         col = 0
         for i, c in enumerate(cells):
             k = c.shape[0]
-            part = sums[:, col:col + 3 * k].reshape(size, k, 3)
+            part = sums[:, col:col + 3 * groups * k].reshape(size, k, groups, 3)
             out[done:done + size, i] = np.median(f1_from_counts(part), axis=1)
-            col += 3 * k
+            col += 3 * groups * k
         done += size
     return observed, out
 
@@ -182,7 +182,8 @@ def _shared_sources(predictions: Mapping[str, dict], trial_ids: Iterable[str]) -
 
 
 def _counts(cell: Cell, predictions: Mapping[str, dict], sources: list[str], negative: Optional[str]) -> np.ndarray:
-    return np.stack([example_counts(predictions[cell.seeds[s]], sources, negative) for s in sorted(cell.seeds)])
+    return np.stack([example_counts(predictions[cell.seeds[s]], sources, negative, cell.metric)
+                     for s in sorted(cell.seeds)])
 
 
 def _group_negative(cells: Iterable[Cell], predictions: Mapping[str, dict]) -> Optional[str]:

@@ -41,9 +41,11 @@ from recon.data_prep.configuration import ConfigError
 from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS
 from recon.data_prep.errors import ReconError
 from recon.data_prep.hashing import stable_hash
+from recon.data_prep.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES, protocol_layer
 from recon.data_prep.registry import fewshot_datasets, supervised_datasets
 from recon.models.fewshot import FewshotSettings
 from recon.models.finetune import CHECKPOINT_PREFIX, CnnTraining, DataOptions
+from recon.models.heads import HeadOptions
 from recon.models.pretrain_config import DEMO_CORPUS, PretrainConfig
 from recon.models.training import TrainConfig
 
@@ -177,7 +179,11 @@ class StudySpec(_Strict):
     pretrain: dict[str, PretrainConfig] = Field(default_factory=dict)
     grids: list[GridSpec] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: list(PAPER_SEEDS), min_length=1)
+    # A named protocol sets every protocol point field below (data, head, training, fewshot.settings,
+    # pretrain stages) unless the file sets it: recon.data_prep.protocol.
+    protocol: Literal[PROTOCOL_NAMES] = DEFAULT_PROTOCOL  # type: ignore[valid-type]
     data: DataOptions = DataOptions()
+    head: HeadOptions = HeadOptions()
     training: TrainConfig = TrainConfig()
     cnn: CnnTraining = CnnTraining()
     fewshot: Optional[FewshotGrid] = None
@@ -380,6 +386,33 @@ def validation_problems(exc: ValidationError, layers: list, schema: str) -> list
     return problems
 
 
+def with_protocol(merged: dict, sections: dict[str, type]) -> dict:
+    """``merged`` over the layer its ``protocol:`` names: each section's protocol point fields set to the
+    protocol's values where the file does not set them. ``sections`` maps a top-level key (``data``), a
+    dotted one (``fewshot.settings``: only when ``fewshot`` is there) or ``key.*`` (every entry of a
+    mapping: the pre-training stages) to the config class found there."""
+    name = merged.get("protocol", DEFAULT_PROTOCOL)
+    if name not in PROTOCOL_NAMES:
+        return merged  # validation names the field
+    layer: dict = {}
+    for where, cls in sections.items():
+        head, _, rest = where.partition(".")
+        if rest == "*":
+            entries = merged.get(head)
+            if isinstance(entries, dict):
+                layer[head] = {key: protocol_layer(cls, name) for key in entries}
+        elif rest:
+            if isinstance(merged.get(head), dict):
+                layer.setdefault(head, {})[rest] = protocol_layer(cls, name)
+        else:
+            layer[head] = protocol_layer(cls, name)
+    return _merge(layer, merged)
+
+
+STUDY_PROTOCOL_SECTIONS = {"data": DataOptions, "head": HeadOptions, "training": TrainConfig,
+                           "fewshot.settings": FewshotSettings, "pretrain.*": PretrainConfig}
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read, merge and validate a study file; raise :class:`SpecError` naming file, field and line."""
     path = Path(path).resolve()
@@ -387,6 +420,7 @@ def load_spec(path: str | Path) -> StudySpec:
     merged: dict = {}
     for _, data, _ in layers:
         merged = _merge(merged, data)
+    merged = with_protocol(merged, STUDY_PROTOCOL_SECTIONS)
     try:
         spec = StudySpec.model_validate(merged)
         spec._source = path

@@ -60,6 +60,9 @@ def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict, failed: Op
             if text not in notes.setdefault(table, []):
                 notes[table].append(text)
 
+    for text, tables in metric_notes(trials).items():
+        add(tables, text)
+
     missing = unavailable_trials(spec, trials, study_data_dir(spec))
     for trial in trials:
         if trial.trial_id in missing:
@@ -82,6 +85,30 @@ def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict, failed: Op
                 f"{', '.join(users)}: pre-trained with allow_leakage (the corpus may contain entity pairs "
                 "of the evaluated datasets)")
     return notes
+
+
+def metric_notes(trials: list[Trial]) -> dict[str, set[str]]:
+    """Footnotes saying which metric each dataset's cells are, under which protocol, and where the paper's
+    number for that dataset is a different metric (SemEval: the official scorer's) -> the tables they go under."""
+    from recon.data_prep.protocol import describe
+    from recon.data_prep.registry import reported_metric
+    from recon.models.metrics import METRIC_LABELS
+
+    out: dict[str, set[str]] = {}
+    protocols: dict[str, set[str]] = {}
+    for trial in trials:
+        if trial.kind != "finetune":
+            continue
+        paper_metric = reported_metric(trial.dataset, "official")
+        text = f"{display_name(trial.dataset)}: test {METRIC_LABELS.get(trial.metric, trial.metric)} x 100, median over seeds"
+        if paper_metric != trial.metric:
+            text += (f"; the paper reports {METRIC_LABELS.get(paper_metric, paper_metric)}, so the delta table compares "
+                     "different measures (data: {scorer: official} tabulates the paper's)")
+        out.setdefault(text, set()).update(trial.tables)
+        protocols.setdefault(describe(trial.runner_config()), set()).update(trial.tables)
+    for name, tables in protocols.items():
+        out.setdefault(f"protocol: {name} (README, \"Protocol\")", set()).update(tables)
+    return out
 
 
 def pretrain_corpora(spec: StudySpec) -> dict[str, Path]:

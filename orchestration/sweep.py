@@ -56,11 +56,12 @@ from recon.data_prep.configuration import IDENTITY, ConfigError, config_class
 from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED
 from recon.data_prep.errors import ReconError
 from recon.data_prep.hashing import stable_hash
+from recon.data_prep.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES
 from recon.models.finetune import FinetuneConfig
 from recon.models.pretrain_config import DEMO_CORPUS, PretrainConfig
 
 from .ray_session import RayConfig
-from .spec import SpecError, _locate, _merge, _read_layers, corpus_content_identity, validation_problems
+from .spec import SpecError, _locate, _merge, _read_layers, corpus_content_identity, validation_problems, with_protocol
 from .tracking_uri import DEFAULT_DB_NAME, sqlite_uri
 
 SECTIONS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
@@ -192,6 +193,7 @@ class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[\w.-]+$")
     description: str = ""
     encoder: str = DEFAULT_ENCODER  # the pre-training's starting encoder unless pretrain.encoder names one
+    protocol: Literal[PROTOCOL_NAMES] = DEFAULT_PROTOCOL  # type: ignore[valid-type]  # sets pretrain/finetune points
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     space: dict[str, Any] = Field(min_length=1)
@@ -400,6 +402,7 @@ def sweep_from_payload(payload: dict) -> SweepSpec:
 
 
 def _build(merged: dict, layers, path: Path) -> SweepSpec:
+    merged = with_protocol(merged, SECTIONS)
     try:
         spec = SweepSpec.model_validate(merged)
     except ValidationError as exc:

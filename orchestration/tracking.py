@@ -667,7 +667,10 @@ def results_frame(tracker: StudyTracker, trials: Iterable[Trial]):
             rows.append({"trial_id": trial.trial_id, "run_id": run.info.run_id, "table": table, "kind": trial.kind,
                          "dataset": trial.dataset, "setting": trial.setting, "format": trial.format,
                          "model": trial.model, "seed": trial.seed, "metric": trial.metric,
-                         "value": metrics.get("test_metric"), "dev_value": metrics.get("dev_metric")})
+                         # the plan's metric, not the logged test_metric: a changed scorer (not part of
+                         # the trial id) re-tabulates finished trials without training them again
+                         "value": metrics.get(metric_key(f"test_{trial.metric}"), metrics.get("test_metric")),
+                         "dev_value": metrics.get(metric_key(f"dev_{trial.metric}"), metrics.get("dev_metric"))})
     columns = ["trial_id", "run_id", "table", "kind", "dataset", "setting", "format", "model", "seed", "metric",
                "value", "dev_value"]
     return pd.DataFrame(rows, columns=columns)

@@ -115,9 +115,9 @@ def _generated_commands():
 
     # (command path, config class, the command's own options, config fields the command sets itself)
     return [
-        (("finetune",), FinetuneConfig, {"out"}, set()),
-        (("fewshot",), FewshotConfig, {"out"}, set()),
-        (("pretrain",), PretrainRun, set(), set()),
+        (("finetune",), FinetuneConfig, {"out", "protocol"}, set()),  # --protocol: a layer of point values
+        (("fewshot",), FewshotConfig, {"out", "protocol"}, set()),
+        (("pretrain",), PretrainRun, {"protocol"}, set()),
         (("corpus", "build"), CorpusBuildConfig, set(), set()),
         (("corpus", "demo"), CorpusDemoConfig, set(), {f"build.{name}" for name in DEMO_SETS}),
     ]

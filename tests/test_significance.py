@@ -125,7 +125,7 @@ def test_counts_give_the_metric_modules_micro_f1_with_the_negative_class():
     idx = rng.integers(0, 300, 300)
     weights = np.bincount(idx, minlength=300).astype(float)
     resampled = micro_f1([ids[preds[i]] for i in idx], [ids[golds[i]] for i in idx], negative_id=0)
-    assert f1_from_counts(weights @ counts) == pytest.approx(resampled)
+    assert f1_from_counts(np.tensordot(weights, counts, axes=1)) == pytest.approx(resampled)
     # Not a mean of per-example scores, and the negative class never counts as a hit.
     assert f1_from_counts(counts.sum(axis=0)) != pytest.approx(np.mean([g == p for g, p in zip(golds, preds)]))
     only_negative = example_counts(_rows(["Other"] * 3, ["Other"] * 3), ["0", "1", "2"], "Other")
@@ -168,8 +168,8 @@ def test_bootstrap_separates_a_real_difference_from_noise():
 
 
 def test_p_value_and_resamples_are_reproducible():
-    counts = np.zeros((2, 50, 3))
-    counts[:, :, 0] = counts[:, :, 1] = counts[:, :, 2] = 1
+    counts = np.zeros((2, 50, 1, 3))
+    counts[..., 0] = counts[..., 1] = counts[..., 2] = 1
     a = bootstrap_medians([counts, counts], 50, seed=1)
     b = bootstrap_medians([counts, counts], 50, seed=1)
     assert np.array_equal(a[1], b[1]) and np.allclose(a[0], 1.0)

@@ -75,7 +75,8 @@ def run_finetune_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(FinetuneConfig, args, args.config_flags, **fixed)
     result = run_finetune(cfg, out_dir=args.out)
     return _emit(_summary(result, (
-        "dataset", "split", "format", "model", "encoder", "seed", "metric", "dev", "test", "best_epoch",
+        "dataset", "split", "format", "model", "encoder", "seed", "protocol", "metric", "reported", "dev", "test",
+        "best_epoch",
         "n_train", "n_dev", "n_test", "majority_baseline_test", "wall_s", "notes")))
 
 
@@ -88,5 +89,5 @@ def run_fewshot_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(FewshotConfig, args, args.config_flags, **fixed)
     result = run_fewshot(cfg, out_dir=args.out)
     return _emit(_summary(result, (
-        "dataset", "n_way", "k_shot", "format", "encoder", "seed", "accuracy", "test", "eval_episodes",
+        "dataset", "n_way", "k_shot", "format", "encoder", "seed", "protocol", "accuracy", "test", "eval_episodes",
         "train_episodes", "trained_on", "wall_s", "notes")))
