@@ -3,8 +3,8 @@
     python bench/bench_cnn_vectors.py                          # SemEval 10% (paper file), C+M, seeds 42..46
     python bench/bench_cnn_vectors.py --epochs 30 --vectors embedded random /path/glove.6B.50d.txt
 
-Every arm trains the same CNN (``recon.models.cnn.build_cnn``) through the project's one training
-loop (``recon.models.training.fit``) with the paper's CNN settings -- SGD lr 0.5, batch 160, hidden
+Every arm trains the same CNN (``recon.models.nets.cnn.build_cnn``) through the project's one training
+loop (``recon.models.train.loop.fit``) with the paper's CNN settings -- SGD lr 0.5, batch 160, hidden
 230, constant schedule, no clipping, no weight decay -- on the paper's released ``train_0.1`` file,
 with the same seeds, scored on the FULL dev (best epoch) and FULL test sets (micro-F1 without
 ``Other``). Only the initial word-embedding matrix differs. Featurisation (spaCy tags, vocabulary
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS  # noqa: E402
+from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS  # noqa: E402
 
 
 def prepare(data_dir: str | None, fraction: float, max_length: int):
@@ -39,7 +39,7 @@ def prepare(data_dir: str | None, fraction: float, max_length: int):
     from recon.data_prep.registry import load_dataset
     from recon.data_prep.special_tokens import SpecialTokens
     from recon.data_prep.splits import training_subset
-    from recon.models.finetune import FeatureDataset
+    from recon.models.train.finetune import FeatureDataset
 
     ds = load_dataset("semeval", data_dir=data_dir)
     train = training_subset(ds, fraction, DEFAULT_SEED, source="paper")  # the released file: no seed dependence
@@ -55,7 +55,7 @@ def open_vocab(ds, train, feat, label2id):
     """A copy of the featurizer whose vocabulary also holds the dev/test words (no labels used)."""
     import copy
 
-    from recon.models.finetune import FeatureDataset
+    from recon.models.train.finetune import FeatureDataset
 
     wide = copy.deepcopy(feat)
     added = wide.extend_vocab(wide.rendered_words([*ds.splits["dev"], *ds.splits["test"]]))
@@ -65,8 +65,8 @@ def open_vocab(ds, train, feat, label2id):
 
 
 def run_one(ds, feat, label2id, data, vectors: str, seed: int, args) -> dict:
-    from recon.models.cnn import build_cnn
-    from recon.models.training import ClassificationTask, TrainConfig, fit, make_loader
+    from recon.models.nets.cnn import build_cnn
+    from recon.models.train.loop import ClassificationTask, TrainConfig, fit, make_loader
 
     start = time.perf_counter()
     model, notes = build_cnn(feat, len(label2id), hidden_size=args.hidden, word_vectors=vectors,

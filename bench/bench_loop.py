@@ -1,4 +1,4 @@
-"""Loop overhead: ``recon.models.training.fit`` against a bare PyTorch loop, side by side in one run.
+"""Loop overhead: ``recon.models.train.loop.fit`` against a bare PyTorch loop, side by side in one run.
 
     python bench/bench_loop.py                        # MiniLM, batch 16, 30 steps, 3 rounds, CPU
     python bench/bench_loop.py --steps 50 --rounds 5 --device cuda
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from recon.data_prep.defaults import DEFAULT_ENCODER, DEFAULT_SEED
-from recon.models.training import TrainConfig
+from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED
+from recon.models.train.loop import TrainConfig
 
 DEFAULTS = TrainConfig()  # the loop's own defaults (Appendix B), for both loops
 
@@ -31,10 +31,10 @@ DEFAULTS = TrainConfig()  # the loop's own defaults (Appendix B), for both loops
 def build(encoder: str, dataset: str, n: int, max_length: int, batch_size: int, seed: int):
     from recon.data_prep.formats import InputFormat
     from recon.data_prep.registry import load_dataset
-    from recon.models.batching import Collator, encode_examples
-    from recon.models.encoder import load_encoder
-    from recon.models.heads import RelationClassifier
-    from recon.models.training import make_loader, seed_everything
+    from recon.models.train.batching import Collator, encode_examples
+    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.heads import RelationClassifier
+    from recon.models.train.loop import make_loader, seed_everything
 
     ds = load_dataset(dataset)
     bundle = load_encoder(encoder)
@@ -75,7 +75,7 @@ def bare_loop(model, batches, steps: int, lr: float, device: torch.device) -> fl
 
 def fit_loop(model, batches, steps: int, lr: float, device: torch.device, deterministic: bool = True,
              fused_adamw: bool = DEFAULTS.fused_adamw) -> float:
-    from recon.models.training import ClassificationTask, fit
+    from recon.models.train.loop import ClassificationTask, fit
 
     train = [batches[i % len(batches)] for i in range(steps)]
     cfg = DEFAULTS.replace(lr=lr, epochs=1, device=str(device), progress=True, metric="micro_f1",
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--no-deterministic", action="store_true",
                         help="run fit without torch.use_deterministic_algorithms (to measure its cost)")
     args = parser.parse_args()
-    from recon.models.training import resolve_device
+    from recon.models.train.loop import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -5,9 +5,9 @@
     python bench/bench_pretrain.py --bare-only --device cuda --random bert-base \\
         --micro-batch-size 128 --peak-tflops 989                    # lone GPU, torch + transformers only
 
-Every mode runs the same loop, ``recon.models.pretraining.run_steps``, on the same kind of batch (C+M,
+Every mode runs the same loop, ``recon.models.pretrain.steps.run_steps``, on the same kind of batch (C+M,
 blanking, MLM, CP or MTB loss, AdamW, clipping); the Ray modes run it through
-``recon.orchestration.pretrain.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
+``recon.orchestration.pretrain.driver.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
 all-reduce, one checkpoint at the end) and read the per-step figures back from ``progress.jsonl``.
 Sentences/s counts the sentences of all workers per second of step wall time (batch building,
 sampling and every sync included); the first ``--warmup-steps`` steps of every mode are not timed.
@@ -36,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recon.data_prep.defaults import DEFAULT_ENCODER  # noqa: E402
-from recon.models.pretrain_config import OBJECTIVE_DEFAULTS, PretrainConfig  # noqa: E402  (no torch)
+from recon.core.defaults import DEFAULT_ENCODER  # noqa: E402
+from recon.models.pretrain.config import OBJECTIVE_DEFAULTS, PretrainConfig  # noqa: E402  (no torch)
 
 PAPER = PretrainConfig()  # optimizer, length and objective defaults of a real run, for every mode
 
@@ -72,7 +72,7 @@ def random_encoder_dir(shape: str, root: Path) -> Path:
 
 
 def bare(args, encoder: str) -> dict:
-    """The real loop (``recon.models.pretraining.run_steps``) alone: no Ray, no DDP, no MLflow.
+    """The real loop (``recon.models.pretrain.steps.run_steps``) alone: no Ray, no DDP, no MLflow.
 
     Figures are read from the device twice -- after the warm-up steps and at the end -- so the
     timed window is exactly the timed steps (batch building included) with no host sync between.
@@ -81,9 +81,9 @@ def bare(args, encoder: str) -> dict:
 
     from recon.data_prep.corpus import load_corpus
     from recon.data_prep.samplers import CPSampler, MTBSampler
-    from recon.models.encoder import load_encoder
-    from recon.models.pretraining import PretrainNet, StepSettings, TokenContext, count_parameters, run_steps
-    from recon.models.training import TrainConfig, build_optimizer, build_scheduler, resolve_device
+    from recon.models.nets.encoder import load_encoder
+    from recon.models.pretrain.steps import PretrainNet, StepSettings, TokenContext, count_parameters, run_steps
+    from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -121,7 +121,7 @@ def bare(args, encoder: str) -> dict:
 
 def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
     """The same step under Ray Train with ``workers`` workers, each with ``--threads`` CPUs."""
-    from recon.orchestration.pretrain import PretrainRun, read_progress, run_pretraining
+    from recon.orchestration.pretrain.driver import PretrainRun, read_progress, run_pretraining
 
     steps = args.warmup_steps + args.steps
     cfg = PretrainRun(

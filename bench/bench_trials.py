@@ -8,7 +8,7 @@ Both sides run the same trials, planned from a temporary copy of ``studies/demo.
 MiniLM model only, unless ``--with-pretrain``: a CP stage would dominate; seeds / formats / splits
 trimmed to ``--trials``; its own output folder, MLflow store, storage and node cache), in one run:
 
-(a) tune: :func:`recon.orchestration.tune_runner.run_study` on that spec, i.e. a local Ray started with
+(a) tune: :func:`recon.orchestration.study.runner.run_study` on that spec, i.e. a local Ray started with
     the spec's ``num_cpus`` (2), Tune with ``max_concurrent_trials`` (2), storage publishing and the
     driver's MLflow logging of every trial. ``wall_tune`` is the ``_tune`` call (Tuner set-up to the
     last trial logged); ``wall_study`` adds the study's fixed costs (Ray start, MLflow, data publishing).
@@ -16,7 +16,7 @@ trimmed to ``--trials``; its own output folder, MLflow store, storage and node c
     both sides run the same number of trials at once on the same loaded cores), round-robin, each
     process with the spec's torch threads. Each lane first warms up (every (split, format) it will
     run, one optimizer step: imports, encoder, tokenizer, datasets, kernels), then calls
-    ``run_finetune`` per trial. The floor of a trial is the time inside ``recon.models.training.fit``
+    ``run_finetune`` per trial. The floor of a trial is the time inside ``recon.models.train.loop.fit``
     (its training steps and its dev/test evaluations: the work itself), so the floor does not move
     when ``run_finetune``'s own preparation gets cheaper; ``in-process extra`` reports what
     ``run_finetune`` spends around ``fit`` in a warm process.
@@ -71,8 +71,8 @@ def _shape(n: int, splits: list, formats: list, seeds: list) -> tuple[list, list
 def make_spec(args, tmp: Path) -> Path:
     import yaml
 
-    from recon.orchestration.spec import load_spec
-    from recon.orchestration.stages import study_data_dir
+    from recon.orchestration.study.spec import load_spec
+    from recon.orchestration.study.stages import study_data_dir
 
     raw = yaml.safe_load((REPO / "studies" / "demo.yaml").read_text())
     if not args.with_pretrain:
@@ -101,9 +101,9 @@ def make_spec(args, tmp: Path) -> Path:
 
 
 def planned(spec_path: Path):
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
-    from recon.orchestration.stages import study_data_dir
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
+    from recon.orchestration.study.stages import study_data_dir
 
     spec = load_spec(spec_path)
     return spec, expand(spec), study_data_dir(spec)
@@ -117,9 +117,9 @@ def lane_main(path: str) -> None:
     import torch
 
     torch.set_num_threads(job["threads"])
-    from recon.models import finetune, training
-    from recon.orchestration.plan import Trial
-    from recon.orchestration.trials import resolve_references
+    from recon.models.train import finetune, loop as training
+    from recon.orchestration.study.plan import Trial
+    from recon.orchestration.study.trainers import resolve_references
 
     inside = {"s": 0.0}
     real_fit = training.fit
@@ -175,8 +175,8 @@ def run_floor(trials, data_dir, lanes: int, threads: int, tmp: Path, env: dict) 
 # ---------------------------------------------------------------- (a) the real study path
 
 def run_tune(spec_path: Path) -> dict:
-    from recon.orchestration import tune_runner
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study import runner as tune_runner
+    from recon.orchestration.study.spec import load_spec
     spec = load_spec(spec_path)
     timing = {}
     real_tune = tune_runner._tune

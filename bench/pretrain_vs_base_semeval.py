@@ -5,7 +5,7 @@ SemEval split with the same seeds, and print both medians (the paper reports the
         --split 0.01 --max-eval 600 --json results.json          # seeds: the paper's five (PAPER_SEEDS)
 
 The pre-training corpus must not contain SemEval's evaluation entity pairs: build it with
-``recon corpus build ... --exclude semeval``. Each trial is ``recon.models.finetune.run_finetune`` with
+``recon corpus build ... --exclude semeval``. Each trial is ``recon.models.train.finetune.run_finetune`` with
 Appendix B defaults (lr 3e-5, batch 64, 6 epochs, length 100, test at the best dev epoch); only
 ``--max-eval`` (a fixed random subset of dev and test, the same for every trial) departs from them,
 to keep a CPU run short.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recon.data_prep.defaults import DEFAULT_ENCODER, PAPER_SEEDS  # noqa: E402
+from recon.core.defaults import DEFAULT_ENCODER, PAPER_SEEDS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from recon.models.finetune import DataOptions, FinetuneConfig, run_finetune
-    from recon.models.training import TrainConfig
+    from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
+    from recon.models.train.loop import TrainConfig
 
     torch.set_num_threads(2)
     models = {"base": "bert", "cp": args.checkpoint}

@@ -35,9 +35,9 @@ def _parse_variant(text: str) -> tuple[str, dict]:
 
 
 def _config(variant: str, fmt: str, seed: int):
-    from recon.data_prep.protocol import point_fields, protocol_layer
-    from recon.models.finetune import FinetuneConfig
-    from recon.orchestration.cli_config import _merge, raw_defaults
+    from recon.core.protocol import point_fields, protocol_layer
+    from recon.models.train.finetune import FinetuneConfig
+    from recon.orchestration.cli.flags import _merge, raw_defaults
 
     name, overrides = _parse_variant(variant)
     values = _merge(_merge(raw_defaults(FinetuneConfig), protocol_layer(FinetuneConfig, name)), SETUP)
@@ -59,7 +59,7 @@ def _run(job: tuple[str, str, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from recon.models.finetune import run_finetune
+    from recon.models.train.finetune import run_finetune
 
     variant, fmt, seed = job
     out = run_finetune(_config(variant, fmt, seed))

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import DataError, ReconError
-from .example import RelationExample
-from .formats import InputFormat, Rendered, render
-from .special_tokens import SpecialTokens
-from .tagging import SpacyTagger, example_tags
+from recon.core.errors import DataError, ReconError
+from recon.data_prep.example import RelationExample
+from recon.data_prep.formats import InputFormat, Rendered, render
+from recon.data_prep.special_tokens import SpecialTokens
+from recon.data_prep.tagging import SpacyTagger, example_tags
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class CNNFeaturizer:
         return out
 
     def vocab_sizes(self) -> dict[str, int]:
-        """Embedding-table sizes for ``recon.models.cnn.CNNConfig(num_labels=..., **featurizer.vocab_sizes())``."""
+        """Embedding-table sizes for ``recon.models.nets.cnn.CNNConfig(num_labels=..., **featurizer.vocab_sizes())``."""
         return {"vocab_size": len(self.words), "pos_vocab_size": len(self.pos_tags),
                 "ner_vocab_size": len(self.ner_tags), "position_vocab_size": self.position_vocab_size}
 

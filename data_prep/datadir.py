@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DatasetNotFound
-from .spacy_pipeline import cache_dir
+from recon.core.errors import DatasetNotFound
+from recon.data_prep.spacy_pipeline import cache_dir
 
 ENV_VAR = "RECON_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[1]

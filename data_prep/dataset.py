@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .example import RelationExample
-from .loaders import LoadReport
+from recon.data_prep.example import RelationExample
+from recon.data_prep.loaders import LoadReport
 
 
 @dataclass

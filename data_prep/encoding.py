@@ -5,7 +5,7 @@ exactly; special tokens map straight to their ids and are never split. When a se
 than ``max_length`` a window around the two entities is kept rather than cutting blindly at the
 end (a blind cut would drop the tail marker of long SemEval/TACRED sentences). The blind cut is
 what the authors' code does, so it is available as the ``cut`` truncation (a protocol point, see
-``recon.data_prep.protocol``): the first ``max_length`` pieces, ``[SEP]`` dropped, and a start
+``recon.core.protocol``): the first ``max_length`` pieces, ``[SEP]`` dropped, and a start
 marker that was cut away replaced by the last piece kept (``Encoded.marker_cut``). The window keeps
 both entities whole -- start marker, every mention piece, end marker (or the blank / type token) --
 whenever they fit; :func:`truncate` says how, and :class:`Encoded` flags what had to be given up
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from .formats import Rendered
+from recon.data_prep.formats import Rendered
 
 
 @dataclass(frozen=True)

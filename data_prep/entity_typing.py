@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import spacy_pipeline
-from .atomic import write_text_atomic
-from .example import RelationExample
+from recon.data_prep import spacy_pipeline
+from recon.core.atomic import write_text_atomic
+from recon.data_prep.example import RelationExample
 
 BATCH_SIZE = 256
 NER_COMPONENTS = ("tok2vec", "ner")

@@ -11,7 +11,7 @@ from typing import Generic, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from .errors import ReconError
+from recon.core.errors import ReconError
 
 T = TypeVar("T")
 

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from .errors import DatasetNotFound, ReconError
+from recon.core.errors import DatasetNotFound, ReconError
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 CHUNK_BYTES = 256 * 1024

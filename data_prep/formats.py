@@ -6,7 +6,7 @@ hidden states form the relation representation (the head/tail START markers, or 
 token standing in for the mention).
 
 The placeholder formats (OnlyC, C+T, OnlyT) come in two renderings, a protocol point
-(``recon.data_prep.protocol``): the placeholder alone (recon), or the placeholder inside the entity
+(``recon.core.protocol``): the placeholder alone (recon), or the placeholder inside the entity
 markers, read at the start marker, as the authors' code renders them (``placeholder_markers``)::
 
     recon    [CLS] the most common [unused4] were about [unused5] and recycling . [SEP]          (4, 7)
@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import ReconError
-from .example import RelationExample
-from .special_tokens import SpecialTokens
+from recon.core.errors import ReconError
+from recon.data_prep.example import RelationExample
+from recon.data_prep.special_tokens import SpecialTokens
 
 
 class InputFormat(str, Enum):

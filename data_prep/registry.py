@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dataset import Dataset
-from .datadir import candidate_dirs, existing_data_root, how_to_get, resolve_dataset_dir
-from .errors import DatasetNotFound, ReconError
-from .loaders import (KINDS, LoadReport, check_labels, check_policy, describe_reason, find_negative,
+from recon.data_prep.dataset import Dataset
+from recon.data_prep.datadir import candidate_dirs, existing_data_root, how_to_get, resolve_dataset_dir
+from recon.core.errors import DatasetNotFound, ReconError
+from recon.data_prep.loaders import (KINDS, LoadReport, check_labels, check_policy, describe_reason, find_negative,
                       find_split_file, load_file, read_rel2id)
 
 SUPERVISED_LENGTH = 100  # Appendix B
@@ -333,7 +333,7 @@ def check_available(name: str | None = None, data_dir: str | None = None,
     Wiki80 at 100% -> ``["no train file here (...train.txt; paper: 39,200 instances)",
     "no test file here (...)"]``.
     """
-    from .splits import SOURCES, check_fraction
+    from recon.data_prep.splits import SOURCES, check_fraction
 
     check_fraction(split)
     if split_source not in SOURCES:

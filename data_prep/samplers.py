@@ -54,9 +54,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .corpus.index import CorpusIndex, pair_key
-from .defaults import P_BLANK
-from .errors import ReconError
+from recon.data_prep.corpus.index import CorpusIndex, pair_key
+from recon.core.defaults import P_BLANK
+from recon.core.errors import ReconError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ This is the one place where recon decides which vocabulary entries stand for mar
 with spare ``[unusedN]`` slots (BERT's) uses them exactly as the paper did: head ``[unused0] ...
 [unused1]``, tail ``[unused2] ... [unused3]``, blanks ``[unused4]``/``[unused5]`` and type tokens
 ``[unused{10+id}]``. Any other vocabulary gets added special tokens (and the encoder resizes its
-embedding matrix, see ``recon.models.encoder``).
+embedding matrix, see ``recon.models.nets.encoder``).
 """
 from __future__ import annotations
 

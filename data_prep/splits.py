@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .dataset import Dataset
-from .errors import DatasetNotFound, ReconError
-from .example import RelationExample
-from .loaders import LoadReport
+from recon.data_prep.dataset import Dataset
+from recon.core.errors import DatasetNotFound, ReconError
+from recon.data_prep.example import RelationExample
+from recon.data_prep.loaders import LoadReport
 
 SOURCES = ("seeded", "paper")
 USED_SOURCES = ("seeded", "paper", "full")
@@ -125,11 +125,11 @@ def resolve_training_subset(dataset: Dataset, fraction: float, seed: int,
         train = _train_or_raise(dataset, fraction, "seeded")
         return TrainingSubset(list(train), "full", source, 1.0, None, file=dataset.files.get("train"))
     if source == "paper":
-        from .registry import load_paper_subset, subset_file
+        from recon.data_prep.registry import load_paper_subset, subset_file
 
         found = dataset.files.get(f"train_{fraction:g}")
         if found is None:
-            from .registry import REGISTRY
+            from recon.data_prep.registry import REGISTRY
 
             path = subset_file(dataset.directory, fraction, REGISTRY.get(dataset.name))
             found = str(path) if path is not None else None

@@ -15,8 +15,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import spacy_pipeline
-from .example import RelationExample
+from recon.data_prep import spacy_pipeline
+from recon.data_prep.example import RelationExample
 
 NO_ENTITY = "O"
 Tags = tuple[tuple[str, ...], tuple[str, ...]]  # (pos, ner), one entry per token

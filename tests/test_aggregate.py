@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from recon.orchestration.aggregate import cell_stats
+from recon.orchestration.report.aggregate import cell_stats
 
 
 def _rows(values, **cell):

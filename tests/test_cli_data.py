@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recon.orchestration.cli import main
+from recon.orchestration.cli.main import main
 
 DATA = str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
 FIX = Path(__file__).parent / "fixtures" / "data"

@@ -39,7 +39,7 @@ def _python(cluster, code: str, timeout: float = 120, env: dict | None = None) -
 
 
 def _recon(cluster, *args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recon.orchestration.cli", *args],
+    return subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", *args],
                           env=env or cluster.client_env(), capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
@@ -196,10 +196,10 @@ def test_recon_submit_and_follow_job(tmp_path):
         assert time.monotonic() - t0 < 120
 
 
-# -- recon.orchestration.jobs without a cluster (fast) -------------------------------------------------
+# -- recon.orchestration.cluster.jobs without a cluster (fast) -------------------------------------------------
 
 def test_default_address(monkeypatch):
-    from recon.orchestration import jobs
+    from recon.orchestration.cluster import jobs
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert jobs.default_address() == "http://127.0.0.1:8265"
@@ -210,8 +210,8 @@ def test_default_address(monkeypatch):
 
 
 def test_runtime_env_uploads_project_without_heavy_or_secret_things(monkeypatch, tmp_path):
-    from recon.orchestration import jobs
-    from recon.data_prep.errors import ReconError
+    from recon.orchestration.cluster import jobs
+    from recon.core.errors import ReconError
 
     for k in ("RECON_STORAGE", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
         monkeypatch.delenv(k, raising=False)
@@ -231,7 +231,7 @@ def test_runtime_env_uploads_project_without_heavy_or_secret_things(monkeypatch,
 
 
 def test_token_lookup_order(monkeypatch, tmp_path):
-    from recon.orchestration import jobs
+    from recon.orchestration.cluster import jobs
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".ray").mkdir()
@@ -249,7 +249,7 @@ def test_token_lookup_order(monkeypatch, tmp_path):
 
 
 def test_cli_errors_are_one_paragraph(capsys):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     assert main(["submit", "--address", "http://127.0.0.1:1"]) == 2
     assert "nothing to submit" in capsys.readouterr().err

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow,
 ATTEMPT_TRAINER = '''
 import os, uuid
 from pathlib import Path
-from recon.orchestration.trials import finetune_trial
+from recon.orchestration.study.trainers import finetune_trial
 
 def train(request, callbacks):
     marks = Path(os.environ["RECON_STORAGE"]) / "attempts"
@@ -67,7 +67,7 @@ output_dir: {driver / 'out'}
 
 
 def _recon(cluster, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recon.orchestration.cli", *args], env=cluster.client_env(),
+    return subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", *args], env=cluster.client_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -94,8 +94,8 @@ def _finished_runs(spec) -> dict[str, int]:
 
 
 def test_submitted_study_runs_on_a_worker_that_shares_no_disk(tmp_path):
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
 
     driver = tmp_path / "driver"
     driver.mkdir()
@@ -118,8 +118,8 @@ def test_submitted_study_runs_on_a_worker_that_shares_no_disk(tmp_path):
 
 
 def test_worker_node_lost_mid_grid_then_a_fresh_one_finishes_it(tmp_path):
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
 
     driver = tmp_path / "driver"
     driver.mkdir()
@@ -220,7 +220,7 @@ def test_kg_tables_and_join_linked_corpus_on_the_cluster_match_one_node(tmp_path
     alone = driver / "alone"
     alone.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    build(lambda *args: subprocess.run([sys.executable, "-m", "recon.orchestration.cli", *args, "--num-cpus", "2"],
+    build(lambda *args: subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", *args, "--num-cpus", "2"],
                                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT), alone)
 
     manifests = {name: json.loads((root / "tables" / "manifest.json").read_text()) for name, root in

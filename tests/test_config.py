@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import recon.core
 import recon.data_prep
 import recon.models
 import recon.orchestration
-from recon.data_prep.configuration import CLI, HELP, Config, ConfigError, config_class
+from recon.core.config import CLI, HELP, Config, ConfigError, config_class
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYWORD = Path(__file__).parent / "fixtures" / "training" / "keyword"
@@ -25,13 +26,13 @@ KEYWORD = Path(__file__).parent / "fixtures" / "training" / "keyword"
 KNOWN = {"TrainConfig", "DataOptions", "CnnTraining", "FinetuneConfig", "FewshotSettings", "FewshotConfig",
          "PretrainConfig", "PretrainRun", "RayConfig", "CorpusBuildConfig", "CorpusDemoConfig"}
 # A module that may define a config imports the configuration module or subclasses a *Config class.
-DEFINES_CONFIG = re.compile(r"configuration import|^class \w+\([^)]*Config\b", re.MULTILINE)
+DEFINES_CONFIG = re.compile(r"core.config import|^class \w+\([^)]*Config\b", re.MULTILINE)
 
 
 def _config_modules() -> list[str]:
     """recon modules whose source may define a Config subclass (read as text: nothing heavy imported)."""
     names = []
-    for package in (recon.data_prep, recon.models, recon.orchestration):
+    for package in (recon.core, recon.data_prep, recon.models, recon.orchestration):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             spec = importlib.util.find_spec(info.name)
             if spec is None or not spec.origin or not spec.origin.endswith(".py"):
@@ -109,9 +110,9 @@ def _cli_leaves(cls: type, prefix: str = "") -> set[str]:
 
 def _generated_commands():
     from recon.data_prep.corpus.config import DEMO_SETS, CorpusBuildConfig, CorpusDemoConfig
-    from recon.models.fewshot import FewshotConfig
-    from recon.models.finetune import FinetuneConfig
-    from recon.orchestration.pretrain import PretrainRun
+    from recon.models.train.fewshot import FewshotConfig
+    from recon.models.train.finetune import FinetuneConfig
+    from recon.orchestration.pretrain.driver import PretrainRun
 
     # (command path, config class, the command's own options, config fields the command sets itself)
     return [
@@ -126,7 +127,7 @@ def _generated_commands():
 @pytest.mark.parametrize("command,cls,own,set_by_command", _generated_commands(),
                          ids=[" ".join(c[0]) for c in _generated_commands()])
 def test_every_flag_is_a_config_field_and_every_field_a_flag(command, cls, own, set_by_command):
-    from recon.orchestration.cli import build_parser
+    from recon.orchestration.cli.main import build_parser
 
     parser = _subparser(build_parser(), *command)
     dests = set()
@@ -148,7 +149,7 @@ def test_every_flag_is_a_config_field_and_every_field_a_flag(command, cls, own, 
 @pytest.fixture
 def captured_fit(monkeypatch):
     """Run the real training loop, but keep the model and the loop config each run_finetune hands it."""
-    import recon.models.training as training
+    import recon.models.train.loop as training
 
     calls: list[dict] = []
     real_fit = training.fit
@@ -164,8 +165,8 @@ def captured_fit(monkeypatch):
 def _cnn_run(**cnn):
     import torch
 
-    from recon.models.finetune import CnnTraining, DataOptions, FinetuneConfig, run_finetune
-    from recon.models.training import TrainConfig
+    from recon.models.train.finetune import CnnTraining, DataOptions, FinetuneConfig, run_finetune
+    from recon.models.train.loop import TrainConfig
 
     torch.set_num_threads(1)
     cfg = FinetuneConfig(dataset=None, path=str(KEYWORD), kind="opennre", model="cnn",
@@ -188,8 +189,8 @@ def test_cnn_hidden_size_sets_the_convolution_width(captured_fit):
 
 
 def test_data_max_train_caps_the_training_examples(captured_fit):
-    from recon.models.finetune import CnnTraining, DataOptions, FinetuneConfig, run_finetune
-    from recon.models.training import TrainConfig
+    from recon.models.train.finetune import CnnTraining, DataOptions, FinetuneConfig, run_finetune
+    from recon.models.train.loop import TrainConfig
 
     base = dict(dataset=None, path=str(KEYWORD), kind="opennre", model="cnn",
                 cnn=CnnTraining(epochs=1, batch_size=16, max_train_steps=1, word_vectors="random"),
@@ -219,8 +220,8 @@ def tiny_bert(tmp_path_factory) -> str:
 def test_training_max_grad_norm_reaches_the_loop(tiny_bert, monkeypatch, max_grad_norm):
     import torch
 
-    from recon.models.finetune import DataOptions, FinetuneConfig, run_finetune
-    from recon.models.training import TrainConfig
+    from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
+    from recon.models.train.loop import TrainConfig
 
     torch.set_num_threads(1)
     norms: list = []
@@ -244,8 +245,8 @@ def test_training_max_grad_norm_reaches_the_loop(tiny_bert, monkeypatch, max_gra
 
 @pytest.mark.parametrize("objective,batch,steps", [("mtb", 256, 30_000), ("cp", 2048, 3500)])
 def test_pretrain_flags_resolve_the_papers_batch_and_steps(objective, batch, steps):
-    from recon.orchestration.cli import build_parser
-    from recon.orchestration.commands.pretrain import config_from_args
+    from recon.orchestration.cli.main import build_parser
+    from recon.orchestration.cli.commands.pretrain import config_from_args
 
     args = build_parser().parse_args(["pretrain", "--objective", objective, "--corpus", "X"])
     cfg = config_from_args(args)
@@ -257,8 +258,8 @@ def test_pretrain_flags_resolve_the_papers_batch_and_steps(objective, batch, ste
 
 def test_corpus_build_flags_build_the_config():
     from recon.data_prep.corpus.config import CorpusBuildConfig
-    from recon.orchestration.cli import build_parser
-    from recon.orchestration.cli_config import config_from_args
+    from recon.orchestration.cli.main import build_parser
+    from recon.orchestration.cli.flags import config_from_args
 
     args = build_parser().parse_args(["corpus", "build", "--text", "t.jsonl", "--out", "c", "--exclude", "wiki80",
                                       "fewrel", "--num-cpus", "2", "--format", "parquet"])
@@ -286,7 +287,7 @@ SPEC_HEAD = "name: s\nmodels: [{name: BERT}]\ngrids: [{datasets: [semeval]}]\n"
     ("cnn:\n  hidden_size: 0\n", 5, "cnn.hidden_size", "must be >= 1"),
 ], ids=["training.lr", "pretrain.cp.p_blank", "pretrain.cp.unknown", "cnn.hidden_size"])
 def test_component_config_errors_in_a_spec_name_file_line_and_field(tmp_path, body, line, field, message):
-    from recon.orchestration.spec import SpecError, load_spec
+    from recon.orchestration.study.spec import SpecError, load_spec
 
     path = tmp_path / "study.yaml"
     path.write_text(SPEC_HEAD + body)
@@ -298,7 +299,7 @@ def test_component_config_errors_in_a_spec_name_file_line_and_field(tmp_path, bo
 
 
 def test_paper_study_plans_657_trials():
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
 
     assert len(expand(load_spec(ROOT / "studies" / "paper.yaml"))) == 657

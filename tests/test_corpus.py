@@ -15,7 +15,7 @@ from recon.data_prep.corpus.index import CorpusExample, Mention
 from recon.data_prep.corpus.kg import (KnowledgeGraph, normalise_name, read_aliases, read_triples,
                                  read_wikidata_dump)
 from recon.data_prep.corpus.linking import Exclusion, Linker, SentenceInput, parse_line
-from recon.data_prep.errors import DataError
+from recon.core.errors import DataError
 from recon.data_prep.example import Entity, RelationExample
 
 FIX = Path(__file__).parent / "fixtures" / "corpus"
@@ -176,7 +176,7 @@ def test_real_spacy_pipeline_links_plain_text():
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_tiny_ray_build_writes_shards_manifest_and_loads_back(tmp_path, fmt, capsys):
     from recon.data_prep.corpus.builder import BuildConfig, build_corpus
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     out = tmp_path / "corpus"
     manifest = build_corpus(BuildConfig(text=str(FIX / "text.jsonl"), triples=str(FIX / "triples.tsv"),

@@ -105,8 +105,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 150) -> None:
 def test_dashboard_in_headless_chromium(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from recon.orchestration.cli import main
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.cli.main import main
+    from recon.orchestration.study.spec import load_spec
 
     driver = _driver()  # skips before the study runs when there is no browser
     path = _study(tmp_path)
@@ -123,7 +123,7 @@ def test_dashboard_in_headless_chromium(tmp_path, capsys):
 
     port = _free_port()
     log = open(tmp_path / "ui.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from recon.orchestration.cli import main; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from recon.orchestration.cli.main import main; "
                              "sys.exit(main())", "ui", str(path), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     try:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from recon.data_prep.encoding import WordPieceCache, encode
-from recon.data_prep.errors import ReconError
+from recon.core.errors import ReconError
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
-from recon.models.encoder import ENCODER_ALIASES, load_encoder
-from recon.models.heads import RelationClassifier
+from recon.models.nets.encoder import ENCODER_ALIASES, load_encoder
+from recon.models.nets.heads import RelationClassifier
 from tiny_bert import make_tiny_bert_dir
 
 SEMEVAL_TRAIN = Path("/work/shared/datasets/semeval/train.txt")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recon.data_prep.episodes import Episode, EpisodeSampler
-from recon.data_prep.errors import ReconError
+from recon.core.errors import ReconError
 
 FEWREL = Path("/work/shared/datasets/fewrel")
 

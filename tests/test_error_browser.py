@@ -16,9 +16,9 @@ import pytest
 
 from headless_browser import chromium_driver
 
-from recon.orchestration.error_browser import browser_data, marked_text, render, write_error_browser
-from recon.orchestration.plan import Trial
-from recon.orchestration.significance import load_predictions
+from recon.orchestration.report.error_browser import browser_data, marked_text, render, write_error_browser
+from recon.orchestration.study.plan import Trial
+from recon.orchestration.report.significance import load_predictions
 
 from test_significance import demo  # noqa: F401 - the session fixture: the demo-shaped toy study
 
@@ -138,7 +138,7 @@ def test_demo_study_browser_in_headless_chromium(demo, tmp_path):  # noqa: F811
     page = summary / "error_browser.html"
     assert page.is_file()
     # The same page is an artifact of the study's MLflow run.
-    from recon.orchestration.tracking import StudyTracker
+    from recon.orchestration.study.tracker import StudyTracker
 
     tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
     parent = tracker._search("tags.`recon.role` = 'study'")[0]

@@ -16,10 +16,10 @@ import torch
 
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
-from recon.models.batching import encode_one, word_pieces
-from recon.models.checkpoint import save_checkpoint
-from recon.models.encoder import load_encoder
-from recon.orchestration.cli import main
+from recon.models.train.batching import encode_one, word_pieces
+from recon.models.nets.checkpoint import save_checkpoint
+from recon.models.nets.encoder import load_encoder
+from recon.orchestration.cli.main import main
 from tiny_bert import make_tiny_bert_dir
 
 PLAIN_LOADER = textwrap.dedent('''

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from recon.orchestration.plan import expand
-from recon.orchestration.spec import load_spec
-from recon.orchestration.tracking import StudyTracker
+from recon.orchestration.study.plan import expand
+from recon.orchestration.study.spec import load_spec
+from recon.orchestration.study.tracker import StudyTracker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 TOY_TRAINER = FIXTURES / "toy_trainer.py"
@@ -60,7 +60,7 @@ def _cells(spec) -> list[str]:
 
 def _recon(*args: str, **kwargs) -> subprocess.Popen:
     """``recon ...`` as a child process in its own session (so that its Ray processes can be reaped)."""
-    return subprocess.Popen([sys.executable, "-c", "import sys; from recon.orchestration.cli import main; "
+    return subprocess.Popen([sys.executable, "-c", "import sys; from recon.orchestration.cli.main import main; "
                              "sys.exit(main(sys.argv[1:]))", *args], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
@@ -90,7 +90,7 @@ def train(request, callbacks):
     with ATTEMPTS.open("a") as fh:
         fh.write(f"{{request.trial.trial_id}} {{fmt}}\\n")
     if fmt == "OnlyC":
-        from recon.models.training import TrainingDiverged
+        from recon.models.train.loop import TrainingDiverged
 
         raise TrainingDiverged(1, 3, float("nan"))
     if fmt == "OnlyM":
@@ -117,7 +117,7 @@ def _failing_study(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def failed_study(tmp_path_factory):
     """One run of a 3-trial study in which two trials fail on every attempt (max_retries: 1)."""
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     folder = tmp_path_factory.mktemp("failing")
     path = _failing_study(folder)
@@ -176,7 +176,7 @@ def train(request, callbacks):
 
 @pytest.mark.slow
 def test_driver_killed_mid_grid_then_resumed_gives_the_uninterrupted_tables(tmp_path):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     studies = {}
     for name in ("straight", "killed"):
@@ -246,14 +246,14 @@ def _fill(disk: Path) -> Path:
 
 
 def _leftovers(root: Path) -> list[str]:
-    from recon.orchestration.storage import TMP_MARKER
+    from recon.core.storage import TMP_MARKER
 
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
                   if TMP_MARKER in p.name or ".tmp-" in p.name or p.name.endswith(".tmp"))
 
 
 def test_disk_full_while_writing_a_result_keeps_the_previous_one_and_recovers(small_disk):
-    from recon.orchestration.storage import Storage
+    from recon.core.storage import Storage
 
     store = Storage.from_uri(str(small_disk / "storage"))
     store.write_json("results/t1/result.json", {"test": {"micro_f1": 0.5}})
@@ -270,15 +270,15 @@ def test_disk_full_while_writing_a_result_keeps_the_previous_one_and_recovers(sm
 
 def test_disk_full_while_publishing_a_trial_leaves_it_to_run_again(small_disk, tmp_path):
     """A trial whose outputs do not fit publishes no ``result.json``, so the next start runs it again."""
-    from recon.orchestration.trainable import publish_result, result_rel
-    from recon.orchestration.tune_runner import harvest
+    from recon.orchestration.study.trainable import publish_result, result_rel
+    from recon.orchestration.study.runner import harvest
 
     path = _study(tmp_path / "study")
     text = path.read_text() + f"storage: {small_disk / 'storage'}\n"
     path.write_text(text)
     spec = load_spec(path)
     trial = expand(spec)[0]
-    from recon.orchestration.tune_runner import study_storage
+    from recon.orchestration.study.runner import study_storage
 
     store = study_storage(spec)
     out = tmp_path / "worker-out"
@@ -302,8 +302,8 @@ def test_disk_full_while_publishing_a_trial_leaves_it_to_run_again(small_disk, t
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(small_disk):
     import torch
 
-    from recon.models.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
-    from recon.models.encoder import load_encoder
+    from recon.models.nets.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+    from recon.models.nets.encoder import load_encoder
     from tiny_bert import make_tiny_bert_dir
 
     torch.set_num_threads(1)
@@ -345,7 +345,7 @@ def train(request, callbacks):
 
 @pytest.mark.slow
 def test_two_hundred_instant_trials_four_at_a_time_each_logged_once_with_its_metrics(tmp_path):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     seeds = list(range(1000, 1040))
     path = _study(tmp_path, formats="[C+M, C+T, OnlyC, OnlyM, OnlyT]", seeds=json.dumps(seeds),

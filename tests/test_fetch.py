@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from recon.data_prep.errors import DatasetNotFound
+from recon.core.errors import DatasetNotFound
 from recon.data_prep.fetch import (
     DATASETS,
     SOURCES,
@@ -26,7 +26,7 @@ from recon.data_prep.fetch import (
     sha256_file,
     verify,
 )
-from recon.orchestration.commands.data_fetch import add_fetch_parser, resolve_fetch_dir
+from recon.orchestration.cli.commands.data_fetch import add_fetch_parser, resolve_fetch_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fetch"

@@ -14,12 +14,12 @@ from recon.data_prep.episodes import EpisodeSampler
 from recon.data_prep.formats import InputFormat
 from recon.data_prep.registry import load_dataset
 from recon.data_prep.special_tokens import SpecialTokens
-from recon.models.batching import encode_examples
-from recon.models.fewshot import (
+from recon.models.train.batching import encode_examples
+from recon.models.train.fewshot import (
     EpisodeBatches, EpisodeCollator, FewshotConfig, FewshotSettings, IndexCollator, PrototypicalTask, RepresentationTable,
     encode_table, run_fewshot, wiki80_training_relations,
 )
-from recon.models.training import TrainConfig, evaluate, fit, make_loader, seed_everything
+from recon.models.train.loop import TrainConfig, evaluate, fit, make_loader, seed_everything
 
 torch.set_num_threads(1)
 DATA = Path(__file__).parent / "fixtures" / "training" / "fewshot_data"
@@ -82,7 +82,7 @@ def test_episode_plumbing_gives_perfect_accuracy_with_a_perfect_encoder(val_enco
 
 
 def test_cached_representation_evaluation_equals_encoding_every_episode(val_encoded, tiny_bert) -> None:
-    from recon.models.encoder import load_encoder
+    from recon.models.nets.encoder import load_encoder
 
     _, examples, _ = val_encoded
     bundle = load_encoder(tiny_bert)
@@ -152,7 +152,7 @@ def test_run_fewshot_end_to_end_and_seeded(tiny_bert: str, tmp_path: Path) -> No
 
 def test_cli_fewshot_prints_one_json_line(tiny_bert: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "recon.orchestration.cli", "fewshot", "--dataset", "fewrel", "--n-way", "3", "--k-shot",
+        [sys.executable, "-m", "recon.orchestration.cli.main", "fewshot", "--dataset", "fewrel", "--n-way", "3", "--k-shot",
          "2", "--format", "OnlyM", "--episodes", "20", "--seed", "1", "--train-episodes", "0",
          "--encoder", tiny_bert, "--data-dir", str(DATA), "--max-length", "32"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -165,7 +165,7 @@ def test_cli_fewshot_prints_one_json_line(tiny_bert: str) -> None:
 
 
 def test_bad_config_is_a_user_error() -> None:
-    from recon.data_prep.errors import ReconError
+    from recon.core.errors import ReconError
 
     with pytest.raises(ReconError, match="few-shot evaluation supports"):
         FewshotConfig(dataset="semeval")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from recon.data_prep.errors import ReconError
-from recon.models.fewshot import FewshotConfig, FewshotSettings, run_fewshot
-from recon.models.finetune import DataOptions, FinetuneConfig, run_finetune
-from recon.models.training import TrainConfig
-from recon.orchestration.plan import expand, unavailable_trials
-from recon.orchestration.spec import load_spec
+from recon.core.errors import ReconError
+from recon.models.train.fewshot import FewshotConfig, FewshotSettings, run_fewshot
+from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
+from recon.models.train.loop import TrainConfig
+from recon.orchestration.study.plan import expand, unavailable_trials
+from recon.orchestration.study.spec import load_spec
 from tiny_bert import make_tiny_bert_dir
 
 TESTS = Path(__file__).parent
@@ -65,7 +65,7 @@ def test_fewshot_on_any_fewrel_format_file(tiny: str, tmp_path: Path) -> None:
                         settings=FewshotSettings(train_episodes=0, eval_episodes=20, max_length=32))
     out = run_fewshot(cfg)
     assert out["dataset"] == "my_eval" and out["test"]["n"] == 20 * 5 * 5
-    cli = subprocess.run([sys.executable, "-m", "recon.orchestration.cli", "fewshot", "--path", str(path),
+    cli = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "fewshot", "--path", str(path),
                           "--encoder", tiny, "--train-episodes", "0", "--episodes", "10", "--max-length", "32"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from recon.orchestration.findings import findings_paragraph
+from recon.orchestration.report.findings import findings_paragraph
 
 
 def _cells(tmp_path, rows, metric=None):

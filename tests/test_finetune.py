@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.models.finetune import (CnnTraining, DataOptions, FinetuneConfig, majority_baseline, run_finetune,
+from recon.models.train.finetune import (CnnTraining, DataOptions, FinetuneConfig, majority_baseline, run_finetune,
                                    subsample)
-from recon.models.training import TrainConfig
+from recon.models.train.loop import TrainConfig
 
 torch.set_num_threads(1)
 FIXTURE = Path(__file__).parent / "fixtures" / "training" / "keyword"
@@ -94,7 +94,7 @@ def test_majority_baseline_with_and_without_negative_class() -> None:
 
 
 def test_config_errors_are_user_errors() -> None:
-    from recon.data_prep.errors import ReconError
+    from recon.core.errors import ReconError
 
     with pytest.raises(ReconError, match="unknown input format"):
         FinetuneConfig(input_format="C+X")
@@ -107,7 +107,7 @@ def test_cli_finetune_on_a_real_semeval_subset(tmp_path: Path) -> None:
     """``recon finetune`` on SemEval's shipped 1% file with MiniLM: one JSON line, files written."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "recon.orchestration.cli", "finetune", "--dataset", "semeval", "--split", "0.01",
+        [sys.executable, "-m", "recon.orchestration.cli.main", "finetune", "--dataset", "semeval", "--split", "0.01",
          "--split-source", "paper", "--format", "C+M", "--model", "bert", "--encoder", "minilm", "--seed", "42",
          "--epochs", "1", "--batch-size", "32", "--max-eval", "40", "--out", str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -124,7 +124,7 @@ def test_cli_finetune_on_a_real_semeval_subset(tmp_path: Path) -> None:
 
 
 def test_cli_reports_user_errors_in_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "recon.orchestration.cli", "finetune", "--dataset", "nosuch"],
+    proc = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "finetune", "--dataset", "nosuch"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown dataset 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from recon.data_prep.errors import DataError, ReconError
+from recon.core.errors import DataError, ReconError
 
 BAD = Path(__file__).parent / "data" / "bad"
 PWNED = "recon-hostile-pwned"
@@ -55,7 +55,7 @@ def _dataset(kind: str = "opennre"):
 
 
 def _spec(path: Path):
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.spec import load_spec
 
     return load_spec(path)
 
@@ -67,7 +67,7 @@ def _corpus(path: Path):
 
 
 def _checkpoint(path: Path):
-    from recon.models.checkpoint import load_checkpoint
+    from recon.models.nets.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
@@ -161,8 +161,8 @@ class _Boom:
 def good_checkpoint(tmp_path_factory):
     import torch
 
-    from recon.models.checkpoint import save_checkpoint
-    from recon.models.encoder import load_encoder
+    from recon.models.nets.checkpoint import save_checkpoint
+    from recon.models.nets.encoder import load_encoder
     from tiny_bert import make_tiny_bert_dir
 
     torch.set_num_threads(1)
@@ -236,8 +236,8 @@ def _run_bounded(case: Case, path: Path) -> tuple[str, str]:
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
-        "from recon.orchestration.spec import load_spec\n"
-        "from recon.data_prep.errors import ReconError\n"
+        "from recon.orchestration.study.spec import load_spec\n"
+        "from recon.core.errors import ReconError\n"
         "try:\n    load_spec(sys.argv[1])\n    print('LOADED')\n"
         "except ReconError as exc:\n    print('RECON_ERROR'); print(exc)\n"
         "except BaseException as exc:\n    print('OTHER'); print(type(exc).__name__, exc)\n"
@@ -314,7 +314,7 @@ def test_bom_files_load_like_their_plain_twins(tmp_path):
 
 def test_pickle_next_to_safetensors_is_never_loaded(good_checkpoint, tmp_path):
     """A checkpoint that also holds pickles loads from safetensors alone; the pickles are never opened."""
-    from recon.models.checkpoint import load_checkpoint
+    from recon.models.nets.checkpoint import load_checkpoint
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(good_checkpoint, ckpt)

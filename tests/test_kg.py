@@ -13,7 +13,7 @@ from recon.data_prep.corpus.kg_tables import (KGBuildConfig, build_kg_tables, pa
                                               read_table, relation_set)
 from recon.data_prep.corpus.linking import parse_units
 from recon.data_prep.corpus.wikidata import parse_dump_line
-from recon.data_prep.errors import DataError
+from recon.core.errors import DataError
 
 FIX = Path(__file__).parent / "fixtures" / "kg"
 CORPUS_FIX = Path(__file__).parent / "fixtures" / "corpus"
@@ -121,7 +121,7 @@ def test_kg_build_from_compressed_dump_slice(slice_tables):
 
 @pytest.mark.slow
 def test_kg_cli_build_and_stats(tmp_path, ray_session, capsys):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     out = tmp_path / "kg"
     assert main(["kg", "build", "--triples", str(CORPUS_FIX / "triples.tsv"), "--aliases",
@@ -179,7 +179,7 @@ def test_demo_corpus_is_identical_through_joins_and_in_memory(tmp_path, ray_sess
 
 def test_build_refuses_tables_and_files_together(tmp_path):
     from recon.data_prep.corpus.builder import BuildConfig, build_corpus
-    from recon.data_prep.errors import ReconError
+    from recon.core.errors import ReconError
 
     with pytest.raises(ReconError, match="not both"):
         build_corpus(BuildConfig(text=str(CORPUS_FIX / "text.jsonl"), kg=str(tmp_path), triples=str(

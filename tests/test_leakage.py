@@ -13,8 +13,8 @@ from recon.data_prep.corpus.exclusion import exclusion_from_datasets
 from recon.data_prep.corpus.index import CorpusExample, Mention, pair_key
 from recon.data_prep.corpus.kg import normalise_name
 from recon.data_prep.corpus.manifest import config_hash, write_manifest
-from recon.data_prep.errors import DataError, ReconError
-from recon.data_prep.hashing import file_sha256
+from recon.core.errors import DataError, ReconError
+from recon.core.hashing import file_sha256
 
 FIX = Path(__file__).parent / "fixtures" / "corpus"
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"

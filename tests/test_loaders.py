@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from recon.data_prep.errors import DataError
+from recon.core.errors import DataError
 from recon.data_prep.loaders import LoadReport, find_negative, load_file, read_rel2id
 from recon.data_prep.loaders.chemprot import split_markers
 

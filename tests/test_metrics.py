@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from recon.models import metrics
+from recon.models.train import metrics
 
 
 @pytest.mark.parametrize("negative_id", [0, 7, 12])

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from recon.data_prep.example import Entity, RelationExample
-from recon.orchestration.name_leak import NameIndex, index_corpus, index_examples, normalise, seen_unseen
+from recon.orchestration.report.name_leak import NameIndex, index_corpus, index_examples, normalise, seen_unseen
 
 from test_significance import SEMEVAL, _corpus, demo  # noqa: F401 - the demo-shaped toy study
 

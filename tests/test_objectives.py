@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from recon.models.objectives import (
+from recon.models.nets.objectives import (
     contrastive_accuracy, cp_loss, mlm_loss, mlm_mask, mtb_loss, start_marker_mask,
 )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("data_prep", "models", "orchestration")
+FOLDERS = ("core", "data_prep", "models", "orchestration")
 
 
 def _pyproject() -> dict:
@@ -55,9 +55,9 @@ def test_recon_imports_beside_an_unrelated_models_package(tmp_path):
                     "--quiet", str(source)], check=True, env={**os.environ, "PIP_NO_INPUT": "1"},
                    cwd=tmp_path)
     probe = (
-        "import models, recon.models.encoder, recon.data_prep.registry, recon.orchestration.cli, pathlib;"
+        "import models, recon.models.nets.encoder, recon.data_prep.registry, recon.orchestration.cli.main, pathlib;"
         "assert models.UNRELATED;"
-        "print(pathlib.Path(recon.models.encoder.__file__).is_relative_to(pathlib.Path(models.__file__).parents[1]))"
+        "print(pathlib.Path(recon.models.nets.encoder.__file__).is_relative_to(pathlib.Path(models.__file__).parents[1]))"
     )
     out = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

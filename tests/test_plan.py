@@ -1,8 +1,8 @@
 """Grid expansion of the paper's matrix, trial-id stability, and skipping of finished trials."""
 from pathlib import Path
 
-from recon.orchestration.plan import expand, summarize
-from recon.orchestration.spec import load_spec
+from recon.orchestration.study.plan import expand, summarize
+from recon.orchestration.study.spec import load_spec
 
 ROOT = Path(__file__).parent.parent
 
@@ -91,7 +91,7 @@ def test_runs_logged_under_old_trial_ids_are_reported_not_reused():
     """Ids changed with the configuration tree: a run of the same cell under another id is counted."""
     from types import SimpleNamespace
 
-    from recon.orchestration.tune_runner import stale_runs
+    from recon.orchestration.study.runner import stale_runs
 
     trials = expand(load_spec(ROOT / "studies" / "demo.yaml"))[:3]
 

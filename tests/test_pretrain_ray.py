@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from recon.data_prep.errors import ReconError
-from recon.orchestration.cli import build_parser, main
-from recon.orchestration.storage import Storage
-from recon.orchestration.commands.pretrain import config_from_args, format_curve
-from recon.orchestration.pretrain import (CONFIG_FILE, PretrainConfig, PretrainRun, absolute_tracking_uri,
+from recon.core.errors import ReconError
+from recon.orchestration.cli.main import build_parser, main
+from recon.core.storage import Storage
+from recon.orchestration.cli.commands.pretrain import config_from_args, format_curve
+from recon.orchestration.pretrain.driver import (CONFIG_FILE, PretrainConfig, PretrainRun, absolute_tracking_uri,
                                           latest_checkpoint, read_progress, run_pretraining)
 from tiny_bert import make_tiny_bert_dir
 
@@ -153,7 +153,7 @@ def _mlflow_summary(cfg: PretrainConfig) -> tuple[str, list[int], list[str], dic
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(tmp_path):
     """Rank 1 dies (os._exit) at the start of step 5; checkpoints exist for steps 2 and 4."""
-    from recon.models.encoder import load_encoder
+    from recon.models.nets.encoder import load_encoder
 
     cfg = _tiny_cfg(tmp_path, fail_at_step=5, max_failures=1)
     final = run_pretraining(cfg).local
@@ -181,7 +181,7 @@ def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(
                and r["heldout_items"] > 0 for r in scored)
     from mlflow.tracking import MlflowClient
 
-    from recon.orchestration.pretrain import final_encoder
+    from recon.orchestration.pretrain.driver import final_encoder
 
     run_id = json.loads((cfg.run_dir / "mlflow_run.json").read_text())["run_id"]
     history = MlflowClient(cfg.tracking_uri).get_metric_history(run_id, "heldout_contrastive_accuracy")

@@ -16,13 +16,13 @@ from safetensors.torch import load_file, save_file
 from recon.data_prep.corpus import load_corpus
 from recon.data_prep.corpus.index import CorpusExample, CorpusIndex
 from recon.data_prep.samplers import CPPair, CPSampler, Draw, MTBSampler
-from recon.models.checkpoint import load_checkpoint, save_checkpoint
-from recon.models.encoder import load_encoder
-from recon.models.pretrain_state import load_train_state, read_train_state, save_train_state
-from recon.models.pretraining import (IGNORE_INDEX, PretrainBatch, PretrainNet, StepSettings, TokenContext,
+from recon.models.nets.checkpoint import load_checkpoint, save_checkpoint
+from recon.models.nets.encoder import load_encoder
+from recon.models.pretrain.state import load_train_state, read_train_state, save_train_state
+from recon.models.pretrain.steps import (IGNORE_INDEX, PretrainBatch, PretrainNet, StepSettings, TokenContext,
                                 build_batch, micro_step_loss, optimizer_step, relation_id, reseed_step,
                                 step_generator)
-from recon.models.training import TrainConfig, build_optimizer, build_scheduler
+from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler
 from tiny_bert import make_tiny_bert_dir
 
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
@@ -366,7 +366,7 @@ def test_batches_and_steps_count_truncated_sentences(tiny_dir, corpus):
 
 def _reference_step(net, micro_batches, opt, settings):
     """The step as it was written before the figures moved to the device: a host read per micro-step."""
-    from recon.models import objectives
+    from recon.models.nets import objectives
 
     net.train()
     total = sum(b.n_masked for b in micro_batches)
@@ -412,7 +412,7 @@ def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny
 
 
 def _loop(tiny_dir, corpus, log_every: int, steps: int = 6):
-    from recon.models.pretraining import run_steps
+    from recon.models.pretrain.steps import run_steps
 
     torch.manual_seed(0)
     bundle = _bundle(tiny_dir)
@@ -458,8 +458,8 @@ def test_a_non_finite_loss_is_reported_when_the_figures_are_read(tiny_dir, corpu
 
 def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
     """What CUDA runs instead (flat MLM indices, the masked-sum CP loss) gives the CPU path's values."""
-    from recon.models import objectives
-    from recon.models.pretraining import cp_loss_nosync, masked_index
+    from recon.models.nets import objectives
+    from recon.models.pretrain.steps import cp_loss_nosync, masked_index
 
     bundle = _bundle(tiny_dir, dropout=0.0)
     net = PretrainNet(bundle.model).eval()

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from recon.data_prep.encoding import truncate
-from recon.data_prep.errors import DataError
+from recon.core.errors import DataError
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.loaders import load_file

@@ -15,7 +15,7 @@ from recon.data_prep.encoding import WordPieceCache, encode
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.loaders import LoadReport, load_file
-from recon.data_prep.protocol import POINTS, PROTOCOL_NAMES, describe, point_fields, protocol_layer
+from recon.core.protocol import POINTS, PROTOCOL_NAMES, describe, point_fields, protocol_layer
 from recon.data_prep.special_tokens import SpecialTokens
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -152,7 +152,7 @@ def _reference_uncorrected(p0, grads, lr, eps, wd, betas=(0.9, 0.999)):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_uncorrected_adamw_first_steps_match_the_hand_computed_update(fused):
-    from recon.models.training import UncorrectedAdamW
+    from recon.models.train.loop import UncorrectedAdamW
 
     p0, lr, eps, wd = [0.5, -1.0, 2.0], 1e-3, 1e-8, 0.01
     grads = [[0.1, -0.2, 0.3], [0.2, -0.2, 0.15], [-0.05, 0.4, 0.1]]
@@ -170,7 +170,7 @@ def test_uncorrected_adamw_first_steps_match_the_hand_computed_update(fused):
 
 
 def test_bias_correction_is_torchs_adamw_and_the_uncorrected_steps_are_larger():
-    from recon.models.training import TrainConfig, build_optimizer
+    from recon.models.train.loop import TrainConfig, build_optimizer
 
     def first_update(correct: bool) -> float:
         torch.manual_seed(0)
@@ -187,7 +187,7 @@ def test_bias_correction_is_torchs_adamw_and_the_uncorrected_steps_are_larger():
 
 
 def test_uncorrected_adamw_resumes_from_its_state_dict_exactly():
-    from recon.models.training import UncorrectedAdamW
+    from recon.models.train.loop import UncorrectedAdamW
 
     def run(steps, opt_state=None, p_state=None):
         p = torch.nn.Parameter(torch.tensor([1.0, -2.0])) if p_state is None else torch.nn.Parameter(p_state.clone())
@@ -209,7 +209,7 @@ def test_uncorrected_adamw_resumes_from_its_state_dict_exactly():
 # ---------------------------------------------------------------- SemEval's official score
 
 def test_semeval_official_score_by_hand():
-    from recon.models.metrics import semeval_official
+    from recon.models.train.metrics import semeval_official
 
     golds = ["Cause-Effect(e1,e2)", "Cause-Effect(e2,e1)", "Cause-Effect(e1,e2)", "Other",
              "Component-Whole(e2,e1)", "Component-Whole(e2,e1)", "Message-Topic(e1,e2)"]
@@ -228,7 +228,7 @@ def test_semeval_official_score_by_hand():
 def test_official_score_bootstraps_like_the_direct_computation():
     import numpy as np
 
-    from recon.models.metrics import SEMEVAL_OFFICIAL, example_counts, score_from_counts, semeval_official
+    from recon.models.train.metrics import SEMEVAL_OFFICIAL, example_counts, score_from_counts, semeval_official
 
     rng = np.random.default_rng(0)
     labels = ["Other", "A(e1,e2)", "A(e2,e1)", "B(e1,e2)", "C(e2,e1)"]
@@ -245,8 +245,8 @@ def test_official_score_bootstraps_like_the_direct_computation():
 # ---------------------------------------------------------------- choosing a protocol
 
 def test_every_point_has_one_value_per_protocol_and_fields_default_to_the_default_protocol():
-    from recon.models.finetune import FinetuneConfig
-    from recon.data_prep.protocol import DEFAULT_PROTOCOL
+    from recon.models.train.finetune import FinetuneConfig
+    from recon.core.protocol import DEFAULT_PROTOCOL
 
     for point in POINTS.values():
         assert set(point.values) == set(PROTOCOL_NAMES)
@@ -256,12 +256,12 @@ def test_every_point_has_one_value_per_protocol_and_fields_default_to_the_defaul
 
 
 def test_a_flag_given_explicitly_wins_over_the_protocol():
-    from recon.models.finetune import FinetuneConfig
-    from recon.orchestration.cli import build_parser
+    from recon.models.train.finetune import FinetuneConfig
+    from recon.orchestration.cli.main import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["finetune", "--protocol", "authors", "--truncation", "window"])
-    from recon.orchestration.cli_config import config_from_args
+    from recon.orchestration.cli.flags import config_from_args
 
     cfg = config_from_args(FinetuneConfig, args, args.config_flags)
     assert cfg.training.adam_bias_correction is False and cfg.data.placeholder_markers is True
@@ -271,8 +271,8 @@ def test_a_flag_given_explicitly_wins_over_the_protocol():
 
 
 def test_study_protocol_is_a_layer_and_changes_every_trial_id(tmp_path):
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
 
     base = ("name: p\nencoder: minilm\nmodels: [{name: MiniLM}]\n"
             "pretrain: {cp: {objective: cp, steps: 2, batch_size: 4}}\n"
@@ -295,8 +295,8 @@ def test_study_protocol_is_a_layer_and_changes_every_trial_id(tmp_path):
 
 
 def test_changing_only_the_scorer_keeps_the_trial_ids(tmp_path):
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
 
     base = ("name: p\nmodels: [{name: MiniLM}]\ngrids: [{datasets: [semeval], splits: [0.1]}]\nseeds: [42]\n")
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
@@ -307,7 +307,7 @@ def test_changing_only_the_scorer_keeps_the_trial_ids(tmp_path):
 
 
 def test_shipped_paper_study_uses_the_authors_protocol():
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "paper.yaml")
     assert spec.protocol == "authors" and spec.training.adam_bias_correction is False
@@ -316,7 +316,7 @@ def test_shipped_paper_study_uses_the_authors_protocol():
 
 
 def test_finetune_in_the_authors_protocol_logs_both_scores(tmp_path, capsys):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     rc = main(["finetune", "--dataset", "semeval", "--split", "0.01", "--format", "OnlyC", "--protocol", "authors",
                "--max-train-steps", "2", "--batch-size", "8", "--max-eval", "40", "--max-length", "32",

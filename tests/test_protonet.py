@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recon.models.protonet import proto_logits, prototypes
+from recon.models.nets.protonet import proto_logits, prototypes
 
 
 def test_prototypes_are_class_means():

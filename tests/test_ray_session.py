@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from recon.orchestration import ray_session
+from recon.core import ray_session
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def test_no_cluster_starts_a_local_ray_with_the_cpus_asked_for(init_calls, monke
 
 
 def test_remote_tracking_server_gets_no_forced_artifact_location_and_ui_points_at_it(monkeypatch, capsys):
-    from recon.orchestration.cli import main
-    from recon.orchestration.tracking_uri import is_remote
+    from recon.orchestration.cli.main import main
+    from recon.orchestration.tracking.uri import is_remote
 
     assert is_remote("http://10.0.0.5:5000") and not is_remote("sqlite:////tmp/x.db")
     called = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recon.data_prep.errors import DataError, DatasetNotFound, ReconError
+from recon.core.errors import DataError, DatasetNotFound, ReconError
 from recon.data_prep.registry import (REGISTRY, check_available, display_name, display_names, expected_train_size,
                                       fewshot_datasets, get_spec, load_dataset, metric_of, paper_split_sizes,
                                       paper_subset_size, supervised_datasets)

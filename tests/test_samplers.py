@@ -10,7 +10,7 @@ import pytest
 from recon.data_prep.corpus.index import CorpusExample, CorpusIndex, Mention
 from recon.data_prep.corpus.kg import KnowledgeGraph
 from recon.data_prep.corpus.linking import pair_examples
-from recon.data_prep.errors import ReconError
+from recon.core.errors import ReconError
 from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.samplers import CPSampler, MTBSampler
 from recon.data_prep.special_tokens import SpecialTokens

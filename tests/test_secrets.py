@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recon.orchestration.tracking import (OFFLINE_ENV, REDACTED, offline_env, redact, redacted_copy,
+from recon.orchestration.study.tracker import (OFFLINE_ENV, REDACTED, offline_env, redact, redacted_copy,
                                           secret_values)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
@@ -77,7 +77,7 @@ def test_offline_env_defaults_and_the_users_choice_wins(monkeypatch):
 
 def test_mlflow_sees_telemetry_disabled_in_recons_process(monkeypatch):
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
-    from recon.orchestration.tracking import apply_offline_env
+    from recon.orchestration.study.tracker import apply_offline_env
     from mlflow.telemetry.utils import is_telemetry_disabled
 
     apply_offline_env()
@@ -87,7 +87,7 @@ def test_mlflow_sees_telemetry_disabled_in_recons_process(monkeypatch):
 def test_ray_workers_get_the_opt_outs(monkeypatch):
     import ray
 
-    from recon.orchestration import ray_session
+    from recon.core import ray_session
 
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -101,8 +101,8 @@ def test_ray_workers_get_the_opt_outs(monkeypatch):
 
 
 def test_recon_ui_print_only_binds_localhost_with_telemetry_off(tmp_path, capsys, monkeypatch):
-    from recon.orchestration.cli import main
-    from recon.orchestration.commands.study import ui_env
+    from recon.orchestration.cli.main import main
+    from recon.orchestration.cli.commands.study import ui_env
 
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     assert main(["ui", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--port", "5077", "--print-only"]) == 0
@@ -139,8 +139,8 @@ def _texts_in(path: Path):
 def test_secret_environment_values_never_reach_mlflow(tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from recon.orchestration.cli import main
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.cli.main import main
+    from recon.orchestration.study.spec import load_spec
 
     monkeypatch.setenv("RECON_TEST_API_TOKEN", TOKEN)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_KEY)
@@ -198,7 +198,7 @@ def test_sweep_tracker_redacts_params_tags_and_artifacts(tmp_path, monkeypatch):
     """The sweep's MLflow writer: a secret in a sampled value, a resolved config or an artifact is redacted."""
     from mlflow.tracking import MlflowClient
 
-    from recon.orchestration.sweep_tracking import SweepTracker
+    from recon.orchestration.sweep.tracker import SweepTracker
 
     monkeypatch.setenv("RECON_TEST_API_TOKEN", TOKEN)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

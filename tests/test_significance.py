@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recon.models.metrics import micro_f1
-from recon.orchestration.plan import Trial
-from recon.orchestration.significance import (MARK_FORMAT, MARK_MODEL, bootstrap_medians, cell_intervals,
+from recon.models.train.metrics import micro_f1
+from recon.orchestration.study.plan import Trial
+from recon.orchestration.report.significance import (MARK_FORMAT, MARK_MODEL, bootstrap_medians, cell_intervals,
                                               compare_cells, example_counts, f1_from_counts, p_value,
                                               significance_frame, table_marks, Cell)
 
@@ -72,13 +72,13 @@ def _corpus(directory: Path, n_test_pairs: int = 40) -> Path:
 
 def demo_study(root: Path):
     """Run the demo-shaped toy study into ``root``; returns (spec, trials, summary dir)."""
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
-    from recon.orchestration.summary import write_summary
-    from recon.orchestration.tracking import StudyTracker
-    from recon.orchestration.trainable import publish_result
-    from recon.orchestration.trials import TrialRequest, resolve_references, resolve_trainer
-    from recon.orchestration.tune_runner import harvest, study_storage
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
+    from recon.orchestration.report.summary import write_summary
+    from recon.orchestration.study.tracker import StudyTracker
+    from recon.orchestration.study.trainable import publish_result
+    from recon.orchestration.study.trainers import TrialRequest, resolve_references, resolve_trainer
+    from recon.orchestration.study.runner import harvest, study_storage
 
     root.mkdir(parents=True, exist_ok=True)
     toy = (FIXTURES / "toy_trainer.py").read_text().replace("def train(", "def _toy_train(")

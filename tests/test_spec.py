@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from recon.orchestration.spec import SpecError, load_spec
+from recon.orchestration.study.spec import SpecError, load_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 STUDIES = Path(__file__).parent.parent / "studies"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recon.data_prep.errors import DatasetNotFound, ReconError
+from recon.core.errors import DatasetNotFound, ReconError
 from recon.data_prep.loaders import load_file
 from recon.data_prep.registry import load_dataset
 from recon.data_prep.splits import resolve_training_subset, stratified_subset, training_subset

@@ -1,4 +1,4 @@
-"""Shared storage + verified per-node cache (recon.orchestration.storage), on real filesystems.
+"""Shared storage + verified per-node cache (recon.core.storage), on real filesystems.
 
 Local paths use pyarrow's LocalFileSystem; the URI code path is exercised with ``file://`` URIs,
 pyarrow's in-memory mock filesystem and a SubTreeFileSystem.
@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from recon.orchestration import storage as st
-from recon.orchestration.storage import (
+from recon.core import storage as st
+from recon.core.storage import (
     IntegrityError, Storage, default_cache_dir, dir_digest, fetch_cached, fetch_dir, fs_and_path,
     publish_dir, publish_files, resolve_storage, sha256_file,
 )

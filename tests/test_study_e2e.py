@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from recon.orchestration.plan import expand
-from recon.orchestration.spec import load_spec
-from recon.orchestration.tracking import StudyTracker
-from recon.orchestration.trainable import publish_result, result_rel
-from recon.orchestration.trials import TrialRequest, resolve_references, resolve_trainer
-from recon.orchestration.tune_runner import harvest, study_storage
+from recon.orchestration.study.plan import expand
+from recon.orchestration.study.spec import load_spec
+from recon.orchestration.study.tracker import StudyTracker
+from recon.orchestration.study.trainable import publish_result, result_rel
+from recon.orchestration.study.trainers import TrialRequest, resolve_references, resolve_trainer
+from recon.orchestration.study.runner import harvest, study_storage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 
@@ -67,7 +67,7 @@ def test_unfinished_run_from_a_killed_driver_is_replaced(tmp_path):
 
 @pytest.mark.slow
 def test_study_on_ray_tune_twice_gives_one_run_per_trial(tmp_path, capsys):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     path = _study(tmp_path)
     spec = load_spec(path)

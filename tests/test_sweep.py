@@ -16,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from recon.orchestration.spec import SpecError  # noqa: E402
-from recon.orchestration.sweep import Domain, best_snippet, field_of, load_sweep, plan, sweep_from_payload  # noqa: E402
+from recon.orchestration.study.spec import SpecError  # noqa: E402
+from recon.orchestration.sweep.spec import Domain, best_snippet, field_of, load_sweep, plan, sweep_from_payload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "sweep"
@@ -104,7 +104,7 @@ def test_trial_id_is_the_hash_of_the_resolved_configs(tmp_path):
 
 
 def test_best_snippet_is_a_pretrain_stage_a_study_accepts(tmp_path):
-    from recon.orchestration.spec import load_spec
+    from recon.orchestration.study.spec import load_spec
 
     spec = load_sweep(ROOT / "studies" / "sweep-demo.yaml")
     snippet = best_snippet(spec, {"pretrain.p_blank": 0.42, "pretrain.batch_size": 8})
@@ -121,9 +121,9 @@ def test_resume_settles_trials_a_killed_driver_left_running(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from recon.orchestration.storage import Storage
-    from recon.orchestration.sweep_runner import Journal, open_study, settle
-    from recon.orchestration.sweep_trial import RESULT_FILE, trial_rel
+    from recon.core.storage import Storage
+    from recon.orchestration.sweep.runner import Journal, open_study, settle
+    from recon.orchestration.sweep.trial import RESULT_FILE, trial_rel
 
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text((FIXTURES / "base.yaml").read_text().replace("budget: {trials: 3,", "sampler: {type: grid}\n"
@@ -157,7 +157,7 @@ def test_stopped_trials_are_logged_nested_and_drawn_hollow(tmp_path):
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from recon.orchestration.sweep_tracking import SweepTracker, trials_frame, write_artifacts
+    from recon.orchestration.sweep.tracker import SweepTracker, trials_frame, write_artifacts
 
     dists = {"pretrain.p_blank": FloatDistribution(0, 1), "pretrain.batch_size": CategoricalDistribution([4, 8])}
     study = optuna.create_study(direction="maximize")
@@ -194,8 +194,8 @@ def test_stopped_trials_are_logged_nested_and_drawn_hollow(tmp_path):
 
 
 def test_a_configuration_that_finished_is_reported_from_storage_not_trained(tmp_path):
-    from recon.orchestration.storage import Storage
-    from recon.orchestration.sweep_trial import RESULT_FILE, run_trial, trial_rel
+    from recon.core.storage import Storage
+    from recon.orchestration.sweep.trial import RESULT_FILE, run_trial, trial_rel
 
     spec = load_sweep(FIXTURES / "base.yaml")
     params = {"pretrain.p_blank": 0.25, "pretrain.batch_size": 8}
@@ -211,7 +211,7 @@ def test_a_configuration_that_finished_is_reported_from_storage_not_trained(tmp_
 
 
 def test_cli_plan_prints_trials_and_compute(capsys):
-    from recon.orchestration.cli import main
+    from recon.orchestration.cli.main import main
 
     assert main(["sweep", "plan", str(ROOT / "studies" / "sweep-demo.yaml")]) == 0
     out = capsys.readouterr().out
@@ -271,7 +271,7 @@ def test_sweep_runs_end_to_end_with_mlflow_plots_and_best(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from recon.orchestration.sweep_runner import Journal, run_sweep, sweep_storage
+    from recon.orchestration.sweep.runner import Journal, run_sweep, sweep_storage
 
     spec = load_sweep(tiny_sweep(tmp_path, trials=4))
     lines: list[str] = []
@@ -321,7 +321,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     path = tiny_sweep(tmp_path, trials=4)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     store = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "recon.orchestration.cli", "sweep", "run", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "recon.orchestration.cli.main", "sweep", "run", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
     try:
@@ -333,7 +333,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         kill_tree(proc, signal.SIGKILL)
     finished = {p.parent.name for p in store.glob("sweeps/tiny-sweep/trials/*/result.json")}
     assert len(finished) >= 2, "no two trials finished within the time limit"
-    res = subprocess.run([sys.executable, "-m", "recon.orchestration.cli", "sweep", "resume", str(path)],
+    res = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "sweep", "resume", str(path)],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     attempts = _attempts(store)
@@ -346,7 +346,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     runs = _trial_runs(store / "mlflow.db")
     numbers = [n for _, _, n in runs]
     assert len(numbers) == len(set(numbers))  # one nested run per Optuna trial
-    assert "p_blank:" in subprocess.run([sys.executable, "-m", "recon.orchestration.cli", "sweep", "best", str(path)],
+    assert "p_blank:" in subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "sweep", "best", str(path)],
                                         capture_output=True, text=True, env=env, cwd=tmp_path).stdout
     print(res.stdout[-3000:])
     print(f"finished before the kill: {sorted(finished)}; attempts per trial: {attempts}")
@@ -373,7 +373,7 @@ def test_submitted_sweep_runs_its_trials_on_the_worker_node(tmp_path):
         storage = cluster.shared / "recon"
 
         def recon(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "recon.orchestration.cli", *args], env=cluster.client_env(),
+            return subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", *args], env=cluster.client_env(),
                                   capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
         sub = recon("submit", "--address", cluster.dashboard_url, "--storage", str(storage), "--",

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import pandas as pd
 
-from recon.orchestration.aggregate import cell_stats
-from recon.orchestration.pilot import compare, pilot_analysis
-from recon.orchestration.plan import Trial
-from recon.orchestration.plots import plot_all
-from recon.orchestration.tables import delta_frame, paper_tables, reported_results, write_all
+from recon.orchestration.report.aggregate import cell_stats
+from recon.orchestration.report.pilot import compare, pilot_analysis
+from recon.orchestration.study.plan import Trial
+from recon.orchestration.report.plots import plot_all
+from recon.orchestration.report.tables import delta_frame, paper_tables, reported_results, write_all
 
 
 def _stats():
@@ -86,7 +86,7 @@ def test_pilot_agreement_figures(tmp_path):
 
 
 def test_tables_mark_non_significant_differences_and_the_papers_interval(tmp_path):
-    from recon.orchestration.significance import MARK_FORMAT, MARK_MODEL
+    from recon.orchestration.report.significance import MARK_FORMAT, MARK_MODEL
 
     stats = _stats()
     base = {"dataset": "semeval", "setting": "1%", "metric": "micro_f1", "significant": False, "p_value": 0.4}

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from recon.models.batching import Collator, EncodedDataset, EncodedExample
-from recon.models.training import (
+from recon.models.train.batching import Collator, EncodedDataset, EncodedExample
+from recon.models.train.loop import (
     ClassificationTask, FitResult, TrainConfig, TrainingDiverged, evaluate, fit, make_loader,
     seed_everything,
 )
@@ -176,7 +176,7 @@ def test_gradient_accumulation_matches_a_larger_batch(optimizer: str) -> None:
 
 
 def test_adamw_is_fused_on_cpu_and_matches_the_per_parameter_loop() -> None:
-    from recon.models.training import build_optimizer
+    from recon.models.train.loop import build_optimizer
 
     opt = build_optimizer(BagModel(), TrainConfig())
     assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]
@@ -221,7 +221,7 @@ def test_max_train_steps_stops_early_and_short_last_group_is_averaged() -> None:
 
 
 def test_config_rejects_bad_values() -> None:
-    from recon.data_prep.errors import ReconError
+    from recon.core.errors import ReconError
 
     with pytest.raises(ReconError, match="grad_accum"):
         TrainConfig(grad_accum=0)
@@ -234,11 +234,11 @@ def test_encode_examples_is_cached_pads_dynamically_and_names_bad_labels() -> No
 
     from transformers import BertTokenizer
 
-    from recon.data_prep.errors import DataError
+    from recon.core.errors import DataError
     from recon.data_prep.formats import InputFormat
     from recon.data_prep.registry import load_dataset
     from recon.data_prep.special_tokens import SpecialTokens
-    from recon.models.batching import encode_examples
+    from recon.models.train.batching import encode_examples
 
     fixture = Path(__file__).parent / "fixtures" / "training" / "keyword"
     tokenizer = BertTokenizer(str(fixture / "vocab.txt"))

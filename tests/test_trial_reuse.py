@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.models import batching, encoder as encoder_mod, finetune
-from recon.models.finetune import DataOptions, FinetuneConfig, run_finetune
-from recon.models.training import TrainConfig
+from recon.models.train import batching, finetune
+from recon.models.nets import encoder as encoder_mod
+from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
+from recon.models.train.loop import TrainConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "training" / "keyword"
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def run_in_process(cfg: FinetuneConfig, out_dir: Path) -> dict:
 def run_fresh_process(cfg: FinetuneConfig, out_dir: Path, cache_dir: Path | None = None) -> dict:
     """The same trial cold, in a new Python process (as a fresh Ray worker would run it)."""
     code = ("import json, sys, torch; torch.set_num_threads(1); "
-            "from recon.models.finetune import FinetuneConfig, run_finetune; "
+            "from recon.models.train.finetune import FinetuneConfig, run_finetune; "
             "run_finetune(FinetuneConfig.from_dict(json.loads(sys.argv[1])), out_dir=sys.argv[2])")
     env = {k: v for k, v in __import__("os").environ.items() if k != "RECON_CACHE_DIR"}
     if cache_dir is not None:
@@ -133,7 +134,7 @@ def test_two_encoders_in_one_process_do_not_share_weights(encoders, tmp_path: Pa
 def test_cached_encoder_is_a_fresh_copy_equal_to_an_uncached_load(encoders) -> None:
     """Same seed -> same weights as an uncached load (the marker rows drawn by the resize too),
     and training one copy (here: overwriting it) leaves the next copy untouched."""
-    from recon.models.training import seed_everything
+    from recon.models.train.loop import seed_everything
 
     a = encoders[0]
     clear_caches()
@@ -205,7 +206,7 @@ def test_disk_cache_shared_with_a_fresh_process_gives_the_same_result(encoders, 
 def test_reset_process_state_restores_what_a_trial_may_change() -> None:
     import random
 
-    from recon.orchestration.trainable import reset_process_state
+    from recon.orchestration.study.trainable import reset_process_state
 
     threads = torch.get_num_threads()
     try:
@@ -230,10 +231,10 @@ def test_study_reuses_one_worker_and_results_match_in_process(tmp_path: Path) ->
     result is the one the trainer gives alone in this process."""
     import shutil
 
-    from recon.orchestration.plan import expand
-    from recon.orchestration.spec import load_spec
-    from recon.orchestration.trials import TrialRequest, resolve_references, resolve_trainer
-    from recon.orchestration.tune_runner import run_study, study_storage
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
+    from recon.orchestration.study.trainers import TrialRequest, resolve_references, resolve_trainer
+    from recon.orchestration.study.runner import run_study, study_storage
 
     studies = Path(__file__).parent / "fixtures" / "studies"
     shutil.copy(studies / "toy_trainer.py", tmp_path / "toy_trainer.py")
@@ -258,7 +259,7 @@ def test_study_reuses_one_worker_and_results_match_in_process(tmp_path: Path) ->
 def test_progress_counts_a_reused_worker_running_the_next_trial_before_the_last_is_logged() -> None:
     """Tune completes trial a and starts c on the freed worker before the writer thread has logged a:
     at most ``concurrency`` trials are running at any time, and a retried trial is not counted twice."""
-    from recon.orchestration.tune_runner import Progress
+    from recon.orchestration.study.runner import Progress
 
     lines: list[str] = []
     progress = Progress(total=3, concurrency=2, log=lines.append)

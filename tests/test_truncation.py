@@ -12,7 +12,7 @@ from recon.data_prep.encoding import WordPieceCache, encode, truncate
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.special_tokens import SpecialTokens
-from recon.models.batching import encode_examples
+from recon.models.train.batching import encode_examples
 
 DATASETS = Path("/work/shared/datasets")
 

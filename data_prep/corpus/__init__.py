@@ -10,8 +10,8 @@ corpus's content identity (for pre-training stage ids, instead of its path);
 datasets a study evaluates on (``LeakageError`` otherwise).
 Only ``builder`` and ``demo_from_benchmarks`` use Ray; importing this package (and ``config``) stays light.
 """
-from .exclusion import ExclusionCheck, LeakageError, check_exclusions, require_exclusions
-from .index import (
+from recon.data_prep.corpus.exclusion import ExclusionCheck, LeakageError, check_exclusions, require_exclusions
+from recon.data_prep.corpus.index import (
     CorpusExample,
     CorpusIndex,
     Mention,
@@ -21,7 +21,7 @@ from .index import (
     read_manifest,
     shards_for_rank,
 )
-from .manifest import corpus_identity
+from recon.data_prep.corpus.manifest import corpus_identity
 
 __all__ = [
     "CorpusExample", "CorpusIndex", "ExclusionCheck", "LeakageError", "Mention", "check_exclusions",

@@ -47,17 +47,17 @@ from typing import Any, Iterator
 
 import ray  # Ray Data IS this pipeline (the demo imports ray only to start one Ray for its builds)
 
-from .. import spacy_pipeline
-from ..atomic import publish_dir
-from ..errors import DatasetNotFound, ReconError
-from .config import CorpusBuildConfig
-from .exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
-from .index import shard_dir_name
-from .kg import KnowledgeGraph
-from .kg_tables import read_kg_manifest
-from .linking import COUNT_KEYS, Exclusion, Linker, parse_units
-from .manifest import MANIFEST_VERSION, config_hash, file_sha256, shard_digest, write_manifest
-from .report import format_report
+from recon.data_prep import spacy_pipeline
+from recon.core.atomic import publish_dir
+from recon.core.errors import DatasetNotFound, ReconError
+from recon.data_prep.corpus.config import CorpusBuildConfig
+from recon.data_prep.corpus.exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
+from recon.data_prep.corpus.index import shard_dir_name
+from recon.data_prep.corpus.kg import KnowledgeGraph
+from recon.data_prep.corpus.kg_tables import read_kg_manifest
+from recon.data_prep.corpus.linking import COUNT_KEYS, Exclusion, Linker, parse_units
+from recon.data_prep.corpus.manifest import MANIFEST_VERSION, config_hash, file_sha256, shard_digest, write_manifest
+from recon.data_prep.corpus.report import format_report
 
 EXECUTION_KNOBS = ("chunk_lines", "batch_size", "concurrency", "num_cpus", "linking", "sentences_per_partition")  # change speed, never content
 
@@ -203,8 +203,8 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
             kg_counts = {"triples": kg.num_triples, "entity_pairs": len(kg.relations),
                          "aliases": len(kg.alias_index), "entities_named": len(kg.names)}
         else:
-            from .join_linking import link_with_joins
-            from .kg_tables import KGBuildConfig, build_kg_tables
+            from recon.data_prep.corpus.join_linking import link_with_joins
+            from recon.data_prep.corpus.kg_tables import KGBuildConfig, build_kg_tables
 
             tables = config.kg
             if tables is None:  # the graph files given: their tables first (every relation, as the dict path)

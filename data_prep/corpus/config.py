@@ -1,6 +1,6 @@
 """Settings of ``recon corpus build`` and ``recon corpus demo``: each default declared once, here.
 
-The command-line flags are generated from these fields (``recon.orchestration.cli_config``), so a
+The command-line flags are generated from these fields (``recon.orchestration.cli.flags``), so a
 flag and the config cannot disagree. :meth:`Config.identity` of a :class:`CorpusBuildConfig` is the
 part of the build that decides the corpus's content (``exclude``, ``format``, ``shards``); the input
 paths enter the manifest's hashed ``config`` through their files' sha256s instead, and the execution
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from ..configuration import Config, ConfigError, knob
+from recon.core.config import Config, ConfigError, knob
 
 FORMATS = ("jsonl", "parquet")
 

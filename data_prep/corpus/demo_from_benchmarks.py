@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, ReconError
-from .config import CorpusDemoConfig
+from recon.core.errors import DataError, ReconError
+from recon.data_prep.corpus.config import CorpusDemoConfig
 
 NO_SPACE_BEFORE = {",", ".", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "n't", "'", "''", "-"}
 NO_SPACE_AFTER = {"(", "[", "{", "$", "``", "-"}
@@ -53,8 +53,8 @@ def _name_to_pid(pid2name: Path) -> dict[str, str]:
 
 def collect(data_dir: str | None, per_relation: int, seed: int) -> tuple[list[dict], list[tuple], dict]:
     """Sentences (deduplicated by tokens) with their gold annotations, all KG triples, alias names."""
-    from ..datadir import resolve_dataset_dir
-    from ..registry import load_dataset
+    from recon.data_prep.datadir import resolve_dataset_dir
+    from recon.data_prep.registry import load_dataset
 
     fewrel = load_dataset("fewrel", data_dir=data_dir)
     wiki80 = load_dataset("wiki80", data_dir=data_dir)
@@ -118,7 +118,7 @@ def write_inputs(out: Path, sentences: list[dict], triples: list[tuple], aliases
 
 def score(corpus_dir: Path, sentences: list[dict], input_name: str) -> dict:
     """Precision/recall of the built corpus over (sentence, head id, tail id, relation)."""
-    from . import load_corpus
+    from recon.data_prep.corpus import load_corpus
 
     gold = {(i, h.kb_id, t.kb_id, pid) for i, s in enumerate(sentences) for h, t, pid in s["gold"]}
     gold_pairs = {(i, h, t) for i, h, t, _ in gold}
@@ -158,7 +158,7 @@ def run_demo(out: str | Path | None = None, *, config: CorpusDemoConfig | None =
     """
     import ray
 
-    from .builder import build_corpus
+    from recon.data_prep.corpus.builder import build_corpus
 
     if out is not None:
         changes["out"] = str(out)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m recon.data_prep.corpus.demo_from_benchmarks ...`` is ``recon corpus demo ...``."""
     import sys
 
-    from recon.orchestration.cli import main as recon_main  # the flags are generated from CorpusDemoConfig
+    from recon.orchestration.cli.main import main as recon_main  # the flags are generated from CorpusDemoConfig
 
     return recon_main(["corpus", "demo", *(sys.argv[1:] if argv is None else argv)])
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import DatasetNotFound, ReconError
-from ..hashing import file_sha256, stable_hash
-from .index import pair_key, read_manifest
-from .kg import normalise_name
-from .linking import Exclusion
+from recon.core.errors import DatasetNotFound, ReconError
+from recon.core.hashing import file_sha256, stable_hash
+from recon.data_prep.corpus.index import pair_key, read_manifest
+from recon.data_prep.corpus.kg import normalise_name
+from recon.data_prep.corpus.linking import Exclusion
 
 EVAL_SPLITS: tuple[str, ...] = ("dev", "val", "test")
 EXCLUSION_RECORD_VERSION = 2  # 1 (no "record" key): splits and paths only; 2: + sha256 and pairs_hash
@@ -54,7 +54,7 @@ def exclusion_from_datasets(names: Iterable[str], data_dir: str | Path | None = 
     ``examples``, ``id_pairs``/``name_pairs`` (counts), ``files`` and ``sha256`` per split,
     ``pairs_hash``.
     """
-    from ..registry import load_dataset  # the benchmark loaders; loaded only when excluding
+    from recon.data_prep.registry import load_dataset  # the benchmark loaders; loaded only when excluding
 
     ids, name_pairs, report = set(), set(), {}
     for name in names:
@@ -144,8 +144,8 @@ class ExclusionCheck:
 
 def _current_eval_files(name: str, data_dir: str | Path | None) -> dict[str, Path] | None:
     """The evaluation-split files of a registered dataset present now; None if it cannot be located."""
-    from ..datadir import resolve_dataset_dir
-    from ..registry import REGISTRY
+    from recon.data_prep.datadir import resolve_dataset_dir
+    from recon.data_prep.registry import REGISTRY
 
     spec = REGISTRY.get(name)
     if spec is None:

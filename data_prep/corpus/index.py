@@ -27,8 +27,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, DatasetNotFound
-from ..example import Entity, RelationExample
+from recon.core.errors import DataError, DatasetNotFound
+from recon.data_prep.example import Entity, RelationExample
 
 MANIFEST_NAME = "manifest.json"
 COLUMNS: tuple[str, ...] = (

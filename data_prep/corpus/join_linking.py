@@ -40,10 +40,10 @@ import zlib
 from collections import Counter, defaultdict
 from typing import Any, Callable, Optional
 
-from .index import Mention, pair_key, pair_shard
-from .kg import normalise_name, normalise_title
-from .kg_tables import bucket, read_part, statement_bucket
-from .linking import (COUNT_KEYS, Exclusion, candidate_pairs, extract_mentions, finish_sentence,
+from recon.data_prep.corpus.index import Mention, pair_key, pair_shard
+from recon.data_prep.corpus.kg import normalise_name, normalise_title
+from recon.data_prep.corpus.kg_tables import bucket, read_part, statement_bucket
+from recon.data_prep.corpus.linking import (COUNT_KEYS, Exclusion, candidate_pairs, extract_mentions, finish_sentence,
                       lookup_keys, parse_units, resolve_mentions)
 
 EXCLUSION_TABLE = "exclusion"
@@ -78,8 +78,8 @@ class ExtractBatch:
     """Ray Data callable class: the spaCy pipeline loaded once per actor."""
 
     def __init__(self, path: str, partitions: int, batch_size: int = 64) -> None:
-        from .. import spacy_pipeline
-        from .linking import SPACY_DISABLE
+        from recon.data_prep import spacy_pipeline
+        from recon.data_prep.corpus.linking import SPACY_DISABLE
 
         self.nlp = spacy_pipeline.load(exclude=SPACY_DISABLE)
         self.path, self.partitions, self.batch_size = path, partitions, batch_size
@@ -250,7 +250,7 @@ def write_exclusion_table(exclusion: Exclusion, uri: str, parts: int) -> Optiona
     """The evaluation id pairs as a table partitioned like ``statements`` (None when there are none)."""
     import pyarrow.fs as pafs
 
-    from .kg_tables import _fs, _join, _write_rows, part_name
+    from recon.data_prep.corpus.kg_tables import _fs, _join, _write_rows, part_name
 
     if not exclusion.id_pairs:
         return None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from ..errors import DataError, DatasetNotFound
+from recon.core.errors import DataError, DatasetNotFound
 
 def normalise_name(name: str) -> str:
     """The alias-matching key: NFKC, lowercase, punctuation and white space removed.
@@ -116,7 +116,7 @@ class WikidataEntity:
 def read_wikidata_dump(path: str | Path, language: str = "en", *, relations=None,
                        site: str = "enwiki") -> Iterator[WikidataEntity]:
     """Stream a Wikidata JSON dump: one entity per line inside a JSON array (``wikidata.parse_dump_line``)."""
-    from .wikidata import parse_dump_line
+    from recon.data_prep.corpus.wikidata import parse_dump_line
 
     path = Path(path)
     for lineno, line in _lines(path):
@@ -200,7 +200,7 @@ class KnowledgeGraph:
     @classmethod
     def from_tables(cls, uri: str | Path) -> "KnowledgeGraph":
         """The whole graph of tables written by ``recon kg build``, in memory (small graphs only)."""
-        from .kg_tables import read_table
+        from recon.data_prep.corpus.kg_tables import read_table
 
         relations: dict[tuple[str, str], set[str]] = defaultdict(set)
         for row in read_table(uri, "statements"):

@@ -45,11 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
-from ..configuration import Config, ConfigError, knob
-from ..errors import DataError, DatasetNotFound, ReconError
-from ..hashing import stable_hash
-from .index import pair_shard
-from .kg import normalise_name, normalise_title, parse_alias_line, parse_triple_line
+from recon.core.config import Config, ConfigError, knob
+from recon.core.errors import DataError, DatasetNotFound, ReconError
+from recon.core.hashing import stable_hash
+from recon.data_prep.corpus.index import pair_shard
+from recon.data_prep.corpus.kg import normalise_name, normalise_title, parse_alias_line, parse_triple_line
 
 KG_MANIFEST = "manifest.json"
 KG_FORMAT = "recon-kg"
@@ -99,7 +99,7 @@ class KGBuildConfig(Config):
 # ------------------------------------------------------------------ storage helpers
 
 def _fs(uri: str):
-    from recon.orchestration.storage import fs_and_path
+    from recon.core.storage import fs_and_path
 
     return fs_and_path(uri)
 
@@ -164,7 +164,7 @@ def relation_set(spec: str, data_dir: Optional[str] = None) -> Optional[list[str
     if spec == "all":
         return None
     if spec == "fewrel":
-        from ..datadir import resolve_dataset_dir
+        from recon.data_prep.datadir import resolve_dataset_dir
 
         path = resolve_dataset_dir("fewrel", "fewrel", data_dir) / "pid2name.json"
     else:
@@ -235,7 +235,7 @@ def _error_row(exc: DataError) -> dict:
 
 def parse_chunk(role: str, payload: bytes, first_line: int, source: str, settings: dict) -> tuple[dict, dict, list]:
     """Rows of every table from one chunk, its counts and its errors (no I/O; the Ray task writes)."""
-    from .wikidata import parse_dump_line
+    from recon.data_prep.corpus.wikidata import parse_dump_line
 
     rows: dict[str, dict[str, list]] = {t: {c: [] for c in (*cols, "order")} for t, cols in TABLES.items()}
     counts: dict[str, int] = {"lines": 0, "entities": 0, "statements_other_relations": 0}
@@ -495,7 +495,7 @@ def build_kg_tables(config: KGBuildConfig, *, log=print, filter_triples: bool = 
     t0 = time.time()
     try:
         if not ray.is_initialized():
-            from recon.orchestration.ray_session import ensure_ray
+            from recon.core.ray_session import ensure_ray
 
             started = ensure_ray(address=config.address, num_cpus=config.num_cpus)
         _quiet_ray_data()

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import unquote
 
-from ..errors import DataError
-from .index import CorpusExample, Mention, pair_key, pair_shard
-from .kg import KnowledgeGraph, normalise_name, normalise_title
+from recon.core.errors import DataError
+from recon.data_prep.corpus.index import CorpusExample, Mention, pair_key, pair_shard
+from recon.data_prep.corpus.kg import KnowledgeGraph, normalise_name, normalise_title
 
 ANCHOR, NER_ALIAS = "anchor", "ner_alias"
 # Every count the linker keeps; the builder sums them over the corpus into the manifest.
@@ -346,7 +346,7 @@ class Linker:
     def __init__(self, kg: KnowledgeGraph, nlp: Any = None, *, exclusion: Exclusion | None = None,
                  num_shards: int = 1, batch_size: int = 64) -> None:
         if nlp is None:
-            from .. import spacy_pipeline
+            from recon.data_prep import spacy_pipeline
 
             nlp = spacy_pipeline.load(exclude=SPACY_DISABLE)
         self.kg, self.nlp = kg, nlp

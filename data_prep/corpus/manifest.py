@@ -19,10 +19,10 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..atomic import write_text_atomic
-from ..errors import DataError, DatasetNotFound
-from ..hashing import file_sha256, stable_hash
-from .index import MANIFEST_NAME, read_manifest
+from recon.core.atomic import write_text_atomic
+from recon.core.errors import DataError, DatasetNotFound
+from recon.core.hashing import file_sha256, stable_hash
+from recon.data_prep.corpus.index import MANIFEST_NAME, read_manifest
 
 MANIFEST_VERSION = 2  # 2: per-shard row digests, exclusion record with file sha256s
 IDENTITY_VERSION = 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Optional
 
-from ..errors import DataError
+from recon.core.errors import DataError
 
 SKIP_NAMES_TYPES = ("property", "lexeme")
 

@@ -43,10 +43,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DataError, DatasetNotFound, ReconError
-from ..example import RelationExample
-from . import chemprot, fewrel, opennre, tacred
-from ._common import ERROR_POLICIES, REASONS, Collector, LoadReport, PolicyError, RecordError, check_policy, \
+from recon.core.errors import DataError, DatasetNotFound, ReconError
+from recon.data_prep.example import RelationExample
+from recon.data_prep.loaders import chemprot, fewrel, opennre, tacred
+from recon.data_prep.loaders._common import ERROR_POLICIES, REASONS, Collector, LoadReport, PolicyError, RecordError, check_policy, \
     describe_reason
 
 KINDS: dict[str, Callable[[str | Path, Collector], list[RelationExample]]] = {
@@ -86,7 +86,7 @@ def load_file(path: str | Path, kind: str, errors: str | None = None,
 def read_rel2id(path: str | Path) -> list[str]:
     """Label names in id order from a ``{label: id}`` file; ids must be exactly 0..n-1."""
     path = Path(path)
-    from ._common import read_json_document
+    from recon.data_prep.loaders._common import read_json_document
 
     data = read_json_document(path, dict, "rel2id")
     ids = sorted(data.values()) if all(isinstance(v, int) for v in data.values()) else None

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import DataError, ReconError
-from ..example import Entity, RelationExample
+from recon.core.errors import DataError, ReconError
+from recon.data_prep.example import Entity, RelationExample
 
 ERROR_POLICIES = ("raise", "skip")
 MAX_LOCATIONS = 5  # locations kept per skip reason

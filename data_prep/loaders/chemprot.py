@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..example import Entity, RelationExample
-from ._common import Collector, RecordError, check_pair, load_json_lines, require
+from recon.data_prep.example import Entity, RelationExample
+from recon.data_prep.loaders._common import Collector, RecordError, check_pair, load_json_lines, require
 
 KIND = "chemprot"
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")

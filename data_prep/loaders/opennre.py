@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..example import Entity, RelationExample
-from ._common import Collector, RecordError, check_pair, check_span, check_tokens, load_json_lines, require
+from recon.data_prep.example import Entity, RelationExample
+from recon.data_prep.loaders._common import Collector, RecordError, check_pair, check_span, check_tokens, load_json_lines, require
 
 KIND = "opennre"
 

@@ -1,0 +1,1 @@
+"""Launchers: how recon reaches a cluster (Ray Jobs on a running cluster; Slurm; Kubernetes)."""

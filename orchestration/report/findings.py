@@ -1,0 +1,96 @@
+"""The few sentences a study ends with: what it found, next to what the paper reported.
+
+Read from the summary's ``cells.csv`` (medians, min and max over seeds per cell), so it says only
+what the tables show: for every model and setting with C+M, OnlyC and OnlyM, the order of the three
+formats against the paper's (Table 5: C+M > OnlyC > OnlyM), and for a model pre-trained with CP
+next to its base encoder, the difference in C+M with both seed ranges, whatever it shows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+FORMATS = ("C+M", "OnlyC", "OnlyM")
+SHORT = {"micro_f1": "micro-F1", "accuracy": "accuracy", "semeval_official": "official score"}
+
+
+def _paper(reported, dataset: str, label: Optional[str], setting: str) -> Optional[dict[str, float]]:
+    if reported is None or not label:
+        return None
+    rows = reported[(reported["dataset"] == dataset) & (reported["model"] == label) & (reported["setting"] == setting)]
+    values = {r.input_format: float(r.value) for r in rows.itertuples() if r.input_format in FORMATS}
+    return values if len(values) == len(FORMATS) else None
+
+
+def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Optional[str]]] = None,
+                       pretrain: Optional[Mapping[str, dict]] = None) -> str:
+    """One short paragraph of findings, or "" when the study has no cells to compare.
+
+    ``pretrain``: stage name -> its held-out figures (``heldout_contrastive_accuracy`` and
+    ``heldout_chance_accuracy``, at the start as ``initial_*``), to say whether the stage learned.
+    """
+    import pandas as pd
+
+    from recon.data_prep.registry import display_name, reported_metric
+
+    from recon.orchestration.report.tables import reported_results
+
+    path = Path(summary_dir) / "cells.csv"
+    if not path.is_file():
+        return ""
+    cells = pd.read_csv(path)
+    compare_to = compare_to or {}
+    try:
+        reported = reported_results()
+    except Exception:  # pragma: no cover - the packaged CSV is always there
+        reported = None
+    sentences = []
+    for (dataset, setting, model), group in cells.groupby(["dataset", "setting", "model"], sort=False):
+        by_format = {r.format: r for r in group.itertuples()}
+        if not set(FORMATS) <= set(by_format):
+            continue
+        order = sorted(FORMATS, key=lambda f: -by_format[f].median)
+        ours = " > ".join(f"{f} {by_format[f].median:.3f}" for f in order)
+        metric = str(getattr(by_format["C+M"], "metric", "") or "")
+        paper = _paper(reported, display_name(dataset), compare_to.get(model), setting)
+        verdict = ""
+        if paper:
+            paper_order = sorted(FORMATS, key=lambda f: -paper[f])
+            same = order == paper_order
+            paper_metric = reported_metric(dataset, "official") if dataset else metric
+            verdict = (f", {'as' if same else 'unlike'} in the paper ({compare_to.get(model)}, "
+                       f"{SHORT.get(paper_metric, paper_metric)}: "
+                       + " > ".join(f"{paper[f]:.3f}" for f in paper_order) + ")")
+        collapsed = [f for f in FORMATS if by_format[f].median <= 0.0]
+        warn = f"; collapsed to the negative class: {', '.join(collapsed)}" if collapsed else ""
+        label = f" ({SHORT.get(metric, metric)})" if metric else ""
+        sentences.append(f"{display_name(dataset)} {setting}, {model}{label}: {ours}{verdict}{warn}.")
+    base_of = {label: name for name, label in compare_to.items() if label in ("BERT", "CNN")}
+    for name, label in compare_to.items():
+        base = base_of.get("BERT")
+        if label not in ("CP", "MTB") or not base:
+            continue
+        for (dataset, setting), group in cells[cells["format"] == "C+M"].groupby(["dataset", "setting"], sort=False):
+            rows = {r.model: r for r in group.itertuples()}
+            if name in rows and base in rows:
+                a, b = rows[name], rows[base]
+                overlap = a.min <= b.max and b.min <= a.max
+                sentences.append(
+                    f"{name} vs {base}, {display_name(dataset)} {setting} C+M: {a.median:.3f} vs {b.median:.3f} "
+                    f"(seed ranges {a.min:.3f}-{a.max:.3f} / {b.min:.3f}-{b.max:.3f}): "
+                    + ("within the seed spread, so no effect of pre-training is shown at this scale." if overlap else
+                       ("higher" if a.median > b.median else "lower") + " beyond the seed spread.")
+                )
+    for stage, held in (pretrain or {}).items():
+        if "heldout_contrastive_accuracy" in held:
+            start = held.get("initial_heldout_contrastive_accuracy")
+            sentences.append(
+                f"Pre-training stage {stage}: held-out contrastive accuracy "
+                + (f"{start:.3f} -> " if start is not None else "")
+                + f"{held['heldout_contrastive_accuracy']:.3f} (chance {held.get('heldout_chance_accuracy', float('nan')):.3f}).")
+    if not sentences:
+        return ""
+    return "Findings (medians over seeds): " + " ".join(sentences)
+
+
+__all__ = ["findings_paragraph"]

@@ -1,0 +1,289 @@
+"""Study summary from MLflow alone: medians, paper-shaped tables, deltas, plots, pilot analysis.
+
+``write_summary`` reads the finished trial runs of the plan (labels from the plan, metrics and
+predictions from MLflow), writes everything under ``<output_dir>/summary/`` and logs it to the
+study's parent run: medians / min / max / IQR per cell as metrics, files as artifacts.
+
+From the per-trial ``predictions.jsonl`` it also derives (each best effort: a part that cannot be
+computed here is skipped with a message, the rest of the summary is still written):
+
+* ``significance.csv`` / ``.md``: a paired bootstrap for every pair of cells a table compares, and
+  the tables' marks for differences that are not significant (``recon.orchestration.report.significance``);
+* ``name_leak.*``: metrics on test examples whose entity pair was / was not seen in the trial's
+  training data or the model's pre-training corpus (``recon.orchestration.report.name_leak``);
+* ``error_browser.html``: a static page with every example and prediction
+  (``recon.orchestration.report.error_browser``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from recon.orchestration.report.aggregate import cell_stats
+from recon.orchestration.report.pilot import pilot_analysis
+from recon.orchestration.report.significance import cell_intervals, load_predictions, significance_frame, write_significance
+from recon.data_prep.registry import display_name
+
+from recon.orchestration.study.plan import Trial, expand, unavailable_trials
+from recon.orchestration.report.plots import plot_all
+from recon.orchestration.study.spec import StudySpec
+from recon.orchestration.report.tables import write_all
+from recon.orchestration.study.tracker import StudyTracker, metric_key, results_frame
+
+FEWREL_NOTE = ("FewRel's train_wiki.json is not available locally: few-shot trials say in their notes "
+               "what they trained on instead; see each trial run's 'notes' tag.")
+
+
+def summary_metrics(stats) -> dict[str, float]:
+    """Parent-run metrics: ``<table>/<dataset>/<setting>/<format>/<model>/<stat>``."""
+    out = {}
+    for row in stats.itertuples(index=False):
+        for stat in ("median", "min", "max", "iqr"):
+            key = metric_key(row.table, row.dataset, row.setting.replace("%", "pct"), row.format, row.model, stat)
+            out[key] = float(getattr(row, stat))
+    return out
+
+
+def table_footnotes(spec: StudySpec, trials: list[Trial], runs: dict, failed: Optional[dict] = None
+                    ) -> dict[str, list[str]]:
+    """Per table: cells that cannot run here (and why), trials that failed (and their error), training
+    subsets that fell back to seeded sampling, and pre-training stages allowed to see evaluated pairs."""
+    from recon.orchestration.study.stages import study_data_dir
+
+    notes: dict[str, list[str]] = {}
+
+    def add(tables, text: str) -> None:
+        for table in tables:
+            if text not in notes.setdefault(table, []):
+                notes[table].append(text)
+
+    for text, tables in metric_notes(trials).items():
+        add(tables, text)
+
+    missing = unavailable_trials(spec, trials, study_data_dir(spec))
+    for trial in trials:
+        if trial.trial_id in missing:
+            add(trial.tables, f"{display_name(trial.dataset)} {trial.setting}: not run here ({missing[trial.trial_id]})")
+    for trial in trials:
+        bad = (failed or {}).get(trial.trial_id)
+        if bad is not None:
+            add(trial.tables, f"{display_name(trial.dataset)} {trial.setting} {trial.format} {trial.model} seed "
+                              f"{trial.seed}: failed ({bad.data.tags.get('error', 'unknown error')})")
+    for trial in trials:
+        run = runs.get(trial.trial_id)
+        used = run.data.tags.get("split_source") if run else None
+        if trial.kind == "finetune" and used == "seeded" and spec.data.split_source == "paper":
+            add(trial.tables, f"{display_name(trial.dataset)} {trial.setting}: no released train file, so the "
+                              "training subset is seeded per-relation sampling (one per seed)")
+    for name, stage in spec.pretrain.items():
+        if stage.allow_leakage:
+            users = [m.name for m in spec.models if m.pretrain_ref == name]
+            add({t for trial in trials if trial.model in users for t in trial.tables},
+                f"{', '.join(users)}: pre-trained with allow_leakage (the corpus may contain entity pairs "
+                "of the evaluated datasets)")
+    return notes
+
+
+def metric_notes(trials: list[Trial]) -> dict[str, set[str]]:
+    """Footnotes saying which metric each dataset's cells are, under which protocol, and where the paper's
+    number for that dataset is a different metric (SemEval: the official scorer's) -> the tables they go under."""
+    from recon.core.protocol import describe
+    from recon.data_prep.registry import reported_metric
+    from recon.models.train.metrics import METRIC_LABELS
+
+    out: dict[str, set[str]] = {}
+    protocols: dict[str, set[str]] = {}
+    for trial in trials:
+        if trial.kind != "finetune":
+            continue
+        paper_metric = reported_metric(trial.dataset, "official")
+        text = f"{display_name(trial.dataset)}: test {METRIC_LABELS.get(trial.metric, trial.metric)} x 100, median over seeds"
+        if paper_metric != trial.metric:
+            text += (f"; the paper reports {METRIC_LABELS.get(paper_metric, paper_metric)}, so the delta table compares "
+                     "different measures (data: {scorer: official} tabulates the paper's)")
+        out.setdefault(text, set()).update(trial.tables)
+        protocols.setdefault(describe(trial.runner_config()), set()).update(trial.tables)
+    for name, tables in protocols.items():
+        out.setdefault(f"protocol: {name} (README, \"Protocol\")", set()).update(tables)
+    return out
+
+
+def pretrain_corpora(spec: StudySpec) -> dict[str, Path]:
+    """Model name -> the built pre-training corpus of its stage, where one exists here (never built now)."""
+    from recon.models.pretrain.config import DEMO_CORPUS
+
+    out = {}
+    for model in spec.models:
+        stage = spec.pretrain.get(model.pretrain_ref) if model.pretrain_ref else None
+        if stage is None:
+            continue
+        if stage.corpus != DEMO_CORPUS:
+            directory = spec.resolve_path(stage.corpus)
+        else:
+            try:
+                from recon.orchestration.study.runner import study_storage
+
+                storage = study_storage(spec)
+                if "://" in storage.uri:
+                    continue
+                variant = "with_anchors_excluding_" + "_".join(spec.evaluated_datasets())
+                directory = Path(storage.path("corpus-demo")) / variant
+            except Exception:  # noqa: BLE001 - no local storage: no pre-training lookup
+                continue
+        if (Path(directory) / "manifest.json").is_file():
+            out[model.name] = Path(directory)
+    return out
+
+
+def pilot_rows(out_dir: Path) -> list[dict]:
+    """The pilot summary (medians over seeds) as dict rows, for the error browser."""
+    import pandas as pd
+
+    path = out_dir / "pilot_pairs.csv"
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    summary = (frame.groupby(["dataset", "setting", "model", "format_a", "format_b"], sort=False)
+               [["shared_correct", "same_wrong"]].median().reset_index())
+    return summary.to_dict("records")
+
+
+def _extra_analyses(spec: StudySpec, trials: list[Trial], predictions: dict, out_dir: Path,
+                    log: Callable[[str], None]) -> list[Path]:
+    """Name-leak tables and plots, and the error browser (each skipped with a message if it fails)."""
+    from recon.orchestration.report.error_browser import FILE_NAME, example_texts, write_error_browser
+    from recon.orchestration.report.name_leak import name_leak_analysis
+    from recon.orchestration.study.stages import study_data_dir
+
+    files: list[Path] = []
+    data_dir = study_data_dir(spec)
+    files += name_leak_analysis(trials, predictions, out_dir, data_dir=data_dir, corpora=pretrain_corpora(spec),
+                                log=log)
+    try:
+        texts = example_texts(trials, data_dir)
+    except Exception as err:  # noqa: BLE001 - sentences are optional: the page shows sources only
+        log(f"error browser: no sentences ({type(err).__name__}: {err})")
+        texts = None
+    page = write_error_browser(out_dir / FILE_NAME, spec.name, trials, predictions, texts=texts,
+                               pilot=pilot_rows(out_dir))
+    if page is not None:
+        files.append(page)
+    return files
+
+
+def study_tags(spec: StudySpec, trials: list[Trial]) -> dict[str, str]:
+    """``recon.*`` tags of the experiment and the parent run (to filter experiments by)."""
+    def joined(values) -> str:
+        return ",".join(dict.fromkeys(str(v) for v in values))
+
+    return {"recon.study": spec.name, "recon.datasets": joined(t.dataset for t in trials),
+            "recon.models": joined(t.model for t in trials), "recon.tables": joined(x for t in trials for x in t.tables),
+            "recon.formats": joined(t.format for t in trials), "recon.seeds": joined(spec.seeds),
+            "recon.trials": str(len(trials))}
+
+
+def experiment_description(spec: StudySpec, trials: list[Trial]) -> str:
+    """The experiment's description (Markdown): the study, what its runs are, how to filter them."""
+    models = ", ".join(dict.fromkeys(t.model for t in trials))
+    datasets = ", ".join(display_name(d) for d in dict.fromkeys(t.dataset for t in trials))
+    lines = [f"**recon study {spec.name}**" + (f": {spec.description.strip()}" if spec.description.strip() else ""),
+             "",
+             f"{len(trials)} trials: {models} on {datasets}; seeds {', '.join(map(str, spec.seeds))}. "
+             f"One run per trial (a grid cell and seed), nested under the parent run *{spec.name} (study)*, "
+             "whose description and artifacts (`overview.html`, `tables/`, `summary/`) hold the paper-layout "
+             "tables and plots.",
+             "",
+             "Filter runs with e.g. `tags.dataset = 'semeval'`, `tags.format = 'C+M'`, `tags.model = '...'`, "
+             "`tags.setting = '10%'`, `tags.tables LIKE '%table5%'` or by dataset (Datasets used); compare `test_metric` "
+             "(the dataset's paper metric at the best dev epoch)."]
+    return "\n".join(lines)
+
+
+def study_run_description(spec: StudySpec, trials: list[Trial], results, out_dir: Path) -> str:
+    """The parent run's description (Markdown): the paper tables inline, and where everything is."""
+    from recon.orchestration.study.tracker import MAX_TAG_VALUE, paper_table_files
+
+    finished = results["trial_id"].nunique() if len(results) else 0
+    lines = [f"**Study {spec.name}**: {finished} of {len(trials)} trials finished." +
+             (f" {spec.description.strip()}" if spec.description.strip() else ""),
+             "",
+             "Tables below: medians over seeds, x100, in the paper's layout. On one page with the plots: "
+             "artifact `overview.html`; sortable: `tables/<name>.json`; every format (CSV, Markdown, HTML, LaTeX), "
+             "the significance tests, the pilot analysis and `error_browser.html`: `summary/`."]
+    budget = MAX_TAG_VALUE - 1500
+    for name, csv in paper_table_files(out_dir).items():
+        text = csv.with_suffix(".md").read_text(encoding="utf-8").strip()
+        block = ["", f"#### {name}", "", text]
+        if sum(len(x) + 1 for x in lines + block) > budget:
+            lines += ["", f"#### {name}", "", f"(too long for here: `summary/{name}.md`, `tables/{name}.json`)"]
+            continue
+        lines += block
+    plots = sorted(p.name for p in out_dir.glob("*.png"))
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"`summary/{p}`" for p in plots) + " (and in `overview.html`)."]
+    return "\n".join(lines)
+
+
+def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
+                  trials: Optional[list[Trial]] = None) -> Path:
+    """Regenerate every table, plot and the pilot analysis; returns the summary folder."""
+    out_dir = spec.resolved_output_dir() / "summary"
+    tracker = tracker or StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
+    if not tracker.exists:
+        from recon.core.errors import ReconError
+
+        raise ReconError(f"study {spec.name!r} has no MLflow experiment at {tracker.tracking_uri}; run it first")
+    trials = trials if trials is not None else expand(spec)
+    results = results_frame(tracker, trials)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    results.to_csv(out_dir / "trials.csv", index=False)
+    stats = cell_stats(results)
+    if stats.empty:
+        log("no finished trials yet: nothing to tabulate")
+        return out_dir
+    compare_to = {m.name: m.paper_label for m in spec.models}
+    runs = tracker.trial_runs()
+    footnotes = table_footnotes(spec, trials, runs, tracker.failed_trial_runs())
+    with tempfile.TemporaryDirectory() as tmp:
+        downloaded: dict[str, Optional[Path]] = {}
+
+        def predictions_of(trial: Trial) -> Optional[Path]:
+            if trial.trial_id not in downloaded:
+                run = runs.get(trial.trial_id)
+                downloaded[trial.trial_id] = (tracker.download(run.info.run_id, "predictions.jsonl",
+                                                               Path(tmp) / trial.trial_id) if run else None)
+            return downloaded[trial.trial_id]
+
+        predictions = load_predictions(trials, predictions_of)
+        significance = intervals = None
+        if predictions:
+            significance = significance_frame(trials, predictions)
+            intervals = cell_intervals(trials, predictions)
+        files = write_all(stats, compare_to, out_dir, footnotes, significance=significance, intervals=intervals)
+        if significance is not None:
+            files += write_significance(significance, intervals, out_dir)
+        files += plot_all(stats, out_dir)
+        files += pilot_analysis(trials, predictions_of, out_dir)
+        if predictions:
+            files += _extra_analyses(spec, trials, predictions, out_dir, log)
+    notes = {}
+    if any(t.kind == "fewshot" for t in trials):
+        notes["fewshot"] = FEWREL_NOTE
+        notes["fewshot_trials"] = {r.data.tags.get("trial_id"): r.data.tags.get("notes", "")
+                                   for r in runs.values() if r.data.tags.get("kind") == "fewshot"}
+    if spec.data.max_eval:
+        notes["max_eval"] = (f"dev and test were capped at {spec.data.max_eval} examples each (a fixed random subset): "
+                             "figures are not the paper's full-test numbers")
+    notes["tables"] = footnotes
+    (out_dir / "notes.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
+    tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source,
+                              description=study_run_description(spec, trials, results, out_dir),
+                              tags=study_tags(spec, trials))
+    tracker.describe_experiment(experiment_description(spec, trials), study_tags(spec, trials))
+    log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells -> {out_dir}")
+    return out_dir

@@ -1,0 +1,320 @@
+"""Expand a study spec into trials, give each a stable id, and estimate the compute.
+
+A trial's id is a hash of the canonical JSON of every field that changes its result (dataset,
+split, split source, input format, seed, the model's definition, training settings, evaluation
+caps), and of nothing else: not the model's display name, not the table it appears in, not file
+locations. Hence
+
+* re-running a study skips trials whose id is already finished in MLflow;
+* a cell shared by two tables (TACRED 100% BERT C+M is in Tables 1 and 5) is trained once;
+* two model entries with the same definition are rejected (they would be the same trial).
+
+The compute estimate is deliberately simple and labelled as such: per-trial example-epochs
+(training examples x epochs, plus evaluation passes at a third of the cost) times a per-example
+cost for the model's encoder (seconds; override with ``seconds_per_example`` in the spec).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional
+
+from recon.core.hashing import stable_hash
+from recon.data_prep.registry import display_names, expected_train_size, metric_of, paper_split_sizes, reported_metric
+from recon.models.train.fewshot import FewshotConfig, FewshotSettings
+from recon.models.train.finetune import FinetuneConfig
+
+from recon.orchestration.study.spec import ModelSpec, SpecError, StudySpec
+
+# Seconds per training example (forward + backward); evaluation examples cost a third of that.
+# Rough figures: bert-base at length 100 on one modern GPU; MiniLM-L6 on one CPU core; the CNN.
+DEFAULT_SECONDS_PER_EXAMPLE = {"cnn": 0.0003, "minilm": 0.03, "encoder": 0.004}
+EVAL_COST_FRACTION = 1 / 3
+PAPER_DATASET_NAMES = display_names()
+
+
+def split_label(split: float) -> str:
+    return f"{split * 100:g}%"
+
+
+def nk_label(nk: str) -> str:
+    n, k = nk.split("-")
+    return f"{n}-way {k}-shot"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One Tune trial: a grid cell and seed (supervised) or an N-way K-shot setting (few-shot).
+
+    ``config`` is the trainer's whole config (``FinetuneConfig`` / ``FewshotConfig`` as a dict);
+    ``trial_id`` is the hash of its identity (the fields that change results).
+    """
+
+    trial_id: str
+    kind: str              # "finetune" | "fewshot"
+    tables: tuple[str, ...]
+    dataset: str
+    setting: str           # "1%" / "100%" or "5-way 1-shot"
+    format: str
+    model: str             # display name from the spec
+    seed: int
+    config: dict[str, Any] = field(compare=False, hash=False)
+
+    @property
+    def metric(self) -> str:
+        """The metric tables report for this trial: an explicit ``training.metric``, else the dataset's under
+        the config's scorer (SemEval's official score with ``data.scorer: official``)."""
+        training = self.config.get("training") or self.config.get("settings", {}).get("training", {})
+        if training.get("metric"):
+            return training["metric"]
+        if self.kind == "finetune":
+            return reported_metric(self.dataset, (self.config.get("data") or {}).get("scorer", "recon"))
+        return metric_of(self.dataset)
+
+    def runner_config(self) -> Any:
+        """The config object the trainer receives (references such as ``@pretrain.cp`` unresolved)."""
+        cls = FinetuneConfig if self.kind == "finetune" else FewshotConfig
+        return cls.from_dict(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tables"] = list(self.tables)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Trial":
+        return cls(**{**data, "tables": tuple(data["tables"])})
+
+
+def _model_source(spec: StudySpec, model: ModelSpec) -> tuple[str, Optional[str]]:
+    """(the runner's model/encoder reference, content identity of a pre-training stage or None)."""
+    if model.kind == "cnn":
+        return "cnn", None
+    if model.pretrain_ref:
+        return model.checkpoint or "", spec.stage_hash(model.pretrain_ref)
+    if model.checkpoint:
+        return str(spec.resolve_path(model.checkpoint)), None
+    return "bert", None
+
+
+def finetune_config(spec: StudySpec, dataset: str, split: float, fmt: str, model: ModelSpec,
+                    seed: int) -> FinetuneConfig:
+    """The exact config a supervised trial's trainer receives."""
+    source, identity = _model_source(spec, model)
+    return FinetuneConfig(dataset=dataset, split=split, input_format=fmt, model=source,
+                          encoder=spec.encoder_of(model) or spec.encoder, data=spec.data, head=spec.head,
+                          training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity)
+
+
+def fewshot_config(spec: StudySpec, dataset: str, n: int, k: int, fmt: str, model: ModelSpec) -> FewshotConfig:
+    """The exact config a few-shot trial's trainer receives (the model is its encoder)."""
+    source, identity = _model_source(spec, model)
+    encoder = spec.encoder_of(model) or spec.encoder if source == "bert" else source
+    return FewshotConfig(dataset=dataset, n_way=n, k_shot=k, input_format=fmt, encoder=encoder,
+                         settings=spec.fewshot.settings if spec.fewshot else FewshotSettings(),
+                         source_identity=identity)
+
+
+def trial_id(kind: str, cfg: Any, trainer: Optional[str] = None) -> str:
+    """Hash of the trainer's resolved config identity (and of a custom trainer, which changes results)."""
+    payload = {"kind": kind, **cfg.identity()}
+    if trainer:
+        payload["trainer"] = trainer
+    return stable_hash(payload)
+
+
+def _check_distinct_models(spec: StudySpec) -> None:
+    seen: dict[str, str] = {}
+    for model in spec.models:
+        source, identity = _model_source(spec, model)
+        key = stable_hash([source, identity, spec.encoder_of(model)])
+        if key in seen:
+            raise SpecError(f"models {seen[key]!r} and {model.name!r} have the same definition; they would be the same trials")
+        seen[key] = model.name
+
+
+def expand(spec: StudySpec) -> list[Trial]:
+    """Every trial of the study, in a stable order, cells shared by several tables merged."""
+    _check_distinct_models(spec)
+    by_id: dict[str, Trial] = {}
+    order: list[str] = []
+
+    def add(kind: str, cfg: Any, table: str, **labels: Any) -> None:
+        tid = trial_id(kind, cfg, spec.trainer)
+        if tid in by_id:
+            old = by_id[tid]
+            if table not in old.tables:
+                by_id[tid] = Trial(**{**asdict(old), "tables": old.tables + (table,), "config": old.config})
+            return
+        by_id[tid] = Trial(trial_id=tid, kind=kind, tables=(table,), config=cfg.to_dict(), **labels)
+        order.append(tid)
+
+    for grid in spec.grids:
+        for dataset in grid.datasets:
+            for split in grid.splits:
+                for model in spec.grid_models(grid.models):
+                    for fmt in grid.formats:
+                        for seed in grid.seeds or spec.seeds:
+                            cfg = finetune_config(spec, dataset, split, fmt, model, seed)
+                            add("finetune", cfg, grid.table, dataset=dataset, setting=split_label(split),
+                                format=fmt, model=model.name, seed=seed)
+    if spec.fewshot is not None:
+        fs = spec.fewshot
+        for dataset in fs.datasets:
+            for nk in fs.nk:
+                n, k = (int(x) for x in nk.split("-"))
+                for model in spec.grid_models(fs.models):
+                    if model.kind == "cnn":
+                        raise SpecError(f"fewshot.models: {model.name!r} is a CNN; few-shot needs an encoder model")
+                    for fmt in fs.formats:
+                        cfg = fewshot_config(spec, dataset, n, k, fmt, model)
+                        add("fewshot", cfg, "table6", dataset=dataset, setting=nk_label(nk), format=fmt,
+                            model=model.name, seed=cfg.seed)
+    return [by_id[i] for i in order]
+
+
+# ---------------------------------------------------------------- data availability
+
+def cell_label(trial: Trial) -> str:
+    """A grid cell across its seeds, e.g. ``wiki80 100% C+M BERT``."""
+    return f"{trial.dataset} {trial.setting} {trial.format} {trial.model}"
+
+
+def unavailable_trials(spec: StudySpec, trials: Iterable[Trial], data_dir: Optional[str]) -> dict[str, str]:
+    """trial id -> why it cannot run here, for every trial whose data is missing (files only, no parsing).
+
+    Supervised cells need train (the fraction's released file or a train file to sample from), dev
+    and test; a dataset without a test split is unavailable, never scored on dev. Few-shot cells
+    need their evaluation file and, when they train, the Wiki80 files they train on.
+    """
+    from recon.data_prep.registry import check_available
+
+    cache: dict[tuple, list[str]] = {}
+
+    def reasons(name: str, **kwargs: Any) -> list[str]:
+        key = (name, *sorted(kwargs.items()))
+        if key not in cache:
+            cache[key] = check_available(name, data_dir=data_dir, **kwargs)
+        return cache[key]
+
+    out: dict[str, str] = {}
+    for trial in trials:
+        c = trial.config
+        if trial.kind == "finetune":
+            found = reasons(c["dataset"], split=c["split"], split_source=c["data"]["split_source"])
+        else:
+            found = list(reasons(c["dataset"], needs=("val",)))
+            if c["settings"]["train_episodes"] > 0:
+                found += [f"few-shot training data: {r}" for r in
+                          reasons("wiki80", needs=("train", "dev"), split=0.1, split_source="paper")]
+        if found:
+            out[trial.trial_id] = "; ".join(found)
+    return out
+
+
+def unavailable_cells(trials: Iterable[Trial], missing: dict[str, str]) -> list[dict[str, Any]]:
+    """The unavailable trials grouped by cell: ``{"cell", "tables", "trials", "reason"}``."""
+    cells: dict[str, dict[str, Any]] = {}
+    for trial in trials:
+        if trial.trial_id in missing:
+            row = cells.setdefault(cell_label(trial), {"cell": cell_label(trial), "tables": list(trial.tables),
+                                                       "trials": 0, "reason": missing[trial.trial_id]})
+            row["trials"] += 1
+    return list(cells.values())
+
+
+# ---------------------------------------------------------------- compute estimate
+
+def train_size(dataset: str, split: float, max_train: Optional[int] = None) -> int:
+    size = expected_train_size(dataset, split)
+    return min(size, max_train) if max_train else size
+
+
+def seconds_per_example(spec: StudySpec, model_name: str) -> float:
+    if model_name in spec.seconds_per_example:
+        return spec.seconds_per_example[model_name]
+    model = spec.model(model_name)
+    if model.kind == "cnn":
+        return DEFAULT_SECONDS_PER_EXAMPLE["cnn"]
+    encoder = (spec.encoder_of(model) or "").lower()
+    return DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in encoder else "encoder"]
+
+
+def example_epochs(trial: Trial) -> float:
+    """Training examples x epochs + evaluation examples (weighted by ``EVAL_COST_FRACTION``)."""
+    c = trial.config
+    if trial.kind == "finetune":
+        training = c["cnn"] if c["model"] == "cnn" else c["training"]
+        epochs = training["epochs"]
+        _, dev, test = (s or 0 for s in paper_split_sizes(trial.dataset))
+        if c["data"]["max_eval"]:
+            dev, test = min(dev, c["data"]["max_eval"]), min(test, c["data"]["max_eval"])
+        trained = train_size(trial.dataset, c["split"], c["data"]["max_train"]) * epochs
+        if training.get("max_train_steps"):
+            trained = min(trained, training["max_train_steps"] * training["batch_size"])
+        # Dev is scored after every epoch (best-epoch selection); test once, with the best weights.
+        return trained + (dev * epochs + test) * EVAL_COST_FRACTION
+    # Few-shot: training and evaluation episodes of N*K support + N*Q query sentences.
+    s = c["settings"]
+    per_episode = c["n_way"] * (c["k_shot"] + s["q_query"])
+    return s["train_episodes"] * per_episode + s["eval_episodes"] * per_episode * EVAL_COST_FRACTION
+
+
+@dataclass
+class PlanSummary:
+    """What ``recon study plan`` prints."""
+
+    study: str
+    trials: int
+    finished: int
+    per_table: dict[str, dict[str, int]]
+    pretrain_stages: dict[str, dict[str, Any]]
+    estimated_hours_total: float
+    estimated_hours_remaining: float
+    note: str
+    unavailable: list[dict[str, Any]] = field(default_factory=list)  # cells that cannot run here, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = (),
+              missing: Optional[dict[str, str]] = None) -> PlanSummary:
+    """Trials per table, finished so far, compute estimate; ``missing`` (trial id -> reason) is left out."""
+    done = set(finished)
+    missing = missing or {}
+    per_table: dict[str, dict[str, int]] = {}
+    total = remaining = 0.0
+    for trial in trials:
+        for table in trial.tables:
+            row = per_table.setdefault(table, {"trials": 0, "finished": 0, "unavailable": 0})
+            row["trials"] += 1
+            row["finished"] += trial.trial_id in done
+            row["unavailable"] += trial.trial_id in missing
+        if trial.trial_id in missing:
+            continue
+        seconds = example_epochs(trial) * seconds_per_example(spec, trial.model)
+        total += seconds
+        if trial.trial_id not in done:
+            remaining += seconds
+    stages = {}
+    for name, stage in spec.pretrain.items():
+        cost = DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in stage.encoder_name.lower() else "encoder"]
+        seconds = stage.steps * stage.batch_size * 2 * cost * stage.max_length / 100
+        stages[name] = {"objective": stage.objective, "steps": stage.steps, "hash": spec.stage_hash(name),
+                        "estimated_hours": round(seconds / 3600, 3)}
+        total += seconds
+        remaining += seconds  # a finished stage is reused, but the plan does not look at disk
+    return PlanSummary(
+        study=spec.name, trials=len(trials), finished=sum(t.trial_id in done for t in trials), per_table=per_table,
+        pretrain_stages=stages, estimated_hours_total=round(total / 3600, 3),
+        estimated_hours_remaining=round(remaining / 3600, 3),
+        note=("ESTIMATE: example-epochs x seconds per example "
+              f"(defaults {DEFAULT_SECONDS_PER_EXAMPLE}, eval at {EVAL_COST_FRACTION:.2f} of a training example); "
+              "sequential, one device: divide by the number of concurrent trials; unavailable cells excluded."),
+        unavailable=unavailable_cells(trials, missing),
+    )
+
+
+__all__ = ["Trial", "expand", "summarize", "PlanSummary", "split_label", "nk_label", "example_epochs",
+           "train_size", "trial_id", "finetune_config", "fewshot_config", "PAPER_DATASET_NAMES",
+           "unavailable_trials", "unavailable_cells", "cell_label"]

@@ -1,0 +1,288 @@
+"""The study driver: run a study's trials on Ray Tune, one Tune trial per grid cell x seed (or few-shot setting).
+
+    spec = load_spec("studies/demo.yaml")
+    outcome = run_study(spec)                 # local Ray, or the spec's / CLI's cluster address
+    outcome.failed, outcome.logged
+
+How it fits together (each job in its own module)
+* ``plan``: the trials and their ids; trials already FINISHED in MLflow are skipped, so ``run``
+  after an interruption (and ``resume``) continues without repeating work.
+* ``storage``: one location (a path, NFS, ``s3://``...) that every node reads and writes; the
+  driver's own disk holds only the MLflow store (when local) and the summary.
+* ``stages``: pre-training stages named by models (``@pretrain.<stage>``) run first; their final
+  encoders are published in storage and fetched by trials once per node.
+* ``study_data``: the driver publishes the datasets' files; trials rebuild them from their node's cache.
+* ``trials`` / ``trainable``: what a trial runs on its node; its outputs go to
+  ``<storage>/results/<trial id>/`` (``result.json`` last), and its final report carries the metrics.
+* here: the Tune run, and a Tune callback through which the driver logs each completed trial to
+  MLflow from storage as it finishes (one writer). Trials that finished but were not logged
+  (driver killed in between) are logged from storage at the next start ("harvest").
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from recon.orchestration.study.plan import Trial, expand, unavailable_trials
+from recon.orchestration.study.spec import StudySpec
+from recon.orchestration.study.stages import ensure_pretrained, say, study_data_dir
+from recon.core.storage import Storage, resolve_storage
+from recon.orchestration.study.data import FEWSHOT_NEEDS, publish_local_models, publish_study_data
+from recon.orchestration.study.trainable import RESULTS, result_rel, tune_trainable
+from recon.orchestration.study.tracker import StudyTracker
+from recon.orchestration.study.trainers import trainer_source
+
+
+class Progress:
+    """Compact progress lines: done / running / failed out of the pending trials, and an ETA.
+
+    ``running`` is the set of trials Tune has started and not yet completed, errored or put back for
+    a retry (a set: a retried trial starts again under the same key). A completed trial counts as
+    done once the writer thread has logged it, which can be after Tune has started the next one.
+    """
+
+    def __init__(self, total: int, concurrency: int, log: Callable[[str], None]) -> None:
+        self.total, self.concurrency, self.log = total, max(1, concurrency), log
+        self.done = self.failed = 0
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self.started)
+
+    def start(self, key: str) -> None:
+        self.started[key] = time.time()
+
+    def stop(self, key: str) -> None:
+        """The trial's process finished (or is retried): it no longer runs; its time counts for the ETA."""
+        if key in self.started:
+            self.durations.append(time.time() - self.started.pop(key))
+
+    def finish(self, key: str, ok: bool) -> None:
+        self.stop(key)
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        left = self.total - self.done - self.failed
+        eta = (sum(self.durations) / len(self.durations)) * math.ceil(left / self.concurrency) if self.durations else 0
+        self.log(f"[trials] done {self.done}/{self.total}, running {self.running}, failed {self.failed}, "
+                 f"ETA {eta / 60:.1f} min")
+
+
+def log_from_storage(tracker: StudyTracker, trial: Trial, storage: Storage) -> bool:
+    """Log one trial to MLflow from its outputs in storage; False when it has no complete result there."""
+    if not storage.exists(result_rel(trial.trial_id)):
+        return False
+    result = storage.read_json(result_rel(trial.trial_id))
+    with tempfile.TemporaryDirectory(prefix="recon-log-") as tmp:
+        local = storage.download_dir(f"{RESULTS}/{trial.trial_id}", Path(tmp) / trial.trial_id)
+        tracker.log_trial(trial, result, local)
+    return True
+
+
+_LOGGING: dict[str, Any] = {}  # the driver's one MLflow-writer thread (not part of the pickled callback)
+
+
+def _logging_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    if "pool" not in _LOGGING:
+        _LOGGING["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-mlflow")
+    return _LOGGING["pool"]
+
+
+def drain_logging() -> None:
+    """Wait until every completed trial handed to the writer thread is logged."""
+    pool = _LOGGING.pop("pool", None)
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+def _driver_callback(by_id: dict[str, Trial], tracker: StudyTracker, storage: Storage, progress: Progress):
+    """A Tune callback (built lazily: ray is imported only when a study runs).
+
+    Logging a trial to MLflow (download its outputs from storage, write the run) happens on one
+    writer thread, so Tune's event loop hands the worker its next trial at once; one thread keeps
+    the driver the store's only writer, with no concurrent writes.
+    """
+    from ray.tune import Callback
+
+    def log_and_count(tid: str, key: str) -> None:
+        try:
+            ok = log_from_storage(tracker, by_id[tid], storage)
+        except Exception as exc:  # noqa: BLE001 - a failed log must not kill the writer thread
+            ok = False
+            progress.log(f"trial {tid}: could not be logged to MLflow ({exc}); `recon study resume` retries it")
+        progress.finish(key, ok)
+
+    class DriverLogger(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            progress.start(trial.trial_id)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            progress.stop(trial.trial_id)  # before Tune starts the next trial on the freed worker
+            _logging_pool().submit(log_and_count, trial.config["trial"]["trial_id"], trial.trial_id)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            progress.stop(trial.trial_id)  # Tune starts it again (on_trial_start) for the retry
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # Called once the trial's retries are used up; _tune records the error from Tune's result.
+            progress.finish(trial.trial_id, False)
+
+    return DriverLogger()
+
+
+@dataclass
+class StudyOutcome:
+    trials: int
+    skipped: int       # already finished in MLflow before this run
+    harvested: int     # finished in storage, logged now without training
+    ran: int
+    failed: list[str]  # trial ids
+    logged: int        # finished trials in MLflow now
+    seconds: float
+    unavailable: int = 0  # trials whose data is missing here (listed by `recon study plan`)
+    storage: str = ""
+
+
+def stale_runs(trials: Sequence[Trial], runs: dict[str, Any]) -> int:
+    """Finished runs whose labels (dataset, setting, format, model, seed) match a planned trial
+    that is not finished: the same cell logged under an id the current config no longer gives."""
+    planned = {t.trial_id for t in trials}
+    todo = {(t.dataset, t.setting, t.format, t.model, str(t.seed)) for t in trials if t.trial_id not in runs}
+    return sum(1 for tid, run in runs.items() if tid not in planned and
+               tuple(run.data.tags.get(k) for k in ("dataset", "setting", "format", "model", "seed")) in todo)
+
+
+def harvest(trials: Sequence[Trial], tracker: StudyTracker, storage: Storage, finished: set[str]) -> int:
+    """Log trials that completed (``result.json`` in storage) but never reached MLflow."""
+    count = 0
+    for trial in trials:
+        if trial.trial_id not in finished and log_from_storage(tracker, trial, storage):
+            count += 1
+            finished.add(trial.trial_id)
+    return count
+
+
+def _init_ray(spec: StudySpec, address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS) or start a local Ray; True when we started it."""
+    from recon.core.ray_session import ensure_ray
+
+    return ensure_ray(address=address or spec.ray.address, num_cpus=num_cpus or spec.ray.num_cpus)
+
+
+def study_storage(spec: StudySpec, override: Optional[str] = None) -> Storage:
+    """The study's storage: ``--storage``, the spec's ``storage``, ``$RECON_STORAGE``, else its output folder."""
+    value = override or (str(spec.resolve_path(spec.storage)) if spec.storage and "://" not in spec.storage
+                         else spec.storage)
+    return Storage.from_uri(resolve_storage(value, spec.resolved_output_dir()))
+
+
+def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
+              tracking_uri: Optional[str] = None, storage: Optional[str] = None,
+              log: Callable[[str], None] = say) -> StudyOutcome:
+    """Run every unfinished trial of ``spec`` on Ray Tune and log each to MLflow as it finishes."""
+    start = time.time()
+    out_dir = spec.resolved_output_dir()
+    store = study_storage(spec, storage)
+    trials = expand(spec)
+    tracker = StudyTracker(tracking_uri or spec.resolved_tracking_uri(), spec.name, out_dir / "artifacts")
+    tracker.study_run_id()
+    runs = tracker.trial_runs()
+    finished = set(runs)
+    skipped = sum(t.trial_id in finished for t in trials)
+    stale = stale_runs(trials, runs)
+    if stale:
+        log(f"study {spec.name}: {stale} finished run(s) in MLflow match a planned cell and seed but not its trial id "
+            "(logged under another config, or by a recon before the configuration tree changed the ids): they are "
+            "kept, not reused, and those trials run again")
+    harvested = harvest(trials, tracker, store, finished)
+    data_root = study_data_dir(spec)
+    missing = unavailable_trials(spec, trials, data_root)
+    pending = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]
+    log(f"study {spec.name}: {len(trials)} trials, {skipped} already in MLflow, {harvested} logged from storage, "
+        f"{len(missing)} cannot run here (no data; see `recon study plan`), {len(pending)} to run "
+        f"(storage {store.uri})")
+    failed: list[str] = []
+    if pending:
+        started_ray = _init_ray(spec, address, num_cpus)
+        try:
+            stages = sorted({spec.model(t.model).pretrain_ref for t in pending} - {None})
+            checkpoints = ensure_pretrained(spec, stages, tracker.tracking_uri, store, log)
+            checkpoints.update(publish_local_models([t.config for t in pending], store))
+            needed = {t.dataset for t in pending} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in pending)
+                                                     else set())
+            data = publish_study_data(needed, data_root, store)
+            failed = _tune(spec, pending, tracker, store, checkpoints, data, log)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    logged = len(tracker.finished_trial_ids() & {t.trial_id for t in trials})
+    return StudyOutcome(trials=len(trials), skipped=skipped, harvested=harvested, ran=len(pending),
+                        failed=failed, logged=logged, seconds=round(time.time() - start, 1),
+                        unavailable=len(missing), storage=store.uri)
+
+
+def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, store: Storage,
+          checkpoints: dict[str, dict], data: dict, log: Callable[[str], None]) -> list[str]:
+    from ray import tune
+
+    base_dir = spec.source.parent if spec.source else Path.cwd()
+    param_space = {
+        "trial": tune.grid_search([t.to_dict() for t in pending]),
+        "storage": store.uri, "checkpoints": checkpoints, "data": data,
+        "trainer": trainer_source(spec.trainer, base_dir), "threads": max(1, int(spec.ray.cpus_per_trial)),
+    }
+    resources = {"cpu": spec.ray.cpus_per_trial, "gpu": spec.ray.gpus_per_trial, **spec.ray.trial_resources}
+    # Tune checkpoints its callbacks: only a module-level function can go with them (pickled by name).
+    picklable = "<locals>" not in getattr(log, "__qualname__", "<locals>") and log is not print
+    progress = Progress(len(pending), spec.ray.max_concurrent_trials, log if picklable else say)
+    by_id = {t.trial_id: t for t in pending}
+
+    def name_of(trial) -> str:
+        return trial.config["trial"]["trial_id"]
+
+    from recon.core.ray_session import lean_tune
+
+    lean_tune()
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trainable, resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.ray.max_concurrent_trials,
+                                    trial_name_creator=name_of, trial_dirname_creator=name_of,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=store.join("tune"),
+            failure_config=tune.FailureConfig(max_failures=spec.ray.max_retries),
+            callbacks=[_driver_callback(by_id, tracker, store, progress)],
+            verbose=0,
+        ),
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        drain_logging()
+    failed = []
+    for result in grid:
+        tid = result.config["trial"]["trial_id"] if result.config else None
+        if result.error is not None or tid is None or not store.exists(result_rel(tid)):
+            failed.append(tid or "?")
+            lines = [line for line in str(result.error or "no result").splitlines() if line.strip()]
+            error = lines[-1] if lines else "no result"
+            if tid in by_id:  # a FAILED run with the error; `recon study resume` runs the trial again
+                tracker.log_failed_trial(by_id[tid], error, spec.ray.max_retries + 1)
+            log(f"trial {tid} failed: {error}")
+    return failed
+
+
+__all__ = ["run_study", "StudyOutcome", "harvest", "log_from_storage", "stale_runs", "study_storage", "Progress"]

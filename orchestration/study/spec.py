@@ -1,0 +1,430 @@
+"""The study spec: ONE typed schema (pydantic v2) that every ``recon study`` command reads.
+
+A study is a YAML file; it is a small diff over the defaults of the component configs it is
+composed of (``data``/``training``/``cnn``: ``recon.models.train.finetune``; ``pretrain.<stage>``:
+``recon.models.pretrain.config``; ``fewshot.settings``: ``recon.models.train.fewshot``; ``ray``:
+``recon.core.ray_session``). Those classes are the only place defaults live; the command
+line is generated from the same fields. A study may also start from another
+study file with ``defaults: other.yaml`` (path relative to the study file; a list is merged left to
+right): mappings merge key by key, lists and scalars are replaced.
+
+Shape (see ``studies/paper.yaml`` and ``studies/demo.yaml``)::
+
+    name: demo
+    encoder: minilm
+    models:                       # definitions; ``name`` is the label used in tables
+      - {name: MiniLM, compare_to: BERT}
+      - {name: MiniLM+CP, checkpoint: "@pretrain.cp", compare_to: CP}
+    pretrain:                     # stages run before the grid; models reference "@pretrain.<name>"
+      cp: {objective: cp, steps: 30, batch_size: 16, num_workers: 2}   # PretrainConfig fields
+    grids:                        # one grid per paper table; cells = datasets x splits x formats x models
+      - {table: table5, datasets: [semeval], splits: [0.01, 0.1], formats: [C+M, OnlyC, OnlyM]}
+    seeds: [42, 43, 44, 45, 46]
+    data: {split_source: paper, max_eval: 100, max_length: 48}          # DataOptions fields
+    training: {epochs: 2, lr: 3.0e-4}                                   # TrainConfig fields
+    fewshot: {datasets: [fewrel], nk: ["5-1"], models: [MiniLM], settings: {eval_episodes: 100}}
+    ray: {cpus_per_trial: 1, max_concurrent_trials: 2}                  # RayConfig fields
+
+Validation errors name the file, the field path and (when the key is in a file) its line.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from recon.core.config import ConfigError
+from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS
+from recon.core.errors import ReconError
+from recon.core.hashing import stable_hash
+from recon.core.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES, protocol_layer
+from recon.data_prep.registry import fewshot_datasets, supervised_datasets
+from recon.models.train.fewshot import FewshotSettings
+from recon.models.train.finetune import CHECKPOINT_PREFIX, CnnTraining, DataOptions
+from recon.models.nets.heads import HeadOptions
+from recon.models.pretrain.config import DEMO_CORPUS, PretrainConfig
+from recon.models.train.loop import TrainConfig
+
+from recon.core.ray_session import RayConfig
+from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, sqlite_uri
+
+FORMATS = ("C+M", "C+T", "OnlyC", "OnlyM", "OnlyT")
+PAPER_MODEL_LABELS = ("CNN", "BERT", "MTB", "CP")
+
+
+class SpecError(ReconError):
+    """A study file that does not validate; the message names file, field path and line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _format_name(value: str) -> str:
+    for known in FORMATS:
+        if str(value).lower() == known.lower():
+            return known
+    raise ValueError(f"unknown input format {value!r}; known formats: {', '.join(FORMATS)}")
+
+
+def _dataset_names(kind: str):
+    names = supervised_datasets() if kind == "supervised" else fewshot_datasets()
+
+    def check(value: list[str]) -> list[str]:
+        for name in value:
+            if name not in names:
+                raise ValueError(f"unknown {kind} dataset {name!r}; known: {', '.join(names)}")
+        return value
+    return check
+
+
+class ModelSpec(_Strict):
+    """One model column of the tables.
+
+    ``kind: encoder`` fine-tunes ``encoder`` (a Hugging Face path/name or an installed package
+    holding a ``model`` folder), optionally starting from ``checkpoint`` (a recon checkpoint
+    directory, or ``@pretrain.<stage>`` for a pre-training stage of this study).
+    ``compare_to`` is the paper's label whose reported numbers the delta table uses.
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["encoder", "cnn"] = "encoder"
+    encoder: Optional[str] = None
+    checkpoint: Optional[str] = None
+    compare_to: Optional[Literal["CNN", "BERT", "MTB", "CP"]] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.kind == "cnn" and (self.encoder or self.checkpoint):
+            raise ValueError("a cnn model takes neither 'encoder' nor 'checkpoint'")
+        if self.checkpoint and self.checkpoint.startswith("@") and not re.fullmatch(r"@pretrain\.[\w-]+", self.checkpoint):
+            raise ValueError("checkpoint references look like '@pretrain.<stage name>'")
+        return self
+
+    @property
+    def paper_label(self) -> Optional[str]:
+        if self.compare_to:
+            return self.compare_to
+        return self.name if self.name in PAPER_MODEL_LABELS else None
+
+    @property
+    def pretrain_ref(self) -> Optional[str]:
+        if self.checkpoint and self.checkpoint.startswith(CHECKPOINT_PREFIX):
+            return self.checkpoint[len(CHECKPOINT_PREFIX):]
+        return None
+
+
+class GridSpec(_Strict):
+    """One table's grid: every dataset x split x format x model x seed is a trial."""
+
+    table: str = Field("main", pattern=r"^[\w-]+$")
+    datasets: list[str] = Field(min_length=1)
+    splits: list[float] = Field(default_factory=lambda: [1.0], min_length=1)  # any fraction in (0, 1]
+    formats: list[str] = Field(default_factory=lambda: ["C+M"], min_length=1)
+    models: Optional[list[str]] = None  # names from the study's ``models``; default: all of them
+    seeds: Optional[list[int]] = None   # default: the study's ``seeds``
+
+    _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("supervised")(v)))
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, value: list[float]) -> list[float]:
+        for split in value:
+            if not 0 < split <= 1:
+                raise ValueError(f"split {split!r} is not a training fraction in (0, 1]")
+        return value
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        return [_format_name(v) for v in value]
+
+
+class FewshotGrid(_Strict):
+    """FewRel N-way K-shot evaluation (paper Table 6): one trial per dataset x N-K x format x model."""
+
+    datasets: list[str] = Field(default_factory=lambda: list(fewshot_datasets()), min_length=1)
+    nk: list[str] = Field(default_factory=lambda: ["5-1", "5-5", "10-1", "10-5"], min_length=1)
+    formats: list[str] = Field(default_factory=lambda: ["C+M", "OnlyC", "OnlyM"], min_length=1)
+    models: Optional[list[str]] = None
+    settings: FewshotSettings = FewshotSettings()
+
+    _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("fewshot")(v)))
+
+    @field_validator("nk")
+    @classmethod
+    def _nk(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"\d+-\d+", str(item)):
+                raise ValueError(f"N-way K-shot {item!r} must look like '5-1'")
+        return [str(v) for v in value]
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        return [_format_name(v) for v in value]
+
+
+class StudySpec(_Strict):
+    """A whole study, composed of the component configs: a YAML file is a small diff over their defaults."""
+
+    name: str = Field(pattern=r"^[\w.-]+$")
+    description: str = ""
+    encoder: str = DEFAULT_ENCODER  # default encoder of every encoder model (and pre-training stage)
+    models: list[ModelSpec] = Field(min_length=1)
+    pretrain: dict[str, PretrainConfig] = Field(default_factory=dict)
+    grids: list[GridSpec] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: list(PAPER_SEEDS), min_length=1)
+    # A named protocol sets every protocol point field below (data, head, training, fewshot.settings,
+    # pretrain stages) unless the file sets it: recon.core.protocol.
+    protocol: Literal[PROTOCOL_NAMES] = DEFAULT_PROTOCOL  # type: ignore[valid-type]
+    data: DataOptions = DataOptions()
+    head: HeadOptions = HeadOptions()
+    training: TrainConfig = TrainConfig()
+    cnn: CnnTraining = CnnTraining()
+    fewshot: Optional[FewshotGrid] = None
+    ray: RayConfig = RayConfig()
+    tracking_uri: Optional[str] = None  # default: sqlite:///<output_dir>/mlflow.db
+    output_dir: Optional[str] = None    # default: runs/<name> under the current directory
+    # Where every node reads and writes (checkpoints, trial outputs, published datasets): a path (local
+    # or NFS, relative to the study file) or a URI (s3://...). Default: $RECON_STORAGE, else output_dir.
+    storage: Optional[str] = None
+    trainer: Optional[str] = None  # "module:function" or "file.py:function" replacing run_finetune (tests, custom models)
+    seconds_per_example: dict[str, float] = Field(default_factory=dict)  # compute-estimate overrides per model name
+    _source: Optional[Path] = PrivateAttr(default=None)  # the study file, set by load_spec
+
+    @property
+    def source(self) -> Optional[Path]:
+        return self._source
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the spec, relative to the study file's folder (or the current one)."""
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self._source is not None:
+            path = self._source.parent / path
+        return path.resolve()
+
+    @model_validator(mode="after")
+    def _references(self) -> "StudySpec":
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        for model in self.models:
+            ref = model.pretrain_ref
+            if ref is not None and ref not in self.pretrain:
+                raise ValueError(f"model {model.name!r} references {model.checkpoint!r} but 'pretrain' has no stage {ref!r}")
+        groups = [(f"grids.{i}.models", g.models) for i, g in enumerate(self.grids)]
+        if self.fewshot is not None:
+            groups.append(("fewshot.models", self.fewshot.models))
+        for where, chosen in groups:
+            for name in chosen or []:
+                if name not in names:
+                    raise ValueError(f"{where}: unknown model {name!r}; defined models: {names}")
+        if not self.grids and self.fewshot is None:
+            raise ValueError("a study needs at least one grid or a 'fewshot' section")
+        if self.training.seed != DEFAULT_SEED:
+            raise ValueError("training.seed is set per trial from 'seeds' (or a grid's 'seeds'); remove it")
+        for stage in self.pretrain.values():
+            if stage.encoder is None:  # stages start from the study's encoder unless they name their own
+                stage.encoder = self.encoder
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def grid_models(self, chosen: Optional[list[str]]) -> list[ModelSpec]:
+        return [self.model(n) for n in chosen] if chosen else list(self.models)
+
+    def encoder_of(self, model: ModelSpec) -> Optional[str]:
+        if model.kind == "cnn":
+            return None
+        if model.pretrain_ref:
+            return model.encoder or self.pretrain[model.pretrain_ref].encoder_name
+        return model.encoder or self.encoder
+
+    def evaluated_datasets(self) -> list[str]:
+        """Every dataset the study evaluates on (grids and few-shot), sorted."""
+        fewshot = self.fewshot.datasets if self.fewshot else ()
+        return sorted({d for grid in self.grids for d in grid.datasets} | set(fewshot))
+
+    def stage_hash(self, stage_name: str) -> str:
+        """Stable hash of a pre-training stage: its resolved config and the corpus it trains on.
+
+        The built-in ``@demo`` corpus leaves out the entity pairs of the evaluated datasets, so
+        those are part of what the stage trains on and of its hash; a corpus directory counts by
+        its content identity (from its manifest), never by its path.
+        """
+        stage = self.pretrain[stage_name]
+        payload = stage.identity()
+        if stage.corpus == DEMO_CORPUS:
+            payload["corpus"] = {"demo_excludes": self.evaluated_datasets()}
+        else:
+            payload["corpus"] = corpus_content_identity(self.resolve_path(stage.corpus))
+        return stable_hash(payload)
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name).resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return sqlite_uri(self.resolved_output_dir() / DEFAULT_DB_NAME)
+
+
+def corpus_content_identity(directory: Path) -> str:
+    """A built corpus's content identity (config hash and per-shard row digests), never its path.
+
+    A corpus that is not built yet is named by its path, so ``recon study plan`` works before it
+    exists; the stage id then changes once it is built (and with every differently built corpus).
+    """
+    from recon.data_prep.corpus import corpus_identity
+
+    try:
+        return corpus_identity(directory)
+    except ReconError:
+        return f"unbuilt:{directory}"
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+MAX_YAML_NODES = 100_000  # a study file is a few hundred values; more means aliases nested like a YAML bomb
+
+
+def _compose_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and record the 1-based line of every key/item, by field path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines: dict[tuple, int] = {}
+    budget = [MAX_YAML_NODES]
+
+    def walk(n: yaml.Node, at: tuple) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SpecError(f"{path}, line {n.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES} "
+                            "values (anchors and aliases nested like a 'billion laughs' bomb?)")
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                lines[at + (key.value,)] = key.start_mark.line + 1
+                walk(value, at + (key.value,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[at + (i,)] = item.start_mark.line + 1
+                walk(item, at + (i,))
+
+    if node is not None:
+        walk(node, ())
+    return data, lines
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = copy.deepcopy(base)
+        for key, value in override.items():
+            out[key] = _merge(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict, dict[tuple, int]]]:
+    """The study file and its ``defaults:`` ancestors, most general first."""
+    if path in seen:
+        raise SpecError(f"{path}: 'defaults' chain loops back to this file")
+    if not path.is_file():
+        raise SpecError(f"{path}: study file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); save the study file as UTF-8") from None
+    data, lines = _compose_lines(text, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}, line 1: a study file must be a YAML mapping")
+    layers: list[tuple[Path, dict, dict[tuple, int]]] = []
+    parents = data.pop("defaults", None)
+    for parent in [parents] if isinstance(parents, str) else (parents or []):
+        layers.extend(_read_layers((path.parent / parent).resolve(), seen + (path,)))
+    layers.append((path, data, lines))
+    return layers
+
+
+def _locate(loc: tuple, layers: list[tuple[Path, dict, dict[tuple, int]]]) -> tuple[Path, Optional[int]]:
+    """The file (last layer that sets it) and line of the deepest known prefix of ``loc``."""
+    for depth in range(len(loc), 0, -1):
+        prefix = tuple(loc[:depth])
+        for path, _, lines in reversed(layers):
+            if prefix in lines:
+                return path, lines[prefix]
+    return layers[-1][0], None
+
+
+def validation_problems(exc: ValidationError, layers: list, schema: str) -> list[str]:
+    """pydantic's errors as ``file, line N, field 'a.b': message`` (component configs name their own field)."""
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        message = err["msg"]
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            message = f"unknown field (not in the {schema} schema)"
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # a component config's own check names its field
+            loc = loc + tuple(cause.field.split("."))
+            message = cause.detail
+        where_file, line = _locate(loc, layers)
+        field = ".".join(str(p) for p in loc) or f"({schema})"
+        at = f"{where_file}, line {line}" if line else f"{where_file}"
+        problems.append(f"{at}, field '{field}': {message}")
+    return problems
+
+
+def with_protocol(merged: dict, sections: dict[str, type]) -> dict:
+    """``merged`` over the layer its ``protocol:`` names: each section's protocol point fields set to the
+    protocol's values where the file does not set them. ``sections`` maps a top-level key (``data``), a
+    dotted one (``fewshot.settings``: only when ``fewshot`` is there) or ``key.*`` (every entry of a
+    mapping: the pre-training stages) to the config class found there."""
+    name = merged.get("protocol", DEFAULT_PROTOCOL)
+    if name not in PROTOCOL_NAMES:
+        return merged  # validation names the field
+    layer: dict = {}
+    for where, cls in sections.items():
+        head, _, rest = where.partition(".")
+        if rest == "*":
+            entries = merged.get(head)
+            if isinstance(entries, dict):
+                layer[head] = {key: protocol_layer(cls, name) for key in entries}
+        elif rest:
+            if isinstance(merged.get(head), dict):
+                layer.setdefault(head, {})[rest] = protocol_layer(cls, name)
+        else:
+            layer[head] = protocol_layer(cls, name)
+    return _merge(layer, merged)
+
+
+STUDY_PROTOCOL_SECTIONS = {"data": DataOptions, "head": HeadOptions, "training": TrainConfig,
+                           "fewshot.settings": FewshotSettings, "pretrain.*": PretrainConfig}
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read, merge and validate a study file; raise :class:`SpecError` naming file, field and line."""
+    path = Path(path).resolve()
+    layers = _read_layers(path)
+    merged: dict = {}
+    for _, data, _ in layers:
+        merged = _merge(merged, data)
+    merged = with_protocol(merged, STUDY_PROTOCOL_SECTIONS)
+    try:
+        spec = StudySpec.model_validate(merged)
+        spec._source = path
+        return spec
+    except ValidationError as exc:
+        problems = validation_problems(exc, layers, "study")
+        raise SpecError("invalid study spec: " + "; ".join(problems)) from None
