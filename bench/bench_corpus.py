@@ -101,7 +101,7 @@ def run_one(mode: str, graph: Path, text: Path, work: Path, rows_per_part: int) 
     import ray
 
     from recon.data_prep.corpus.builder import BuildConfig, build_corpus
-    from recon.data_prep.corpus.kg_tables import KGBuildConfig, build_kg_tables
+    from recon.data_prep.corpus.kg_build import KGBuildConfig, build_kg_tables
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     result: dict = {"mode": mode}

@@ -32,9 +32,10 @@ def build(encoder: str, dataset: str, n: int, max_length: int, batch_size: int, 
     from recon.data_prep.formats import InputFormat
     from recon.data_prep.registry import load_dataset
     from recon.models.train.batching import Collator, encode_examples
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
     from recon.models.nets.heads import RelationClassifier
-    from recon.models.train.loop import make_loader, seed_everything
+    from recon.models.train.loop import make_loader
+    from recon.models.nets.seed import seed_everything
 
     ds = load_dataset(dataset)
     bundle = load_encoder(encoder)

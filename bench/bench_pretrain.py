@@ -5,7 +5,7 @@
     python bench/bench_pretrain.py --bare-only --device cuda --random bert-base \\
         --micro-batch-size 128 --peak-tflops 989                    # lone GPU, torch + transformers only
 
-Every mode runs the same loop, ``recon.models.pretrain.steps.run_steps``, on the same kind of batch (C+M,
+Every mode runs the same loop, ``recon.models.pretrain.loop.run_steps``, on the same kind of batch (C+M,
 blanking, MLM, CP or MTB loss, AdamW, clipping); the Ray modes run it through
 ``recon.orchestration.pretrain.driver.run_pretraining`` (DDP over gloo/NCCL, all-gathered CP negatives, metric
 all-reduce, one checkpoint at the end) and read the per-step figures back from ``progress.jsonl``.
@@ -72,7 +72,7 @@ def random_encoder_dir(shape: str, root: Path) -> Path:
 
 
 def bare(args, encoder: str) -> dict:
-    """The real loop (``recon.models.pretrain.steps.run_steps``) alone: no Ray, no DDP, no MLflow.
+    """The real loop (``recon.models.pretrain.loop.run_steps``) alone: no Ray, no DDP, no MLflow.
 
     Figures are read from the device twice -- after the warm-up steps and at the end -- so the
     timed window is exactly the timed steps (batch building included) with no host sync between.
@@ -81,28 +81,29 @@ def bare(args, encoder: str) -> dict:
 
     from recon.data_prep.corpus import load_corpus
     from recon.data_prep.samplers import CPSampler, MTBSampler
-    from recon.models.nets.encoder import load_encoder
-    from recon.models.pretrain.steps import PretrainNet, StepSettings, TokenContext, count_parameters, run_steps
-    from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler, resolve_device
+    from recon.models.nets.loading import load_encoder
+    from recon.models.pretrain.step import PretrainNet, count_parameters
+    from recon.models.pretrain.batches import TokenContext
+    from recon.models.pretrain.loop import run_steps
+    from recon.models.train.loop import build_optimizer, build_scheduler, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     bundle = load_encoder(encoder, mlm_head=True)
     net = PretrainNet(bundle.model).to(device)
-    cfg = TrainConfig(lr=PAPER.lr, weight_decay=PAPER.weight_decay, warmup_steps=PAPER.warmup,
-                      fused_adamw=not args.loop_adamw)
-    optimizer = build_optimizer(net, cfg, device)
     total = args.warmup_steps + args.steps
+    run = PretrainConfig(objective=args.objective, steps=total, batch_size=max(2, args.micro_batch_size),
+                         micro_batch_size=args.micro_batch_size, seed=0, max_length=args.max_length,
+                         bf16=not args.no_bf16, log_every=total)
+    cfg = run.optimizer_config().replace(warmup_steps=PAPER.warmup, fused_adamw=not args.loop_adamw)
+    optimizer = build_optimizer(net, cfg, device)
     scheduler = build_scheduler(optimizer, total, cfg)
     index = load_corpus(args.corpus)
     sampler = (CPSampler if args.objective == "cp" else MTBSampler)(index, args.micro_batch_size, seed=0)
     ctx = TokenContext.for_bundle(bundle, args.max_length)
-    settings = StepSettings(args.objective, temperature=PAPER.temperature, mlm_weight=PAPER.mlm_weight,
-                            max_grad_norm=PAPER.max_grad_norm, bf16=not args.no_bf16)
-    loop = run_steps(net, sampler, index, args.objective, ctx, steps=total, start_step=0, accum_steps=1, seed=0,
-                     rank=0, mlm_probability=PAPER.mlm_probability, optimizer=optimizer, scheduler=scheduler,
-                     settings=settings, device=device, log_every=total, read_at=lambda s: s == args.warmup_steps)
+    loop = run_steps(run, net, sampler, index, ctx, optimizer=optimizer, scheduler=scheduler, device=device,
+                     read_at=lambda s: s == args.warmup_steps)
     window = [stats for step, stats in loop if stats is not None and step > args.warmup_steps][-1]
     params = count_parameters(net)
     out = {
@@ -121,7 +122,9 @@ def bare(args, encoder: str) -> dict:
 
 def with_ray(args, encoder: str, workers: int, root: Path) -> dict:
     """The same step under Ray Train with ``workers`` workers, each with ``--threads`` CPUs."""
-    from recon.orchestration.pretrain.driver import PretrainRun, read_progress, run_pretraining
+    from recon.orchestration.pretrain.run import PretrainRun
+    from recon.orchestration.pretrain.progress import read_progress
+    from recon.orchestration.pretrain.driver import run_pretraining
 
     steps = args.warmup_steps + args.steps
     cfg = PretrainRun(

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             done.append(row)
-    print(f"\n| variant | format | seed | test micro-F1 | official | loss after each epoch | fit s |")
+    print("\n| variant | format | seed | test micro-F1 | official | loss after each epoch | fit s |")
     print("|---|---|---:|---:|---:|---|---:|")
     for r in sorted(done, key=lambda r: (r["format"], r["variant"], r["seed"])):
         if r["variant"] in args.variants and r["format"] in args.formats:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import MISSING, field, fields
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from recon.core.errors import ReconError
 
@@ -138,6 +138,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def field_type(annotation: Any) -> tuple[Any, Optional[tuple]]:
+    """(python type, choices) of a field annotation; ``X | None`` counts as ``X``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return type(args[0]), tuple(args)
+    if origin is dict:
+        return dict, None
+    if args and origin is not list and origin is not tuple:
+        return field_type(args[0])
+    if origin in (list, tuple):
+        return (origin, args[0] if args else str), None
+    return annotation, None
+
+
 def config_fields(cls: type) -> list[dataclasses.Field]:
     """The dataclass fields of a config class, in declaration order."""
     return list(fields(cls))  # type: ignore[arg-type]
@@ -147,4 +162,4 @@ def field_help(f: dataclasses.Field) -> str:
     return f.metadata.get(HELP, "")
 
 
-__all__ = ["Config", "ConfigError", "knob", "config_class", "config_fields", "field_help"]
+__all__ = ["Config", "ConfigError", "knob", "config_class", "config_fields", "field_help", "field_type"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 HASH_LENGTH = 16
 
@@ -23,13 +23,31 @@ def stable_hash(payload: Any, length: int = HASH_LENGTH) -> str:
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:length]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Full sha256 hex digest of a file, read in chunks (large corpora and checkpoints)."""
+CHUNK = 1 << 20
+_MEMO: dict[tuple, str] = {}
+
+
+def files_sha256(paths: "Iterable[str | Path]", chunk: int = CHUNK) -> str:
+    """One sha256 over the contents of ``paths``, in the given order, read in chunks (large corpora and
+    checkpoints never fill memory): one file's digest, or a cache key that follows several files' data."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
 
 
-__all__ = ["canonical_json", "stable_hash", "file_sha256", "HASH_LENGTH"]
+def file_sha256(path: str | Path, *, memo: bool = False) -> str:
+    """Full sha256 hex digest of a file. ``memo`` keeps it for this process while the file's size and
+    mtime are unchanged (the many trials of a study log the same dataset files)."""
+    if not memo:
+        return files_sha256([path])
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MEMO:
+        _MEMO[key] = files_sha256([path])
+    return _MEMO[key]
+
+
+__all__ = ["canonical_json", "stable_hash", "file_sha256", "files_sha256", "HASH_LENGTH"]

@@ -7,9 +7,9 @@ the cluster Ray itself would join (``address``, else ``RAY_ADDRESS``, else one s
 machine with ``ray start``; :func:`cluster_to_join`), otherwise a local Ray is started with
 ``num_cpus`` CPUs (default: all local CPUs) and no dashboard (the MLflow UI is the dashboard). Either way every
 worker runs :func:`quiet_workers` first, so a run prints progress rather than log noise, and starts
-with one glibc malloc arena (:data:`WORKER_MALLOC_ENV`: why is told there). The corpus
-commands do not use it yet: ``recon corpus build``/``demo`` start a local Ray themselves
-(``--num-cpus``) when none is running.
+with one glibc malloc arena (:data:`WORKER_MALLOC_ENV`: why is told there). It is the one ``ray.init``
+of recon: the corpus and KG builders call it too (with ``log_to_driver=False``: Ray Data's tasks
+print nothing a user needs).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def cluster_to_join(address: Optional[str] = None) -> Optional[str]:
         return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> bool:
     """Join the cluster Ray would join, or start a local Ray with ``num_cpus``; True when this call did.
 
     ``num_cpus`` applies only to a Ray started here: joining a running cluster never passes it.
@@ -64,7 +64,7 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
 
     if ray.is_initialized():
         return False
-    from recon.orchestration.study.tracker import apply_offline_env
+    from recon.core.privacy import apply_offline_env
 
     # Ray's usage stats, MLflow's and the Hub's telemetry off (unless the user set them) in the Ray
     # started here (it inherits this environment) and in every worker (also on a joined cluster).
@@ -72,9 +72,10 @@ def ensure_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None)
                    "env_vars": {**worker_malloc_env(), **apply_offline_env()}}
     target = cluster_to_join(address)
     if target:
-        ray.init(address=target, runtime_env=runtime_env)
+        ray.init(address=target, runtime_env=runtime_env, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env)
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=log_to_driver)
     return True
 
 

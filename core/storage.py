@@ -57,6 +57,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
+from recon.core.hashing import file_sha256
+
 try:  # POSIX only; without it the rename-race handling alone keeps the cache correct.
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
@@ -391,14 +393,6 @@ class Storage:
 
 # ----------------------------------------------------------------------------- digests
 
-def sha256_file(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dir_listing(local_dir: PathLike) -> list[tuple[str, str, int]]:
     """Sorted ``(relative posix path, sha256, size)`` of every file under ``local_dir``."""
     root = Path(local_dir)
@@ -407,7 +401,7 @@ def dir_listing(local_dir: PathLike) -> list[tuple[str, str, int]]:
     rows = []
     for path in root.rglob("*"):
         if path.is_file():
-            rows.append((path.relative_to(root).as_posix(), sha256_file(path), path.stat().st_size))
+            rows.append((path.relative_to(root).as_posix(), file_sha256(path), path.stat().st_size))
     return sorted(rows)
 
 
@@ -443,7 +437,7 @@ def publish_files(storage: Storage, files: Mapping[str, PathLike], namespace: st
         if _rel(name) != name or "/" in name:
             raise ValueError(f"file names must be single path components: {name!r}")
         local = Path(local)
-        sha, size = sha256_file(local), local.stat().st_size
+        sha, size = file_sha256(local), local.stat().st_size
         rel = _rel(namespace, sha, name)
         if storage.size(rel) != size:
             storage.upload_file(local, rel)
@@ -529,7 +523,7 @@ def _cached_file_ok(path: Path, size: Optional[int], sha: str, verify: bool) -> 
         return False
     if size is not None and stat.st_size != size:
         return False
-    return not verify or sha256_file(path) == sha
+    return not verify or file_sha256(path) == sha
 
 
 def _download_hashing(fs: pafs.FileSystem, path: str, local: Path) -> str:
@@ -632,5 +626,5 @@ def fetch_dir(uri: PathLike, digest: str, cache_dir: Optional[PathLike] = None, 
 __all__ = [
     "CACHE_ENV", "STORAGE_ENV", "IntegrityError", "Storage", "default_cache_dir", "dir_digest",
     "dir_listing", "fetch_cached", "fetch_dir", "fs_and_path", "is_uri", "publish_dir",
-    "publish_files", "resolve_storage", "sha256_file",
+    "publish_files", "resolve_storage",
 ]

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 from recon.data_prep import spacy_pipeline
 from recon.core.atomic import write_text_atomic
+from recon.core.hashing import files_sha256
 from recon.data_prep.example import RelationExample
 
 BATCH_SIZE = 256
@@ -27,12 +28,7 @@ NER_COMPONENTS = ("tok2vec", "ner")
 
 def file_digest(paths: Iterable[str | os.PathLike]) -> str:
     """sha256 over the contents of ``paths`` (in the given order): a cache key that follows the data."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(paths)
 
 
 def _text_and_offsets(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:

@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from recon.core.errors import DatasetNotFound, ReconError
+from recon.core.hashing import file_sha256
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 CHUNK_BYTES = 256 * 1024
@@ -176,15 +177,6 @@ class FetchResult:
         return out
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks so large files do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def git_blob_id(path: str | Path) -> str:
     """The id git gives the file's content: sha1 of ``b"blob <size>\\0"`` followed by the bytes."""
     size = os.path.getsize(path)
@@ -197,7 +189,7 @@ def git_blob_id(path: str | Path) -> str:
 
 def verify(path: str | Path, source: Source) -> Verification:
     """Check ``path`` against the digest pinned for ``source``."""
-    actual = sha256_file(path) if source.sha256 is not None else git_blob_id(path)
+    actual = file_sha256(path) if source.sha256 is not None else git_blob_id(path)
     return Verification(source.algorithm, source.expected, actual)
 
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from recon.data_prep.dataset import Dataset
 from recon.data_prep.datadir import candidate_dirs, existing_data_root, how_to_get, resolve_dataset_dir
 from recon.core.errors import DatasetNotFound, ReconError
+from recon.data_prep.splits import PAPER_FRACTIONS, SOURCES, check_fraction
 from recon.data_prep.loaders import (KINDS, LoadReport, check_labels, check_policy, describe_reason, find_negative,
                       find_split_file, load_file, read_rel2id)
 
 SUPERVISED_LENGTH = 100  # Appendix B
 FEWSHOT_LENGTH = 128
-PAPER_FRACTIONS = (0.01, 0.1)
 TASKS = ("supervised", "fewshot")
 
 
@@ -262,25 +262,6 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
                    task=spec.task, display_name=spec.display_name or spec.name)
 
 
-def load_paper_subset(dataset: Dataset, fraction: float, errors: str | None = None, *,
-                      on_error: str | None = None, report: LoadReport | None = None):
-    """The shipped (or user's own) ``train_<fraction>`` file of ``dataset``, loaded as-is.
-
-    The policy defaults to the one ``dataset`` was loaded with; skipped records go to ``report``.
-    """
-    policy = check_policy(on_error, errors) if (on_error or errors) else dataset.on_error
-    key = f"train_{fraction:g}"
-    found = dataset.files.get(key) or subset_file(dataset.directory, fraction,
-                                                  REGISTRY.get(dataset.name))
-    if not found:
-        raise DatasetNotFound(f"dataset {dataset.name!r} has no paper split file {key} "
-                              f"(paper fractions: {', '.join(f'{p:g}' for p in PAPER_FRACTIONS)})")
-    examples = load_file(found, dataset.kind, report=report, on_error=policy)
-    if "rel2id" in dataset.files:
-        examples = check_labels(examples, dataset.labels, dataset.files["rel2id"], report=report, on_error=policy)
-    return examples
-
-
 def paper_size(name: str, split: str) -> int | None:
     return REGISTRY[name].paper_sizes.get(split) if name in REGISTRY else None
 
@@ -333,8 +314,6 @@ def check_available(name: str | None = None, data_dir: str | None = None,
     Wiki80 at 100% -> ``["no train file here (...train.txt; paper: 39,200 instances)",
     "no test file here (...)"]``.
     """
-    from recon.data_prep.splits import SOURCES, check_fraction
-
     check_fraction(split)
     if split_source not in SOURCES:
         raise ReconError(f"unknown split source {split_source!r}; use one of {', '.join(SOURCES)}")
@@ -372,7 +351,7 @@ def check_available(name: str | None = None, data_dir: str | None = None,
     return reasons
 
 
-__all__ = ["REGISTRY", "DatasetSpec", "get_spec", "load_dataset", "load_paper_subset", "paper_size",
+__all__ = ["REGISTRY", "DatasetSpec", "get_spec", "load_dataset", "paper_size",
            "supervised_datasets", "fewshot_datasets", "metric_of", "reported_metric", "display_name", "display_names",
            "paper_split_sizes", "paper_subset_size", "expected_train_size", "check_available", "subset_file",
-           "PAPER_FRACTIONS", "TASKS"]
+           "TASKS"]

@@ -24,8 +24,9 @@ from typing import Sequence
 from recon.data_prep.dataset import Dataset
 from recon.core.errors import DatasetNotFound, ReconError
 from recon.data_prep.example import RelationExample
-from recon.data_prep.loaders import LoadReport
+from recon.data_prep.loaders import LoadReport, check_labels, check_policy, find_split_file, load_file
 
+PAPER_FRACTIONS = (0.01, 0.1)  # the released train_0.01 / train_0.1 files (Table 9)
 SOURCES = ("seeded", "paper")
 USED_SOURCES = ("seeded", "paper", "full")
 
@@ -107,6 +108,24 @@ def _train_or_raise(dataset: Dataset, fraction: float, source: str) -> list[Rela
                           f"({'; '.join(dataset.notes) or 'no train file'}).{hint}")
 
 
+def load_paper_subset(dataset: Dataset, fraction: float, errors: str | None = None, *,
+                      on_error: str | None = None, report: LoadReport | None = None):
+    """The shipped (or user's own) ``train_<fraction>`` file of ``dataset``, loaded as-is.
+
+    The policy defaults to the one ``dataset`` was loaded with; skipped records go to ``report``.
+    """
+    policy = check_policy(on_error, errors) if (on_error or errors) else dataset.on_error
+    key = f"train_{fraction:g}"
+    found = dataset.files.get(key) or (find_split_file(dataset.directory, key) if dataset.directory else None)
+    if not found:
+        raise DatasetNotFound(f"dataset {dataset.name!r} has no paper split file {key} "
+                              f"(paper fractions: {', '.join(f'{p:g}' for p in PAPER_FRACTIONS)})")
+    examples = load_file(found, dataset.kind, report=report, on_error=policy)
+    if "rel2id" in dataset.files:
+        examples = check_labels(examples, dataset.labels, dataset.files["rel2id"], report=report, on_error=policy)
+    return examples
+
+
 def resolve_training_subset(dataset: Dataset, fraction: float, seed: int,
                             source: str = "seeded") -> TrainingSubset:
     """The training examples for a fraction-of-train run, and which source was actually used.
@@ -125,13 +144,9 @@ def resolve_training_subset(dataset: Dataset, fraction: float, seed: int,
         train = _train_or_raise(dataset, fraction, "seeded")
         return TrainingSubset(list(train), "full", source, 1.0, None, file=dataset.files.get("train"))
     if source == "paper":
-        from recon.data_prep.registry import load_paper_subset, subset_file
-
         found = dataset.files.get(f"train_{fraction:g}")
-        if found is None:
-            from recon.data_prep.registry import REGISTRY
-
-            path = subset_file(dataset.directory, fraction, REGISTRY.get(dataset.name))
+        if found is None and dataset.directory:
+            path = find_split_file(dataset.directory, f"train_{fraction:g}")
             found = str(path) if path is not None else None
         if found is not None:
             report = LoadReport(path=found)
@@ -156,5 +171,5 @@ def training_subset(dataset: Dataset, fraction: float, seed: int, source: str = 
     return resolve_training_subset(dataset, fraction, seed, source).examples
 
 
-__all__ = ["SOURCES", "USED_SOURCES", "TrainingSubset", "check_fraction", "stratified_subset",
+__all__ = ["PAPER_FRACTIONS", "SOURCES", "USED_SOURCES", "load_paper_subset", "TrainingSubset", "check_fraction", "stratified_subset",
            "resolve_training_subset", "training_subset"]

@@ -10,7 +10,7 @@ import torch
 from recon.core.errors import ReconError
 from recon.data_prep.special_tokens import SpecialTokens
 from recon.models.nets.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-from recon.models.nets.encoder import load_encoder
+from recon.models.nets.loading import load_encoder
 from tiny_bert import make_tiny_bert_dir
 
 

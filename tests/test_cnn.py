@@ -172,7 +172,7 @@ def test_tags_come_from_the_example_or_cached_spacy(tmp_path, monkeypatch):
 
 
 def test_build_cnn_honours_hidden_size_and_seed(featurizer):
-    from recon.models.train.loop import seed_everything
+    from recon.models.nets.seed import seed_everything
 
     model, notes = build_cnn(featurizer, 12, hidden_size=64, word_vectors="random", seed=7)
     assert model.conv.out_channels == 64 and model.classifier.in_features == 64
@@ -222,7 +222,7 @@ def test_bad_glove_files_name_file_and_line(tmp_path):
 def test_embedded_vectors_are_mean_word_piece_embeddings():
     from transformers import AutoModel, AutoTokenizer
 
-    from recon.models.nets.encoder import ENCODER_ALIASES
+    from recon.core.defaults import ENCODER_ALIASES
 
     tok = AutoTokenizer.from_pretrained(ENCODER_ALIASES["minilm"])  # read independently of recon's loader
     emb = AutoModel.from_pretrained(ENCODER_ALIASES["minilm"]).get_input_embeddings().weight.detach()

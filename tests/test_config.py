@@ -112,7 +112,7 @@ def _generated_commands():
     from recon.data_prep.corpus.config import DEMO_SETS, CorpusBuildConfig, CorpusDemoConfig
     from recon.models.train.fewshot import FewshotConfig
     from recon.models.train.finetune import FinetuneConfig
-    from recon.orchestration.pretrain.driver import PretrainRun
+    from recon.orchestration.pretrain.run import PretrainRun
 
     # (command path, config class, the command's own options, config fields the command sets itself)
     return [

@@ -11,7 +11,8 @@ from recon.data_prep.encoding import WordPieceCache, encode
 from recon.core.errors import ReconError
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
-from recon.models.nets.encoder import ENCODER_ALIASES, load_encoder
+from recon.core.defaults import ENCODER_ALIASES
+from recon.models.nets.loading import load_encoder
 from recon.models.nets.heads import RelationClassifier
 from tiny_bert import make_tiny_bert_dir
 

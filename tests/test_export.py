@@ -18,7 +18,7 @@ from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.formats import InputFormat, render
 from recon.models.train.batching import encode_one, word_pieces
 from recon.models.nets.checkpoint import save_checkpoint
-from recon.models.nets.encoder import load_encoder
+from recon.models.nets.loading import load_encoder
 from recon.orchestration.cli.main import main
 from tiny_bert import make_tiny_bert_dir
 

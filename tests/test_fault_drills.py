@@ -303,7 +303,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(small_disk):
     import torch
 
     from recon.models.nets.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
     from tiny_bert import make_tiny_bert_dir
 
     torch.set_num_threads(1)

@@ -13,6 +13,8 @@ from urllib.parse import unquote
 
 import pytest
 
+from recon.core.hashing import file_sha256
+
 from recon.core.errors import DatasetNotFound
 from recon.data_prep.fetch import (
     DATASETS,
@@ -23,7 +25,6 @@ from recon.data_prep.fetch import (
     fetch_sources,
     git_blob_id,
     select_sources,
-    sha256_file,
     verify,
 )
 from recon.orchestration.cli.commands.data_fetch import add_fetch_parser, resolve_fetch_dir
@@ -120,7 +121,7 @@ def test_fresh_download_verifies_then_second_run_downloads_nothing(server, tmp_p
     for result, source in zip(first, SMALL):
         assert result.verification == "sha256 ok"
         assert result.bytes == source.size == result.size
-        assert sha256_file(data / source.relpath) == sha256_file(SHARED / source.relpath)
+        assert file_sha256(data / source.relpath) == file_sha256(SHARED / source.relpath)
     assert not list(data.rglob("*.part"))
     assert first[0].url == f"{server.url}/{SMALL[0].repo}/{SMALL[0].commit}/{SMALL[0].repo_path}"
 

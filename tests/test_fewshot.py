@@ -19,7 +19,8 @@ from recon.models.train.fewshot import (
     EpisodeBatches, EpisodeCollator, FewshotConfig, FewshotSettings, IndexCollator, PrototypicalTask, RepresentationTable,
     encode_table, run_fewshot, wiki80_training_relations,
 )
-from recon.models.train.loop import TrainConfig, evaluate, fit, make_loader, seed_everything
+from recon.models.train.loop import TrainConfig, evaluate, fit, make_loader
+from recon.models.nets.seed import seed_everything
 
 torch.set_num_threads(1)
 DATA = Path(__file__).parent / "fixtures" / "training" / "fewshot_data"
@@ -82,7 +83,7 @@ def test_episode_plumbing_gives_perfect_accuracy_with_a_perfect_encoder(val_enco
 
 
 def test_cached_representation_evaluation_equals_encoding_every_episode(val_encoded, tiny_bert) -> None:
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
 
     _, examples, _ = val_encoded
     bundle = load_encoder(tiny_bert)

@@ -162,7 +162,7 @@ def good_checkpoint(tmp_path_factory):
     import torch
 
     from recon.models.nets.checkpoint import save_checkpoint
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
     from tiny_bert import make_tiny_bert_dir
 
     torch.set_num_threads(1)

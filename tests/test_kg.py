@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from recon.data_prep.corpus.kg import KnowledgeGraph, normalise_title
-from recon.data_prep.corpus.kg_tables import (KGBuildConfig, build_kg_tables, parse_chunk, read_kg_manifest,
-                                              read_table, relation_set)
+from recon.data_prep.corpus.kg_build import KGBuildConfig, build_kg_tables, parse_chunk
+from recon.data_prep.corpus.kg_tables import graph_from_tables, read_kg_manifest, read_table, relation_set
 from recon.data_prep.corpus.linking import parse_units
 from recon.data_prep.corpus.wikidata import parse_dump_line
 from recon.core.errors import DataError
@@ -109,7 +109,7 @@ def test_kg_build_from_compressed_dump_slice(slice_tables):
     assert tables["aliases"]["parts"] > 1 and tables["statements"]["parts"] > 1  # rows_per_part=120: a shuffle
     assert sorted(p.name for p in (out / "aliases").iterdir()) == [
         f"part-{k:05d}.parquet" for k in range(tables["aliases"]["parts"])]
-    kg = KnowledgeGraph.from_tables(str(out))
+    kg = graph_from_tables(str(out))
     assert kg.relations_between("Q42", "Q350") == ("P19",) and kg.lookup("U.K.") == ("Q145",)
     assert kg.entity_for_title("st_John's College, Cambridge") == "Q691283" and kg.names["Q42"] == "Douglas Adams"
     assert kg.lookup("birthplace") == ()  # a property's alias names no item

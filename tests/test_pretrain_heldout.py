@@ -14,9 +14,10 @@ import torch
 from recon.data_prep.corpus import load_corpus
 from recon.data_prep.corpus.index import CorpusExample, CorpusIndex
 from recon.data_prep.samplers import CPSampler, MTBSampler
-from recon.models.nets.encoder import load_encoder
-from recon.models.pretrain.steps import (PretrainNet, TokenContext, evaluate_heldout, heldout_batches, heldout_score,
-                                      is_heldout, split_heldout)
+from recon.models.nets.loading import load_encoder
+from recon.models.pretrain.step import PretrainNet
+from recon.models.pretrain.batches import TokenContext
+from recon.models.pretrain.heldout import evaluate_heldout, heldout_batches, heldout_score, is_heldout, split_heldout
 from tiny_bert import make_tiny_bert_dir
 
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
@@ -76,7 +77,7 @@ def test_the_slice_is_the_same_on_every_rank_and_in_every_process(corpus):
     assert [ex.uid for ex in whole.examples] == [ex.uid for part in by_rank for ex in part.examples]
     assert all(ex.shard == s for s, part in enumerate(by_rank) for ex in part.examples)  # partition intact
     # a fresh interpreter with another hash seed computes the same scores (no Python hash())
-    code = ("from recon.models.pretrain.steps import heldout_score; "
+    code = ("from recon.models.pretrain.heldout import heldout_score; "
             "print(repr(heldout_score(('Paris', 'is', 'in', 'France'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()

@@ -11,8 +11,12 @@ from recon.core.errors import ReconError
 from recon.orchestration.cli.main import build_parser, main
 from recon.core.storage import Storage
 from recon.orchestration.cli.commands.pretrain import config_from_args, format_curve
-from recon.orchestration.pretrain.driver import (CONFIG_FILE, PretrainConfig, PretrainRun, absolute_tracking_uri,
-                                          latest_checkpoint, read_progress, run_pretraining)
+from recon.orchestration.pretrain.run import CONFIG_FILE, PretrainRun
+from recon.models.pretrain.config import PretrainConfig
+from recon.orchestration.tracking.uri import absolute_tracking_uri
+from recon.orchestration.pretrain.checkpoints import latest_checkpoint
+from recon.orchestration.pretrain.progress import read_progress
+from recon.orchestration.pretrain.driver import run_pretraining
 from tiny_bert import make_tiny_bert_dir
 
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
@@ -153,7 +157,7 @@ def _mlflow_summary(cfg: PretrainConfig) -> tuple[str, list[int], list[str], dic
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(tmp_path):
     """Rank 1 dies (os._exit) at the start of step 5; checkpoints exist for steps 2 and 4."""
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
 
     cfg = _tiny_cfg(tmp_path, fail_at_step=5, max_failures=1)
     final = run_pretraining(cfg).local

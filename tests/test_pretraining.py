@@ -17,11 +17,11 @@ from recon.data_prep.corpus import load_corpus
 from recon.data_prep.corpus.index import CorpusExample, CorpusIndex
 from recon.data_prep.samplers import CPPair, CPSampler, Draw, MTBSampler
 from recon.models.nets.checkpoint import load_checkpoint, save_checkpoint
-from recon.models.nets.encoder import load_encoder
+from recon.models.nets.loading import load_encoder
+from recon.models.pretrain.config import PretrainConfig
 from recon.models.pretrain.state import load_train_state, read_train_state, save_train_state
-from recon.models.pretrain.steps import (IGNORE_INDEX, PretrainBatch, PretrainNet, StepSettings, TokenContext,
-                                build_batch, micro_step_loss, optimizer_step, relation_id, reseed_step,
-                                step_generator)
+from recon.models.pretrain.batches import IGNORE_INDEX, PretrainBatch, TokenContext, build_batch, relation_id, step_generator
+from recon.models.pretrain.step import PretrainNet, StepSettings, micro_step_loss, optimizer_step, reseed_step
 from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler
 from tiny_bert import make_tiny_bert_dir
 
@@ -412,18 +412,18 @@ def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny
 
 
 def _loop(tiny_dir, corpus, log_every: int, steps: int = 6):
-    from recon.models.pretrain.steps import run_steps
+    from recon.models.pretrain.loop import run_steps
 
     torch.manual_seed(0)
     bundle = _bundle(tiny_dir)
     net = PretrainNet(bundle.model)
     cfg = TrainConfig(lr=1e-3, warmup_steps=1)
     opt = build_optimizer(net, cfg)
-    return list(run_steps(net, CPSampler(corpus, 4, seed=5), corpus, "cp", TokenContext.for_bundle(bundle, 64),
-                          steps=steps, start_step=0, accum_steps=2, seed=7, rank=0, mlm_probability=0.15,
-                          optimizer=opt, scheduler=build_scheduler(opt, steps, cfg),
-                          settings=StepSettings("cp", gather_negatives=False), device=torch.device("cpu"),
-                          log_every=log_every, read_at=lambda s: s == 2))
+    run = PretrainConfig(objective="cp", steps=steps, batch_size=8, micro_batch_size=4, seed=7,
+                         mlm_probability=0.15, log_every=log_every)  # 2 micro-batches of 4 pairs per step
+    return list(run_steps(run, net, CPSampler(corpus, 4, seed=5), corpus, TokenContext.for_bundle(bundle, 64),
+                          optimizer=opt, scheduler=build_scheduler(opt, steps, cfg), device=torch.device("cpu"),
+                          gather_negatives=False, read_at=lambda s: s == 2))
 
 
 def test_figures_accumulated_on_the_device_equal_the_per_step_values(tiny_dir, corpus):
@@ -459,7 +459,7 @@ def test_a_non_finite_loss_is_reported_when_the_figures_are_read(tiny_dir, corpu
 def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
     """What CUDA runs instead (flat MLM indices, the masked-sum CP loss) gives the CPU path's values."""
     from recon.models.nets import objectives
-    from recon.models.pretrain.steps import cp_loss_nosync, masked_index
+    from recon.models.pretrain.batches import masked_index
 
     bundle = _bundle(tiny_dir, dropout=0.0)
     net = PretrainNet(bundle.model).eval()
@@ -472,7 +472,7 @@ def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
     assert torch.equal(by_mask, by_index)
     ids = batch.relation_ids
     for labels in (ids, torch.arange(len(ids)), torch.zeros(len(ids), dtype=torch.long)):  # none / all positive
-        torch.testing.assert_close(cp_loss_nosync(reps, labels), objectives.cp_loss(reps, labels), rtol=1e-6,
+        torch.testing.assert_close(objectives.cp_loss(reps, labels, sync=False), objectives.cp_loss(reps, labels), rtol=1e-6,
                                    atol=1e-6)
 
 

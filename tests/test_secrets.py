@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from recon.orchestration.study.tracker import (OFFLINE_ENV, REDACTED, offline_env, redact, redacted_copy,
-                                          secret_values)
+from recon.core.privacy import OFFLINE_ENV, REDACTED, offline_env, redact, redacted_copy, secret_values
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 TOKEN = "sup3rs3cret-api-token"
@@ -77,7 +76,7 @@ def test_offline_env_defaults_and_the_users_choice_wins(monkeypatch):
 
 def test_mlflow_sees_telemetry_disabled_in_recons_process(monkeypatch):
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
-    from recon.orchestration.study.tracker import apply_offline_env
+    from recon.core.privacy import apply_offline_env
     from mlflow.telemetry.utils import is_telemetry_disabled
 
     apply_offline_env()

@@ -16,10 +16,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
+from recon.core.hashing import file_sha256
+
 from recon.core import storage as st
 from recon.core.storage import (
     IntegrityError, Storage, default_cache_dir, dir_digest, fetch_cached, fetch_dir, fs_and_path,
-    publish_dir, publish_files, resolve_storage, sha256_file,
+    publish_dir, publish_files, resolve_storage,
 )
 
 
@@ -187,7 +189,7 @@ def inputs(tmp_path):
 def test_publish_files_manifest_and_idempotence(tmp_path, inputs, monkeypatch):
     store = Storage.from_uri(tmp_path / "store")
     manifest = publish_files(store, inputs, "data/semeval")
-    sha = sha256_file(inputs["train.jsonl"])
+    sha = file_sha256(inputs["train.jsonl"])
     assert manifest["train.jsonl"] == {
         "uri": str(tmp_path / "store" / "data" / "semeval" / sha / "train.jsonl"),
         "sha256": sha, "size": inputs["train.jsonl"].stat().st_size}
@@ -252,7 +254,7 @@ def test_fetch_cached_rejects_tampered_file(tmp_path, inputs):
         fetch_cached(entry, cache_dir=cache)
     message = str(info.value)
     assert entry["uri"] in message and entry["sha256"] in message
-    assert sha256_file(stored) in message and info.value.actual == sha256_file(stored)
+    assert file_sha256(stored) in message and info.value.actual == file_sha256(stored)
     assert not (cache / entry["sha256"][:2] / entry["sha256"] / "train.jsonl").exists()
     assert _no_temps(cache)
     stored.write_bytes(good)  # repaired remote: the cache was not poisoned, fetch now succeeds
@@ -302,7 +304,7 @@ def test_concurrent_processes_fetch_once(tmp_path):
         assert p.exitcode == 0
     assert len(set(results)) == 1
     path = Path(results[0])
-    assert sha256_file(path) == entry["sha256"]
+    assert file_sha256(path) == entry["sha256"]
     assert len(log.read_text().split()) == 1  # the lock made the others reuse the first copy
     assert _tree(cache / entry["sha256"][:2]) == [f"{entry['sha256']}.lock",
                                                   f"{entry['sha256']}/big.bin"]
@@ -335,7 +337,7 @@ def test_unlocked_file_race_loser_uses_winner(tmp_path, inputs, monkeypatch):
     for t in threads:
         t.join(timeout=60)
     assert len(results) == 2 and results[0] == results[1]
-    assert sha256_file(results[0]) == entry["sha256"] and _no_temps(cache)
+    assert file_sha256(results[0]) == entry["sha256"] and _no_temps(cache)
 
 
 # ----------------------------------------------------------------------------- directories

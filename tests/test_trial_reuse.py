@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from recon.models.train import batching, finetune
-from recon.models.nets import encoder as encoder_mod
+from recon.models.nets import loading as encoder_mod
 from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
 from recon.models.train.loop import TrainConfig
 
@@ -134,7 +134,7 @@ def test_two_encoders_in_one_process_do_not_share_weights(encoders, tmp_path: Pa
 def test_cached_encoder_is_a_fresh_copy_equal_to_an_uncached_load(encoders) -> None:
     """Same seed -> same weights as an uncached load (the marker rows drawn by the resize too),
     and training one copy (here: overwriting it) leaves the next copy untouched."""
-    from recon.models.train.loop import seed_everything
+    from recon.models.nets.seed import seed_everything
 
     a = encoders[0]
     clear_caches()

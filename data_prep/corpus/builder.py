@@ -53,8 +53,9 @@ from recon.core.errors import DatasetNotFound, ReconError
 from recon.data_prep.corpus.config import CorpusBuildConfig
 from recon.data_prep.corpus.exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
 from recon.data_prep.corpus.index import shard_dir_name
+from recon.core.ray_session import ensure_ray
 from recon.data_prep.corpus.kg import KnowledgeGraph
-from recon.data_prep.corpus.kg_tables import read_kg_manifest
+from recon.data_prep.corpus.kg_tables import graph_from_tables, read_kg_manifest
 from recon.data_prep.corpus.linking import COUNT_KEYS, Exclusion, Linker, parse_units
 from recon.data_prep.corpus.manifest import MANIFEST_VERSION, config_hash, file_sha256, shard_digest, write_manifest
 from recon.data_prep.corpus.report import format_report
@@ -154,7 +155,7 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
     if config.kg:
         kg_manifest = read_kg_manifest(config.kg)
         if mode == "memory":
-            kg = KnowledgeGraph.from_tables(config.kg)
+            kg = graph_from_tables(config.kg)
     elif mode == "memory":
         kg = KnowledgeGraph.from_files(config.triples, config.aliases, config.wikidata_dump)
     exclude = sorted(set(config.exclude))  # order and repeats of --exclude do not matter
@@ -184,10 +185,7 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))  # own KG tables, exclusion parts
     started = False
     try:
-        if not ray.is_initialized():
-            ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # num_cpus None: all local CPUs
-            started = True
+        started = ensure_ray(num_cpus=config.num_cpus, log_to_driver=False)  # num_cpus None: all local CPUs
         from ray.data.expressions import col
 
         ctx = ray.data.DataContext.get_current()
@@ -204,7 +202,7 @@ def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
                          "aliases": len(kg.alias_index), "entities_named": len(kg.names)}
         else:
             from recon.data_prep.corpus.join_linking import link_with_joins
-            from recon.data_prep.corpus.kg_tables import KGBuildConfig, build_kg_tables
+            from recon.data_prep.corpus.kg_build import KGBuildConfig, build_kg_tables
 
             tables = config.kg
             if tables is None:  # the graph files given: their tables first (every relation, as the dict path)

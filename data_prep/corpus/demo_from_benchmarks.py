@@ -1,6 +1,5 @@
 """Show the corpus builder on real text: rebuild FewRel val_wiki + Wiki80 dev from their raw sentences.
 
-    python -m recon.data_prep.corpus.demo_from_benchmarks --out runs/corpus-demo [--per-relation 30]
     recon corpus demo --out runs/corpus-demo
 
 The annotations are removed (tokens detokenised into plain text), a KG is made of their
@@ -158,6 +157,7 @@ def run_demo(out: str | Path | None = None, *, config: CorpusDemoConfig | None =
     """
     import ray
 
+    from recon.core.ray_session import ensure_ray
     from recon.data_prep.corpus.builder import build_corpus
 
     if out is not None:
@@ -175,10 +175,7 @@ def run_demo(out: str | Path | None = None, *, config: CorpusDemoConfig | None =
         f"in the anchored run")
     report = {"inputs": inputs, "per_relation": per_relation, "anchor_share": anchor_share, "seed": seed,
               "runs": {}}
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=cfg.build.num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)  # num_cpus None: all local CPUs
+    started = ensure_ray(num_cpus=cfg.build.num_cpus, log_to_driver=False)  # num_cpus None: all local CPUs
     try:
         for name, (text, exclude) in runs.items():
             t = time.time()
@@ -202,16 +199,3 @@ def run_demo(out: str | Path | None = None, *, config: CorpusDemoConfig | None =
     report["seconds"] = round(time.time() - t0, 1)
     (out / "demo_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m recon.data_prep.corpus.demo_from_benchmarks ...`` is ``recon corpus demo ...``."""
-    import sys
-
-    from recon.orchestration.cli.main import main as recon_main  # the flags are generated from CorpusDemoConfig
-
-    return recon_main(["corpus", "demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -250,7 +250,8 @@ def write_exclusion_table(exclusion: Exclusion, uri: str, parts: int) -> Optiona
     """The evaluation id pairs as a table partitioned like ``statements`` (None when there are none)."""
     import pyarrow.fs as pafs
 
-    from recon.data_prep.corpus.kg_tables import _fs, _join, _write_rows, part_name
+    from recon.data_prep.corpus.kg_tables import _fs, _join, part_name
+    from recon.data_prep.corpus.kg_build import _write_rows
 
     if not exclusion.id_pairs:
         return None

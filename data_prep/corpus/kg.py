@@ -196,19 +196,3 @@ class KnowledgeGraph:
                 if entity.sitelink:
                     all_sitelinks.append((entity.sitelink, entity.id))
         return cls.build(all_triples, all_aliases, all_sitelinks)
-
-    @classmethod
-    def from_tables(cls, uri: str | Path) -> "KnowledgeGraph":
-        """The whole graph of tables written by ``recon kg build``, in memory (small graphs only)."""
-        from recon.data_prep.corpus.kg_tables import read_table
-
-        relations: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for row in read_table(uri, "statements"):
-            relations[(row["head"], row["tail"])].add(row["relation"])
-        alias_index: dict[str, set[str]] = defaultdict(set)
-        for row in read_table(uri, "aliases"):
-            alias_index[row["alias"]].add(row["entity"])
-        names = {row["entity"]: row["name"] for row in read_table(uri, "names")}
-        sitelinks = {row["title"]: row["entity"] for row in read_table(uri, "sitelinks")}
-        return cls({k: tuple(sorted(v)) for k, v in relations.items()},
-                   {k: tuple(sorted(v)) for k, v in alias_index.items()}, names, sitelinks)

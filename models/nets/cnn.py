@@ -154,7 +154,7 @@ def embedded_word_vectors(words: Iterable[str], tokenizer: Any, embeddings: torc
 
 def _encoder_embeddings(encoder: str) -> tuple[Any, torch.Tensor]:
     """(tokenizer, input word-piece embedding matrix) of an encoder alias, directory or checkpoint."""
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
 
     state = torch.random.get_rng_state()  # loading may draw from the global RNG (resized embeddings)
     try:
@@ -218,7 +218,7 @@ def build_cnn(featurizer, num_labels: int, *, hidden_size: int = CNN_DEFAULTS["h
     the vector matrix and, through ``seed_everything``, every other weight. ``config`` overrides other :class:`CNNConfig`
     fields (``window``, ``dropout``, ``tag_dim``, ``position_dim``).
     """
-    from recon.models.train.loop import seed_everything
+    from recon.models.nets.seed import seed_everything
 
     special = featurizer.special.all_tokens() if featurizer.special is not None else ()
     vectors, note = word_vector_matrix(featurizer.words, word_vectors, special_tokens=special, encoder=encoder,

@@ -10,7 +10,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from recon.models.pretrain.config import PretrainConfig
+from recon.core.defaults import CP_TEMPERATURE
 
 IGNORE_INDEX = -100
 
@@ -78,14 +78,18 @@ def _cosine_matrix(reps: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def cp_loss(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = PretrainConfig().temperature
-            ) -> torch.Tensor:
+def cp_loss(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float = CP_TEMPERATURE, *,
+            sync: bool = True) -> torch.Tensor:
     """NT-Xent over relation representations where every same-relation pair is a positive.
 
     For each ordered positive pair (a, p), a != p:
     ``-log(exp(s_ap/t) / (exp(s_ap/t) + sum_{n: y_n != y_a} exp(s_an/t)))`` with cosine ``s``,
     averaged over positive pairs (pytorch-metric-learning's ``NTXentLoss``). Computed with
     logsumexp so a temperature of 0.05 cannot overflow. 0 (with a graph) when there is no positive pair.
+
+    ``sync=False`` computes the same mean as a masked sum / count, without the two host
+    synchronisations (``positive.any()`` and ``nonzero``): equal up to summation order; the pre-training
+    step uses it on CUDA, where a sync per micro-step would stall the queue.
     """
     if reps.dim() != 2 or relation_ids.shape != reps.shape[:1]:
         raise ValueError(f"reps must be [M, D] and relation_ids [M], got {tuple(reps.shape)} and "
@@ -93,17 +97,29 @@ def cp_loss(reps: torch.Tensor, relation_ids: torch.Tensor, temperature: float =
     sim = _cosine_matrix(reps) / temperature
     labels = relation_ids.to(reps.device)
     same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=reps.device)
-    positive = same & ~eye
-    if not bool(positive.any()):
-        return reps.sum() * 0.0
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=reps.device)
     # A finite fill keeps logsumexp's gradient finite; anchors without any negative get -inf after.
     neg_lse = torch.logsumexp(sim.masked_fill(same, torch.finfo(sim.dtype).min), dim=1)
     neg_lse = neg_lse.masked_fill(same.all(dim=1), float("-inf"))
+    if not sync:
+        losses = torch.logaddexp(sim, neg_lse[:, None]) - sim
+        losses = torch.where(positive, losses, torch.zeros_like(losses))
+        return losses.sum() / positive.sum().clamp(min=1) + reps.sum() * 0.0
+    if not bool(positive.any()):
+        return reps.sum() * 0.0
     anchor, pos = positive.nonzero(as_tuple=True)
     s_ap = sim[anchor, pos]
     losses = torch.logaddexp(s_ap, neg_lse[anchor]) - s_ap
     return losses.mean()
+
+
+def nearest_is_same(reps: torch.Tensor, relation_ids: torch.Tensor) -> torch.Tensor:
+    """Per item, whether its most similar OTHER item (cosine) has the same relation: a float tensor on the
+    reps' device (no host transfer, so a training step can keep it on the device)."""
+    sim = _cosine_matrix(reps)
+    sim.fill_diagonal_(float("-inf"))
+    labels = relation_ids.to(reps.device)
+    return (labels[sim.argmax(dim=1)] == labels).float()
 
 
 @torch.no_grad()
@@ -111,11 +127,7 @@ def contrastive_accuracy(reps: torch.Tensor, relation_ids: torch.Tensor) -> floa
     """Share of items whose most similar *other* item (cosine) has the same relation."""
     if reps.size(0) < 2:
         raise ValueError("contrastive_accuracy needs at least two representations")
-    sim = _cosine_matrix(reps)
-    sim.fill_diagonal_(float("-inf"))
-    nearest = sim.argmax(dim=1)
-    labels = relation_ids.to(reps.device)
-    return float((labels[nearest] == labels).float().mean())
+    return float(nearest_is_same(reps, relation_ids).mean())
 
 
 def mtb_loss(rep_a: torch.Tensor, rep_b: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from recon.core.config import Config, ConfigError, knob
-from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED, P_BLANK
+from recon.core.defaults import CP_TEMPERATURE, DEFAULT_ENCODER, DEFAULT_SEED, P_BLANK
 from recon.core.protocol import POINTS, point_default
 
 # Appendix A: "batch size N" pairs per step and the number of steps, per objective.
@@ -54,7 +54,7 @@ class PretrainConfig(Config):
                                                 choices=("window", "cut"), point="truncation")
     adam_bias_correction: bool = knob(point_default("adam_bias_correction"), POINTS["adam_bias_correction"].help,
                                       point="adam_bias_correction")
-    temperature: float = knob(0.05, "CP InfoNCE temperature", gt=0)
+    temperature: float = knob(CP_TEMPERATURE, "CP InfoNCE temperature", gt=0)
     mlm_probability: float = knob(0.15, "share of word pieces masked for the MLM loss", ge=0, le=1)
     mlm_weight: float = knob(1.0, "weight of the MLM loss beside the CP/MTB loss", ge=0)
     seed: int = knob(DEFAULT_SEED, "seed of initialisation, sampling, masking and dropout")
@@ -96,6 +96,15 @@ class PretrainConfig(Config):
                                             f"{self.num_workers} x {self.micro_batch_size} = {per_round}; choose "
                                             "batch_size or micro_batch_size so that it divides")
         return int(self.batch_size) // per_round
+
+    def optimizer_config(self):
+        """The training loop's optimizer and schedule settings of this run (AdamW, its decay, warm-up capped
+        at the run's steps, clipping, bf16 and the protocol's bias correction): one place reads them."""
+        from recon.models.train.loop import TrainConfig
+
+        return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=min(self.warmup, int(self.steps)),
+                           max_grad_norm=self.max_grad_norm, bf16=self.bf16,
+                           adam_bias_correction=self.adam_bias_correction)
 
     @property
     def encoder_name(self) -> str:

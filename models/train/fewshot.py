@@ -214,7 +214,8 @@ def _by_relation(items: Sequence, labels: Sequence[str]) -> dict[str, list]:
 
 def wiki80_training_relations(eval_relations: set[str], fewrel_dir: Path, data_dir: str | None):
     """Wiki80 train_0.1 + dev examples of the relations whose PID is not an evaluation relation."""
-    from recon.data_prep.registry import load_dataset, load_paper_subset
+    from recon.data_prep.registry import load_dataset
+    from recon.data_prep.splits import load_paper_subset
 
     wiki = load_dataset("wiki80", data_dir=data_dir)
     pid_file = fewrel_dir / "pid2name.json"
@@ -284,9 +285,10 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     from recon.core.protocol import describe
 
     from recon.models.train.batching import encode_examples
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
     from recon.models.train.finetune import _with_types
-    from recon.models.train.loop import evaluate, fit, make_loader, resolve_device, seed_everything
+    from recon.models.train.loop import evaluate, fit, make_loader, resolve_device
+    from recon.models.nets.seed import seed_everything
 
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)

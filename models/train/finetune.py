@@ -256,9 +256,9 @@ def _with_types(examples: list[RelationExample], fmt: InputFormat, key: str) -> 
 
 
 def _build_bert(cfg: FinetuneConfig, num_labels: int):
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
     from recon.models.nets.heads import RelationClassifier
-    from recon.models.train.loop import seed_everything
+    from recon.models.nets.seed import seed_everything
 
     source = cfg.encoder if cfg.model == "bert" else cfg.model
     # Seed before loading too: resizing embeddings for added marker tokens samples their init

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Literal, Protocol, Sequence, Sized, runtime_checkable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -42,6 +40,7 @@ from recon.core.defaults import DEFAULT_SEED
 from recon.core.errors import ReconError
 from recon.core.protocol import POINTS, point_default
 
+from recon.models.nets.seed import seed_everything
 from recon.models.train import metrics as metrics_lib
 
 
@@ -141,13 +140,6 @@ class FitResult:
         out = asdict(self)
         out.pop("test_predictions")
         return out
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices). Call before building a model to seed its init."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -403,6 +395,6 @@ def fit(
 
 __all__ = [
     "TrainConfig", "Task", "ClassificationTask", "Callback", "FitResult", "TrainingDiverged",
-    "fit", "evaluate", "seed_everything", "deterministic", "make_loader", "move_to",
+    "fit", "evaluate", "deterministic", "make_loader", "move_to",
     "build_optimizer", "build_scheduler", "resolve_device", "UncorrectedAdamW",
 ]

@@ -16,28 +16,13 @@ import json
 import dataclasses
 import typing
 from dataclasses import MISSING
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from recon.core.config import CLI, Config, ConfigError, config_class, field_help
+from recon.core.config import CLI, Config, ConfigError, config_class, field_help, field_type
 from recon.core.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES, point_fields, protocol_layer
 
 Flags = dict[str, str]  # dotted config path -> flag ("training.lr" -> "--lr")
 PROTOCOL_DEST = "protocol"  # --protocol NAME: a layer of protocol point values under the flags given
-
-
-def _base_type(annotation: Any) -> tuple[Any, Optional[tuple]]:
-    """(python type, choices) of a field annotation; ``X | None`` counts as ``X``."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return type(args[0]), tuple(args)
-    if origin is dict:
-        return dict, None
-    if args and origin is not list and origin is not tuple:
-        return _base_type(args[0])
-    if origin in (list, tuple):
-        return (origin, args[0] if args else str), None
-    return annotation, None
 
 
 def _default_text(cls: type, f: dataclasses.Field) -> str:
@@ -75,7 +60,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
         flag = "--" + prefix + f.name.replace("_", "-")
         if flag in flags.values():
             raise ValueError(f"{cls.__name__}.{f.name}: flag {flag} is already taken by another field")
-        kind, choices = _base_type(hints[f.name])
+        kind, choices = field_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": dotted, "default": argparse.SUPPRESS,
                                   "help": field_help(f) + _default_text(cls, f)}
         if kind is bool:

@@ -5,10 +5,11 @@
 
 One optimizer step = ``num_workers x micro_batch_size x accum`` pairs (= ``batch_size``, the paper's
 "batch size N": N positive pairs, 2N sentences). The worker loop is ``recon.orchestration.pretrain.worker``
-(the Ray-free steps of ``recon.models.pretrain.steps.run_steps`` plus a few Ray lines); checkpoint
+(the Ray-free steps of ``recon.models.pretrain.loop.run_steps`` plus a few Ray lines); checkpoint
 discovery is ``recon.orchestration.pretrain.checkpoints``.
 
-Everything lives in the run's storage folder ``<out>/<run name>/`` (a path or a URI, see
+The run's folder: ``recon.orchestration.pretrain.run``; its metrics: ``...pretrain.progress``; the
+TorchTrainer: ``...pretrain.trainer``. Everything lives in the run's storage folder ``<out>/<run name>/`` (a path or a URI, see
 ``recon.core.storage``), never on a node's own disk: Ray's ``checkpoint_step_NNNNNN/``
 folders, ``config.json`` (what the run was started with), ``mlflow_run.json`` (the MLflow run to
 continue on resume), ``progress.jsonl`` (one line per logged step, written by the driver) and
@@ -28,81 +29,22 @@ batches exactly.
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from recon.core.config import knob
 from recon.core.errors import ReconError
-from recon.data_prep.registry import fewshot_datasets, supervised_datasets
-from recon.models.pretrain.config import PretrainConfig
-
+from recon.core.storage import Storage, fetch_dir, is_uri, publish_dir
 from recon.orchestration.pretrain.checkpoints import TRAIN_STATE_DIR, latest_checkpoint, step_of
-from recon.core.storage import Storage, fetch_dir, is_uri, publish_dir, resolve_storage
-from recon.orchestration.tracking.uri import DEFAULT_TRACKING_URI, absolute_tracking_uri
-
-PROGRESS_FILE = "progress.jsonl"
-CONFIG_FILE = "config.json"
-MLFLOW_FILE = "mlflow_run.json"
-FINAL_FILE = "final.json"
-HELDOUT_START_FILE = "heldout_start.json"  # held-out figures of the untrained encoder (rank 0, fresh runs)
-HELDOUT_KEYS = ("heldout_contrastive_accuracy", "heldout_chance_accuracy", "heldout_items")
-EXPERIMENT = "recon-pretrain"
-# Fields that may change when a run is resumed; every other field must match the original run (a
-# changed ``steps`` would rebuild the LR schedule with a new total, so the rate would jump).
-RESUMABLE_CHANGES = frozenset({"checkpoint_every", "max_failures", "tracking_uri", "resume", "evaluate_on", "data_dir",
-                               "allow_leakage", "heldout_batches", "worker_resources", "address", "fail_at_step", "fail_marker", "log_every", "use_gpu",
-                               "cpus_per_worker", "corpus"})
-
-
-@dataclass
-class PretrainRun(PretrainConfig):
-    """A pre-training run: the settings that shape the encoder plus where the run lives and is tracked."""
-
-    out: str = knob("runs/pretrain", "storage location of the run: a path (local or NFS) or a URI such as "
-                                     "s3://bucket/prefix; every node reads and writes the run there", identity=False)
-    run_name: str | None = knob(None, "run name under --out (default: pretrain-<objective>)", identity=False)
-    tracking_uri: str = knob(DEFAULT_TRACKING_URI, "MLflow tracking URI", identity=False)
-    experiment: str = knob(EXPERIMENT, "MLflow experiment", identity=False)
-    address: str | None = knob(None, "Ray cluster to run on (default: $RAY_ADDRESS, a cluster started here with "
-                                     "`ray start`, else a local Ray)", identity=False)
-    resume: bool = knob(False, "continue the run in --out from its latest checkpoint", identity=False)
-    evaluate_on: list[str] = knob(factory=lambda: list(supervised_datasets() + fewshot_datasets()),
-                                  help="datasets the encoder will be evaluated on: the corpus must exclude their "
-                                       "entity pairs (unless allow_leakage)", identity=False)
-    data_dir: str | None = knob(None, "where the evaluated datasets live, to check the corpus's exclusions against "
-                                      "their current files", identity=False)
-    # Fault injection for tests: the last rank exits abruptly at the start of this step, once
-    # (``fail_marker`` is created first, and its presence disables the failure).
-    fail_at_step: int | None = knob(None, "test hook: the last worker exits at this step", identity=False, cli=False)
-    fail_marker: str | None = knob(None, "test hook: file whose presence disables fail_at_step", identity=False,
-                                   cli=False)
-
-    @property
-    def name(self) -> str:
-        return self.run_name or f"pretrain-{self.objective}"
-
-    @property
-    def storage_root(self) -> str:
-        return resolve_storage(self.out, self.out)
-
-    @property
-    def run_uri(self) -> str:
-        return Storage.from_uri(self.storage_root).join(self.name)
-
-    @property
-    def run_dir(self) -> Path:
-        """The run folder when storage is a local path (tests and single-host runs read it directly)."""
-        if is_uri(self.storage_root):
-            raise ReconError(f"{self.storage_root} is not a local path")
-        return Path(self.storage_root) / self.name
-
+from recon.orchestration.pretrain.progress import ProgressPoller, mlflow_run, read_progress
+from recon.orchestration.pretrain.run import (CONFIG_FILE, FINAL_FILE, HELDOUT_KEYS, HELDOUT_START_FILE,
+                                              RESUMABLE_CHANGES, PretrainRun)
+from recon.orchestration.pretrain.trainer import build_trainer
+from recon.orchestration.tracking.client import log_artifacts_redacted
+from recon.orchestration.tracking.uri import absolute_tracking_uri
 
 @dataclass(frozen=True)
 class FinalEncoder:
@@ -110,7 +52,7 @@ class FinalEncoder:
 
     ``heldout``: does the stage learn -- contrastive accuracy on held-out sentences at the start
     (``initial_*``, fresh runs) and at the last step, with the chance level of those batches (see
-    ``recon.models.pretrain.steps.HeldoutScore``); empty when the run held nothing out.
+    ``recon.models.pretrain.heldout.HeldoutScore``); empty when the run held nothing out.
     """
 
     uri: str
@@ -138,113 +80,6 @@ def _check_resume(cfg: PretrainRun, run: Storage) -> None:
     if diffs:
         raise ReconError(f"{run.join(CONFIG_FILE)}: --resume must use the run's settings; changed: " + "; ".join(diffs))
 
-
-def _mlflow_run(cfg: PretrainRun, run: Storage) -> str:
-    """Create the run (params = config) or reopen the one recorded in ``mlflow_run.json``."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(cfg.tracking_uri)
-    if cfg.resume and run.exists(MLFLOW_FILE):
-        run_id = run.read_json(MLFLOW_FILE)["run_id"]
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
-    created = client.create_run(experiment_id, run_name=cfg.name, tags={"recon.kind": "pretrain",
-                                                                       "recon.objective": cfg.objective})
-    params = {k: ("" if v is None else str(v))[:500] for k, v in cfg.to_dict().items() if not k.startswith("fail_")}
-    params["accum_steps"] = str(cfg.accum_steps)
-    client.log_batch(created.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    run.write_json(MLFLOW_FILE, {"run_id": created.info.run_id, "tracking_uri": cfg.tracking_uri})
-    return created.info.run_id
-
-
-PROGRESS_DIR = "progress"  # <attempt>/<step>.json, one small file per logged step, written by rank 0
-
-
-def progress_rel(attempt: str, step: int) -> str:
-    return f"{PROGRESS_DIR}/{attempt}/{step:06d}.json"
-
-
-class ProgressPoller:
-    """Driver side of the metric path: rank 0's per-step files in storage -> MLflow and ``progress.jsonl``.
-
-    Rank 0 writes each logged step as its own small file under ``progress/<attempt>/`` (``attempt``
-    sorts by start time), so nothing is lost when a worker group dies between two controller
-    polls; a driver thread picks new files up every few seconds. Each step is logged to MLflow once
-    (a step redone after a restart is already there), while ``progress.jsonl`` keeps every row in
-    attempt order, so a reader can see what each attempt did.
-    """
-
-    def __init__(self, cfg: PretrainRun, run: Storage, run_id: str, every_s: float = 3.0,
-                 log: Optional[Callable[[str], None]] = None) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client, self.run_id, self.run, self.every_s = MlflowClient(cfg.tracking_uri), run_id, run, every_s
-        self.log, self.name, self.steps, self.objective = log, cfg.name, int(cfg.steps), cfg.objective
-        self._said = 0  # the last step shown on the console
-        self.seen: set[str] = set()
-        self.rows: dict[str, dict] = {}
-        self.logged: set[int] = {m.step for m in self.client.get_metric_history(run_id, "loss")}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="recon-pretrain-progress", daemon=True)
-
-    def start(self) -> "ProgressPoller":
-        self._thread.start()
-        return self
-
-    def poll(self) -> None:
-        from mlflow.entities import Metric
-
-        files = sorted(f for f in (self.run.list(PROGRESS_DIR) if self.run.exists(PROGRESS_DIR) else [])
-                       if f.endswith(".json") and f not in self.seen)
-        batch = []
-        now = int(time.time() * 1000)
-        for rel in files:
-            row = self.run.read_json(rel)
-            self.seen.add(rel)
-            self.rows[rel] = row
-            step = int(row["step"])
-            if step in self.logged:
-                continue
-            self.logged.add(step)
-            batch += [Metric(k, float(v), now, step) for k, v in row.items()
-                      if k not in ("step", "resumed_from") and isinstance(v, (int, float)) and math.isfinite(float(v))]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-        if self.log and files:
-            self._say(self.rows[files[-1]])
-
-    def _say(self, row: dict) -> None:
-        """A console line about every tenth of the run: step, loss, training and held-out accuracy."""
-        step = int(row["step"])
-        if step - self._said < max(1, self.steps // 10) and step != self.steps:
-            return
-        self._said = step
-        heldout = ""
-        if "heldout_contrastive_accuracy" in row:
-            heldout = (f", held-out accuracy {row['heldout_contrastive_accuracy']:.3f} "
-                       f"(chance {row.get('heldout_chance_accuracy', float('nan')):.3f})")
-        self.log(f"[pretrain {self.name}] step {step}/{self.steps}: loss {row.get('loss', float('nan')):.3f}, "
-                 f"{self.objective} accuracy {row.get('contrastive_accuracy', float('nan')):.3f}{heldout}")
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.poll()
-
-    def stop(self) -> None:
-        """Stop the thread, take the last files, and write ``progress.jsonl`` (attempt order)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=60)
-        self.poll()
-        self.run.write_text(PROGRESS_FILE, "".join(json.dumps(self.rows[k]) + "\n" for k in sorted(self.rows)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Driver
-# ---------------------------------------------------------------------------------------------
 
 def _init_ray(cfg: PretrainRun) -> bool:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray sized for the workers."""
@@ -303,9 +138,7 @@ def final_encoder(run_uri: str) -> Optional[FinalEncoder]:
 def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = None) -> FinalEncoder:
     """Run (or resume) pre-training on Ray Train; return the final encoder (published and cached)."""
     import ray
-    import ray.train
     from mlflow.tracking import MlflowClient
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from recon.data_prep.corpus import read_manifest, require_exclusions
 
@@ -323,7 +156,7 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
     _check_resume(cfg, run)
     if not cfg.resume:
         run.write_json(CONFIG_FILE, cfg.to_dict())
-    run_id = _mlflow_run(cfg, run)
+    run_id = mlflow_run(cfg, run)
     client = MlflowClient(cfg.tracking_uri)
     if not leakage.ok:  # allowed: say so where the run is read
         client.set_tag(run_id, "recon.leakage_allowed", ",".join(leakage.not_excluded))
@@ -331,21 +164,7 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
 
     started = _init_ray(cfg)
     poller = ProgressPoller(cfg, run, run_id, log=log).start()
-    resources = {"CPU": cfg.cpus_per_worker, **cfg.worker_resources}
-    if cfg.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_uri": cfg.run_uri, "corpus": corpus, "encoder": encoder},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=cfg.storage_root,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-    )
+    trainer = build_trainer(cfg, corpus, encoder)
     try:
         trainer.fit()
     except Exception as exc:
@@ -364,32 +183,9 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
     if "initial_heldout_contrastive_accuracy" in heldout:  # the final figures reached MLflow with their step
         client.log_metric(run_id, "heldout_contrastive_accuracy_initial",
                           float(heldout["initial_heldout_contrastive_accuracy"]), step=0)
-    client.log_artifacts(run_id, str(final.local), artifact_path="encoder")
+    log_artifacts_redacted(client, run_id, final.local, artifact_path="encoder")
     client.set_terminated(run_id, status="FINISHED")
     return final
 
 
-def read_progress_rows(run: Storage) -> list[dict]:
-    """Every row of ``progress.jsonl`` in arrival order (a redone step appears once per attempt)."""
-    if not run.exists(PROGRESS_FILE):
-        return []
-    return [json.loads(line) for line in run.read_text(PROGRESS_FILE).splitlines() if line.strip()]
-
-
-def read_progress(run_uri: str | Path) -> list[dict]:
-    """One row per step, the last attempt winning for steps that were redone after a restart."""
-    rows: dict[int, dict] = {}
-    for row in read_progress_rows(Storage.from_uri(str(run_uri))):
-        rows[int(row["step"])] = row
-    return [rows[s] for s in sorted(rows)]
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point (kept here so the trainer pickles a stable name)."""
-    from recon.orchestration.pretrain.worker import train_loop_per_worker as loop
-
-    loop(config)
-
-
-__all__ = ["PretrainConfig", "PretrainRun", "FinalEncoder", "run_pretraining", "heldout_summary", "read_progress", "read_progress_rows",
-           "final_encoder", "absolute_tracking_uri", "latest_checkpoint"]
+__all__ = ["PretrainRun", "FinalEncoder", "run_pretraining", "heldout_summary", "final_encoder", "export_final"]

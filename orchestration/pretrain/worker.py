@@ -1,4 +1,4 @@
-"""The Ray Train worker of CP/MTB pre-training: the Ray-free loop of ``recon.models.pretrain.steps`` plus
+"""The Ray Train worker of CP/MTB pre-training: the Ray-free loop of ``recon.models.pretrain.loop`` plus
 the few lines a cluster adds, marked ``[Ray n]``.
 
 A worker sees nothing of the driver's disk. What it reads arrives through the storage location:
@@ -86,13 +86,16 @@ def train_loop_per_worker(config: dict) -> None:
     from recon.data_prep.corpus import load_corpus, read_manifest, shards_for_rank
     from recon.data_prep.samplers import CPSampler, MTBSampler
     from recon.models.nets.checkpoint import load_checkpoint, save_checkpoint
-    from recon.models.nets.encoder import load_encoder
+    from recon.models.nets.loading import load_encoder
     from recon.models.pretrain.state import load_train_state, rng_state, save_train_state, set_rng_state
-    from recon.models.pretrain.steps import (PretrainNet, StepSettings, TokenContext,
-                                          evaluate_heldout, heldout_batches, run_steps, split_heldout)
-    from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler, seed_everything
+    from recon.models.pretrain.step import PretrainNet
+    from recon.models.pretrain.batches import TokenContext
+    from recon.models.pretrain.heldout import evaluate_heldout, heldout_batches, split_heldout
+    from recon.models.pretrain.loop import run_steps
+    from recon.models.train.loop import build_optimizer, build_scheduler
+    from recon.models.nets.seed import seed_everything
 
-    from recon.orchestration.pretrain.driver import HELDOUT_START_FILE, PretrainRun, progress_rel
+    from recon.orchestration.pretrain.run import HELDOUT_START_FILE, PretrainRun, progress_rel
 
     cfg = PretrainRun.from_dict(config["cfg"])
     run = Storage.from_uri(config["run_uri"])
@@ -119,9 +122,7 @@ def train_loop_per_worker(config: dict) -> None:
         # gradient buckets double as .grad (no copy in and out of them each step): pure speed
         net = ray.train.torch.prepare_model(PretrainNet(bundle.model),  # [Ray 3] DDP
                                             parallel_strategy_kwargs={"gradient_as_bucket_view": True})
-        train_cfg = TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=min(cfg.warmup, cfg.steps),
-                                max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
-                                adam_bias_correction=cfg.adam_bias_correction)
+        train_cfg = cfg.optimizer_config()
         optimizer = build_optimizer(net, train_cfg, device)  # fused AdamW (CPU and CUDA)
         scheduler = build_scheduler(optimizer, cfg.steps, train_cfg)
         start_step = 0
@@ -138,8 +139,6 @@ def train_loop_per_worker(config: dict) -> None:
         raise ReconError(f"workers would resume from different steps {starts}; do all nodes see {run.uri}?")
 
     tctx = TokenContext.for_bundle(bundle, cfg.max_length, cfg.truncation)
-    settings = StepSettings(cfg.objective, cfg.temperature, cfg.mlm_weight, cfg.max_grad_norm, cfg.bf16,
-                            gather_negatives=True)
     encoder_module = getattr(net, "module", net).encoder
     eval_batches = heldout_batches(heldout_index, cfg.objective, tctx, batches=int(cfg.heldout_batches),
                                    pairs=int(cfg.micro_batch_size), p_blank=cfg.p_blank, seed=cfg.seed,
@@ -159,10 +158,8 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             run.write_json(HELDOUT_START_FILE, {"step": 0, **initial})
     net.train()
-    steps = run_steps(net, sampler, index, cfg.objective, tctx, steps=cfg.steps, start_step=start_step,
-                      accum_steps=cfg.accum_steps, seed=cfg.seed, rank=rank, mlm_probability=cfg.mlm_probability,
-                      optimizer=optimizer, scheduler=scheduler, settings=settings, device=device,
-                      no_sync=getattr(net, "no_sync", None), log_every=int(cfg.log_every),
+    steps = run_steps(cfg, net, sampler, index, tctx, optimizer=optimizer, scheduler=scheduler, device=device,
+                      rank=rank, start_step=start_step, no_sync=getattr(net, "no_sync", None),
                       read_at=lambda s: s % cfg.checkpoint_every == 0,
                       before_step=lambda s: _maybe_fail(cfg.fail_at_step, cfg.fail_marker, s, rank, world))
     counts = ("sentences", "tokens", "truncated", "context_split", "entity_truncated", "steps")

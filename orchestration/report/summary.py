@@ -31,7 +31,8 @@ from recon.orchestration.study.plan import Trial, expand, unavailable_trials
 from recon.orchestration.report.plots import plot_all
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.report.tables import write_all
-from recon.orchestration.study.tracker import StudyTracker, metric_key, results_frame
+from recon.orchestration.study.tracker import StudyTracker, results_frame
+from recon.orchestration.tracking.client import metric_key
 
 FEWREL_NOTE = ("FewRel's train_wiki.json is not available locally: few-shot trials say in their notes "
                "what they trained on instead; see each trial run's 'notes' tag.")
@@ -204,7 +205,8 @@ def experiment_description(spec: StudySpec, trials: list[Trial]) -> str:
 
 def study_run_description(spec: StudySpec, trials: list[Trial], results, out_dir: Path) -> str:
     """The parent run's description (Markdown): the paper tables inline, and where everything is."""
-    from recon.orchestration.study.tracker import MAX_TAG_VALUE, paper_table_files
+    from recon.orchestration.tracking.client import MAX_TAG_VALUE
+    from recon.orchestration.study.overview import paper_table_files
 
     finished = results["trial_id"].nunique() if len(results) else 0
     lines = [f"**Study {spec.name}**: {finished} of {len(trials)} trials finished." +

@@ -66,7 +66,8 @@ def run_pretrain_stage(spec: StudySpec, name: str, stage_uri: str, tracking_uri:
     The stage IS a ``PretrainConfig`` (validated with the spec); the run adds where it lives and is
     tracked: the study's store and experiment (the driver writes nothing else meanwhile).
     """
-    from recon.orchestration.pretrain.driver import PretrainRun, run_pretraining
+    from recon.orchestration.pretrain.run import PretrainRun
+    from recon.orchestration.pretrain.driver import run_pretraining
 
     stage = spec.pretrain[name]
     cfg = PretrainRun(**{**stage.to_dict(), "corpus": corpus_dir(spec, stage, storage, log), "out": stage_uri,

@@ -37,7 +37,7 @@ What the MLflow UI shows (a dashboard for researchers, not an LLM-tracing page)
 
 Nothing leaves the machine
 --------------------------
-* :func:`offline_env` is the environment recon gives every process it starts (its own, ``recon
+* Telemetry off and secrets redacted: ``recon.core.privacy``. :func:`offline_env` is the environment recon gives every process it starts (its own, ``recon
   ui``'s MLflow server, Ray workers): ``MLFLOW_DISABLE_TELEMETRY=true``, ``RAY_USAGE_STATS_ENABLED=0``,
   ``HF_HUB_DISABLE_TELEMETRY=1``, each only where the user has not set it (set
   ``MLFLOW_DISABLE_TELEMETRY=false`` to send MLflow usage telemetry after all).
@@ -47,195 +47,22 @@ Nothing leaves the machine
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from recon.core.privacy import redact
+from recon.orchestration.study.lineage import dataset_inputs, trial_description
+from recon.orchestration.study.overview import overview_html, paper_table_files
 from recon.orchestration.study.plan import Trial
+from recon.orchestration.tracking.client import (EXPERIMENT_KIND_TAG, LOGGED_ARTIFACTS_TAG, MAX_EXPERIMENT_TAG_VALUE,
+                                                 MAX_TAG_VALUE, ML_EXPERIMENT_KIND, NOTE_TAG, PARENT_TAG, ROLE,
+                                                 SOURCE_COMMIT_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG, clip,
+                                                 flatten, git_commit, log_artifacts_redacted, metric_key,
+                                                 numeric_items, search_all_runs)
 from recon.orchestration.tracking.uri import is_remote, prepare_local_store
-
-ROLE = "recon.role"
-PARENT_TAG = "mlflow.parentRunId"
-NOTE_TAG = "mlflow.note.content"           # a run's or an experiment's description (Markdown)
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-ML_EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's kind for training runs (not "genai_development")
-SOURCE_NAME_TAG, SOURCE_TYPE_TAG, SOURCE_COMMIT_TAG = "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"
-DATASET_CONTEXT_TAG = "mlflow.data.context"
-LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # the tables of a run (``mlflow.log_table``)
-MAX_TAG_VALUE = 8000        # MLflow's limit on a run tag's value
-MAX_EXPERIMENT_TAG_VALUE = 5000
-
-# ------------------------------------------------------------------ nothing leaves the machine
-#: Opt-outs recon puts in the environment of every process it starts, unless the user set them.
-OFFLINE_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",   # MLflow usage telemetry (client, server and UI)
-    "RAY_USAGE_STATS_ENABLED": "0",       # Ray's usage stats
-    "HF_HUB_DISABLE_TELEMETRY": "1",      # Hugging Face Hub telemetry pings
-}
-
-
-def offline_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """The opt-out variables as this process should pass them on: the user's value where set, else recon's."""
-    env = os.environ if environ is None else environ
-    return {name: env.get(name, default) for name, default in OFFLINE_ENV.items()}
-
-
-def apply_offline_env() -> dict[str, str]:
-    """Set the opt-outs in this process (``setdefault``: a user's own setting wins); returns them."""
-    for name, default in OFFLINE_ENV.items():
-        os.environ.setdefault(name, default)
-    return offline_env()
-
-
-# Before anything in this process imports mlflow (its import starts the telemetry client).
-apply_offline_env()
-
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.IGNORECASE)
-REDACTED = "[redacted]"
-_NOT_SECRET = {"true", "false", "none", "null", "yes", "no"}
-
-
-def secret_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
-    """Values of environment variables whose names look secret, longest first.
-
-    Short values (under 8 characters), booleans, numbers and existing paths are not secrets
-    (``RAY_AUTH_MODE=token``, ``SSH_AUTH_SOCK=/tmp/...``): redacting them would mangle artifacts.
-    """
-    env = os.environ if environ is None else environ
-    out = set()
-    for name, value in env.items():
-        value = (value or "").strip()
-        if not SECRET_NAME.search(name) or len(value) < 8 or value.lower() in _NOT_SECRET or value.isdigit():
-            continue
-        try:
-            if os.path.exists(value):
-                continue
-        except (OSError, ValueError):
-            pass
-        out.add(value)
-    return sorted(out, key=len, reverse=True)
-
-
-def _secret_forms(secrets: Iterable[str]) -> list[str]:
-    """Each secret as written raw and inside JSON strings (escaped), longest first."""
-    forms = set()
-    for secret in secrets:
-        forms.add(secret)
-        forms.add(json.dumps(secret)[1:-1])
-    return sorted(forms, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Optional[Iterable[str]] = None) -> str:
-    """``text`` with every secret value (``secret_values()`` by default) replaced by ``[redacted]``."""
-    if not isinstance(text, str):
-        text = str(text)
-    for secret in _secret_forms(secret_values() if secrets is None else secrets):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-MAX_SCANNED_BYTES = 256 * 1024 * 1024
-
-
-def redacted_copy(src: Path, secrets: Optional[Iterable[str]] = None) -> tuple[Path, Optional[tempfile.TemporaryDirectory]]:
-    """``src`` (a file or folder) as it may be logged: itself when no file holds a secret, else a
-    temporary copy with the secrets replaced (the caller keeps the returned TemporaryDirectory alive)."""
-    forms = [f.encode("utf-8") for f in _secret_forms(secret_values() if secrets is None else secrets)]
-    if not forms:
-        return src, None
-    files = [src] if src.is_file() else [p for p in sorted(src.rglob("*")) if p.is_file()]
-    dirty = []
-    for path in files:
-        try:
-            if path.stat().st_size <= MAX_SCANNED_BYTES and any(f in path.read_bytes() for f in forms):
-                dirty.append(path)
-        except OSError:
-            continue
-    if not dirty:
-        return src, None
-    tmp = tempfile.TemporaryDirectory(prefix="recon-redacted-")
-    target = Path(tmp.name) / src.name
-    if src.is_file():
-        shutil.copy2(src, target)
-    else:
-        shutil.copytree(src, target, symlinks=False)
-    for path in dirty:
-        copy = target if src.is_file() else target / path.relative_to(src)
-        data = copy.read_bytes()
-        for form in forms:
-            data = data.replace(form, REDACTED.encode())
-        copy.write_bytes(data)
-    return target, tmp
-
-
-def log_artifacts_redacted(client, run_id: str, src: Path, artifact_path: Optional[str] = None) -> None:
-    """``log_artifacts`` / ``log_artifact`` of ``src`` (a folder or a file) with secret values redacted."""
-    path, tmp = redacted_copy(Path(src))
-    try:
-        if path.is_dir():
-            client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
-        else:
-            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    """The checked-out commit of the code running the study ('unknown' outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def flatten(payload: Any, prefix: str = "") -> dict[str, str]:
-    """Nested dicts to dotted keys with string values (MLflow params)."""
-    out: dict[str, str] = {}
-    if isinstance(payload, dict):
-        for key, value in payload.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    out[prefix[:-1]] = json.dumps(payload) if isinstance(payload, (list, tuple)) else str(payload)
-    return out
-
-
-def metric_key(*parts: str) -> str:
-    """A metric name MLflow accepts (letters, digits, ``_ - . / space :``)."""
-    return "/".join(re.sub(r"[^\w.\- :]", "_", p.replace("+", "")) for p in parts)
-
-
-def numeric_items(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key, value in (metrics or {}).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        out[metric_key(f"{prefix}{key}")] = float(value)
-    return out
-
-
-def search_all_runs(client, experiment, filter_string: str) -> list:
-    """Every run of ``experiment`` matching ``filter_string``, page by page (none without an experiment)."""
-    if experiment is None:
-        return []
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment.experiment_id], filter_string=filter_string, max_results=1000,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 class StudyTracker:
@@ -276,11 +103,11 @@ class StudyTracker:
     def describe_experiment(self, description: str, tags: Optional[Mapping[str, str]] = None) -> None:
         """The experiment's description (Markdown) and ``recon.*`` tags to filter experiments by."""
         experiment_id = self.experiment.experiment_id
-        self.client.set_experiment_tag(experiment_id, NOTE_TAG, _clip(redact(description), MAX_EXPERIMENT_TAG_VALUE))
+        self.client.set_experiment_tag(experiment_id, NOTE_TAG, clip(redact(description), MAX_EXPERIMENT_TAG_VALUE))
         self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG,
                                        (self.experiment.tags or {}).get(EXPERIMENT_KIND_TAG, ML_EXPERIMENT_KIND))
         for key, value in (tags or {}).items():
-            self.client.set_experiment_tag(experiment_id, key, _clip(redact(str(value)), MAX_EXPERIMENT_TAG_VALUE))
+            self.client.set_experiment_tag(experiment_id, key, clip(redact(str(value)), MAX_EXPERIMENT_TAG_VALUE))
 
     def _source_tags(self) -> dict[str, str]:
         """What the runs table's Source column shows: the study, at the code's commit."""
@@ -372,7 +199,7 @@ class StudyTracker:
             page.write_text(overview_html(self.study_name, Path(artifacts_dir)), encoding="utf-8")
             self._log_artifacts(run_id, page)
         self._log_parent_inputs(run_id)
-        run_tags = [RunTag(k, _clip(redact(str(v)), MAX_TAG_VALUE)) for k, v in (tags or {}).items()]
+        run_tags = [RunTag(k, clip(redact(str(v)), MAX_TAG_VALUE)) for k, v in (tags or {}).items()]
         # The tables as ``mlflow.log_table`` writes them (the UI's table viewer and its artifact
         # comparison), replaced rather than appended to when the summary is written again.
         previous = json.loads(self.client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]") or "[]")
@@ -380,7 +207,7 @@ class StudyTracker:
         entries += [{"path": f"tables/{name}.json", "type": "table"} for name in logged]
         run_tags.append(RunTag(LOGGED_ARTIFACTS_TAG, json.dumps(entries)))
         if description:
-            run_tags.append(RunTag(NOTE_TAG, _clip(redact(description), MAX_TAG_VALUE)))
+            run_tags.append(RunTag(NOTE_TAG, clip(redact(description), MAX_TAG_VALUE)))
         if run_tags:
             self.client.log_batch(run_id, tags=run_tags)
         self.client.set_terminated(run_id, "FINISHED")
@@ -436,7 +263,7 @@ class StudyTracker:
                 "git_commit": self._commit, "study": self.study_name, **self._source_tags()}
         if result.get("split_source"):  # which training subset was used: paper file, seeded, or full
             tags["split_source"] = str(result["split_source"])
-        tags = {k: _clip(redact(v), MAX_TAG_VALUE) for k, v in tags.items()}
+        tags = {k: clip(redact(v), MAX_TAG_VALUE) for k, v in tags.items()}
         run = self.client.create_run(self.experiment.experiment_id, run_name=f"{trial.model} {trial.dataset} "
                                      f"{trial.setting} {trial.format} s{trial.seed}", tags=tags)
         run_id = run.info.run_id
@@ -461,7 +288,7 @@ class StudyTracker:
                 self.client.log_inputs(run_id, datasets=inputs)
         except Exception:  # noqa: BLE001 - a dataset the driver cannot read: the run is logged without inputs
             inputs = []
-        self.client.set_tag(run_id, NOTE_TAG, _clip(redact(trial_description(
+        self.client.set_tag(run_id, NOTE_TAG, clip(redact(trial_description(
             trial, result, finals, [i.dataset.name for i in inputs], self.study_name)), MAX_TAG_VALUE))
         if trial_dir.is_dir():
             self._log_artifacts(run_id, trial_dir)
@@ -482,148 +309,6 @@ class StudyTracker:
         except Exception:  # noqa: BLE001 - missing artifact: the caller reports it
             return None
 
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 40] + "\n\n... (cut: see the artifacts)"
-
-
-# ------------------------------------------------------------------ datasets as MLflow inputs
-_SHA256: dict[tuple, str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (memoised by path, size and mtime: trials share dataset files)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA256:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _SHA256[key] = digest.hexdigest()
-    return _SHA256[key]
-
-
-def _dataset_folder(trial: Trial, data_root: Optional[Path]) -> tuple[Optional[Path], Any]:
-    from recon.data_prep.registry import REGISTRY
-
-    spec = REGISTRY.get(trial.dataset)
-    if trial.config.get("path"):
-        return Path(trial.config["path"]).expanduser(), spec
-    if spec is None:
-        return None, None
-    if data_root is None:
-        from recon.data_prep.datadir import existing_data_root
-
-        data = trial.config.get("data") or (trial.config.get("settings") or {}).get("data") or {}
-        data_root = existing_data_root(data.get("data_dir"))
-    return (Path(data_root) / spec.directory if data_root else None), spec
-
-
-def dataset_inputs(trial: Trial, result: dict[str, Any], data_root: Optional[Path] = None) -> list:
-    """The trial's data as MLflow ``DatasetInput`` s: training data (the ``train_<split>`` file, or
-    the train file a seeded subset was drawn from, named so), dev and test; context tags
-    ``train`` / ``dev`` / ``test`` (few-shot: ``eval``). Name ``<dataset>/<split>``, source the
-    local file, digest the first 16 hex digits of its sha256 (all 64 in the profile)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    folder, spec = _dataset_folder(trial, data_root)
-    if folder is None or not folder.is_dir():
-        return []
-    wanted: list[tuple[str, str, Path, dict]] = []  # (name, context, file, profile extras)
-    if trial.kind == "finetune":
-        from recon.data_prep.registry import subset_file
-
-        split = float(trial.config.get("split") or 1.0)
-        data = trial.config.get("data") or {}
-        used = result.get("split_source") or ("full" if split >= 1 else data.get("split_source") or "seeded")
-        train_name = (spec.splits.get("train") if spec else None) or "train.txt"
-        named = Path(str(result["train_file"])).name if result.get("train_file") else None
-        if used == "paper":
-            path = folder / named if named and (folder / named).is_file() else subset_file(folder, split, spec)
-            if path is not None:
-                wanted.append((f"{trial.dataset}/{path.stem}", "train", path, {"subset": "paper file"}))
-        else:
-            label = "train" if used == "full" else f"train@{split:g} seeded s{trial.seed}"
-            wanted.append((f"{trial.dataset}/{label}", "train", folder / train_name,
-                           {"subset": used, "fraction": split, "seed": trial.seed}))
-        max_eval = data.get("max_eval")
-        for split_name in ("dev", "test"):
-            name = (spec.splits.get(split_name) if spec else None) or f"{split_name}.txt"
-            wanted.append((f"{trial.dataset}/{split_name}", split_name, folder / name,
-                           {"max_eval": max_eval} if max_eval else {}))
-    elif spec is not None:
-        for split_name, name in spec.splits.items():
-            wanted.append((f"{trial.dataset}/{split_name}", "eval", folder / name, {}))
-    out = []
-    for name, context, path, extras in wanted:
-        if not path.is_file():
-            continue
-        sha = file_sha256(path)
-        profile = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha, **extras}
-        source = json.dumps({"uri": redact(path.resolve().as_uri())})
-        dataset = Dataset(name=name, digest=sha[:16], source_type="local", source=source,
-                          profile=json.dumps(profile))
-        out.append(DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, context)]))
-    return out
-
-
-def trial_description(trial: Trial, result: dict[str, Any], finals: Mapping[str, float], datasets: list[str],
-                      study: str) -> str:
-    """A trial run's description (Markdown): what it is, its headline figures, its data and notes."""
-    from recon.data_prep.registry import display_name
-
-    lines = [f"**{trial.model}** on **{display_name(trial.dataset)} {trial.setting}**, input format "
-             f"**{trial.format}**, seed {trial.seed}: trial `{trial.trial_id}` of study *{study}* "
-             f"({trial.kind}; tables {', '.join(trial.tables)})."]
-    figures = []
-    for split in ("test", "dev"):
-        if f"{split}_metric" in finals:
-            figures.append(f"{split} {trial.metric} **{finals[f'{split}_metric']:.4f}**")
-    if figures:
-        best = f" at the best dev epoch ({int(finals['best_epoch'])})" if "best_epoch" in finals else ""
-        lines += ["", "; ".join(figures) + best + "."]
-    if datasets:
-        lines += ["", "Data: " + ", ".join(f"`{d}`" for d in datasets) + " (see Datasets used)."]
-    notes = result.get("notes")
-    if notes:
-        lines += ["", "Notes:"] + [f"- {n}" for n in ([notes] if isinstance(notes, str) else notes)]
-    lines += ["", "Artifacts: `result.json` (everything the trainer returned), `predictions.jsonl` (test predictions, "
-              "read by the study's significance tests and error browser); per-epoch curves under Model metrics "
-              "(`epoch/...`)."]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ the parent run's tables
-def paper_table_files(summary_dir: Path) -> dict[str, Path]:
-    """Table name -> its CSV in the summary folder (the tables ``tables.write_table`` wrote: a CSV
-    with Markdown, HTML and LaTeX siblings), paper tables before their delta tables."""
-    found = {p.stem: p for p in sorted(summary_dir.glob("*.csv"))
-             if all(p.with_suffix(ext).is_file() for ext in (".md", ".html", ".tex"))}
-    return dict(sorted(found.items(), key=lambda kv: (kv[0].endswith("_delta"), kv[0])))
-
-
-def overview_html(study: str, summary_dir: Path) -> str:
-    """One self-contained page: every paper table and delta table (their HTML), every plot (inline)."""
-    import base64
-    import html
-
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study)}</title><style>"
-             "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}h2{margin-top:1.5em}"
-             "img{max-width:100%;border:1px solid #ddd}li{font-size:.9em;color:#555}</style></head><body>",
-             f"<h1>Study {html.escape(study)}</h1>",
-             "<p>Medians over seeds, x100 (the paper's layout). Every file is under <code>summary/</code> "
-             "in this run's artifacts; sortable copies of the tables under <code>tables/</code>.</p>"]
-    for name, csv in paper_table_files(summary_dir).items():
-        page = csv.with_suffix(".html")
-        if page.is_file():
-            parts += [f"<h2>{html.escape(name)}</h2>", page.read_text(encoding="utf-8")]
-    for plot in sorted(summary_dir.glob("*.png")):
-        data = base64.b64encode(plot.read_bytes()).decode()
-        parts += [f"<h2>{html.escape(plot.stem)}</h2>", f"<img alt='{html.escape(plot.name)}' src='data:image/png;base64,{data}'>"]
-    parts.append("</body></html>")
-    return redact("\n".join(parts))
 
 
 def final_metrics(trial: Trial, result: dict[str, Any]) -> dict[str, float]:

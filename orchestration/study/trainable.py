@@ -70,7 +70,7 @@ def reset_process_state(threads: int, seed: int | None = None) -> None:
     if torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(False)
     if seed is not None:
-        from recon.models.train.loop import seed_everything
+        from recon.models.nets.seed import seed_everything
 
         seed_everything(int(seed))
 

