@@ -433,133 +433,197 @@ def _git_commit() -> str | None:
 # ------------------------------------------------------------------------------ 2. CP pre-training
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's out-of-memory error, or a library's allocation failure reported as a RuntimeError."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
+class CPBench:
+    """recon's CP pre-training step on one device: the model, optimizer and batches of ``run_steps``, without
+    its sampler (batches come from :class:`SyntheticCorpus` through the same ``build_batch``)."""
+
+    def __init__(self, args: argparse.Namespace, encoder_dir: Path) -> None:
+        from recon.models.encoder import load_encoder
+        from recon.models.pretrain_config import OBJECTIVE_DEFAULTS, PretrainConfig
+        from recon.models.pretraining import PretrainNet, StepSettings, TokenContext
+        from recon.models.training import TrainConfig, build_optimizer, build_scheduler
+
+        self.args = args
+        self.device = torch.device(args.device)
+        self.paper = PretrainConfig()
+        torch.manual_seed(0)
+        self.bundle = load_encoder(str(encoder_dir), mlm_head=True)
+        self.net = PretrainNet(self.bundle.model).to(self.device)
+        cfg = TrainConfig(lr=self.paper.lr, weight_decay=self.paper.weight_decay, warmup_steps=self.paper.warmup,
+                          fused_adamw=True)
+        self.optimizer = build_optimizer(self.net, cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, OBJECTIVE_DEFAULTS["cp"]["steps"], cfg)
+        self.settings = StepSettings("cp", temperature=self.paper.temperature, mlm_weight=self.paper.mlm_weight,
+                                     max_grad_norm=self.paper.max_grad_norm, bf16=True)
+        self.ctx = TokenContext.for_bundle(self.bundle, args.cp_length)
+        self.corpus = SyntheticCorpus(self.ctx.tokenizer, words=args.cp_length)
+        self.rng = random.Random(0)
+        self.steps = 0
+        self.build_rates: list[float] = []  # host sentences/s of every batch built
+
+    def make_batch(self, pairs: int):
+        """One host batch through recon's ``build_batch`` (pinned on CUDA, as ``run_steps`` pins it)."""
+        from recon.data_prep.defaults import P_BLANK
+        from recon.models.pretraining import build_batch, step_generator
+
+        t0 = time.perf_counter()
+        batch = build_batch(self.corpus.pairs(pairs, self.rng, P_BLANK), self.corpus, "cp", self.ctx,
+                            mlm_probability=self.paper.mlm_probability,
+                            generator=step_generator(0, len(self.build_rates), 0, 0))
+        self.build_rates.append(batch.n_sentences / (time.perf_counter() - t0))
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    def step(self, batch, meter) -> None:
+        """One optimizer step, its figures left on the device (the body of ``run_steps``)."""
+        from recon.models.pretraining import _step_on_device
+
+        self.steps += 1
+        _step_on_device(self.net, [batch], optimizer=self.optimizer, scheduler=self.scheduler,
+                        settings=self.settings, device=self.device, meter=meter, step=self.steps)
+
+    def recover(self) -> None:
+        """After an out-of-memory error: drop the gradients and give the cached blocks back."""
+        self.optimizer.zero_grad(set_to_none=True)
+        _free_cuda(self.device)
+
+    def probe(self, pairs: int) -> tuple[dict[str, Any], Any]:
+        """Build a batch of ``pairs`` and run one step on it: ``(record, batch)``, batch None if it did not fit."""
+        from recon.models.pretraining import StepMeter
+
+        batch = self.make_batch(pairs)
+        _reset_peak(self.device)
+        error = None
+        t0 = time.perf_counter()
+        try:
+            limit = self.args.simulate_oom_above_pairs
+            if limit is not None and pairs > limit:
+                raise torch.cuda.OutOfMemoryError(f"simulated: {pairs} pairs > --simulate-oom-above-pairs")
+            meter = StepMeter(self.device)
+            self.step(batch, meter)
+            meter.read()
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        probe_s = time.perf_counter() - t0
+        if error is not None:  # outside the except block: the traceback (and the graph it held) is gone
+            self.recover()
+            return {"pairs": pairs, "sentences": 2 * pairs, "fits": False, "error": error}, None
+        return {"pairs": pairs, "sentences": 2 * pairs, "fits": True, "probe_s": probe_s,
+                "host_build_s": batch.n_sentences / self.build_rates[-1],
+                "peak_memory_gb": _peak_memory(self.device)["peak_memory_gb"]}, batch
+
+    def search(self, clock: Clock, section_end: float) -> tuple[list[dict[str, Any]], int | None, Any]:
+        """Doubling micro-batches from ``--cp-min-pairs`` until one does not fit, the cap, or the section's
+        time: ``(records, largest pairs that fit, its batch)``."""
+        records: list[dict[str, Any]] = []
+        chosen, chosen_batch = None, None
+        pairs = self.args.cp_min_pairs
+        while pairs <= self.args.cp_max_pairs:
+            if records and clock.elapsed() + 4 * records[-1]["probe_s"] > section_end:  # next: ~2x build + step
+                records.append({"pairs": pairs, "sentences": 2 * pairs, "fits": None,
+                                "note": "not tried: section budget"})
+                break
+            record, batch = self.probe(pairs)
+            records.append(record)
+            if batch is None:
+                clock.log(f"cp: {pairs} pairs ({2 * pairs} sentences) do not fit: {record['error']}")
+                break
+            clock.log(f"cp: {pairs} pairs fit, first step {record['probe_s']:.2f} s, "
+                      f"peak {record['peak_memory_gb']:.2f} GB")
+            chosen, chosen_batch = pairs, batch
+            pairs *= 2
+        return records, chosen, chosen_batch
+
+    def time_steps(self, batches: list, warmup: int, timed: int):
+        """``warmup`` untimed then ``timed`` timed steps over ``batches`` in turn, read once at the end:
+        ``(StepStats, model FLOPs, masked positions)`` of the timed steps."""
+        from recon.models.pretraining import StepMeter
+
+        shape = SHAPES[self.args.cp_encoder]
+        _reset_peak(self.device)
+        meter = StepMeter(self.device)
+        for i in range(warmup):
+            self.step(batches[i % len(batches)], meter)
+        meter.read()  # drains the queue and restarts the meter's clock: the window is the timed steps alone
+        flops, masked = 0.0, 0
+        for i in range(timed):
+            batch = batches[i % len(batches)]
+            self.step(batch, meter)
+            masked += batch.n_masked
+            flops += cp_step_flops(shape, batch.n_sentences, batch.input_ids.size(1), batch.n_masked)["total"]
+        return meter.read(), flops, masked
+
+
 def cp_section(args: argparse.Namespace, clock: Clock, encoder_dir: Callable[[], Path]) -> dict[str, Any]:
     """Largest micro-batch that fits, then timed CP steps: sentences/s, step time, peak memory, MFU."""
-    from recon.data_prep.defaults import P_BLANK
-    from recon.models.encoder import load_encoder
-    from recon.models.pretrain_config import OBJECTIVE_DEFAULTS, PretrainConfig
-    from recon.models.pretraining import (PretrainNet, StepMeter, StepSettings, TokenContext, _step_on_device,
-                                          build_batch, count_parameters, step_generator)
-    from recon.models.training import TrainConfig, build_optimizer, build_scheduler
+    from recon.models.pretraining import count_parameters
 
     _check_forced(args, "cp_pretrain")
     section_end = clock.elapsed() + args.cp_share * clock.left()
-    device = torch.device(args.device)
-    shape = SHAPES[args.cp_encoder]
-    paper = PretrainConfig()
-    torch.manual_seed(0)
-    bundle = load_encoder(str(encoder_dir()), mlm_head=True)
-    net = PretrainNet(bundle.model).to(device)
-    train_cfg = TrainConfig(lr=paper.lr, weight_decay=paper.weight_decay, warmup_steps=paper.warmup,
-                            fused_adamw=True)
-    optimizer = build_optimizer(net, train_cfg, device)
-    scheduler = build_scheduler(optimizer, OBJECTIVE_DEFAULTS["cp"]["steps"], train_cfg)
-    settings = StepSettings("cp", temperature=paper.temperature, mlm_weight=paper.mlm_weight,
-                            max_grad_norm=paper.max_grad_norm, bf16=True)
-    ctx = TokenContext.for_bundle(bundle, args.cp_length)
-    corpus = SyntheticCorpus(ctx.tokenizer, words=args.cp_length)
-    rng = random.Random(0)
-    step = 0
-
-    def make_batch(pairs: int):
-        """One host batch through recon's ``build_batch``, pinned on CUDA as ``run_steps`` pins it."""
-        nonlocal step
-        step += 1
-        batch = build_batch(corpus.pairs(pairs, rng, P_BLANK), corpus, "cp", ctx,
-                            mlm_probability=paper.mlm_probability, generator=step_generator(0, step, 0, 0))
-        return batch.pin_memory() if device.type == "cuda" else batch
-
-    def one_step(batch, meter) -> None:
-        _step_on_device(net, [batch], optimizer=optimizer, scheduler=scheduler, settings=settings, device=device,
-                        meter=meter, step=step)
-
-    # --- the largest micro-batch that fits: doubling until CUDA runs out of memory (or the cap, or the clock)
-    search: list[dict[str, Any]] = []
-    chosen: int | None = None
-    chosen_batch = None
-    build_rates: list[float] = []
-    pairs = args.cp_min_pairs
-    while pairs <= args.cp_max_pairs:
-        if search and clock.elapsed() + 3 * search[-1]["probe_s"] * 2 > section_end:
-            search.append({"pairs": pairs, "fits": None, "note": "not tried: section budget"})
-            break
-        t0 = time.perf_counter()
-        batch = make_batch(pairs)
-        build_s = time.perf_counter() - t0
-        build_rates.append(batch.n_sentences / build_s)
-        _reset_peak(device)
-        oom: str | None = None
-        t0 = time.perf_counter()
-        try:
-            if args.simulate_oom_above_pairs is not None and pairs > args.simulate_oom_above_pairs:
-                raise torch.cuda.OutOfMemoryError(f"simulated: {pairs} pairs > --simulate-oom-above-pairs")
-            meter = StepMeter(device)
-            one_step(batch, meter)
-            meter.read()
-        except torch.cuda.OutOfMemoryError as err:
-            oom = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        probe_s = time.perf_counter() - t0
-        if oom is not None:  # the exception (and the graph its traceback held) is gone: free and stop
-            optimizer.zero_grad(set_to_none=True)
-            batch = meter = None
-            _free_cuda(device)
-            search.append({"pairs": pairs, "sentences": 2 * pairs, "fits": False, "error": oom})
-            clock.log(f"cp: {pairs} pairs ({2 * pairs} sentences) do not fit: {oom}")
-            break
-        mem = _peak_memory(device)
-        search.append({"pairs": pairs, "sentences": 2 * pairs, "fits": True, "probe_s": probe_s,
-                       "host_build_s": build_s, "peak_memory_gb": mem["peak_memory_gb"]})
-        clock.log(f"cp: {pairs} pairs fit, first step {probe_s:.2f} s, peak {mem['peak_memory_gb']:.2f} GB")
-        chosen, chosen_batch = pairs, batch
-        pairs *= 2
+    bench = CPBench(args, encoder_dir())
+    device = bench.device
+    search, chosen, batch = bench.search(clock, section_end)
     if chosen is None:
         raise RuntimeError(f"not even {args.cp_min_pairs} pairs fit: {search}")
-
-    # --- timed steps at that size
-    batches = [chosen_batch] + [make_batch(chosen) for _ in range(max(0, args.cp_distinct_batches - 1))]
-    probe_s = next(s["probe_s"] for s in search if s.get("pairs") == chosen)
-    room = section_end - clock.elapsed() - args.cp_warmup * probe_s
-    timed = int(max(2, min(args.cp_steps, room // max(probe_s, 1e-6))))
-    _reset_peak(device)
-    meter = StepMeter(device)
-    for i in range(args.cp_warmup):
-        one_step(batches[i % len(batches)], meter)
-    meter.read()  # drains the queue and restarts the meter's clock: the window is the timed steps alone
-    flops = 0.0
-    masked = 0
-    for i in range(timed):
-        batch = batches[i % len(batches)]
-        one_step(batch, meter)
-        masked += batch.n_masked
-        flops += cp_step_flops(shape, batch.n_sentences, batch.input_ids.size(1), batch.n_masked)["total"]
-    stats = meter.read()
+    retries: list[dict[str, Any]] = []
+    while True:  # a size that fit once can still miss after a larger one fragmented the cache: then halve it
+        batches = [batch] + [bench.make_batch(chosen) for _ in range(max(0, args.cp_distinct_batches - 1))]
+        probe_s = max(1e-6, next(r["probe_s"] for r in search if r["pairs"] == chosen and r["fits"]))
+        room = section_end - clock.elapsed() - args.cp_warmup * probe_s
+        timed = int(max(2, min(args.cp_steps, room // probe_s)))
+        error = None
+        try:
+            stats, flops, masked = bench.time_steps(batches, args.cp_warmup, timed)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err) or chosen // 2 < args.cp_min_pairs:
+                raise
+            error = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        if error is None:
+            break
+        retries.append({"pairs": chosen, "error": error})
+        batches = batch = None
+        bench.recover()
+        chosen //= 2
+        clock.log(f"cp: timed steps at {2 * chosen} pairs ran out of memory; again at {chosen} pairs")
+        batch = bench.make_batch(chosen)
     mem = _peak_memory(device)
+    shape = SHAPES[args.cp_encoder]
     step_s = stats.seconds / stats.steps
     length = batches[0].input_ids.size(1)
     sentences = batches[0].n_sentences
     flops_per_step = flops / timed
     measured = mfu(flops_per_step, step_s, args.peak_tflops)
-    per_step_parts = cp_step_flops(shape, sentences, length, masked / timed)
     out = {
         "encoder": args.cp_encoder, "shape": asdict(shape), "matmul_params": shape.matmul_params,
-        "model_params": count_parameters(net), "objective": "cp", "mlm": True, "length": length,
-        "bf16_autocast": device.type == "cuda", "fused_adamw": bool(optimizer.defaults.get("fused")),
-        "attn_implementation": getattr(bundle.model.config, "_attn_implementation", None),
-        "search": search, "micro_batch_pairs": chosen, "sentences_per_step": sentences,
+        "model_params": count_parameters(bench.net), "objective": "cp", "mlm": True, "length": length,
+        "bf16_autocast": device.type == "cuda", "fused_adamw": bool(bench.optimizer.defaults.get("fused")),
+        "attn_implementation": getattr(bench.bundle.model.config, "_attn_implementation", None),
+        "search": search, "timed_retries": retries, "micro_batch_pairs": chosen, "sentences_per_step": sentences,
         "tokens_per_step": sentences * length, "masked_per_step": masked / timed,
         "masked_fraction": masked / timed / (sentences * length),
         "warmup_steps": args.cp_warmup, "timed_steps": timed, "seconds": stats.seconds, "step_s": step_s,
         "sentences_per_s": stats.sentences / stats.seconds, "tokens_per_s": stats.tokens / stats.seconds,
-        "host_build_sentences_per_s": max(build_rates) if build_rates else None,
-        "flops_per_step": flops_per_step, "flops_parts_per_step": per_step_parts,
+        "host_build_sentences_per_s": max(bench.build_rates),
+        "flops_per_step": flops_per_step,
+        "flops_parts_per_step": cp_step_flops(shape, sentences, length, masked / timed),
         "achieved_tflops": flops_per_step / step_s / 1e12, "peak_tflops": args.peak_tflops, "mfu": measured,
         "target_mfu": TARGET_CP_MFU, "meets_target": measured >= TARGET_CP_MFU,
         "loss": stats.loss, **mem,
     }
-    if out["host_build_sentences_per_s"] and out["host_build_sentences_per_s"] < out["sentences_per_s"]:
-        out["host_bound_note"] = ("one host thread builds batches slower than the GPU steps through them: the "
-                                  "real run_steps loop would be limited by batch building at this rate")
-    net = optimizer = scheduler = batches = chosen_batch = bundle = None  # free the device before packing
+    if out["host_build_sentences_per_s"] < out["sentences_per_s"]:
+        out["host_bound_note"] = ("one host thread builds batches slower than the device steps through them: "
+                                  "the real run_steps loop, which builds each batch in the training process, "
+                                  "would be limited by batch building at this rate")
+    bench = batches = batch = stats = None  # free the device before the packing section
     _free_cuda(device)
     return out
 

@@ -148,19 +148,53 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(failing_run):
     assert doc["wall_s"] is not None
 
 
-def test_pack_figures_count_only_the_common_window():
+@pytest.fixture(scope="module")
+def gpu_check():
+    """The script as a module, for its pure functions and an in-process CP section."""
     spec = importlib.util.spec_from_file_location("gpu_check_module", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def test_pack_figures_count_only_the_common_window(gpu_check):
     # trial A: 1 step/s from t=0 to 10; trial B: 2 steps/s from t=2 to 8: both run over [2, 8]
     a = {"start": 0.0, "end": 10.0, "stamps": [(float(t), t) for t in range(11)], "steps": 10}
     b = {"start": 2.0, "end": 8.0, "stamps": [(2.0 + t / 2, t) for t in range(13)], "steps": 12}
     for r in (a, b):
         r.update(peak_memory_gb=1.0, peak_reserved_gb=None, peak_memory_kind="x", ready_s=1.0)
-    figures = module.pack_figures([a, b], batch_size=64, flops_per_step=1e12, peak_tflops=100.0)
+    figures = gpu_check.pack_figures([a, b], batch_size=64, flops_per_step=1e12, peak_tflops=100.0)
     assert figures["common_window_s"] == pytest.approx(6.0)
     assert figures["examples_per_s_per_trial"] == pytest.approx([64.0, 128.0])
     assert figures["examples_per_s_total"] == pytest.approx(192.0)
     assert figures["examples_per_s_own_window"] == pytest.approx([64.0, 128.0])
     assert figures["mfu_total"] == pytest.approx(3 * 1e12 / 100e12)
+
+
+def test_out_of_memory_errors_are_recognised(gpu_check):
+    assert gpu_check.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert gpu_check.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not gpu_check.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_timed_steps_halve_the_micro_batch_after_out_of_memory(gpu_check, tmp_path, monkeypatch):
+    """The size the search found can still run out of memory when timed (a fragmented cache): the section
+    halves it and times that, instead of losing the CP figures."""
+    real = gpu_check.CPBench.time_steps
+    calls = []
+
+    def time_steps(self, batches, warmup, timed):
+        calls.append(batches[0].n_pairs)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("simulated fragmentation")
+        return real(self, batches, warmup, timed)
+
+    monkeypatch.setattr(gpu_check.CPBench, "time_steps", time_steps)
+    args = gpu_check.parse_args(["--device", "cpu", "--tiny", "--cp-max-pairs", "4"])
+    clock = gpu_check.Clock(60)
+    encoder = gpu_check.random_encoder_dir(gpu_check.SHAPES["tiny"], tmp_path)
+    out = gpu_check.cp_section(args, clock, lambda: encoder)
+    assert calls == [4, 2]
+    assert out["timed_retries"] == [{"pairs": 4, "error": "OutOfMemoryError: simulated fragmentation"}]
+    assert out["micro_batch_pairs"] == 2 and out["sentences_per_step"] == 4 and out["mfu"] > 0
