@@ -180,7 +180,8 @@ def test_out_of_memory_errors_are_recognised(gpu_check):
 
 def test_timed_steps_halve_the_micro_batch_after_out_of_memory(gpu_check, tmp_path, monkeypatch):
     """The size the search found can still run out of memory when timed (a fragmented cache): the section
-    halves it and times that, instead of losing the CP figures."""
+    halves it and times that, instead of losing the CP figures. With the fixture vocabulary, as on a GPU
+    machine without the MiniLM package."""
     real = gpu_check.CPBench.time_steps
     calls = []
 
@@ -191,6 +192,7 @@ def test_timed_steps_halve_the_micro_batch_after_out_of_memory(gpu_check, tmp_pa
         return real(self, batches, warmup, timed)
 
     monkeypatch.setattr(gpu_check.CPBench, "time_steps", time_steps)
+    monkeypatch.setattr(gpu_check, "vocab_file", lambda: (gpu_check.TINY_VOCAB, "fixture"))
     args = gpu_check.parse_args(["--device", "cpu", "--tiny", "--cp-max-pairs", "4"])
     clock = gpu_check.Clock(60)
     encoder = gpu_check.random_encoder_dir(gpu_check.SHAPES["tiny"], tmp_path)
@@ -198,3 +200,4 @@ def test_timed_steps_halve_the_micro_batch_after_out_of_memory(gpu_check, tmp_pa
     assert calls == [4, 2]
     assert out["timed_retries"] == [{"pairs": 4, "error": "OutOfMemoryError: simulated fragmentation"}]
     assert out["micro_batch_pairs"] == 2 and out["sentences_per_step"] == 4 and out["mfu"] > 0
+    assert out["length"] == 64  # 64 fixture words still fill every sentence
