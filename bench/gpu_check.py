@@ -669,7 +669,6 @@ def finetune_worker(rank: int, spec: dict[str, Any], barrier, queue) -> None:
         from recon.models.heads import RelationClassifier
         from recon.models.training import ClassificationTask, TrainConfig, fit, seed_everything
 
-        t_start = time.time()
         device = torch.device(spec["device"])
         if spec["fail"] and rank == 0:
             raise RuntimeError(FORCED.format(f"finetune_pack_{spec['trials']}"))
@@ -683,7 +682,7 @@ def finetune_worker(rank: int, spec: dict[str, Any], barrier, queue) -> None:
         task = ClassificationTask()
         fit(model, task, [batch], None, None, cfg.replace(epochs=spec["warmup_steps"]))
         _reset_peak(device)
-        ready_s = time.time() - t_start
+        ready_s = time.time() - spec["spawned_at"]  # spawn, imports, encoder load and warm-up steps
         barrier.wait(timeout=spec["barrier_timeout_s"])
         start = time.time()
         stamps = _Stamps(start, start + spec["window_s"])
@@ -751,7 +750,7 @@ def run_pack(trials: int, spec: dict[str, Any], timeout_s: float) -> dict[str, A
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(trials)
     queue = ctx.Queue()
-    spec = {**spec, "trials": trials}
+    spec = {**spec, "trials": trials, "spawned_at": time.time()}
     procs = [ctx.Process(target=finetune_worker, args=(rank, spec, barrier, queue), daemon=True)
              for rank in range(trials)]
     t0 = time.perf_counter()
