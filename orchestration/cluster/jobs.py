@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
 from pathlib import Path
@@ -152,6 +153,36 @@ def runtime_env(*, storage: str | None = None, tracking_uri: str | None = None,
     if pip:
         renv["pip"] = list(pip)
     return renv
+
+
+def upload_files(working_dir: str | os.PathLike,
+                 excludes: Sequence[str] = WORKING_DIR_EXCLUDES) -> list[tuple[Path, int]]:
+    """Every file a job's ``working_dir`` upload would carry, with its size in bytes.
+
+    Selected by Ray's own walk over the directory (the one ``ray job submit`` zips with): Ray's
+    default excludes, then ``excludes``, then ``.gitignore`` (unless
+    ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1``) and ``.rayignore`` files. Ray stores the package
+    uncompressed, so the sizes add up to the upload's size; a caller can refuse a directory the GCS
+    would refuse, before anything is created on a cluster.
+    """
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    root = Path(working_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise ReconError(f"working dir {root} is not a directory")
+    patterns = ray_constants.get_runtime_env_default_excludes() + list(excludes)
+    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    found: list[tuple[Path, int]] = []
+
+    def count(path: Path) -> None:
+        if path.is_file():
+            found.append((path, path.stat().st_size))
+
+    # recon's logger: Ray's own logs each .gitignore it honours at INFO on stderr, for every count.
+    _dir_travel(root, [_get_excludes(root, patterns)], count, include_gitignore=include_gitignore,
+                logger=logging.getLogger(__name__))
+    return found
 
 
 def submit(entrypoint: Sequence[str] | str, *, address: str | None = None,
