@@ -267,7 +267,7 @@ def test_rayjob_runs_the_recon_command_and_cleans_up():
                                active_deadline_seconds=3600, backoff_limit=1, submission_mode="HTTPMode",
                                service_account="recon-storage")
     spec = render_rayjob(settings)["spec"]
-    assert spec["entrypoint"] == "recon study run 'studies/my study.yaml' --tracking-uri http://mlflow:5000"
+    assert spec["entrypoint"] == "recon study run 'studies/my study.yaml'"
     assert shlex.split(spec["entrypoint"])[:4] == list(settings.command)
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 120
     assert spec["activeDeadlineSeconds"] == 3600 and spec["backoffLimit"] == 1
@@ -277,19 +277,18 @@ def test_rayjob_runs_the_recon_command_and_cleans_up():
     assert "excludes" not in yaml.safe_load(spec["runtimeEnvYAML"])  # nothing uploaded: the image holds the code
 
 
-@pytest.mark.parametrize("command, expected", [
-    ("recon study run s.yaml", "recon study run s.yaml --tracking-uri http://mlflow.lab:5000"),
-    ("recon study resume s.yaml", "recon study resume s.yaml --tracking-uri http://mlflow.lab:5000"),
-    ("recon sweep run w.yaml", "recon sweep run w.yaml --tracking-uri http://mlflow.lab:5000"),
-    ("recon study run s.yaml --tracking-uri=http://mlflow.lab:5000",
-     "recon study run s.yaml --tracking-uri=http://mlflow.lab:5000"),   # named already
-    ("recon corpus build --out c", "recon corpus build --out c"),   # takes no --tracking-uri
-    ("python -m recon.orchestration.cli.main study run s.yaml", "python -m recon.orchestration.cli.main study run s.yaml"),
-])
-def test_study_commands_log_to_the_pods_tracking_server(command, expected):
-    """recon study/sweep read --tracking-uri, not MLFLOW_TRACKING_URI: the job passes the pods' server."""
-    settings = KubeRaySettings(command=tuple(shlex.split(command)), tracking_uri="http://mlflow.lab:5000")
-    assert render_rayjob(settings)["spec"]["entrypoint"] == expected
+def test_study_commands_log_to_the_pods_tracking_server(monkeypatch, tmp_path):
+    """The entrypoint is the command as given; the pods' MLFLOW_TRACKING_URI is where a study logs."""
+    settings = KubeRaySettings(command=("recon", "study", "run", "s.yaml"), tracking_uri="http://mlflow.lab:5000")
+    manifest = render_rayjob(settings)
+    assert manifest["spec"]["entrypoint"] == "recon study run s.yaml"
+    [env] = {_env(c)["MLFLOW_TRACKING_URI"]["value"] for c in _containers(manifest)}
+    from recon.orchestration.study.spec import load_spec
+
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nmodels: [{name: M}]\ngrids: [{datasets: [semeval]}]\n", encoding="utf-8")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    assert load_spec(study).resolved_tracking_uri() == "http://mlflow.lab:5000"
 
 
 def test_raycluster_is_long_lived():
@@ -370,8 +369,7 @@ def test_dry_run_with_the_working_dir_travelling(no_kubectl, tmp_path):
     settings = KubeRaySettings(name="recon-demo", command=("recon", "study", "run", "studies/demo.yaml"))
     plan = submit(settings, dry_run=True, working_dir=project)
     assert plan.argv == ("kubectl", "ray", "job", "submit", "-n", "recon", "-f", "recon-demo.rayjob.yaml",
-                         "--working-dir", str(project.resolve()), "--", "recon", "study", "run", "studies/demo.yaml",
-                         "--tracking-uri", "http://mlflow:5000")
+                         "--working-dir", str(project.resolve()), "--", "recon", "study", "run", "studies/demo.yaml")
     spec = plan.manifest["spec"]
     assert spec["submissionMode"] == "InteractiveMode" and spec["backoffLimit"] == 0
     renv = yaml.safe_load(spec["runtimeEnvYAML"])
@@ -476,8 +474,7 @@ def test_working_dir_submission_reads_the_token_into_the_environment_only(fake_k
     [call] = fake_kubectl()
     argv = call["argv"]
     assert argv[:6] == ["ray", "job", "submit", "-n", "recon", "-f"]
-    assert argv[7:] == ["--working-dir", str(project.resolve()), "--", "recon", "study", "run", "studies/paper.yaml",
-                        "--tracking-uri", "http://mlflow:5000"]
+    assert argv[7:] == ["--working-dir", str(project.resolve()), "--", "recon", "study", "run", "studies/paper.yaml"]
     manifest_file = Path(argv[6])
     assert not manifest_file.is_relative_to(project.resolve())  # the manifest is not uploaded with the code
     assert not manifest_file.exists()  # and does not outlive the submission
@@ -509,15 +506,15 @@ def test_deploy_files_are_what_the_renderer_makes():
 
 
 def test_deploy_studies_log_where_the_pods_point():
-    """recon study reads --tracking-uri, not MLFLOW_TRACKING_URI: each RayJob passes the pods' value."""
+    """Every container of a deployed study has the same MLflow server and storage in its environment."""
     script = _render_script()
     jobs = [yaml.safe_load((DEPLOY / f).read_text()) for f, (kind, _) in script.MANIFESTS.items() if kind == "rayjob"]
     assert len(jobs) == 2
     for manifest in jobs:
-        argv = shlex.split(manifest["spec"]["entrypoint"])
-        assert argv[:3] == ["recon", "study", "run"]
-        for container in _containers(manifest):
-            assert argv[argv.index("--tracking-uri") + 1] == _env(container)["MLFLOW_TRACKING_URI"]["value"]
+        assert shlex.split(manifest["spec"]["entrypoint"])[:3] == ["recon", "study", "run"]
+        values = {(_env(c)["MLFLOW_TRACKING_URI"]["value"], _env(c)["RECON_STORAGE"]["value"])
+                  for c in _containers(manifest)}
+        assert len(values) == 1
 
 
 def test_deploy_files_cover_cpu_gpu_and_long_lived():

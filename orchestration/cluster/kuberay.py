@@ -30,8 +30,8 @@ What every rendered pod gets (head and workers alike):
 * ``/dev/shm`` in memory (Ray's object store and torch's data loaders want more than a container's
   64 MB default).
 
-The entrypoint is the recon command, plus ``--tracking-uri`` for ``recon study`` / ``recon sweep``
-(:func:`job_command`: they do not read ``MLFLOW_TRACKING_URI``). GPU shapes request ``nvidia.com/gpu`` and set ``num-gpus`` in ``rayStartParams``; CPU shapes do neither.
+The entrypoint is the recon command as given: it reads ``MLFLOW_TRACKING_URI`` and ``RECON_STORAGE`` from
+the pods' environment, as every recon command does. GPU shapes request ``nvidia.com/gpu`` and set ``num-gpus`` in ``rayStartParams``; CPU shapes do neither.
 The head gets ``num-cpus: 0``: it runs the GCS, the dashboard and the study driver, and Ray schedules
 no trial there, so trials land on the shape that was sized for them. MLflow is *not* in the Ray
 cluster: a RayJob's cluster is deleted when the job ends, so the tracking server must outlive it
@@ -70,10 +70,7 @@ TOKEN_KEY = "auth_token"
 RAY_VERSION = "2.60.0"
 #: The MLflow server's Service in the namespace (deploy/kuberay/README.md starts one).
 DEFAULT_TRACKING_URI = "http://mlflow:5000"
-#: recon subcommands that log to MLflow and take --tracking-uri (orchestration/cli/commands/study.py, sweep.py).
 TRACKING_FLAG = "--tracking-uri"
-TRACKING_FLAG_COMMANDS = {("recon", "study"): ("plan", "run", "resume", "tables"),
-                          ("recon", "sweep"): ("run", "resume")}
 #: Ray's GCS refuses a job package of 512 MiB or more (its gRPC message limit); the working dir is
 #: zipped uncompressed, so 500 MiB of files leaves room for the zip's own headers.
 MAX_WORKING_DIR_BYTES = 500 * 1024 * 1024
@@ -112,7 +109,7 @@ class KubeRaySettings(Config):
                       "(CHANGE: build one as deploy/kuberay/README.md shows)")
     ray_version: str = knob(RAY_VERSION, "Ray version inside the image (token auth needs 2.52 or later)")
     command: tuple[str, ...] = knob(("recon", "study", "run", "studies/paper.yaml"),
-                                    "the recon command the job runs (its entrypoint; see job_command)")
+                                    "the recon command the job runs (its entrypoint)")
     workers: int = knob(4, "worker pods (a fixed size: replicas = minReplicas = maxReplicas)", ge=1)
     worker_cpus: int = knob(6, "CPUs per worker pod (request = limit)", ge=1)
     worker_memory: str = knob("28Gi", "memory per worker pod (a Kubernetes quantity; request = limit)")
@@ -177,21 +174,6 @@ def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
         if arg.startswith(flag + "="):
             return arg[len(flag) + 1:]
     return None
-
-
-def job_command(settings: KubeRaySettings) -> tuple[str, ...]:
-    """``settings.command`` as the job runs it: with ``--tracking-uri`` where the command takes one.
-
-    ``recon study`` and ``recon sweep`` log to their ``--tracking-uri`` (else the spec's, else a sqlite
-    file in the output folder) and do not read ``MLFLOW_TRACKING_URI``; in a RayJob that sqlite file
-    would be deleted with the cluster. So the pods' server is passed explicitly, unless the command
-    already names it.
-    """
-    command = settings.command
-    takes_flag = TRACKING_FLAG_COMMANDS.get(tuple(command[:2]), ())
-    if len(command) > 2 and command[2] in takes_flag and _flag_value(command, TRACKING_FLAG) is None:
-        return (*command, TRACKING_FLAG, settings.tracking_uri)
-    return command
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -309,7 +291,7 @@ def render_rayjob(settings: KubeRaySettings) -> dict[str, Any]:
     if interactive and settings.backoff_limit:
         raise ConfigError("backoff_limit", "KubeRay refuses retries in InteractiveMode: set it to 0")
     spec: dict[str, Any] = {
-        "entrypoint": shlex.join(job_command(settings)),
+        "entrypoint": shlex.join(settings.command),
         "runtimeEnvYAML": to_yaml(job_runtime_env(settings, interactive=interactive)),
         "submissionMode": settings.submission_mode,
         "shutdownAfterJobFinishes": True,
@@ -621,7 +603,7 @@ def submit(settings: KubeRaySettings, dry_run: bool, working_dir: Path | None) -
 
     def argv(file: Path) -> tuple[str, ...]:
         return ("kubectl", "ray", "job", "submit", "-n", settings.namespace, "-f", str(file),
-                "--working-dir", str(wd), "--", *job_command(settings))
+                "--working-dir", str(wd), "--", *settings.command)
 
     if dry_run:
         file = Path(f"{settings.name}.rayjob.yaml")
@@ -648,6 +630,6 @@ def _run(plan: Submission, env: Optional[Mapping[str, str]]) -> Submission:
     return dataclasses.replace(plan, returncode=result.returncode)
 
 
-__all__ = ["KubeRaySettings", "Submission", "render_rayjob", "render_raycluster", "raycluster_spec", "job_command",
+__all__ = ["KubeRaySettings", "Submission", "render_rayjob", "render_raycluster", "raycluster_spec",
            "container_env", "job_runtime_env", "to_yaml", "validate", "operator_problems",
            "check_working_dir", "submit", "CRD_FILES", "MAX_WORKING_DIR_BYTES", "RAY_VERSION"]

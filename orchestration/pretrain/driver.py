@@ -44,7 +44,7 @@ from recon.orchestration.pretrain.run import (CONFIG_FILE, FINAL_FILE, HELDOUT_K
                                               RESUMABLE_CHANGES, PretrainRun)
 from recon.orchestration.pretrain.trainer import build_trainer
 from recon.orchestration.tracking.client import log_artifacts_redacted
-from recon.orchestration.tracking.uri import absolute_tracking_uri
+from recon.orchestration.tracking.uri import DEFAULT_TRACKING_URI, absolute_tracking_uri, chosen_tracking_uri
 
 @dataclass(frozen=True)
 class FinalEncoder:
@@ -148,7 +148,7 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
     read_manifest(cfg.corpus)  # fail here, not in every worker, when the corpus is missing
     leakage = require_exclusions(cfg.corpus, cfg.evaluate_on, allow_leakage=cfg.allow_leakage, data_dir=cfg.data_dir)
     cfg.corpus = str(Path(cfg.corpus).expanduser().resolve())
-    cfg.tracking_uri = absolute_tracking_uri(cfg.tracking_uri)
+    cfg.tracking_uri = absolute_tracking_uri(chosen_tracking_uri(cfg.tracking_uri, DEFAULT_TRACKING_URI))
     if cfg.fail_marker:
         cfg.fail_marker = str(Path(cfg.fail_marker).resolve())
     root = Storage.from_uri(cfg.storage_root)

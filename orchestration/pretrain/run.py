@@ -47,7 +47,8 @@ class PretrainRun(PretrainConfig):
     out: str = knob("runs/pretrain", "storage location of the run: a path (local or NFS) or a URI such as "
                                      "s3://bucket/prefix; every node reads and writes the run there", identity=False)
     run_name: str | None = knob(None, "run name under --out (default: pretrain-<objective>)", identity=False)
-    tracking_uri: str = knob(DEFAULT_TRACKING_URI, "MLflow tracking URI", identity=False)
+    tracking_uri: str | None = knob(None, f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          f"{DEFAULT_TRACKING_URI})", identity=False)
     experiment: str = knob(EXPERIMENT, "MLflow experiment", identity=False)
     address: str | None = knob(None, "Ray cluster to run on (default: $RAY_ADDRESS, a cluster started here with "
                                      "`ray start`, else a local Ray)", identity=False)

@@ -50,7 +50,7 @@ from recon.models.pretrain.config import DEMO_CORPUS, PretrainConfig
 from recon.models.train.loop import TrainConfig
 
 from recon.core.ray_session import RayConfig
-from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, sqlite_uri
+from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, chosen_tracking_uri, sqlite_uri
 
 FORMATS = ("C+M", "C+T", "OnlyC", "OnlyM", "OnlyT")
 PAPER_MODEL_LABELS = ("CNN", "BERT", "MTB", "CP")
@@ -188,7 +188,7 @@ class StudySpec(_Strict):
     cnn: CnnTraining = CnnTraining()
     fewshot: Optional[FewshotGrid] = None
     ray: RayConfig = RayConfig()
-    tracking_uri: Optional[str] = None  # default: sqlite:///<output_dir>/mlflow.db
+    tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
     output_dir: Optional[str] = None    # default: runs/<name> under the current directory
     # Where every node reads and writes (checkpoints, trial outputs, published datasets): a path (local
     # or NFS, relative to the study file) or a URI (s3://...). Default: $RECON_STORAGE, else output_dir.
@@ -270,9 +270,8 @@ class StudySpec(_Strict):
         return Path(self.output_dir or Path("runs") / self.name).resolve()
 
     def resolved_tracking_uri(self) -> str:
-        if self.tracking_uri:
-            return self.tracking_uri
-        return sqlite_uri(self.resolved_output_dir() / DEFAULT_DB_NAME)
+        """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the study's SQLite store in its output folder."""
+        return chosen_tracking_uri(self.tracking_uri, sqlite_uri(self.resolved_output_dir() / DEFAULT_DB_NAME))
 
 
 def corpus_content_identity(directory: Path) -> str:

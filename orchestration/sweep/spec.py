@@ -62,7 +62,7 @@ from recon.models.pretrain.config import DEMO_CORPUS, PretrainConfig
 
 from recon.core.ray_session import RayConfig
 from recon.orchestration.study.spec import SpecError, _locate, _merge, _read_layers, corpus_content_identity, validation_problems, with_protocol
-from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, sqlite_uri
+from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, chosen_tracking_uri, sqlite_uri
 
 SECTIONS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 # Set by the sweep itself for every probe: searching them would make no sense.
@@ -202,7 +202,7 @@ class SweepSpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     ray: RayConfig = RayConfig()
-    tracking_uri: Optional[str] = None   # default: sqlite:///<output_dir>/mlflow.db
+    tracking_uri: Optional[str] = None   # default: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
     output_dir: Optional[str] = None     # default: runs/<name>
     storage: Optional[str] = None        # default: $RECON_STORAGE, else output_dir
     seconds_per_pair: Optional[float] = Field(None, gt=0)     # plan: pre-training cost per positive pair
@@ -238,7 +238,8 @@ class SweepSpec(_Strict):
         return Path(self.output_dir or Path("runs") / self.name).resolve()
 
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or sqlite_uri(self.resolved_output_dir() / DEFAULT_DB_NAME)
+        """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the sweep's SQLite store in its output folder."""
+        return chosen_tracking_uri(self.tracking_uri, sqlite_uri(self.resolved_output_dir() / DEFAULT_DB_NAME))
 
     # ------------------------------------------------------------ the space
     @property

@@ -1,16 +1,25 @@
 """MLflow tracking URIs: the one place that knows what a ``sqlite:///`` URI looks like.
 
-A study's default store is ``sqlite:///<output_dir>/mlflow.db``; Ray workers do not share the
-driver's working directory, so relative forms are made absolute before they cross a process.
+Where a run logs: its ``--tracking-uri`` / spec's ``tracking_uri``, else ``$MLFLOW_TRACKING_URI`` (what
+every launcher -- Ray Jobs, Slurm, KubeRay, ``cluster.yaml`` -- gives a job), else a local store: a
+study's ``sqlite:///<output_dir>/mlflow.db``. Ray workers do not share the driver's working directory,
+so relative forms are made absolute before they cross a process.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 SQLITE_PREFIX = "sqlite:///"
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_TRACKING_URI = SQLITE_PREFIX + DEFAULT_DB_NAME
+ENV_VAR = "MLFLOW_TRACKING_URI"
+
+
+def chosen_tracking_uri(given: Optional[str], local_default: str) -> str:
+    """``given`` (a flag or a spec's field), else ``$MLFLOW_TRACKING_URI``, else ``local_default``."""
+    return given or os.environ.get(ENV_VAR) or local_default
 
 
 def sqlite_uri(path: str | Path) -> str:
@@ -51,5 +60,5 @@ def prepare_local_store(uri: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
-__all__ = ["SQLITE_PREFIX", "DEFAULT_TRACKING_URI", "sqlite_uri", "sqlite_path", "is_remote",
+__all__ = ["SQLITE_PREFIX", "DEFAULT_TRACKING_URI", "ENV_VAR", "chosen_tracking_uri", "sqlite_uri", "sqlite_path", "is_remote",
            "absolute_tracking_uri", "local_store_exists", "prepare_local_store"]
