@@ -36,7 +36,34 @@ REASONS: dict[str, str] = {
     "bad_tags": "tag count differs from token count",
     "unknown_label": "label not in rel2id",
     "bad_encoding": "not UTF-8 text",
+    # the SemEval-2010 Task 8 release format (kind semeval2010)
+    "bad_block": "malformed SemEval-2010 block",
+    "bad_id": "sentence number missing, repeated or not increasing",
+    "unquoted_sentence": "sentence not in double quotes",
+    "bad_entity_tags": "missing or unbalanced <e1>/<e2> tags",
+    "bad_label": "not a SemEval-2010 label",
+    "unmatched_key": "sentence and answer key do not match",
 }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a kind's splits sit in a directory when they are not one ``train``/``dev``/``test`` file each.
+
+    ``files(directory)`` maps each split found to the file it is read from; several splits may share
+    one (SemEval-2010's train and dev both come from TRAIN_FILE.TXT), which is then parsed once.
+    ``carve(split, examples)`` takes the split's examples out of its file's. ``labels`` is the
+    format's label inventory in id order, used when the directory has no rel2id.json, so label ids
+    do not depend on which labels a copy happens to contain. ``looks_like`` names the files
+    ("X file (A, B or C)"), for "no X file in DIR" and for the hint when another kind is given this
+    directory; ``note`` goes into the dataset's notes.
+    """
+
+    files: Callable[[Path], dict[str, Path]]
+    carve: Callable[[str, list[RelationExample]], list[RelationExample]]
+    labels: tuple[str, ...] = ()
+    looks_like: str = ""
+    note: str = ""
 
 
 class PolicyError(ReconError, ValueError):
