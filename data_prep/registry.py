@@ -25,7 +25,7 @@ from .dataset import Dataset
 from .datadir import candidate_dirs, existing_data_root, how_to_get, resolve_dataset_dir
 from .errors import DatasetNotFound, ReconError
 from .loaders import (KINDS, LAYOUTS, LoadReport, check_labels, check_policy, describe_reason, find_negative,
-                      find_split_file, load_file, read_rel2id)
+                      find_split_file, layout_kinds_here, load_file, read_rel2id)
 
 SUPERVISED_LENGTH = 100  # Appendix B
 FEWSHOT_LENGTH = 128
@@ -188,9 +188,15 @@ def _split_files(path: Path, kind: str) -> dict[str, Path]:
 
 
 def _no_files_message(path: Path, kind: str) -> str:
-    """Why ``--path`` holds nothing for ``kind``."""
+    """Why ``--path`` holds nothing for ``kind``, and which kind its files look like when we can tell."""
     wanted = LAYOUTS[kind].looks_like if kind in LAYOUTS else "train/dev/test file (.txt, .jsonl or .json)"
-    return f"no {wanted} in {path}"
+    message = f"no {wanted} in {path}"
+    others = [k for k in layout_kinds_here(path) if k != kind]
+    if others:
+        return f"{message}; it holds a {LAYOUTS[others[0]].looks_like}: use --kind {others[0]}"
+    if kind in LAYOUTS and any(find_split_file(path, s) for s in ("train", "dev", "test")):
+        return f"{message}; it holds train/dev/test files: use the kind of their format (opennre, tacred, chemprot)"
+    return message
 
 
 def _spec_for_path(path: Path, kind: str | None) -> DatasetSpec:

@@ -49,6 +49,9 @@ SemEval-2010: <e1>/<e2> tags wrong         bad_entity_tags         skip block
 SemEval-2010: label not one of the 19      bad_label               skip block
 SemEval-2010: TEST_FILE vs KEY mismatch    unmatched_key           skip line
 =========================================  ======================  ==========================
+
+A line of the SemEval-2010 release given to a JSON-lines kind is still ``malformed_json``, with a
+message saying to use ``--kind semeval2010``.
 """
 from __future__ import annotations
 
@@ -72,9 +75,9 @@ LAYOUTS: dict[str, Layout] = {"semeval2010": semeval2010.LAYOUT}
 NEGATIVE_NAMES = ("other", "no_relation", "na")
 SPLIT_EXTENSIONS = (".txt", ".jsonl", ".json")
 
-__all__ = ["KINDS", "LAYOUTS", "Layout", "LoadReport", "load_file", "read_rel2id", "find_negative", "check_labels",
-           "find_split_file", "NEGATIVE_NAMES", "ERROR_POLICIES", "REASONS", "PolicyError", "check_policy",
-           "describe_reason"]
+__all__ = ["KINDS", "LAYOUTS", "Layout", "layout_kinds_here", "LoadReport", "load_file", "read_rel2id",
+           "find_negative", "check_labels", "find_split_file", "NEGATIVE_NAMES", "ERROR_POLICIES", "REASONS",
+           "PolicyError", "check_policy", "describe_reason"]
 
 
 def load_file(path: str | Path, kind: str, errors: str | None = None,
@@ -150,3 +153,7 @@ def find_split_file(directory: str | Path, split: str) -> Path | None:
             return candidate
     return None
 
+
+def layout_kinds_here(directory: str | Path) -> list[str]:
+    """Kinds whose :class:`Layout` finds files in ``directory`` (for "use --kind X" hints)."""
+    return [kind for kind, layout in LAYOUTS.items() if layout.files(Path(directory))]

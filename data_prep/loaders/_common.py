@@ -9,6 +9,7 @@ all, wrong top-level container) always raise: there is nothing sensible to skip 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,13 @@ REASONS: dict[str, str] = {
     "bad_label": "not a SemEval-2010 label",
     "unmatched_key": "sentence and answer key do not match",
 }
+
+# A line of the official SemEval-2010 Task 8 release: ``8001\t"... <e1>x</e1> ..."`` (TRAIN_FILE.TXT,
+# TEST_FILE.txt) or ``8001\tMessage-Topic(e1,e2)`` (TEST_FILE_KEY.TXT). Kinds that read other formats
+# use it to say which kind the file needs.
+SEMEVAL2010_LINE = re.compile(r'^\s*\d+\t(".*</?e[12]>|(?:Other|[A-Z][a-z]+-[A-Z][a-z]+\(e[12],e[12]\))\s*$)')
+SEMEVAL2010_HINT = ("this looks like a file of the official SemEval-2010 Task 8 release (TRAIN_FILE.TXT, "
+                    "TEST_FILE_FULL.TXT, TEST_FILE.txt, TEST_FILE_KEY.TXT), not JSON lines: use --kind semeval2010")
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,8 @@ def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
-                yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+                hint = f"; {SEMEVAL2010_HINT}" if SEMEVAL2010_LINE.match(raw) else ""
+                yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno}){hint}")
             except RecursionError:
                 yield number, RecordError("malformed_json", "JSON nested too deeply to be a record")
     if not seen:
