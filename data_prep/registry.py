@@ -25,8 +25,8 @@ from recon.data_prep.dataset import Dataset
 from recon.data_prep.datadir import candidate_dirs, existing_data_root, how_to_get, resolve_dataset_dir
 from recon.core.errors import DatasetNotFound, ReconError
 from recon.data_prep.splits import PAPER_FRACTIONS, SOURCES, check_fraction
-from recon.data_prep.loaders import (KINDS, LoadReport, check_labels, check_policy, describe_reason, find_negative,
-                      find_split_file, load_file, read_rel2id)
+from recon.data_prep.loaders import (KINDS, LAYOUTS, LoadReport, check_labels, check_policy, describe_reason,
+                                     find_negative, find_split_file, layout_kinds_here, load_file, read_rel2id)
 
 SUPERVISED_LENGTH = 100  # Appendix B
 FEWSHOT_LENGTH = 128
@@ -109,7 +109,7 @@ REGISTRY: dict[str, DatasetSpec] = {
                                  "accuracy", FEWSHOT_LENGTH, rel2id=None, paper_sizes={"val": 1000},
                                  display_name="FewRel 2.0 DA", task="fewshot"),
 }
-KIND_METRIC = {"opennre": "micro_f1", "tacred": "micro_f1", "chemprot": "micro_f1", "fewrel": "accuracy"}
+KIND_METRIC = {"fewrel": "accuracy"}  # every other kind (--path) is scored by micro-F1
 
 
 def supervised_datasets() -> tuple[str, ...]:
@@ -174,8 +174,29 @@ def expected_train_size(name: str, fraction: float) -> int:
 def get_spec(name: str) -> DatasetSpec:
     if name not in REGISTRY:
         raise ReconError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)} "
-                         "(or use --path DIR --kind opennre|tacred|chemprot|fewrel)")
+                         f"(or use --path DIR --kind {'|'.join(KINDS)})")
     return REGISTRY[name]
+
+
+def _split_files(path: Path, kind: str) -> dict[str, Path]:
+    """Split -> file: the kind's :class:`~recon.data_prep.loaders.Layout` where it has one, else
+    ``train``/``dev``/``test`` (FewRel: also ``val``) with any of .txt/.jsonl/.json."""
+    if kind in LAYOUTS:
+        return LAYOUTS[kind].files(path)
+    split_names = ("train", "val", "test", "dev") if kind == "fewrel" else ("train", "dev", "test")
+    return {s: f for s in split_names if (f := find_split_file(path, s)) is not None}
+
+
+def _no_files_message(path: Path, kind: str) -> str:
+    """Why ``--path`` holds nothing for ``kind``, and which kind its files look like when we can tell."""
+    wanted = LAYOUTS[kind].looks_like if kind in LAYOUTS else "train/dev/test file (.txt, .jsonl or .json)"
+    message = f"no {wanted} in {path}"
+    others = [k for k in layout_kinds_here(path) if k != kind]
+    if others:
+        return f"{message}; it holds a {LAYOUTS[others[0]].looks_like}: use --kind {others[0]}"
+    if kind in LAYOUTS and any(find_split_file(path, s) for s in ("train", "dev", "test")):
+        return f"{message}; it holds train/dev/test files: use the kind of their format (opennre, tacred, chemprot)"
+    return message
 
 
 def _spec_for_path(path: Path, kind: str | None) -> DatasetSpec:
@@ -183,13 +204,12 @@ def _spec_for_path(path: Path, kind: str | None) -> DatasetSpec:
         raise ReconError(f"--path needs --kind, one of {', '.join(KINDS)} (got {kind!r})")
     if not path.is_dir():
         raise DatasetNotFound(f"--path {path} is not a directory")
-    split_names = ("train", "val", "test", "dev") if kind == "fewrel" else ("train", "dev", "test")
-    splits = {s: f.name for s in split_names if (f := find_split_file(path, s)) is not None}
+    splits = {s: str(f.relative_to(path)) for s, f in _split_files(path, kind).items()}
     if not splits:
-        raise DatasetNotFound(f"no train/dev/test file (.txt, .jsonl or .json) in {path}")
+        raise DatasetNotFound(_no_files_message(path, kind))
     paper = {f"train_{p:g}": f.name for p in PAPER_FRACTIONS
              if (f := find_split_file(path, f"train_{p:g}")) is not None}
-    return DatasetSpec(path.name or str(path), str(path), kind, splits, KIND_METRIC[kind],
+    return DatasetSpec(path.name or str(path), str(path), kind, splits, KIND_METRIC.get(kind, "micro_f1"),
                        FEWSHOT_LENGTH if kind == "fewrel" else SUPERVISED_LENGTH, paper_splits=paper,
                        rel2id="rel2id.json" if (path / "rel2id.json").is_file() else None,
                        display_name=path.name or str(path),
@@ -228,6 +248,8 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
     report = LoadReport(path=str(directory))
     files: dict[str, str] = {}
     splits, missing, notes = {}, [], []
+    layout = LAYOUTS.get(spec.kind)
+    parsed: dict[Path, list] = {}  # a file shared by several splits (layouts) is read once
     for split, file_name in spec.splits.items():
         file_path = directory / file_name
         if not file_path.is_file():
@@ -236,7 +258,9 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
             notes.append(f"{file_name} not available locally" + (f" (paper: {size:,} instances)" if size else ""))
             continue
         files[split] = str(file_path)
-        splits[split] = load_file(file_path, spec.kind, report=report, on_error=policy)
+        if file_path not in parsed:
+            parsed[file_path] = load_file(file_path, spec.kind, report=report, on_error=policy)
+        splits[split] = layout.carve(split, parsed[file_path]) if layout else parsed[file_path]
     for fraction in PAPER_FRACTIONS:
         found = subset_file(directory, fraction, spec)
         if found is not None:
@@ -250,8 +274,12 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
         labels = read_rel2id(rel2id_path)
         splits = {s: check_labels(xs, labels, rel2id_path, report=report, on_error=policy)
                   for s, xs in splits.items()}
+    elif layout and layout.labels:
+        labels = list(layout.labels)
     else:
         labels = sorted({ex.label for xs in splits.values() for ex in xs})
+    if layout and layout.note and splits:
+        notes.append(layout.note)
     report.loaded = sum(len(xs) for xs in splits.values())
     if report.total_skipped:
         notes.append(f"skipped {report.total_skipped} bad record(s) (on_error=skip): "

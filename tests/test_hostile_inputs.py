@@ -106,6 +106,21 @@ CASES = [
     Case("fewrel_span_out_of_range", _load("fewrel"), "fewrel_span_out_of_range.json",
          ("record P1[0]", "field 't[2]'", "out of range")),
     Case("huge_single_line", _load("opennre"), "gen:huge_line", ("line 1", "malformed JSON")),
+    Case("semeval2010_unbalanced_tags", _load("semeval2010"), "semeval2010_unbalanced_tags.TXT",
+         ("line 5", "field 'sentence'", "</e2>")),
+    Case("semeval2010_unknown_label", _load("semeval2010"), "semeval2010_unknown_label.TXT",
+         ("line 6", "field 'label'", "Cause-Effect")),
+    Case("semeval2010_number_repeats", _load("semeval2010"), "semeval2010_number_repeats.TXT",
+         ("line 5", "field 'id'", "repeats")),
+    Case("semeval2010_number_decreases", _load("semeval2010"), "semeval2010_number_decreases.TXT",
+         ("line 9", "field 'id'", "does not increase")),
+    Case("semeval2010_no_comment", _load("semeval2010"), "semeval2010_no_comment.TXT",
+         ("line 7", "field 'comment'", "Comment:")),
+    Case("semeval2010_unquoted", _load("semeval2010"), "semeval2010_unquoted.TXT",
+         ("line 5", "field 'sentence'", "double quotes")),
+    Case("semeval2010_utf16", _load("semeval2010"), "utf16.txt", ("line 1", "UTF-16")),
+    Case("semeval2010_binary", _load("semeval2010"), "binary_garbage.txt", ("line 1", "binary")),
+    Case("semeval2010_empty", _load("semeval2010"), "empty.txt", ("empty",)),
     # -- dataset directories -------------------------------------------------------------------
     Case("unknown_label", _dataset(), "unknown_label", ("test.txt", "line 2", "field 'relation'", "born_in")),
     Case("rel2id_gap", _dataset(), "rel2id_gap", ("rel2id.json", "0..n-1")),
@@ -291,7 +306,7 @@ def test_corpus_counts_inputs():
     """The bad-input corpus, counted (the report quotes this number)."""
     on_disk = sum(1 for c in CASES if not c.path.startswith("gen:"))
     generated = sum(1 for c in CASES if c.path.startswith("gen:"))
-    assert len({c.id for c in CASES}) == len(CASES) == 64 and (on_disk, generated) == (51, 13)
+    assert len({c.id for c in CASES}) == len(CASES) == 73 and (on_disk, generated) == (60, 13)
 
 
 def test_skip_policy_counts_bad_encoding_and_keeps_the_good_lines():

@@ -125,7 +125,7 @@ any_input = st.one_of(
 )
 
 
-@pytest.mark.parametrize("kind", ["opennre", "tacred", "chemprot", "fewrel"])
+@pytest.mark.parametrize("kind", ["opennre", "tacred", "chemprot", "fewrel", "semeval2010"])
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(data=any_input)
@@ -144,6 +144,63 @@ def test_any_bytes_give_examples_or_a_located_data_error(kind, data):
                 assert 0 <= ex.tail.start < ex.tail.end <= len(ex.tokens)
                 assert not ex.head.overlaps(ex.tail)
                 assert ex.source.startswith(str(path))
+
+
+# ------------------------------------------------------------------------ SemEval-2010 release files
+
+# words the Treebank rules keep whole (no c/g/l/m/t/w: no "cannot", "gonna"... contractions)
+release_word = st.text(alphabet="abdefhijkpqrsuvxyzABDEFHQXZ\u00e9", min_size=1, max_size=6)
+release_piece = st.sampled_from(['1\t"', '7\t"', '"', "<e1>", "</e1>", "<e2>", "</e2>", "the", "Dr.", " ", ".",
+                                 ",", "'s", "\r\n", "\n", "\t", "Other", "Cause-Effect(e1,e2)", "Comment:",
+                                 "Comment: x", "\x92", "\xe9", "e.g.", "!", "(", ")", "--", "''"])
+
+
+@st.composite
+def release_files(draw):
+    """Well-formed TRAIN_FILE.TXT bytes (CRLF or LF) and, per block, its number, mentions and label."""
+    from recon.data_prep.loaders.semeval2010 import LABELS
+
+    newline = draw(st.sampled_from(["\r\n", "\n"]))
+    text, expected, number = [], [], 0
+    for _ in range(draw(st.integers(1, 5))):
+        number += draw(st.integers(1, 3))
+        before, between, after = (draw(st.lists(release_word, max_size=4)) for _ in range(3))
+        e1, e2 = (draw(st.lists(release_word, min_size=1, max_size=3)) for _ in range(2))
+        sentence = " ".join(before + [f"<e1>{' '.join(e1)}</e1>"] + between + [f"<e2>{' '.join(e2)}</e2>"] + after)
+        label = draw(st.sampled_from(LABELS))
+        text.append(f'{number}\t"{sentence}."{newline}{label}{newline}Comment:{newline}{newline}')
+        expected.append((number, tuple(w.lower() for w in e1), tuple(w.lower() for w in e2), label))
+    return "".join(text).encode("cp1252"), expected
+
+
+@SETTINGS
+@given(release_files())
+def test_release_blocks_round_trip(generated):
+    data, expected = generated
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(Path(tmp), "TRAIN_FILE.TXT", data)
+        examples = load_file(path, "semeval2010")
+    assert len(examples) == len(expected)
+    for ex, (number, head, tail, label) in zip(examples, expected):
+        assert ex.meta["id"] == number and ex.label == label and ex.tokens[-1] == "."
+        assert ex.tokens[ex.head.start:ex.head.end] == head and ex.tokens[ex.tail.start:ex.tail.end] == tail
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=64),
+                      st.lists(release_piece, max_size=40).map(lambda xs: "".join(xs).encode("latin-1"))))
+def test_release_like_bytes_give_examples_or_a_located_data_error(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(Path(tmp), "TRAIN_FILE.TXT", data)
+        for policy in ("raise", "skip"):
+            try:
+                examples = load_file(path, "semeval2010", on_error=policy)
+            except DataError as exc:
+                assert exc.path == str(path) and str(exc).startswith(str(path))
+                continue
+            for ex in examples:
+                assert 0 <= ex.head.start < ex.head.end <= len(ex.tokens) and ex.tail.end <= len(ex.tokens)
+                assert not ex.head.overlaps(ex.tail) and ex.source.startswith(f"{path}:")
 
 
 # ------------------------------------------------------------------------ renderers

@@ -2,8 +2,13 @@
 
 Kinds: ``opennre`` (JSON lines with token/h/t/relation: SemEval, Wiki80), ``tacred`` (JSON array,
 inclusive ends), ``chemprot`` (JSON lines with inline ``<< >>``/``[[ ]]`` markers), ``fewrel``
-(``{PID: [instance]}``). Spans are always end exclusive and ``source`` is ``path:line`` (JSON lines)
-or ``path#record`` (arrays/dicts).
+(``{PID: [instance]}``), ``semeval2010`` (the official SemEval-2010 Task 8 release: TRAIN_FILE.TXT,
+TEST_FILE_FULL.TXT, TEST_FILE.txt + TEST_FILE_KEY.TXT). Spans are always end exclusive and ``source``
+is ``path:line`` (line-based files) or ``path#record`` (arrays/dicts).
+
+A kind is one entry of :data:`KINDS` (file -> examples); a kind whose directory is not one
+``train``/``dev``/``test`` file per split also has a :class:`Layout` in :data:`LAYOUTS` (which file
+each split comes from, how to cut it out, its label inventory). Nothing else lists kinds.
 
 Error policy (``on_error="raise"``, the default, stops at the first problem naming file, line or
 record, and field; ``on_error="skip"`` skips the record and counts it in :class:`LoadReport` under
@@ -36,7 +41,17 @@ ChemProt markers missing/extra/nested      bad_markers             skip record
 TACRED pos/ner length != tokens            bad_tags                skip record
 label not in rel2id                        unknown_label           skip record
 rel2id.json malformed                      (DataError)             stop
+SemEval-2010: UTF-16/binary, empty, JSON   (DataError)             stop
+SemEval-2010: block without label/comment  bad_block               skip block
+SemEval-2010: number missing/not rising    bad_id                  skip block
+SemEval-2010: sentence not in quotes       unquoted_sentence       skip block
+SemEval-2010: <e1>/<e2> tags wrong         bad_entity_tags         skip block
+SemEval-2010: label not one of the 19      bad_label               skip block
+SemEval-2010: TEST_FILE vs KEY mismatch    unmatched_key           skip line
 =========================================  ======================  ==========================
+
+A line of the SemEval-2010 release given to a JSON-lines kind is still ``malformed_json``, with a
+message saying to use ``--kind semeval2010``.
 """
 from __future__ import annotations
 
@@ -45,22 +60,24 @@ from typing import Callable
 
 from recon.core.errors import DataError, DatasetNotFound, ReconError
 from recon.data_prep.example import RelationExample
-from recon.data_prep.loaders import chemprot, fewrel, opennre, tacred
-from recon.data_prep.loaders._common import ERROR_POLICIES, REASONS, Collector, LoadReport, PolicyError, RecordError, check_policy, \
-    describe_reason
+from recon.data_prep.loaders import chemprot, fewrel, opennre, semeval2010, tacred
+from recon.data_prep.loaders._common import (ERROR_POLICIES, REASONS, Collector, Layout, LoadReport, PolicyError,
+                                             RecordError, check_policy, describe_reason)
 
 KINDS: dict[str, Callable[[str | Path, Collector], list[RelationExample]]] = {
     "opennre": opennre.load,
     "tacred": tacred.load,
     "chemprot": chemprot.load,
     "fewrel": fewrel.load,
+    "semeval2010": semeval2010.load,
 }
+LAYOUTS: dict[str, Layout] = {"semeval2010": semeval2010.LAYOUT}
 NEGATIVE_NAMES = ("other", "no_relation", "na")
 SPLIT_EXTENSIONS = (".txt", ".jsonl", ".json")
 
-__all__ = ["KINDS", "LoadReport", "load_file", "read_rel2id", "find_negative", "check_labels",
-           "find_split_file", "NEGATIVE_NAMES", "ERROR_POLICIES", "REASONS", "PolicyError", "check_policy",
-           "describe_reason"]
+__all__ = ["KINDS", "LAYOUTS", "Layout", "layout_kinds_here", "LoadReport", "load_file", "read_rel2id",
+           "find_negative", "check_labels", "find_split_file", "NEGATIVE_NAMES", "ERROR_POLICIES", "REASONS",
+           "PolicyError", "check_policy", "describe_reason"]
 
 
 def load_file(path: str | Path, kind: str, errors: str | None = None,
@@ -135,3 +152,8 @@ def find_split_file(directory: str | Path, split: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def layout_kinds_here(directory: str | Path) -> list[str]:
+    """Kinds whose :class:`Layout` finds files in ``directory`` (for "use --kind X" hints)."""
+    return [kind for kind, layout in LAYOUTS.items() if layout.files(Path(directory))]

@@ -9,6 +9,7 @@ all, wrong top-level container) always raise: there is nothing sensible to skip 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,41 @@ REASONS: dict[str, str] = {
     "bad_tags": "tag count differs from token count",
     "unknown_label": "label not in rel2id",
     "bad_encoding": "not UTF-8 text",
+    # the SemEval-2010 Task 8 release format (kind semeval2010)
+    "bad_block": "malformed SemEval-2010 block",
+    "bad_id": "sentence number missing, repeated or not increasing",
+    "unquoted_sentence": "sentence not in double quotes",
+    "bad_entity_tags": "missing or unbalanced <e1>/<e2> tags",
+    "bad_label": "not a SemEval-2010 label",
+    "unmatched_key": "sentence and answer key do not match",
 }
+
+# A line of the official SemEval-2010 Task 8 release: ``8001\t"... <e1>x</e1> ..."`` (TRAIN_FILE.TXT,
+# TEST_FILE.txt) or ``8001\tMessage-Topic(e1,e2)`` (TEST_FILE_KEY.TXT). Kinds that read other formats
+# use it to say which kind the file needs.
+SEMEVAL2010_LINE = re.compile(r'^\s*\d+\t(".*</?e[12]>|(?:Other|[A-Z][a-z]+-[A-Z][a-z]+\(e[12],e[12]\))\s*$)')
+SEMEVAL2010_HINT = ("this looks like a file of the official SemEval-2010 Task 8 release (TRAIN_FILE.TXT, "
+                    "TEST_FILE_FULL.TXT, TEST_FILE.txt, TEST_FILE_KEY.TXT), not JSON lines: use --kind semeval2010")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a kind's splits sit in a directory when they are not one ``train``/``dev``/``test`` file each.
+
+    ``files(directory)`` maps each split found to the file it is read from; several splits may share
+    one (SemEval-2010's train and dev both come from TRAIN_FILE.TXT), which is then parsed once.
+    ``carve(split, examples)`` takes the split's examples out of its file's. ``labels`` is the
+    format's label inventory in id order, used when the directory has no rel2id.json, so label ids
+    do not depend on which labels a copy happens to contain. ``looks_like`` names the files
+    ("X file (A, B or C)"), for "no X file in DIR" and for the hint when another kind is given this
+    directory; ``note`` goes into the dataset's notes.
+    """
+
+    files: Callable[[Path], dict[str, Path]]
+    carve: Callable[[str, list[RelationExample]], list[RelationExample]]
+    labels: tuple[str, ...] = ()
+    looks_like: str = ""
+    note: str = ""
 
 
 class PolicyError(ReconError, ValueError):
@@ -176,7 +211,8 @@ def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as exc:
-                yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+                hint = f"; {SEMEVAL2010_HINT}" if SEMEVAL2010_LINE.match(raw) else ""
+                yield number, RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno}){hint}")
             except RecursionError:
                 yield number, RecordError("malformed_json", "JSON nested too deeply to be a record")
     if not seen:

@@ -101,7 +101,7 @@ class FinetuneConfig(Config):
 
     dataset: str | None = knob("semeval", "registered dataset (semeval, chemprot, wiki80, tacred), or none with --path")
     path: str | None = knob(None, "a directory with train/dev/test files, in place of --dataset")
-    kind: str | None = knob(None, "file format of --path: opennre, tacred, chemprot")
+    kind: str | None = knob(None, "file format of --path: opennre, tacred, chemprot, semeval2010")
     split: float = knob(1.0, "fraction of the training set, in (0, 1] (paper: 0.01, 0.1, 1.0)", gt=0, le=1)
     input_format: str = knob("C+M", "input format: C+M, C+T, OnlyC, OnlyM, OnlyT")
     model: str = knob("bert", "bert (the encoder as loaded), cnn, or a recon checkpoint directory")

@@ -3,7 +3,7 @@
     recon data stats --dataset semeval [--json]
     recon data split --dataset semeval --fraction 0.05 [--seed N] [--split-source paper] [--json]
     recon data render --dataset semeval --format C+T --limit 3 [--split train] [--encoder NAME]
-    recon data stats --path DIR --kind opennre|tacred|chemprot|fewrel [--on-error skip]
+    recon data stats --path DIR --kind opennre|tacred|chemprot|fewrel|semeval2010 [--on-error skip]
     recon data check --dataset wiki80 --fraction 1.0 [--needs train dev test] [--json]
 
 Every command that reads files takes ``--on-error raise|skip`` (default raise): ``skip`` loads the
@@ -21,8 +21,9 @@ from collections import Counter
 
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED
 from recon.core.errors import ReconError
+from recon.data_prep.loaders import KINDS as _LOADER_KINDS
 
-KINDS = ("opennre", "tacred", "chemprot", "fewrel")
+KINDS = tuple(_LOADER_KINDS)  # the loader registry is the one list of kinds
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
