@@ -118,7 +118,7 @@ def lane_main(path: str) -> None:
 
     torch.set_num_threads(job["threads"])
     from recon.models.train import finetune, loop as training
-    from recon.orchestration.study.plan import Trial
+    from recon.orchestration.study.trial import Trial
     from recon.orchestration.study.trainers import resolve_references
 
     inside = {"s": 0.0}

@@ -42,5 +42,25 @@ class DataError(ReconError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+def read_json_object(path: str | Path, what: str = "the file") -> dict:
+    """A JSON object file (manifests, records) parsed, or a :class:`DataError` naming the file and line: not
+    UTF-8, invalid JSON, nested too deeply, or not an object ("{what} is damaged"). A missing file raises
+    ``FileNotFoundError`` for the caller to explain."""
+    import json
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (byte {exc.start}); {what} is damaged", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
+    except RecursionError:
+        raise DataError(f"JSON nested too deeply; {what} is damaged", path=path) from None
+    if not isinstance(value, dict):
+        raise DataError(f"expected a JSON object, got {type(value).__name__}", path=path)
+    return value
+
+
 class DatasetNotFound(ReconError):
     """A dataset or file that recon looked for and could not find."""

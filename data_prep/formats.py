@@ -43,6 +43,10 @@ class InputFormat(str, Enum):
         return self in (InputFormat.CT, InputFormat.ONLYT)
 
 
+FORMAT_NAMES: tuple[str, ...] = tuple(f.value for f in InputFormat)  # "C+M", "C+T", "OnlyC", "OnlyM", "OnlyT"
+FORMATS_HELP = f"input format: {', '.join(FORMAT_NAMES)}"
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Word-level tokens for one example and the indices of the head/tail representation tokens.

@@ -17,7 +17,7 @@ import pytest
 from headless_browser import chromium_driver
 
 from recon.orchestration.report.error_browser import browser_data, marked_text, render, write_error_browser
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 from recon.orchestration.report.significance import load_predictions
 
 from test_significance import demo  # noqa: F401 - the session fixture: the demo-shaped toy study

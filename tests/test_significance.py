@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from recon.models.train.metrics import micro_f1
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 from recon.orchestration.report.significance import (MARK_FORMAT, MARK_MODEL, bootstrap_medians, cell_intervals,
                                               compare_cells, example_counts, f1_from_counts, p_value,
                                               significance_frame, table_marks, Cell)

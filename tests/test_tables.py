@@ -7,7 +7,7 @@ import pandas as pd
 
 from recon.orchestration.report.aggregate import cell_stats
 from recon.orchestration.report.pilot import compare, pilot_analysis
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 from recon.orchestration.report.plots import plot_all
 from recon.orchestration.report.tables import delta_frame, paper_tables, reported_results, write_all
 

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from recon.core.errors import DataError, DatasetNotFound
+from recon.core.errors import DataError, DatasetNotFound, read_json_object
 from recon.data_prep.example import Entity, RelationExample
 
 MANIFEST_NAME = "manifest.json"
@@ -208,23 +208,14 @@ def read_manifest(directory: str | Path) -> dict:
     if not path.is_file():
         raise DatasetNotFound(f"{directory} is not a built corpus: {MANIFEST_NAME} is missing "
                               f"(build one with `recon corpus build`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text (byte {exc.start}); the manifest is damaged", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-    except RecursionError:
-        raise DataError("JSON nested too deeply; the manifest is damaged", path=path) from None
+    manifest = read_json_object(path, "the manifest")
     _check_manifest(manifest, path)
     return manifest
 
 
 def _check_manifest(manifest, path: Path) -> None:
-    """The manifest's shape: an object whose ``shards`` (when present) list ``{id, files}`` entries
-    whose files are relative paths inside the corpus directory."""
-    if not isinstance(manifest, dict):
-        raise DataError(f"expected a JSON object, got {type(manifest).__name__}", path=path)
+    """The manifest's shape: ``shards`` (when present) list ``{id, files}`` entries whose files are relative
+    paths inside the corpus directory."""
     shards = manifest.get("shards", [])
     if not isinstance(shards, list):
         raise DataError("expected a list of shards", path=path, field="shards")

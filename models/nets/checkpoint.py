@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recon.core.atomic import publish_dir
-from recon.core.errors import ReconError
+from recon.core.errors import ReconError, read_json_object
 from recon.data_prep.special_tokens import SpecialTokens
 
 from recon.models.nets.encoder import RECON_MANIFEST, EncoderBundle, RelationEncoder, split_mlm_model, tie_mlm_decoder
@@ -142,19 +142,11 @@ def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     if not Path(dir).is_dir():
         raise ReconError(f"{dir} is not a recon checkpoint: no such directory")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_json_object(path, "the checkpoint's manifest")
     except FileNotFoundError:
         pickles = sorted(p.name for p in Path(dir).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
         hint = (f" (it holds pickled weights {', '.join(pickles[:3])}, which recon never loads)" if pickles else "")
         raise ReconError(f"{dir} is not a recon checkpoint: {RECON_MANIFEST} is missing{hint}") from None
-    except UnicodeDecodeError as err:
-        raise ReconError(f"{path}: not UTF-8 text (byte {err.start}); the file is damaged") from None
-    except json.JSONDecodeError as err:
-        raise ReconError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    except RecursionError:
-        raise ReconError(f"{path}: JSON nested too deeply; the file is damaged") from None
-    if not isinstance(manifest, dict):
-        raise ReconError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ReconError(f"{path}: field 'format_version' is {version!r}; this recon reads {FORMAT_VERSION}")

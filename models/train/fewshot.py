@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -33,7 +33,7 @@ from torch import nn
 from recon.core.config import Config, ConfigError, knob
 from recon.core.defaults import DEFAULT_ENCODER
 from recon.core.errors import DataError, ReconError
-from recon.data_prep.formats import InputFormat
+from recon.data_prep.formats import FORMATS_HELP, InputFormat
 from recon.core.protocol import POINTS, point_default
 from recon.data_prep.registry import fewshot_datasets
 
@@ -73,7 +73,7 @@ class FewshotConfig(Config):
     data_dir: str | None = knob(None, "where dataset folders live (default: see recon data)", identity=False)
     n_way: int = knob(5, "relations per episode (N)", ge=2)
     k_shot: int = knob(1, "support instances per relation (K)", ge=1)
-    input_format: str = knob("C+M", "input format: C+M, C+T, OnlyC, OnlyM, OnlyT")
+    input_format: str = knob(InputFormat.CM.value, FORMATS_HELP)
     encoder: str = knob(DEFAULT_ENCODER, "encoder alias, Hugging Face directory or recon checkpoint")
     settings: FewshotSettings = knob(factory=FewshotSettings, help="episodes, lengths and training")
     source_identity: str | None = knob(None, "content identity of the starting checkpoint (a pre-training "
@@ -280,7 +280,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     from recon.data_prep.datadir import resolve_dataset_dir
     from recon.data_prep.episodes import EpisodeSampler
     from recon.core.atomic import write_text_atomic
-    from recon.data_prep.registry import get_spec, load_dataset
+    from recon.data_prep.registry import get_spec
 
     from recon.core.protocol import describe
 

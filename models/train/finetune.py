@@ -29,10 +29,10 @@ from recon.core.config import Config, ConfigError, knob
 from recon.core.defaults import DEFAULT_ENCODER
 from recon.core.errors import ReconError
 from recon.data_prep.example import RelationExample
-from recon.data_prep.formats import InputFormat
+from recon.data_prep.formats import FORMATS_HELP, InputFormat
 from recon.core.protocol import POINTS, point_default
 
-from recon.models.nets.cnn import DEFAULT_WORD_VECTORS
+from recon.models.nets.cnn import CNN_DEFAULTS, DEFAULT_WORD_VECTORS
 from recon.models.nets.heads import HeadOptions
 from recon.models.train.loop import TrainConfig
 
@@ -70,9 +70,9 @@ class CnnTraining(Config):
     The paper does not state the CNN's epochs; 100 is OpenNRE's CNN example default.
     """
 
-    lr: float = knob(0.5, "SGD learning rate (constant schedule)", gt=0)
-    batch_size: int = knob(160, "examples per SGD step", ge=1)
-    hidden_size: int = knob(230, "convolution filters", ge=1)
+    lr: float = knob(CNN_DEFAULTS["lr"], "SGD learning rate (constant schedule)", gt=0)
+    batch_size: int = knob(CNN_DEFAULTS["batch_size"], "examples per SGD step", ge=1)
+    hidden_size: int = knob(CNN_DEFAULTS["hidden"], "convolution filters", ge=1)
     epochs: int = knob(100, "passes over the training data", ge=1)
     max_train_steps: int | None = knob(None, "stop after this many SGD steps", ge=1)
     word_vectors: str = knob(DEFAULT_WORD_VECTORS, "initial word vectors: embedded (the embedded encoder's word-piece "
@@ -80,7 +80,7 @@ class CnnTraining(Config):
 
     def train_config(self, seed: int, device: str) -> TrainConfig:
         """The loop's settings for the CNN: plain SGD, constant rate, no clipping or decay."""
-        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, optimizer="sgd",
+        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, optimizer=CNN_DEFAULTS["optimizer"],
                            schedule="constant", max_grad_norm=None, weight_decay=0.0,
                            max_train_steps=self.max_train_steps, seed=seed, device=device)
 
@@ -103,7 +103,7 @@ class FinetuneConfig(Config):
     path: str | None = knob(None, "a directory with train/dev/test files, in place of --dataset")
     kind: str | None = knob(None, "file format of --path: opennre, tacred, chemprot, semeval2010")
     split: float = knob(1.0, "fraction of the training set, in (0, 1] (paper: 0.01, 0.1, 1.0)", gt=0, le=1)
-    input_format: str = knob("C+M", "input format: C+M, C+T, OnlyC, OnlyM, OnlyT")
+    input_format: str = knob(InputFormat.CM.value, FORMATS_HELP)
     model: str = knob("bert", "bert (the encoder as loaded), cnn, or a recon checkpoint directory")
     encoder: str = knob(DEFAULT_ENCODER, "encoder alias, Hugging Face name or local directory")
     data: DataOptions = knob(factory=DataOptions, help="dataset selection, input rendering and evaluation caps")
@@ -385,7 +385,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     from recon.data_prep.registry import reported_metric
 
     from recon.models.train.metrics import label_scorers
-    from recon.models.train.loop import ClassificationTask, TrainConfig, fit, make_loader, resolve_device
+    from recon.models.train.loop import ClassificationTask, fit, make_loader, resolve_device
 
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)

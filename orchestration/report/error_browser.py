@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from recon.orchestration.study.plan import PAPER_DATASET_NAMES, Trial
+from recon.orchestration.study.trial import PAPER_DATASET_NAMES, Trial
 from recon.orchestration.report.significance import example_counts, f1_from_counts, negative_label
 
 TEMPLATE = "error_browser.html"
@@ -134,4 +134,30 @@ def example_texts(trials: Iterable[Trial], data_dir: Optional[str] = None) -> di
     return out
 
 
-__all__ = ["browser_data", "render", "write_error_browser", "example_texts", "marked_text", "FILE_NAME"]
+def pilot_rows(out_dir: Path) -> list[dict]:
+    """The pilot summary (medians over seeds) as dict rows, for the error browser."""
+    import pandas as pd
+
+    path = out_dir / "pilot_pairs.csv"
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    summary = (frame.groupby(["dataset", "setting", "model", "format_a", "format_b"], sort=False)
+               [["shared_correct", "same_wrong"]].median().reset_index())
+    return summary.to_dict("records")
+
+
+def analysis(context) -> list[Path]:
+    """Report part: the error browser, one page with every example and prediction (sentences best effort)."""
+    if not context.predictions:
+        return []
+    try:
+        texts = example_texts(context.trials, context.data_dir)
+    except Exception as err:  # noqa: BLE001 - sentences are optional: the page shows sources only
+        context.log(f"error browser: no sentences ({type(err).__name__}: {err})")
+        texts = None
+    page = write_error_browser(context.out_dir / FILE_NAME, context.spec.name, context.trials, context.predictions,
+                               texts=texts, pilot=pilot_rows(context.out_dir))
+    return [page] if page is not None else []
+
+__all__ = ["analysis", "pilot_rows", "browser_data", "render", "write_error_browser", "example_texts", "marked_text", "FILE_NAME"]

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from recon.orchestration.study.plan import PAPER_DATASET_NAMES, Trial
+from recon.orchestration.study.trial import PAPER_DATASET_NAMES, Trial
 from recon.orchestration.report.significance import example_counts, f1_from_counts, negative_label
 
 SCOPES = ("train", "pretrain")
@@ -351,5 +351,39 @@ def name_leak_analysis(trials: Sequence[Trial], predictions: Mapping[str, dict],
     return paths
 
 
-__all__ = ["normalise", "NameIndex", "index_examples", "index_corpus", "TrialData", "example_flags",
+def pretrain_corpora(spec) -> dict[str, Path]:
+    """Model name -> the built pre-training corpus of its stage, where one exists here (never built now)."""
+    from recon.models.pretrain.config import DEMO_CORPUS
+
+    out = {}
+    for model in spec.models:
+        stage = spec.pretrain.get(model.pretrain_ref) if model.pretrain_ref else None
+        if stage is None:
+            continue
+        if stage.corpus != DEMO_CORPUS:
+            directory = spec.resolve_path(stage.corpus)
+        else:
+            try:
+                from recon.orchestration.study.runner import study_storage
+                from recon.orchestration.study.stages import demo_corpus_dir
+
+                storage = study_storage(spec)
+                if "://" in storage.uri:
+                    continue
+                directory = demo_corpus_dir(storage, spec.evaluated_datasets())
+            except Exception:  # noqa: BLE001 - no local storage: no pre-training lookup
+                continue
+        if (Path(directory) / "manifest.json").is_file():
+            out[model.name] = Path(directory)
+    return out
+
+
+def analysis(context) -> list[Path]:
+    """Report part: metrics on test examples whose names were / were not seen in training or pre-training."""
+    if not context.predictions:
+        return []
+    return name_leak_analysis(context.trials, context.predictions, context.out_dir, data_dir=context.data_dir,
+                              corpora=pretrain_corpora(context.spec), log=context.log)
+
+__all__ = ["analysis", "pretrain_corpora", "normalise", "NameIndex", "index_examples", "index_corpus", "TrialData", "example_flags",
            "seen_unseen", "plot_seen_unseen", "name_leak_analysis"]

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 
 ANCHOR = "C+M"
 SAMPLE_SIZE = 10
@@ -105,3 +105,8 @@ def pilot_analysis(trials: Iterable[Trial], predictions_of: Callable[[Trial], Op
     paths[1].write_text("\n".join(lines) + "\n", encoding="utf-8")
     paths[2].write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
     return paths
+
+
+def analysis(context) -> list[Path]:
+    """Report part: which examples each pair of formats gets right together (the pilot analysis)."""
+    return pilot_analysis(context.trials, context.predictions_of, context.out_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recon.orchestration.study.plan import PAPER_DATASET_NAMES
+from recon.orchestration.study.trial import PAPER_DATASET_NAMES
 from recon.orchestration.report.tables import setting_order
 
 
@@ -46,3 +46,8 @@ def plot_all(stats: pd.DataFrame, out_dir: Path) -> list[Path]:
     """``plot_<dataset>.png`` for every dataset in ``stats`` (cells shared by tables drawn once)."""
     cells = stats.drop_duplicates(["dataset", "setting", "format", "model"])
     return [plot_dataset(cells, ds, out_dir / f"plot_{ds}.png") for ds in cells["dataset"].unique()]
+
+
+def analysis(context) -> list[Path]:
+    """Report part: a plot per dataset of the metric by split, format and model."""
+    return plot_all(context.stats, context.out_dir)

@@ -60,7 +60,7 @@ from recon.models.train.metrics import SEMEVAL_OFFICIAL, score_from_counts
 from recon.models.train.metrics import example_counts as metric_counts
 
 from recon.orchestration.report.pilot import read_predictions
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 
 ALPHA = 0.05
 N_BOOTSTRAP = 1000
@@ -350,6 +350,16 @@ def write_significance(significance: pd.DataFrame, intervals: pd.DataFrame, out_
     return paths
 
 
-__all__ = ["ALPHA", "N_BOOTSTRAP", "MARK_MODEL", "MARK_FORMAT", "load_predictions", "negative_label",
+def analysis(context) -> list[Path]:
+    """Report part: every comparison the tables make, tested (shared with the tables for their marks)."""
+    if not context.predictions:
+        return []
+    significance = significance_frame(context.trials, context.predictions)
+    intervals = cell_intervals(context.trials, context.predictions)
+    context.shared.update(significance=significance, intervals=intervals)
+    return write_significance(significance, intervals, context.out_dir)
+
+
+__all__ = ["analysis", "ALPHA", "N_BOOTSTRAP", "MARK_MODEL", "MARK_FORMAT", "load_predictions", "negative_label",
            "example_counts", "f1_from_counts", "bootstrap_medians", "p_value", "compare_cells",
            "significance_frame", "cell_intervals", "table_marks", "significance_notes", "write_significance"]

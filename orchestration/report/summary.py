@@ -4,15 +4,12 @@
 predictions from MLflow), writes everything under ``<output_dir>/summary/`` and logs it to the
 study's parent run: medians / min / max / IQR per cell as metrics, files as artifacts.
 
-From the per-trial ``predictions.jsonl`` it also derives (each best effort: a part that cannot be
-computed here is skipped with a message, the rest of the summary is still written):
-
-* ``significance.csv`` / ``.md``: a paired bootstrap for every pair of cells a table compares, and
-  the tables' marks for differences that are not significant (``recon.orchestration.report.significance``);
-* ``name_leak.*``: metrics on test examples whose entity pair was / was not seen in the trial's
-  training data or the model's pre-training corpus (``recon.orchestration.report.name_leak``);
-* ``error_browser.html``: a static page with every example and prediction
-  (``recon.orchestration.report.error_browser``).
+The parts of the report are a registry (``recon.orchestration.report.analyses.ANALYSES``), each
+``analysis(context) -> files`` over one :class:`~recon.orchestration.report.context.ReportContext`:
+significance tests, the paper-shaped tables (marked with them), plots, the pilot analysis, what names
+leak and the error browser. The parts that read ``predictions.jsonl`` run when there are predictions;
+the name-leak analysis and the browser's sentences skip themselves with a message when their datasets
+or corpora cannot be read here.
 """
 from __future__ import annotations
 
@@ -20,18 +17,18 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
-from recon.orchestration.report.aggregate import cell_stats
-from recon.orchestration.report.pilot import pilot_analysis
-from recon.orchestration.report.significance import cell_intervals, load_predictions, significance_frame, write_significance
 from recon.data_prep.registry import display_name
-
-from recon.orchestration.study.plan import Trial, expand, unavailable_trials
-from recon.orchestration.report.plots import plot_all
+from recon.orchestration.report.aggregate import cell_stats
+from recon.orchestration.report.analyses import ANALYSES
+from recon.orchestration.report.context import Analysis, ReportContext
+from recon.orchestration.report.significance import load_predictions
+from recon.orchestration.study.plan import expand, unavailable_trials
 from recon.orchestration.study.spec import StudySpec
-from recon.orchestration.report.tables import write_all
+from recon.orchestration.study.stages import study_data_dir
 from recon.orchestration.study.tracker import StudyTracker, results_frame
+from recon.orchestration.study.trial import Trial
 from recon.orchestration.tracking.client import metric_key
 
 FEWREL_NOTE = ("FewRel's train_wiki.json is not available locally: few-shot trials say in their notes "
@@ -112,69 +109,6 @@ def metric_notes(trials: list[Trial]) -> dict[str, set[str]]:
     return out
 
 
-def pretrain_corpora(spec: StudySpec) -> dict[str, Path]:
-    """Model name -> the built pre-training corpus of its stage, where one exists here (never built now)."""
-    from recon.models.pretrain.config import DEMO_CORPUS
-
-    out = {}
-    for model in spec.models:
-        stage = spec.pretrain.get(model.pretrain_ref) if model.pretrain_ref else None
-        if stage is None:
-            continue
-        if stage.corpus != DEMO_CORPUS:
-            directory = spec.resolve_path(stage.corpus)
-        else:
-            try:
-                from recon.orchestration.study.runner import study_storage
-
-                storage = study_storage(spec)
-                if "://" in storage.uri:
-                    continue
-                variant = "with_anchors_excluding_" + "_".join(spec.evaluated_datasets())
-                directory = Path(storage.path("corpus-demo")) / variant
-            except Exception:  # noqa: BLE001 - no local storage: no pre-training lookup
-                continue
-        if (Path(directory) / "manifest.json").is_file():
-            out[model.name] = Path(directory)
-    return out
-
-
-def pilot_rows(out_dir: Path) -> list[dict]:
-    """The pilot summary (medians over seeds) as dict rows, for the error browser."""
-    import pandas as pd
-
-    path = out_dir / "pilot_pairs.csv"
-    if not path.is_file():
-        return []
-    frame = pd.read_csv(path)
-    summary = (frame.groupby(["dataset", "setting", "model", "format_a", "format_b"], sort=False)
-               [["shared_correct", "same_wrong"]].median().reset_index())
-    return summary.to_dict("records")
-
-
-def _extra_analyses(spec: StudySpec, trials: list[Trial], predictions: dict, out_dir: Path,
-                    log: Callable[[str], None]) -> list[Path]:
-    """Name-leak tables and plots, and the error browser (each skipped with a message if it fails)."""
-    from recon.orchestration.report.error_browser import FILE_NAME, example_texts, write_error_browser
-    from recon.orchestration.report.name_leak import name_leak_analysis
-    from recon.orchestration.study.stages import study_data_dir
-
-    files: list[Path] = []
-    data_dir = study_data_dir(spec)
-    files += name_leak_analysis(trials, predictions, out_dir, data_dir=data_dir, corpora=pretrain_corpora(spec),
-                                log=log)
-    try:
-        texts = example_texts(trials, data_dir)
-    except Exception as err:  # noqa: BLE001 - sentences are optional: the page shows sources only
-        log(f"error browser: no sentences ({type(err).__name__}: {err})")
-        texts = None
-    page = write_error_browser(out_dir / FILE_NAME, spec.name, trials, predictions, texts=texts,
-                               pilot=pilot_rows(out_dir))
-    if page is not None:
-        files.append(page)
-    return files
-
-
 def study_tags(spec: StudySpec, trials: list[Trial]) -> dict[str, str]:
     """``recon.*`` tags of the experiment and the parent run (to filter experiments by)."""
     def joined(values) -> str:
@@ -229,6 +163,15 @@ def study_run_description(spec: StudySpec, trials: list[Trial], results, out_dir
     return "\n".join(lines)
 
 
+def run_analyses(context: ReportContext, analyses: Sequence[Analysis] = ANALYSES) -> list[Path]:
+    """Every part of the report in order (``report.analyses``); the optional parts (names, the error browser's
+    sentences) skip themselves with a message when their inputs cannot be read here."""
+    files: list[Path] = []
+    for analysis in analyses:
+        files += analysis(context)
+    return files
+
+
 def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
                   trials: Optional[list[Trial]] = None) -> Path:
     """Regenerate every table, plot and the pilot analysis; returns the summary folder."""
@@ -248,7 +191,6 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
     if stats.empty:
         log("no finished trials yet: nothing to tabulate")
         return out_dir
-    compare_to = {m.name: m.paper_label for m in spec.models}
     runs = tracker.trial_runs()
     footnotes = table_footnotes(spec, trials, runs, tracker.failed_trial_runs())
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,18 +203,9 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
                                                                Path(tmp) / trial.trial_id) if run else None)
             return downloaded[trial.trial_id]
 
-        predictions = load_predictions(trials, predictions_of)
-        significance = intervals = None
-        if predictions:
-            significance = significance_frame(trials, predictions)
-            intervals = cell_intervals(trials, predictions)
-        files = write_all(stats, compare_to, out_dir, footnotes, significance=significance, intervals=intervals)
-        if significance is not None:
-            files += write_significance(significance, intervals, out_dir)
-        files += plot_all(stats, out_dir)
-        files += pilot_analysis(trials, predictions_of, out_dir)
-        if predictions:
-            files += _extra_analyses(spec, trials, predictions, out_dir, log)
+        context = ReportContext(spec, trials, results, stats, load_predictions(trials, predictions_of), predictions_of,
+                                out_dir, footnotes, study_data_dir(spec), log)
+        run_analyses(context)
     notes = {}
     if any(t.kind == "fewshot" for t in trials):
         notes["fewshot"] = FEWREL_NOTE

@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
-from recon.orchestration.study.plan import PAPER_DATASET_NAMES
+from recon.orchestration.study.trial import PAPER_DATASET_NAMES
 from recon.orchestration.study.spec import FORMATS
 
 REPORTED_FILE = "reported_results.csv"
@@ -206,3 +206,9 @@ def write_all(stats: pd.DataFrame, compare_to: Mapping[str, Optional[str]], out_
             written += write_table(marked_table(group, delta_marks(group), value="delta"), out_dir,
                                    f"{name}_delta", [*notes, *DELTA_NOTES])
     return written
+
+
+def analysis(context) -> list[Path]:
+    """Report part: the paper-shaped tables, their delta tables and the cell statistics."""
+    return write_all(context.stats, context.compare_to, context.out_dir, context.footnotes,
+                     significance=context.shared.get("significance"), intervals=context.shared.get("intervals"))

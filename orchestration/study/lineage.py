@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from recon.core.hashing import file_sha256
 from recon.core.privacy import redact
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 from recon.orchestration.tracking.client import DATASET_CONTEXT_TAG
 
 def _dataset_folder(trial: Trial, data_root: Optional[Path]) -> tuple[Optional[Path], Any]:

@@ -1,4 +1,5 @@
-"""Expand a study spec into trials, give each a stable id, and estimate the compute.
+"""Expand a study spec into trials (``recon.orchestration.study.trial``), find the ones whose data is
+missing here, and summarise the plan with its compute estimate (``recon.orchestration.study.estimate``).
 
 A trial's id is a hash of the canonical JSON of every field that changes its result (dataset,
 split, split source, input format, seed, the model's definition, training settings, evaluation
@@ -9,9 +10,6 @@ locations. Hence
 * a cell shared by two tables (TACRED 100% BERT C+M is in Tables 1 and 5) is trained once;
 * two model entries with the same definition are rejected (they would be the same trial).
 
-The compute estimate is deliberately simple and labelled as such: per-trial example-epochs
-(training examples x epochs, plus evaluation passes at a third of the cost) times a per-example
-cost for the model's encoder (seconds; override with ``seconds_per_example`` in the spec).
 """
 from __future__ import annotations
 
@@ -19,70 +17,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from recon.core.hashing import stable_hash
-from recon.data_prep.registry import display_names, expected_train_size, metric_of, paper_split_sizes, reported_metric
 from recon.models.train.fewshot import FewshotConfig, FewshotSettings
 from recon.models.train.finetune import FinetuneConfig
-
+from recon.orchestration.study import estimate
 from recon.orchestration.study.spec import ModelSpec, SpecError, StudySpec
-
-# Seconds per training example (forward + backward); evaluation examples cost a third of that.
-# Rough figures: bert-base at length 100 on one modern GPU; MiniLM-L6 on one CPU core; the CNN.
-DEFAULT_SECONDS_PER_EXAMPLE = {"cnn": 0.0003, "minilm": 0.03, "encoder": 0.004}
-EVAL_COST_FRACTION = 1 / 3
-PAPER_DATASET_NAMES = display_names()
-
-
-def split_label(split: float) -> str:
-    return f"{split * 100:g}%"
-
-
-def nk_label(nk: str) -> str:
-    n, k = nk.split("-")
-    return f"{n}-way {k}-shot"
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One Tune trial: a grid cell and seed (supervised) or an N-way K-shot setting (few-shot).
-
-    ``config`` is the trainer's whole config (``FinetuneConfig`` / ``FewshotConfig`` as a dict);
-    ``trial_id`` is the hash of its identity (the fields that change results).
-    """
-
-    trial_id: str
-    kind: str              # "finetune" | "fewshot"
-    tables: tuple[str, ...]
-    dataset: str
-    setting: str           # "1%" / "100%" or "5-way 1-shot"
-    format: str
-    model: str             # display name from the spec
-    seed: int
-    config: dict[str, Any] = field(compare=False, hash=False)
-
-    @property
-    def metric(self) -> str:
-        """The metric tables report for this trial: an explicit ``training.metric``, else the dataset's under
-        the config's scorer (SemEval's official score with ``data.scorer: official``)."""
-        training = self.config.get("training") or self.config.get("settings", {}).get("training", {})
-        if training.get("metric"):
-            return training["metric"]
-        if self.kind == "finetune":
-            return reported_metric(self.dataset, (self.config.get("data") or {}).get("scorer", "recon"))
-        return metric_of(self.dataset)
-
-    def runner_config(self) -> Any:
-        """The config object the trainer receives (references such as ``@pretrain.cp`` unresolved)."""
-        cls = FinetuneConfig if self.kind == "finetune" else FewshotConfig
-        return cls.from_dict(self.config)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["tables"] = list(self.tables)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Trial":
-        return cls(**{**data, "tables": tuple(data["tables"])})
+from recon.orchestration.study.trial import Trial, cell_label, nk_label, split_label, trial_id
 
 
 def _model_source(spec: StudySpec, model: ModelSpec) -> tuple[str, Optional[str]]:
@@ -112,14 +51,6 @@ def fewshot_config(spec: StudySpec, dataset: str, n: int, k: int, fmt: str, mode
     return FewshotConfig(dataset=dataset, n_way=n, k_shot=k, input_format=fmt, encoder=encoder,
                          settings=spec.fewshot.settings if spec.fewshot else FewshotSettings(),
                          source_identity=identity)
-
-
-def trial_id(kind: str, cfg: Any, trainer: Optional[str] = None) -> str:
-    """Hash of the trainer's resolved config identity (and of a custom trainer, which changes results)."""
-    payload = {"kind": kind, **cfg.identity()}
-    if trainer:
-        payload["trainer"] = trainer
-    return stable_hash(payload)
 
 
 def _check_distinct_models(spec: StudySpec) -> None:
@@ -174,11 +105,6 @@ def expand(spec: StudySpec) -> list[Trial]:
 
 # ---------------------------------------------------------------- data availability
 
-def cell_label(trial: Trial) -> str:
-    """A grid cell across its seeds, e.g. ``wiki80 100% C+M BERT``."""
-    return f"{trial.dataset} {trial.setting} {trial.format} {trial.model}"
-
-
 def unavailable_trials(spec: StudySpec, trials: Iterable[Trial], data_dir: Optional[str]) -> dict[str, str]:
     """trial id -> why it cannot run here, for every trial whose data is missing (files only, no parsing).
 
@@ -222,41 +148,22 @@ def unavailable_cells(trials: Iterable[Trial], missing: dict[str, str]) -> list[
     return list(cells.values())
 
 
-# ---------------------------------------------------------------- compute estimate
-
-def train_size(dataset: str, split: float, max_train: Optional[int] = None) -> int:
-    size = expected_train_size(dataset, split)
-    return min(size, max_train) if max_train else size
-
-
 def seconds_per_example(spec: StudySpec, model_name: str) -> float:
+    """The spec's measured figure for a model, else the table's for its encoder (or the CNN)."""
     if model_name in spec.seconds_per_example:
         return spec.seconds_per_example[model_name]
     model = spec.model(model_name)
-    if model.kind == "cnn":
-        return DEFAULT_SECONDS_PER_EXAMPLE["cnn"]
-    encoder = (spec.encoder_of(model) or "").lower()
-    return DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in encoder else "encoder"]
+    kind = "cnn" if model.kind == "cnn" else estimate.encoder_kind(spec.encoder_of(model))
+    return estimate.SECONDS_PER_EXAMPLE[kind]
 
 
 def example_epochs(trial: Trial) -> float:
-    """Training examples x epochs + evaluation examples (weighted by ``EVAL_COST_FRACTION``)."""
+    """A trial's work in example-epochs (``recon.orchestration.study.estimate``)."""
     c = trial.config
     if trial.kind == "finetune":
-        training = c["cnn"] if c["model"] == "cnn" else c["training"]
-        epochs = training["epochs"]
-        _, dev, test = (s or 0 for s in paper_split_sizes(trial.dataset))
-        if c["data"]["max_eval"]:
-            dev, test = min(dev, c["data"]["max_eval"]), min(test, c["data"]["max_eval"])
-        trained = train_size(trial.dataset, c["split"], c["data"]["max_train"]) * epochs
-        if training.get("max_train_steps"):
-            trained = min(trained, training["max_train_steps"] * training["batch_size"])
-        # Dev is scored after every epoch (best-epoch selection); test once, with the best weights.
-        return trained + (dev * epochs + test) * EVAL_COST_FRACTION
-    # Few-shot: training and evaluation episodes of N*K support + N*Q query sentences.
-    s = c["settings"]
-    per_episode = c["n_way"] * (c["k_shot"] + s["q_query"])
-    return s["train_episodes"] * per_episode + s["eval_episodes"] * per_episode * EVAL_COST_FRACTION
+        return estimate.finetune_example_epochs(trial.dataset, c["split"], c["data"],
+                                                c["cnn"] if c["model"] == "cnn" else c["training"])
+    return estimate.fewshot_example_epochs(c["n_way"], c["k_shot"], c["settings"])
 
 
 @dataclass
@@ -298,8 +205,8 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
             remaining += seconds
     stages = {}
     for name, stage in spec.pretrain.items():
-        cost = DEFAULT_SECONDS_PER_EXAMPLE["minilm" if "minilm" in stage.encoder_name.lower() else "encoder"]
-        seconds = stage.steps * stage.batch_size * 2 * cost * stage.max_length / 100
+        seconds = estimate.pretrain_seconds(stage.steps, stage.batch_size, stage.max_length,
+                                            estimate.encoder_kind(stage.encoder_name))
         stages[name] = {"objective": stage.objective, "steps": stage.steps, "hash": spec.stage_hash(name),
                         "estimated_hours": round(seconds / 3600, 3)}
         total += seconds
@@ -308,13 +215,11 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
         study=spec.name, trials=len(trials), finished=sum(t.trial_id in done for t in trials), per_table=per_table,
         pretrain_stages=stages, estimated_hours_total=round(total / 3600, 3),
         estimated_hours_remaining=round(remaining / 3600, 3),
-        note=("ESTIMATE: example-epochs x seconds per example "
-              f"(defaults {DEFAULT_SECONDS_PER_EXAMPLE}, eval at {EVAL_COST_FRACTION:.2f} of a training example); "
-              "sequential, one device: divide by the number of concurrent trials; unavailable cells excluded."),
+        note=(estimate.note(estimate.SECONDS_PER_EXAMPLE, estimate.SECONDS_PER_PAIR)
+              + "; sequential, one device: divide by the number of concurrent trials; unavailable cells excluded."),
         unavailable=unavailable_cells(trials, missing),
     )
 
 
-__all__ = ["Trial", "expand", "summarize", "PlanSummary", "split_label", "nk_label", "example_epochs",
-           "train_size", "trial_id", "finetune_config", "fewshot_config", "PAPER_DATASET_NAMES",
-           "unavailable_trials", "unavailable_cells", "cell_label"]
+__all__ = ["expand", "summarize", "PlanSummary", "example_epochs", "seconds_per_example", "finetune_config",
+           "fewshot_config", "unavailable_trials", "unavailable_cells"]

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from recon.orchestration.study.plan import Trial, expand, unavailable_trials
+from recon.orchestration.study.trial import Trial
+from recon.orchestration.study.plan import expand, unavailable_trials
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.study.stages import ensure_pretrained, say, study_data_dir
 from recon.core.storage import Storage, resolve_storage

@@ -29,19 +29,18 @@ Validation errors name the file, the field path and (when the key is in a file) 
 """
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from recon.core.config import ConfigError
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
-from recon.core.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES, protocol_layer
+from recon.core.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES
+from recon.core.yaml_layers import SpecError, merged_layers, validation_problems, with_protocol
+from recon.data_prep.formats import FORMAT_NAMES, InputFormat
 from recon.data_prep.registry import fewshot_datasets, supervised_datasets
 from recon.models.train.fewshot import FewshotSettings
 from recon.models.train.finetune import CHECKPOINT_PREFIX, CnnTraining, DataOptions
@@ -52,12 +51,8 @@ from recon.models.train.loop import TrainConfig
 from recon.core.ray_session import RayConfig
 from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, chosen_tracking_uri, sqlite_uri
 
-FORMATS = ("C+M", "C+T", "OnlyC", "OnlyM", "OnlyT")
+FORMATS = FORMAT_NAMES  # the input formats, in the paper's order (from InputFormat)
 PAPER_MODEL_LABELS = ("CNN", "BERT", "MTB", "CP")
-
-
-class SpecError(ReconError):
-    """A study file that does not validate; the message names file, field path and line."""
 
 
 class _Strict(BaseModel):
@@ -65,10 +60,10 @@ class _Strict(BaseModel):
 
 
 def _format_name(value: str) -> str:
-    for known in FORMATS:
-        if str(value).lower() == known.lower():
-            return known
-    raise ValueError(f"unknown input format {value!r}; known formats: {', '.join(FORMATS)}")
+    try:
+        return InputFormat.parse(str(value)).value
+    except ReconError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _dataset_names(kind: str):
@@ -288,126 +283,6 @@ def corpus_content_identity(directory: Path) -> str:
         return f"unbuilt:{directory}"
 
 
-# ---------------------------------------------------------------- loading with line numbers
-
-MAX_YAML_NODES = 100_000  # a study file is a few hundred values; more means aliases nested like a YAML bomb
-
-
-def _compose_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML and record the 1-based line of every key/item, by field path."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    lines: dict[tuple, int] = {}
-    budget = [MAX_YAML_NODES]
-
-    def walk(n: yaml.Node, at: tuple) -> None:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise SpecError(f"{path}, line {n.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES} "
-                            "values (anchors and aliases nested like a 'billion laughs' bomb?)")
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                lines[at + (key.value,)] = key.start_mark.line + 1
-                walk(value, at + (key.value,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                lines[at + (i,)] = item.start_mark.line + 1
-                walk(item, at + (i,))
-
-    if node is not None:
-        walk(node, ())
-    return data, lines
-
-
-def _merge(base: Any, override: Any) -> Any:
-    if isinstance(base, dict) and isinstance(override, dict):
-        out = copy.deepcopy(base)
-        for key, value in override.items():
-            out[key] = _merge(out[key], value) if key in out else copy.deepcopy(value)
-        return out
-    return copy.deepcopy(override)
-
-
-def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict, dict[tuple, int]]]:
-    """The study file and its ``defaults:`` ancestors, most general first."""
-    if path in seen:
-        raise SpecError(f"{path}: 'defaults' chain loops back to this file")
-    if not path.is_file():
-        raise SpecError(f"{path}: study file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); save the study file as UTF-8") from None
-    data, lines = _compose_lines(text, path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}, line 1: a study file must be a YAML mapping")
-    layers: list[tuple[Path, dict, dict[tuple, int]]] = []
-    parents = data.pop("defaults", None)
-    for parent in [parents] if isinstance(parents, str) else (parents or []):
-        layers.extend(_read_layers((path.parent / parent).resolve(), seen + (path,)))
-    layers.append((path, data, lines))
-    return layers
-
-
-def _locate(loc: tuple, layers: list[tuple[Path, dict, dict[tuple, int]]]) -> tuple[Path, Optional[int]]:
-    """The file (last layer that sets it) and line of the deepest known prefix of ``loc``."""
-    for depth in range(len(loc), 0, -1):
-        prefix = tuple(loc[:depth])
-        for path, _, lines in reversed(layers):
-            if prefix in lines:
-                return path, lines[prefix]
-    return layers[-1][0], None
-
-
-def validation_problems(exc: ValidationError, layers: list, schema: str) -> list[str]:
-    """pydantic's errors as ``file, line N, field 'a.b': message`` (component configs name their own field)."""
-    problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-        message = err["msg"]
-        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            message = f"unknown field (not in the {schema} schema)"
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, ConfigError):  # a component config's own check names its field
-            loc = loc + tuple(cause.field.split("."))
-            message = cause.detail
-        where_file, line = _locate(loc, layers)
-        field = ".".join(str(p) for p in loc) or f"({schema})"
-        at = f"{where_file}, line {line}" if line else f"{where_file}"
-        problems.append(f"{at}, field '{field}': {message}")
-    return problems
-
-
-def with_protocol(merged: dict, sections: dict[str, type]) -> dict:
-    """``merged`` over the layer its ``protocol:`` names: each section's protocol point fields set to the
-    protocol's values where the file does not set them. ``sections`` maps a top-level key (``data``), a
-    dotted one (``fewshot.settings``: only when ``fewshot`` is there) or ``key.*`` (every entry of a
-    mapping: the pre-training stages) to the config class found there."""
-    name = merged.get("protocol", DEFAULT_PROTOCOL)
-    if name not in PROTOCOL_NAMES:
-        return merged  # validation names the field
-    layer: dict = {}
-    for where, cls in sections.items():
-        head, _, rest = where.partition(".")
-        if rest == "*":
-            entries = merged.get(head)
-            if isinstance(entries, dict):
-                layer[head] = {key: protocol_layer(cls, name) for key in entries}
-        elif rest:
-            if isinstance(merged.get(head), dict):
-                layer.setdefault(head, {})[rest] = protocol_layer(cls, name)
-        else:
-            layer[head] = protocol_layer(cls, name)
-    return _merge(layer, merged)
-
-
 STUDY_PROTOCOL_SECTIONS = {"data": DataOptions, "head": HeadOptions, "training": TrainConfig,
                            "fewshot.settings": FewshotSettings, "pretrain.*": PretrainConfig}
 
@@ -415,10 +290,7 @@ STUDY_PROTOCOL_SECTIONS = {"data": DataOptions, "head": HeadOptions, "training":
 def load_spec(path: str | Path) -> StudySpec:
     """Read, merge and validate a study file; raise :class:`SpecError` naming file, field and line."""
     path = Path(path).resolve()
-    layers = _read_layers(path)
-    merged: dict = {}
-    for _, data, _ in layers:
-        merged = _merge(merged, data)
+    merged, layers = merged_layers(path)
     merged = with_protocol(merged, STUDY_PROTOCOL_SECTIONS)
     try:
         spec = StudySpec.model_validate(merged)

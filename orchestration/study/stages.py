@@ -24,38 +24,56 @@ STAGE_FILE = "stage.json"
 from recon.core.console import say  # noqa: E402  (default progress output; pickled by reference)
 
 
-def study_data_dir(spec: StudySpec) -> Optional[str]:
-    """The data directory as the driver resolves it (absolute), or None when there is none."""
+def data_root(configured: Optional[Path]) -> Optional[str]:
+    """The data directory as the driver resolves it (absolute), or None when there is none: ``configured``
+    (a spec's ``data_dir``, already resolved against the spec's folder), else the usual places."""
     from recon.data_prep.datadir import existing_data_root
 
-    root = existing_data_root(spec.resolve_path(spec.data.data_dir) if spec.data.data_dir else None)
+    root = existing_data_root(configured)
     return str(root) if root else None
 
 
-def corpus_dir(spec: StudySpec, stage: PretrainConfig, storage: Storage, log: Callable[[str], None] = say) -> str:
-    """The stage's corpus directory; ``@demo`` builds the demo corpus from local benchmarks once.
+def study_data_dir(spec: StudySpec) -> Optional[str]:
+    """The study's data directory (:func:`data_root` of its ``data.data_dir``)."""
+    return data_root(spec.resolve_path(spec.data.data_dir) if spec.data.data_dir else None)
 
-    The demo corpus is built beside the study's storage when that is a path (local or NFS), so the
-    Ray Data tasks that write its shards write where every node can read; a URI storage needs a
-    corpus built beforehand (``recon corpus build --out``) and named in the stage.
-    """
+
+def corpus_dir(spec: StudySpec, stage: PretrainConfig, storage: Storage, log: Callable[[str], None] = say) -> str:
+    """A study stage's corpus directory: the stage's own, or the demo corpus (:func:`demo_corpus`)."""
     if stage.corpus != DEMO_CORPUS:
         return str(spec.resolve_path(stage.corpus))
+    return demo_corpus(storage, spec.evaluated_datasets(), study_data_dir(spec), log)
+
+
+def demo_corpus_dir(storage: Storage, evaluated: list[str]) -> Path:
+    """Where the ``@demo`` corpus without the entity pairs of ``evaluated`` lives in a path storage.
+
+    The anchored variant, without the entity pairs of every dataset the study evaluates on. The demo
+    corpus IS Wiki80 dev + FewRel val text, so for a study evaluated on those it comes out nearly empty
+    (and CP says so): it suits SemEval/ChemProt studies.
+    """
+    return Path(storage.path("corpus-demo")) / ("with_anchors_excluding_" + "_".join(evaluated))
+
+
+def demo_corpus(storage: Storage, evaluated: list[str], data_dir: Optional[str],
+                log: Callable[[str], None] = say) -> str:
+    """The ``@demo`` corpus without the entity pairs of ``evaluated``, built from local benchmarks once.
+
+    It is built beside the storage when that is a path (local or NFS), so the Ray Data tasks that write
+    its shards write where every node can read; a URI storage needs a corpus built beforehand
+    (``recon corpus build --out``) and named in the stage.
+    """
     if is_uri(storage.uri):
         raise ReconError(f"storage {storage.uri}: the @demo corpus is built on a shared path; build a corpus with "
                          "`recon corpus build` and name it in the stage's 'corpus'")
-    # The anchored variant, without the entity pairs of every dataset the study evaluates on. The
-    # demo corpus IS Wiki80 dev + FewRel val text, so for a study evaluated on those it comes out
-    # nearly empty (and CP says so): it suits SemEval/ChemProt studies.
-    evaluated = spec.evaluated_datasets()
-    variant = "with_anchors_excluding_" + "_".join(evaluated)
-    out = Path(storage.path("corpus-demo"))
-    if not (out / variant / "manifest.json").is_file():
+    directory = demo_corpus_dir(storage, evaluated)
+    out, variant = directory.parent, directory.name
+    if not (directory / "manifest.json").is_file():
         from recon.data_prep.corpus.demo_from_benchmarks import run_demo
 
         log(f"pretrain: building the demo corpus (FewRel val_wiki + Wiki80 dev as raw text, without the "
             f"entity pairs of {', '.join(evaluated)}) -> {out / variant}")
-        run_demo(out, data_dir=study_data_dir(spec), log=log, runs={variant: ("anchored.jsonl", tuple(evaluated))})
+        run_demo(out, data_dir=data_dir, log=log, runs={variant: ("anchored.jsonl", tuple(evaluated))})
     return str(out / variant)
 
 
@@ -105,4 +123,5 @@ def ensure_pretrained(spec: StudySpec, stages: Sequence[str], tracking_uri: str,
     return out
 
 
-__all__ = ["ensure_pretrained", "run_pretrain_stage", "corpus_dir", "study_data_dir", "STAGE_FILE", "say"]
+__all__ = ["ensure_pretrained", "run_pretrain_stage", "corpus_dir", "demo_corpus", "data_root", "study_data_dir",
+           "STAGE_FILE", "say", "demo_corpus_dir"]

@@ -56,7 +56,7 @@ from typing import Any, Iterable, Mapping, Optional
 from recon.core.privacy import redact
 from recon.orchestration.study.lineage import dataset_inputs, trial_description
 from recon.orchestration.study.overview import overview_html, paper_table_files
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 from recon.orchestration.tracking.client import (EXPERIMENT_KIND_TAG, LOGGED_ARTIFACTS_TAG, MAX_EXPERIMENT_TAG_VALUE,
                                                  MAX_TAG_VALUE, ML_EXPERIMENT_KIND, NOTE_TAG, PARENT_TAG, ROLE,
                                                  SOURCE_COMMIT_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG, clip,

@@ -19,7 +19,7 @@ from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
 from recon.models.train.finetune import CHECKPOINT_PREFIX
 
-from recon.orchestration.study.plan import Trial
+from recon.orchestration.study.trial import Trial
 
 
 @dataclass

@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional
 
 from recon.core.errors import ReconError
 
-from recon.orchestration.study.stages import corpus_dir, say, study_data_dir
+from recon.models.pretrain.config import DEMO_CORPUS
+from recon.orchestration.study.stages import demo_corpus, say
 from recon.core.storage import Storage, publish_dir, resolve_storage
 from recon.orchestration.sweep.spec import SweepSpec, best_snippet
 from recon.orchestration.pretrain.checkpoints import complete_checkpoints
@@ -272,9 +273,10 @@ def prepare_inputs(spec: SweepSpec, store: Storage, log: Callable[[str], None]) 
     from recon.orchestration.study.data import publish_study_data
 
     pretrain, probe = spec.resolve({})
-    corpus = Path(corpus_dir(spec, pretrain, store, log))
+    data_root = spec.data_root()
+    corpus = Path(demo_corpus(store, spec.evaluated_datasets(), data_root, log) if pretrain.corpus == DEMO_CORPUS
+                  else spec.resolve_path(pretrain.corpus))
     read_manifest(corpus)
-    data_root = study_data_dir(spec)
     leakage = require_exclusions(str(corpus), spec.evaluated_datasets(), allow_leakage=pretrain.allow_leakage,
                                  data_dir=data_root)
     if not leakage.ok:

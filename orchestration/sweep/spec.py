@@ -61,7 +61,8 @@ from recon.models.train.finetune import FinetuneConfig
 from recon.models.pretrain.config import DEMO_CORPUS, PretrainConfig
 
 from recon.core.ray_session import RayConfig
-from recon.orchestration.study.spec import SpecError, _locate, _merge, _read_layers, corpus_content_identity, validation_problems, with_protocol
+from recon.core.yaml_layers import SpecError, locate, merged_layers, validation_problems, with_protocol
+from recon.orchestration.study.spec import corpus_content_identity
 from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, chosen_tracking_uri, sqlite_uri
 
 SECTIONS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
@@ -216,14 +217,17 @@ class SweepSpec(_Strict):
         """What a trial needs to rebuild this spec on any node: the merged file content."""
         return {"merged": copy.deepcopy(self._merged), "source": str(self._source) if self._source else None}
 
-    # ------------------------------------------------------------ what corpus_dir / study_data_dir read
+    # ------------------------------------------------------------ paths
     @property
     def source(self) -> Optional[Path]:
         return self._source
 
-    @property
-    def data(self):
-        return self.finetune.data
+    def data_root(self) -> Optional[str]:
+        """The probe's data directory as the driver resolves it (``stages.data_root``)."""
+        from recon.orchestration.study.stages import data_root
+
+        data_dir = self.finetune.data.data_dir
+        return data_root(self.resolve_path(data_dir) if data_dir else None)
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -337,7 +341,7 @@ def _check_space(spec: SweepSpec, raw: dict, layers) -> dict[str, Domain]:
     problems = []
 
     def problem(path: str, message: str, loc: tuple | None = None) -> None:
-        where_file, line = _locate(loc or ("space", path), layers)
+        where_file, line = locate(loc or ("space", path), layers)
         at = f"{where_file}, line {line}" if line else f"{where_file}"
         problems.append(f"{at}, field 'space.{path}': {message}")
 
@@ -372,12 +376,12 @@ def _check_space(spec: SweepSpec, raw: dict, layers) -> dict[str, Domain]:
         if ranges:
             problem(ranges[0], "a grid sampler needs choice([...]) domains")
         elif spec.budget.trials is not None and spec.budget.trials > math.prod(len(d.choices) for d in domains.values()):
-            where_file, line = _locate(("budget", "trials"), layers)
+            where_file, line = locate(("budget", "trials"), layers)
             problems.append(f"{where_file}{f', line {line}' if line else ''}, field 'budget.trials': the grid has "
                             f"{math.prod(len(d.choices) for d in domains.values())} points; leave trials out or "
                             "give at most that many")
     elif spec.budget.trials is None and not problems:
-        where_file, line = _locate(("budget",), layers)
+        where_file, line = locate(("budget",), layers)
         problems.append(f"{where_file}{f', line {line}' if line else ''}, field 'budget.trials': required for a "
                         f"{spec.sampler.type} sampler (only a grid has a natural size)")
     if problems:
@@ -388,10 +392,7 @@ def _check_space(spec: SweepSpec, raw: dict, layers) -> dict[str, Domain]:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read, merge (``defaults:``) and validate a sweep file; SpecError names file, field and line."""
     path = Path(path).resolve()
-    layers = _read_layers(path)
-    merged: dict = {}
-    for _, data, _ in layers:
-        merged = _merge(merged, data)
+    merged, layers = merged_layers(path)
     return _build(merged, layers, path)
 
 
@@ -413,16 +414,16 @@ def _build(merged: dict, layers, path: Path) -> SweepSpec:
     spec._raw = {name: copy.deepcopy(merged.get(name) or {}) for name in SECTIONS}
     for reserved in ("steps",):
         if reserved in spec._raw["pretrain"]:
-            where_file, line = _locate(("pretrain", reserved), layers)
+            where_file, line = locate(("pretrain", reserved), layers)
             raise SpecError(f"invalid sweep spec: {where_file}, line {line}, field 'pretrain.{reserved}': "
                             "set the pre-training steps per trial as budget.steps")
     for key in ("model", "encoder", "path", "kind", "source_identity"):
         if key in spec._raw["finetune"]:
-            where_file, line = _locate(("finetune", key), layers)
+            where_file, line = locate(("finetune", key), layers)
             raise SpecError(f"invalid sweep spec: {where_file}, line {line}, field 'finetune.{key}': "
                             f"{RESERVED['finetune.' + key]}")
     if "seed" in (spec._raw["finetune"].get("training") or {}):
-        where_file, line = _locate(("finetune", "training", "seed"), layers)
+        where_file, line = locate(("finetune", "training", "seed"), layers)
         raise SpecError(f"invalid sweep spec: {where_file}, line {line}, field 'finetune.training.seed': "
                         "the probe seeds are objective.seeds")
     spec._domains = _check_space(spec, merged, layers)
@@ -431,33 +432,24 @@ def _build(merged: dict, layers, path: Path) -> SweepSpec:
 
 # ---------------------------------------------------------------- plan
 
-DEFAULT_SECONDS_PER_PAIR = {"minilm": 0.06, "encoder": 0.004}     # 2 sentences of max_length 64 per pair
-DEFAULT_SECONDS_PER_EXAMPLE = {"minilm": 0.035, "encoder": 0.004}  # see recon.orchestration.study.plan
-
-
 def plan(spec: SweepSpec) -> dict[str, Any]:
     """Trials, pre-training and probe work per trial, and an estimate of the compute (labelled as such)."""
-    from recon.data_prep.registry import paper_split_sizes
+    from dataclasses import asdict
 
-    from recon.orchestration.study.plan import EVAL_COST_FRACTION, train_size
+    from recon.orchestration.study import estimate
 
     trials = spec.trials_budget()
     pretrain, probe = spec.resolve({})
-    kind = "minilm" if "minilm" in pretrain.encoder_name.lower() else "encoder"
-    per_pair = spec.seconds_per_pair or DEFAULT_SECONDS_PER_PAIR[kind] * pretrain.max_length / 64
-    per_example = spec.seconds_per_example or DEFAULT_SECONDS_PER_EXAMPLE[kind]
+    kind = estimate.encoder_kind(pretrain.encoder_name)
+    per_example = spec.seconds_per_example or estimate.SECONDS_PER_EXAMPLE[kind]
     # batch sizes vary across trials: take the space's mean where it is searched
     batch = spec._domains.get("pretrain.batch_size")
     mean_batch = (sum(batch.candidates()) / len(batch.candidates()) if batch is not None else pretrain.batch_size)
-    pretrain_s = spec.budget.steps * mean_batch * per_pair
-    t = probe.training
-    trained = train_size(probe.dataset, probe.split, probe.data.max_train) * t.epochs
-    if t.max_train_steps:
-        trained = min(trained, t.max_train_steps * t.batch_size)
-    _, dev, test = (s or 0 for s in paper_split_sizes(probe.dataset))
-    if probe.data.max_eval:
-        dev, test = min(dev, probe.data.max_eval), min(test, probe.data.max_eval)
-    probe_s = (trained + (dev + test) * t.epochs * EVAL_COST_FRACTION) * per_example
+    pretrain_s = estimate.pretrain_seconds(spec.budget.steps, mean_batch, pretrain.max_length, kind,
+                                           spec.seconds_per_pair)
+    per_pair = pretrain_s / max(spec.budget.steps * mean_batch, 1)
+    probe_s = estimate.finetune_example_epochs(probe.dataset, probe.split, asdict(probe.data),
+                                               asdict(probe.training)) * per_example
     probes = len(spec.probe_steps()) * len(spec.objective.seeds)
     per_trial = pretrain_s + probes * probe_s
     waves = math.ceil(trials / spec.budget.concurrency)

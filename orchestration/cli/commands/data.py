@@ -21,6 +21,7 @@ from collections import Counter
 
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED
 from recon.core.errors import ReconError
+from recon.data_prep.formats import FORMATS_HELP
 from recon.data_prep.loaders import KINDS as _LOADER_KINDS
 
 KINDS = tuple(_LOADER_KINDS)  # the loader registry is the one list of kinds
@@ -225,7 +226,7 @@ def register(subparsers) -> None:
 
     rend = sub.add_parser("render", help="the exact wordpieces the encoder sees for an input format")
     _add_source_args(rend)
-    rend.add_argument("--format", required=True, help="C+M, C+T, OnlyC, OnlyM or OnlyT")
+    rend.add_argument("--format", required=True, help=FORMATS_HELP)
     rend.add_argument("--limit", type=int, default=3)
     rend.add_argument("--split", default="train")
     rend.add_argument("--encoder", default=DEFAULT_ENCODER,
