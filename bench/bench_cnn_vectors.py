@@ -66,7 +66,8 @@ def open_vocab(ds, train, feat, label2id):
 
 def run_one(ds, feat, label2id, data, vectors: str, seed: int, args) -> dict:
     from recon.models.nets.cnn import build_cnn
-    from recon.models.train.loop import ClassificationTask, TrainConfig, fit, make_loader
+    from recon.models.train.loop import ClassificationTask, fit, make_loader
+    from recon.models.train.config import TrainConfig
 
     start = time.perf_counter()
     model, notes = build_cnn(feat, len(label2id), hidden_size=args.hidden, word_vectors=vectors,

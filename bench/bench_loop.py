@@ -23,7 +23,7 @@ import time
 import torch
 
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED
-from recon.models.train.loop import TrainConfig
+from recon.models.train.config import TrainConfig
 
 DEFAULTS = TrainConfig()  # the loop's own defaults (Appendix B), for both loops
 

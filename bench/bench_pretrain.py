@@ -85,7 +85,8 @@ def bare(args, encoder: str) -> dict:
     from recon.models.pretrain.step import PretrainNet, count_parameters
     from recon.models.pretrain.batches import TokenContext
     from recon.models.pretrain.loop import run_steps
-    from recon.models.train.loop import build_optimizer, build_scheduler, resolve_device
+    from recon.models.train.optim import build_optimizer, build_scheduler
+    from recon.models.train.loop import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

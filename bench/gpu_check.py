@@ -450,7 +450,8 @@ class CPBench:
         from recon.models.pretrain.config import OBJECTIVE_DEFAULTS, PretrainConfig
         from recon.models.pretrain.step import PretrainNet, StepSettings
         from recon.models.pretrain.batches import TokenContext
-        from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler
+        from recon.models.train.config import TrainConfig
+        from recon.models.train.optim import build_optimizer, build_scheduler
 
         self.args = args
         self.device = torch.device(args.device)
@@ -668,7 +669,8 @@ def finetune_worker(rank: int, spec: dict[str, Any], barrier, queue) -> None:
         torch.set_num_threads(spec["threads"])
         from recon.models.nets.loading import load_encoder
         from recon.models.nets.heads import RelationClassifier
-        from recon.models.train.loop import ClassificationTask, TrainConfig, fit
+        from recon.models.train.loop import ClassificationTask, fit
+        from recon.models.train.config import TrainConfig
         from recon.models.nets.seed import seed_everything
 
         device = torch.device(spec["device"])

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
-    from recon.models.train.loop import TrainConfig
+    from recon.models.train.finetune_config import DataOptions, FinetuneConfig
+    from recon.models.train.finetune import run_finetune
+    from recon.models.train.config import TrainConfig
 
     torch.set_num_threads(2)
     models = {"base": "bert", "cp": args.checkpoint}

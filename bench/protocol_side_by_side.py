@@ -36,7 +36,7 @@ def _parse_variant(text: str) -> tuple[str, dict]:
 
 def _config(variant: str, fmt: str, seed: int):
     from recon.core.protocol import point_fields, protocol_layer
-    from recon.models.train.finetune import FinetuneConfig
+    from recon.models.train.finetune_config import FinetuneConfig
     from recon.orchestration.cli.flags import _merge, raw_defaults
 
     name, overrides = _parse_variant(variant)

@@ -111,7 +111,7 @@ def _cli_leaves(cls: type, prefix: str = "") -> set[str]:
 def _generated_commands():
     from recon.data_prep.corpus.config import DEMO_SETS, CorpusBuildConfig, CorpusDemoConfig
     from recon.models.train.fewshot import FewshotConfig
-    from recon.models.train.finetune import FinetuneConfig
+    from recon.models.train.finetune_config import FinetuneConfig
     from recon.orchestration.pretrain.run import PretrainRun
 
     # (command path, config class, the command's own options, config fields the command sets itself)
@@ -165,8 +165,9 @@ def captured_fit(monkeypatch):
 def _cnn_run(**cnn):
     import torch
 
-    from recon.models.train.finetune import CnnTraining, DataOptions, FinetuneConfig, run_finetune
-    from recon.models.train.loop import TrainConfig
+    from recon.models.train.finetune_config import CnnTraining, DataOptions, FinetuneConfig
+    from recon.models.train.finetune import run_finetune
+    from recon.models.train.config import TrainConfig
 
     torch.set_num_threads(1)
     cfg = FinetuneConfig(dataset=None, path=str(KEYWORD), kind="opennre", model="cnn",
@@ -189,8 +190,9 @@ def test_cnn_hidden_size_sets_the_convolution_width(captured_fit):
 
 
 def test_data_max_train_caps_the_training_examples(captured_fit):
-    from recon.models.train.finetune import CnnTraining, DataOptions, FinetuneConfig, run_finetune
-    from recon.models.train.loop import TrainConfig
+    from recon.models.train.finetune_config import CnnTraining, DataOptions, FinetuneConfig
+    from recon.models.train.finetune import run_finetune
+    from recon.models.train.config import TrainConfig
 
     base = dict(dataset=None, path=str(KEYWORD), kind="opennre", model="cnn",
                 cnn=CnnTraining(epochs=1, batch_size=16, max_train_steps=1, word_vectors="random"),
@@ -220,8 +222,9 @@ def tiny_bert(tmp_path_factory) -> str:
 def test_training_max_grad_norm_reaches_the_loop(tiny_bert, monkeypatch, max_grad_norm):
     import torch
 
-    from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
-    from recon.models.train.loop import TrainConfig
+    from recon.models.train.finetune_config import DataOptions, FinetuneConfig
+    from recon.models.train.finetune import run_finetune
+    from recon.models.train.config import TrainConfig
 
     torch.set_num_threads(1)
     norms: list = []

@@ -19,7 +19,8 @@ from recon.models.train.fewshot import (
     EpisodeBatches, EpisodeCollator, FewshotConfig, FewshotSettings, IndexCollator, PrototypicalTask, RepresentationTable,
     encode_table, run_fewshot, wiki80_training_relations,
 )
-from recon.models.train.loop import TrainConfig, evaluate, fit, make_loader
+from recon.models.train.config import TrainConfig
+from recon.models.train.loop import evaluate, fit, make_loader
 from recon.models.nets.seed import seed_everything
 
 torch.set_num_threads(1)

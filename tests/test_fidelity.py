@@ -11,8 +11,9 @@ import pytest
 
 from recon.core.errors import ReconError
 from recon.models.train.fewshot import FewshotConfig, FewshotSettings, run_fewshot
-from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
-from recon.models.train.loop import TrainConfig
+from recon.models.train.finetune_config import DataOptions, FinetuneConfig
+from recon.models.train.finetune import run_finetune
+from recon.models.train.config import TrainConfig
 from recon.orchestration.study.plan import expand, unavailable_trials
 from recon.orchestration.study.spec import load_spec
 from tiny_bert import make_tiny_bert_dir

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.models.train.finetune import (CnnTraining, DataOptions, FinetuneConfig, majority_baseline, run_finetune,
-                                   subsample)
-from recon.models.train.loop import TrainConfig
+from recon.models.train.finetune_config import CnnTraining, DataOptions, FinetuneConfig
+from recon.models.train.finetune_data import majority_baseline, subsample
+from recon.models.train.finetune import run_finetune
+from recon.models.train.config import TrainConfig
 
 torch.set_num_threads(1)
 FIXTURE = Path(__file__).parent / "fixtures" / "training" / "keyword"

@@ -20,9 +20,10 @@ import yaml
 
 from recon.core.config import ConfigError
 from recon.core.errors import ReconError
-from recon.orchestration.cluster import kuberay
-from recon.orchestration.cluster.kuberay import (CRD_FILES, MAX_WORKING_DIR_BYTES, KubeRaySettings, render_raycluster,
-                                                 render_rayjob, submit, to_yaml, validate)
+from recon.orchestration.cluster import kuberay, kuberay_submit
+from recon.orchestration.cluster.kuberay import CRD_FILES, MAX_WORKING_DIR_BYTES, KubeRaySettings, render_raycluster, render_rayjob, to_yaml
+from recon.orchestration.cluster.kuberay_submit import submit
+from recon.orchestration.cluster.kuberay_crd import validate
 from recon.orchestration.cluster.jobs import WORKING_DIR_EXCLUDES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,7 +344,7 @@ def no_kubectl(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError(f"nothing may run in a dry run: {args}")
 
-    monkeypatch.setattr(kuberay.subprocess, "run", refuse)
+    monkeypatch.setattr(kuberay_submit.subprocess, "run", refuse)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -416,7 +417,7 @@ def test_only_what_would_be_uploaded_counts(tmp_path):
     (project / ".gitignore").write_text("corpus/\n")
     plan = submit(KubeRaySettings(), dry_run=True, working_dir=project)
     assert plan.working_dir_bytes == len("name: demo\n") + len("corpus/\n")
-    assert kuberay.check_working_dir(project) == plan.working_dir_bytes
+    assert kuberay_submit.check_working_dir(project) == plan.working_dir_bytes
 
 
 def test_says_clearly_when_kubectl_is_missing(no_kubectl, tmp_path):

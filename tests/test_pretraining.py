@@ -22,7 +22,8 @@ from recon.models.pretrain.config import PretrainConfig
 from recon.models.pretrain.state import load_train_state, read_train_state, save_train_state
 from recon.models.pretrain.batches import IGNORE_INDEX, PretrainBatch, TokenContext, build_batch, relation_id, step_generator
 from recon.models.pretrain.step import PretrainNet, StepSettings, micro_step_loss, optimizer_step, reseed_step
-from recon.models.train.loop import TrainConfig, build_optimizer, build_scheduler
+from recon.models.train.config import TrainConfig
+from recon.models.train.optim import build_optimizer, build_scheduler
 from tiny_bert import make_tiny_bert_dir
 
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"

@@ -152,7 +152,7 @@ def _reference_uncorrected(p0, grads, lr, eps, wd, betas=(0.9, 0.999)):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_uncorrected_adamw_first_steps_match_the_hand_computed_update(fused):
-    from recon.models.train.loop import UncorrectedAdamW
+    from recon.models.train.optim import UncorrectedAdamW
 
     p0, lr, eps, wd = [0.5, -1.0, 2.0], 1e-3, 1e-8, 0.01
     grads = [[0.1, -0.2, 0.3], [0.2, -0.2, 0.15], [-0.05, 0.4, 0.1]]
@@ -170,7 +170,8 @@ def test_uncorrected_adamw_first_steps_match_the_hand_computed_update(fused):
 
 
 def test_bias_correction_is_torchs_adamw_and_the_uncorrected_steps_are_larger():
-    from recon.models.train.loop import TrainConfig, build_optimizer
+    from recon.models.train.config import TrainConfig
+    from recon.models.train.optim import build_optimizer
 
     def first_update(correct: bool) -> float:
         torch.manual_seed(0)
@@ -187,7 +188,7 @@ def test_bias_correction_is_torchs_adamw_and_the_uncorrected_steps_are_larger():
 
 
 def test_uncorrected_adamw_resumes_from_its_state_dict_exactly():
-    from recon.models.train.loop import UncorrectedAdamW
+    from recon.models.train.optim import UncorrectedAdamW
 
     def run(steps, opt_state=None, p_state=None):
         p = torch.nn.Parameter(torch.tensor([1.0, -2.0])) if p_state is None else torch.nn.Parameter(p_state.clone())
@@ -245,7 +246,7 @@ def test_official_score_bootstraps_like_the_direct_computation():
 # ---------------------------------------------------------------- choosing a protocol
 
 def test_every_point_has_one_value_per_protocol_and_fields_default_to_the_default_protocol():
-    from recon.models.train.finetune import FinetuneConfig
+    from recon.models.train.finetune_config import FinetuneConfig
     from recon.core.protocol import DEFAULT_PROTOCOL
 
     for point in POINTS.values():
@@ -256,7 +257,7 @@ def test_every_point_has_one_value_per_protocol_and_fields_default_to_the_defaul
 
 
 def test_a_flag_given_explicitly_wins_over_the_protocol():
-    from recon.models.train.finetune import FinetuneConfig
+    from recon.models.train.finetune_config import FinetuneConfig
     from recon.orchestration.cli.main import build_parser
 
     parser = build_parser()

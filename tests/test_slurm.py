@@ -32,7 +32,8 @@ from slurm_harness import slurm_cluster_fixture  # noqa: E402,F401  (the fixture
 from recon.core.config import ConfigError  # noqa: E402
 from recon.core.errors import ReconError  # noqa: E402
 from recon.orchestration.cluster import slurm  # noqa: E402
-from recon.orchestration.cluster.slurm import SlurmError, SlurmSettings, render_sbatch  # noqa: E402
+from recon.orchestration.cluster.slurm_settings import SlurmError, SlurmSettings
+from recon.orchestration.cluster.slurm_script import render_sbatch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies"
 STUDY = ["recon", "study", "run", "studies/paper.yaml"]

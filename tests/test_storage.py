@@ -18,11 +18,10 @@ import pytest
 
 from recon.core.hashing import file_sha256
 
+from recon.core import node_cache as nc
 from recon.core import storage as st
-from recon.core.storage import (
-    IntegrityError, Storage, default_cache_dir, dir_digest, fetch_cached, fetch_dir, fs_and_path,
-    publish_dir, publish_files, resolve_storage,
-)
+from recon.core.storage import IntegrityError, Storage, default_cache_dir, fs_and_path, resolve_storage
+from recon.core.node_cache import dir_digest, fetch_cached, fetch_dir, publish_dir, publish_files
 
 
 def _tree(root: Path) -> list[str]:
@@ -216,8 +215,8 @@ def test_fetch_cached_downloads_once(tmp_path, inputs, monkeypatch):
     entry = manifest["train.jsonl"]
     assert entry["uri"].startswith("file://")
     calls = []
-    real = st._download_hashing
-    monkeypatch.setattr(st, "_download_hashing", lambda *a: (calls.append(a), real(*a))[1])
+    real = nc._download_hashing
+    monkeypatch.setattr(nc, "_download_hashing", lambda *a: (calls.append(a), real(*a))[1])
     cache = tmp_path / "cache"
     path = fetch_cached(entry, cache_dir=cache)
     assert path == cache / entry["sha256"][:2] / entry["sha256"] / "train.jsonl"
@@ -277,8 +276,8 @@ def _fetch_worker(entry, cache, log, barrier, queue):
             return real(*args, **kwargs)
         return wrapper
 
-    st._download_hashing = counting(st._download_hashing)  # file fetches
-    st._copy_files = counting(st._copy_files)              # directory fetches
+    nc._download_hashing = counting(nc._download_hashing)  # file fetches
+    nc._copy_files = counting(nc._copy_files)              # directory fetches
     barrier.wait(timeout=60)
     if "sha256" in entry:
         queue.put(str(fetch_cached(entry, cache_dir=cache)))
@@ -313,7 +312,7 @@ def test_concurrent_processes_fetch_once(tmp_path):
 def _disable_flock(monkeypatch):
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
-    monkeypatch.setattr(st.fcntl, "flock", no_flock)
+    monkeypatch.setattr(nc.fcntl, "flock", no_flock)
 
 
 def test_unlocked_file_race_loser_uses_winner(tmp_path, inputs, monkeypatch):
@@ -321,14 +320,14 @@ def test_unlocked_file_race_loser_uses_winner(tmp_path, inputs, monkeypatch):
     entry = publish_files(Storage.from_uri(tmp_path / "s"), inputs, "ns")["train.jsonl"]
     _disable_flock(monkeypatch)
     both_downloaded = threading.Barrier(2)
-    real = st._download_hashing
+    real = nc._download_hashing
 
     def slow(*args):
         digest = real(*args)
         both_downloaded.wait(timeout=30)
         return digest
 
-    monkeypatch.setattr(st, "_download_hashing", slow)
+    monkeypatch.setattr(nc, "_download_hashing", slow)
     cache, results = tmp_path / "cache", []
     threads = [threading.Thread(target=lambda: results.append(fetch_cached(entry, cache_dir=cache)))
                for _ in range(2)]
@@ -367,7 +366,8 @@ def test_dir_digest_covers_names_and_contents(tmp_path, checkpoint):
 @pytest.mark.parametrize("kind", ["file-uri", "object-store"])
 def test_publish_and_fetch_dir(tmp_path, checkpoint, monkeypatch, kind):
     if kind == "object-store":  # direct upload + completion marker, as on S3/GCS
-        monkeypatch.setattr(st, "_rename_is_atomic", lambda fs: False)
+        for module in (st, nc):  # the Storage class and the publisher both ask
+            monkeypatch.setattr(module, "_rename_is_atomic", lambda fs: False)
     store = Storage.from_uri(f"file://{tmp_path}/store")
     uri, digest = publish_dir(store, checkpoint, "pretrain")
     assert digest == dir_digest(checkpoint) and uri == store.join("pretrain", digest)
@@ -425,14 +425,14 @@ def test_unlocked_dir_race_loser_uses_winner(tmp_path, checkpoint, monkeypatch):
     uri, digest = publish_dir(Storage.from_uri(tmp_path / "s"), checkpoint, "ns")
     _disable_flock(monkeypatch)
     both_downloaded = threading.Barrier(2)
-    real = st.dir_digest
+    real = nc.dir_digest
 
     def slow(path):
         value = real(path)
         both_downloaded.wait(timeout=30)
         return value
 
-    monkeypatch.setattr(st, "dir_digest", slow)
+    monkeypatch.setattr(nc, "dir_digest", slow)
     cache, results, errors = tmp_path / "cache", [], []
 
     def run():

@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from recon.core.yaml_layers import SpecError  # noqa: E402
-from recon.orchestration.sweep.spec import Domain, best_snippet, field_of, load_sweep, plan, sweep_from_payload  # noqa: E402
+from recon.orchestration.sweep.space import Domain, field_of  # noqa: E402
+from recon.orchestration.sweep.spec import best_snippet, load_sweep, plan, sweep_from_payload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "sweep"

@@ -8,10 +8,8 @@ import torch
 from torch import nn
 
 from recon.models.train.batching import Collator, EncodedDataset, EncodedExample
-from recon.models.train.loop import (
-    ClassificationTask, FitResult, TrainConfig, TrainingDiverged, evaluate, fit, make_loader,
-    seed_everything,
-)
+from recon.models.train.loop import ClassificationTask, FitResult, TrainingDiverged, evaluate, fit, make_loader, seed_everything
+from recon.models.train.config import TrainConfig
 
 torch.set_num_threads(1)
 VOCAB, N_LABELS, KEYWORD0 = 40, 4, 30  # label k <=> token KEYWORD0 + k somewhere in the sentence
@@ -176,7 +174,7 @@ def test_gradient_accumulation_matches_a_larger_batch(optimizer: str) -> None:
 
 
 def test_adamw_is_fused_on_cpu_and_matches_the_per_parameter_loop() -> None:
-    from recon.models.train.loop import build_optimizer
+    from recon.models.train.optim import build_optimizer
 
     opt = build_optimizer(BagModel(), TrainConfig())
     assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]

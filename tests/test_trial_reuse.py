@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from recon.models.train import batching, finetune
+from recon.models.train import batching, finetune_data
 from recon.models.nets import loading as encoder_mod
-from recon.models.train.finetune import DataOptions, FinetuneConfig, run_finetune
-from recon.models.train.loop import TrainConfig
+from recon.models.train.finetune_config import DataOptions, FinetuneConfig
+from recon.models.train.finetune import run_finetune
+from recon.models.train.config import TrainConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "training" / "keyword"
 REPO = Path(__file__).resolve().parents[1]
@@ -55,9 +56,9 @@ def cfg_for(encoder: str, seed: int = 3, fmt: str = "C+M", **training) -> Finetu
 def clear_caches() -> None:
     encoder_mod.clear_encoder_cache()
     batching._CACHE.clear()
-    finetune._DATASETS.clear()
-    finetune._SUBSETS.clear()
-    finetune._EVAL_BATCHES.clear()
+    finetune_data._DATASETS.clear()
+    finetune_data._SUBSETS.clear()
+    finetune_data._EVAL_BATCHES.clear()
 
 
 def outcome(out_dir: Path) -> dict:
@@ -76,7 +77,7 @@ def run_in_process(cfg: FinetuneConfig, out_dir: Path) -> dict:
 def run_fresh_process(cfg: FinetuneConfig, out_dir: Path, cache_dir: Path | None = None) -> dict:
     """The same trial cold, in a new Python process (as a fresh Ray worker would run it)."""
     code = ("import json, sys, torch; torch.set_num_threads(1); "
-            "from recon.models.train.finetune import FinetuneConfig, run_finetune; "
+            "from recon.models.train.finetune import run_finetune; from recon.models.train.finetune_config import FinetuneConfig; "
             "run_finetune(FinetuneConfig.from_dict(json.loads(sys.argv[1])), out_dir=sys.argv[2])")
     env = {k: v for k, v in __import__("os").environ.items() if k != "RECON_CACHE_DIR"}
     if cache_dir is not None:

@@ -100,7 +100,7 @@ class PretrainConfig(Config):
     def optimizer_config(self):
         """The training loop's optimizer and schedule settings of this run (AdamW, its decay, warm-up capped
         at the run's steps, clipping, bf16 and the protocol's bias correction): one place reads them."""
-        from recon.models.train.loop import TrainConfig
+        from recon.models.train.config import TrainConfig
 
         return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=min(self.warmup, int(self.steps)),
                            max_grad_norm=self.max_grad_norm, bf16=self.bf16,

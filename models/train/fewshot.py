@@ -37,8 +37,8 @@ from recon.data_prep.formats import FORMATS_HELP, InputFormat
 from recon.core.protocol import POINTS, point_default
 from recon.data_prep.registry import fewshot_datasets
 
-from recon.models.train.finetune import check_source_and_format
-from recon.models.train.loop import TrainConfig
+from recon.models.train.finetune_config import check_source_and_format
+from recon.models.train.config import TrainConfig
 
 def _fewshot_training() -> TrainConfig:
     """FewRel's prototypical-network training: lr 2e-5, 4 episodes per step, one pass over the episodes."""
@@ -286,7 +286,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
 
     from recon.models.train.batching import encode_examples
     from recon.models.nets.loading import load_encoder
-    from recon.models.train.finetune import _with_types
+    from recon.models.train.finetune_data import with_types
     from recon.models.train.loop import evaluate, fit, make_loader, resolve_device
     from recon.models.nets.seed import seed_everything
 
@@ -294,7 +294,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     fmt = InputFormat.parse(cfg.input_format)
     device = resolve_device(cfg.settings.training.device)
     eval_examples, eval_source = _evaluation_examples(cfg)
-    eval_examples = _with_types(eval_examples, fmt, f"{eval_source}:val")
+    eval_examples = with_types(eval_examples, fmt, f"{eval_source}:val")
     eval_relations = {ex.label for ex in eval_examples}
     notes: list[str] = []
     seed_everything(cfg.seed)  # added-token embeddings are sampled from the global RNG on resize
@@ -311,7 +311,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
         fewrel = get_spec(cfg.dataset or "fewrel")
         fewrel_dir = resolve_dataset_dir(fewrel.name, fewrel.directory, cfg.data_dir)
         train_examples, n_excluded, _ = wiki80_training_relations(eval_relations, fewrel_dir, cfg.data_dir)
-        train_examples = _with_types(train_examples, fmt, "wiki80:fewshot-train")
+        train_examples = with_types(train_examples, fmt, "wiki80:fewshot-train")
         train_data = encode_examples(train_examples, fmt, bundle.tokenizer, bundle.special, cfg.settings.max_length, None,
                                      cache_key=("wiki80-fewshot", eval_source, fmt.value, tok_name, *rendering.values(),
                                                 cfg.settings.max_length), **rendering)

@@ -1,13 +1,15 @@
 """Supervised fine-tuning as a pure function of its config: one trial of a sweep, or one CLI run.
 
-    from recon.models.train.finetune import FinetuneConfig, run_finetune
+    from recon.models.train.finetune_config import FinetuneConfig
+    from recon.models.train.finetune import run_finetune
     cfg = FinetuneConfig(dataset="semeval", split=0.1, input_format="C+M",
                          training=TrainConfig(epochs=3, seed=43), data=DataOptions(max_eval=500))
     out = run_finetune(cfg, out_dir="runs/semeval-cm-43")
     out["test"]["score"]
 
-The defaults live on the config classes below (``TrainConfig``: Appendix B's lr 3e-5, batch 64,
-6 epochs; length 100, the dataset's; ``CnnTraining`` for the CNN); test is scored at the
+The defaults live on the config classes (``finetune_config``; ``TrainConfig``: Appendix B's lr 3e-5, batch 64,
+6 epochs; length 100, the dataset's; ``CnnTraining`` for the CNN); the examples come from
+``finetune_data``; test is scored at the
 best dev epoch (``recon.models.train.loop.fit``). ``max_eval`` caps dev and test to a fixed random subset so
 a CPU run stays affordable; the subset is drawn with ``EVAL_SAMPLE_SEED``, not the training seed,
 so the five seeds of a study are scored on the same examples and their median stays meaningful.
@@ -17,242 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from recon.core.atomic import write_text_atomic
-from recon.core.config import Config, ConfigError, knob
-from recon.core.defaults import DEFAULT_ENCODER
-from recon.core.errors import ReconError
-from recon.data_prep.example import RelationExample
-from recon.data_prep.formats import FORMATS_HELP, InputFormat
-from recon.core.protocol import POINTS, point_default
-
-from recon.models.nets.cnn import CNN_DEFAULTS, DEFAULT_WORD_VECTORS
-from recon.models.nets.heads import HeadOptions
-from recon.models.train.loop import TrainConfig
-
-EVAL_SAMPLE_SEED = 0
-CHECKPOINT_PREFIX = "@pretrain."  # a study's pre-training stage, resolved to a directory per node
-
-
-@dataclass
-class DataOptions(Config):
-    """Which examples a supervised run trains and is scored on (shared by every trial of a study)."""
-
-    data_dir: str | None = knob(None, "where dataset folders live (default: $RECON_DATA_DIR, ../shared/datasets, "
-                                      "~/.cache/recon/datasets)", identity=False)
-    split_source: Literal["seeded", "paper"] = knob(
-        "seeded", "training subsets: seeded per-relation sampling, or the released train_0.01/train_0.1 files "
-                  "(seeded where a file does not exist)", choices=("seeded", "paper"))
-    max_length: int | None = knob(None, "word pieces per input (default: the dataset's, 100 for supervised RE)", ge=8)
-    max_eval: int | None = knob(None, "cap dev and test at K examples each (a fixed random subset; recorded in notes)",
-                                ge=1)
-    max_train: int | None = knob(None, "cap the training subset at K examples (a seeded random subset)", ge=1)
-    on_error: Literal["raise", "skip"] = knob("raise", "bad records in dataset files: stop, or skip and count by reason",
-                                              choices=("raise", "skip"))
-    truncation: Literal["window", "cut"] = knob(point_default("truncation"), POINTS["truncation"].help,
-                                                choices=("window", "cut"), point="truncation")
-    placeholder_markers: bool = knob(point_default("placeholder_markers"), POINTS["placeholder_markers"].help,
-                                     point="placeholder_markers")
-    scorer: Literal["recon", "official"] = knob(point_default("scorer"), POINTS["scorer"].help,
-                                                choices=("recon", "official"), identity=False, point="scorer")
-
-
-@dataclass
-class CnnTraining(Config):
-    """The CNN baseline (Nguyen & Grishman 2015 + POS/NER/position embeddings), trained with SGD.
-
-    The paper does not state the CNN's epochs; 100 is OpenNRE's CNN example default.
-    """
-
-    lr: float = knob(CNN_DEFAULTS["lr"], "SGD learning rate (constant schedule)", gt=0)
-    batch_size: int = knob(CNN_DEFAULTS["batch_size"], "examples per SGD step", ge=1)
-    hidden_size: int = knob(CNN_DEFAULTS["hidden"], "convolution filters", ge=1)
-    epochs: int = knob(100, "passes over the training data", ge=1)
-    max_train_steps: int | None = knob(None, "stop after this many SGD steps", ge=1)
-    word_vectors: str = knob(DEFAULT_WORD_VECTORS, "initial word vectors: embedded (the embedded encoder's word-piece "
-                                         "embeddings), random, or a GloVe-format text file")
-
-    def train_config(self, seed: int, device: str) -> TrainConfig:
-        """The loop's settings for the CNN: plain SGD, constant rate, no clipping or decay."""
-        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs, optimizer=CNN_DEFAULTS["optimizer"],
-                           schedule="constant", max_grad_norm=None, weight_decay=0.0,
-                           max_train_steps=self.max_train_steps, seed=seed, device=device)
-
-
-def check_source_and_format(cfg: Any, path_words: str) -> None:
-    """Shared by run configs: exactly one of ``dataset`` / ``path``, and a known input format (normalised)."""
-    if (cfg.dataset is None) == (cfg.path is None):
-        raise ConfigError("dataset", f"give either a dataset name or {path_words}, not both")
-    try:
-        cfg.input_format = InputFormat.parse(cfg.input_format).value
-    except ReconError as exc:
-        raise ConfigError("input_format", str(exc)) from None
-
-
-@dataclass
-class FinetuneConfig(Config):
-    """Everything that determines one fine-tuning run; its :meth:`identity` is the trial id's payload."""
-
-    dataset: str | None = knob("semeval", "registered dataset (semeval, chemprot, wiki80, tacred), or none with --path")
-    path: str | None = knob(None, "a directory with train/dev/test files, in place of --dataset")
-    kind: str | None = knob(None, "file format of --path: opennre, tacred, chemprot, semeval2010")
-    split: float = knob(1.0, "fraction of the training set, in (0, 1] (paper: 0.01, 0.1, 1.0)", gt=0, le=1)
-    input_format: str = knob(InputFormat.CM.value, FORMATS_HELP)
-    model: str = knob("bert", "bert (the encoder as loaded), cnn, or a recon checkpoint directory")
-    encoder: str = knob(DEFAULT_ENCODER, "encoder alias, Hugging Face name or local directory")
-    data: DataOptions = knob(factory=DataOptions, help="dataset selection, input rendering and evaluation caps")
-    head: HeadOptions = knob(factory=HeadOptions, help="the linear classifier of encoder models")
-    training: TrainConfig = knob(factory=TrainConfig, help="optimisation of encoder models (Appendix B)")
-    cnn: CnnTraining = knob(factory=CnnTraining, help="the CNN baseline's settings")
-    source_identity: str | None = knob(None, "content identity of the starting checkpoint (a pre-training stage's "
-                                             "hash), so a trial's id follows what it starts from", cli=False)
-
-    def check(self) -> None:
-        super().check()
-        check_source_and_format(self, "a path (+ kind)")
-
-    @property
-    def seed(self) -> int:
-        return self.training.seed
-
-    @property
-    def is_cnn(self) -> bool:
-        return self.model == "cnn"
-
-    def identity(self) -> dict[str, Any]:
-        """What changes results: the CNN's settings for a CNN run, the encoder's otherwise.
-
-        A checkpoint directory is a location: when ``source_identity`` names its content, the
-        path itself is left out, so the same stage at another path is the same trial.
-        """
-        out = super().identity()
-        out.pop("cnn" if not self.is_cnn else "training")
-        if self.is_cnn:
-            out.pop("encoder")
-            out.pop("head")
-            for point in ("truncation", "placeholder_markers"):  # the CNN's featurizer renders on its own
-                out["data"].pop(point)
-            out["seed"], out["metric"] = self.training.seed, self.training.metric
-        if self.source_identity and self.model not in ("bert", "cnn"):
-            out["model"] = "checkpoint"
-        return out
-
-
-def subsample(examples: Sequence[RelationExample], cap: int | None, seed: int = EVAL_SAMPLE_SEED
-              ) -> list[RelationExample]:
-    """At most ``cap`` examples, a seeded random subset kept in file order (all when cap is None)."""
-    if cap is None or len(examples) <= cap:
-        return list(examples)
-    keep = sorted(random.Random(seed).sample(range(len(examples)), cap))
-    return [examples[i] for i in keep]
-
-
-def majority_baseline(train: Sequence[RelationExample], test: Sequence[RelationExample],
-                      label2id: dict[str, int], negative: str | None, metric: str) -> dict:
-    """Score of always predicting the most frequent training label (0 micro-F1 when it is the negative)."""
-    from collections import Counter
-
-    from recon.models.train.metrics import compute
-
-    top = Counter(ex.label for ex in train).most_common(1)[0][0]
-    golds = [label2id[ex.label] for ex in test]
-    out = compute(metric, [label2id[top]] * len(golds), golds,
-                  label2id[negative] if negative is not None else None)
-    out["label"] = top
-    return out
-
-
-# Parsed datasets and training subsets, kept per process: the trials of a sweep that run one after
-# another in a worker (Tune actor reuse) read and parse the same files once. An entry is used only
-# while its files (and their folder) are unchanged on disk; the objects are shared, read-only.
-_DATASETS: "OrderedDict[tuple, tuple]" = OrderedDict()
-_SUBSETS: "OrderedDict[tuple, Any]" = OrderedDict()
-_DATASETS_SIZE, _SUBSETS_SIZE = 4, 32
-
-
-def _stamp(ds) -> tuple:
-    """Size and mtime of the dataset's files and folder (a folder's mtime moves when files come or go)."""
-    out = []
-    for name, path in sorted(ds.files.items()) + [("", ds.directory or "")]:
-        try:
-            st = os.stat(path)
-            out.append((name, path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((name, path, None, None))
-    return tuple(out)
-
-
-def _remember(cache: OrderedDict, size: int, key: tuple, value: Any) -> None:
-    cache[key] = value
-    while len(cache) > size:
-        cache.popitem(last=False)
-
-
-def _dataset(cfg: FinetuneConfig):
-    """``load_dataset`` for the config, parsed once per process while its files are unchanged."""
-    from recon.data_prep.datadir import ENV_VAR
-    from recon.data_prep.registry import load_dataset
-
-    key = (cfg.dataset, cfg.path, cfg.kind, cfg.data.data_dir, cfg.data.on_error, os.environ.get(ENV_VAR),
-           os.getcwd())
-    hit = _DATASETS.get(key)
-    if hit is not None:
-        stamp = _stamp(hit[0])
-        if stamp == hit[1]:
-            _DATASETS.move_to_end(key)
-            return hit[0], key + stamp
-    ds = load_dataset(cfg.dataset, path=cfg.path, kind=cfg.kind, data_dir=cfg.data.data_dir,
-                      on_error=cfg.data.on_error)
-    stamp = _stamp(ds)
-    _remember(_DATASETS, _DATASETS_SIZE, key, (ds, stamp))
-    return ds, key + stamp
-
-
-def _training_subset(ds, ds_key: tuple, cfg: FinetuneConfig):
-    """``resolve_training_subset``, memoised with the dataset (seedless when the subset does not use the seed)."""
-    from recon.data_prep.splits import resolve_training_subset
-
-    base = (ds_key, cfg.split, cfg.data.split_source)  # ds_key: the dataset's files as they are now
-    for key in (base, base + (cfg.seed,)):
-        if key in _SUBSETS:
-            _SUBSETS.move_to_end(key)
-            return _SUBSETS[key]
-    subset = resolve_training_subset(ds, cfg.split, cfg.seed, source=cfg.data.split_source)
-    _remember(_SUBSETS, _SUBSETS_SIZE, base if subset.seed is None else base + (cfg.seed,), subset)
-    return subset
-
-
-def _load(cfg: FinetuneConfig):
-    """The dataset, the training subset (with where it came from) and the full dev and test splits.
-
-    Dev and test are checked first: a dataset without a test split is never scored on dev under
-    the name test (Wiki80 here has no test file; such cells are reported as unavailable).
-    """
-    ds, ds_key = _dataset(cfg)
-    missing = [s for s in ("dev", "test") if s not in ds.splits]
-    if missing:
-        raise ReconError(f"dataset {ds.name!r} has no {' or '.join(missing)} split locally "
-                         f"({'; '.join(ds.notes) or 'file missing'}); fine-tuning needs train, dev and test")
-    subset = _training_subset(ds, ds_key, cfg)
-    train = subset.examples
-    if cfg.data.max_train is not None:
-        train = subsample(train, cfg.data.max_train, seed=cfg.seed)
-    return ds, subset, train, ds.splits["dev"], ds.splits["test"]
-
-
-def _with_types(examples: list[RelationExample], fmt: InputFormat, key: str) -> list[RelationExample]:
-    """C+T / OnlyT need entity types; datasets without annotated types get spaCy's (cached)."""
-    if not fmt.needs_types or all(ex.head.type and ex.tail.type for ex in examples):
-        return examples
-    from recon.data_prep.entity_typing import ensure_types  # spaCy: only imported when needed
-
-    return list(ensure_types(examples, cache_key=key))
+from recon.data_prep.formats import InputFormat
+from recon.models.train.finetune_config import EVAL_SAMPLE_SEED, FinetuneConfig
+from recon.models.train.finetune_data import eval_loader, load_splits, majority_baseline, subsample, with_types
 
 
 def _build_bert(cfg: FinetuneConfig, num_labels: int):
@@ -269,30 +44,6 @@ def _build_bert(cfg: FinetuneConfig, num_labels: int):
     bundle = load_encoder(source, cache=True)
     seed_everything(cfg.seed)  # the classifier's initial weights depend on the seed only
     return RelationClassifier.from_options(bundle.model, num_labels, cfg.head), bundle
-
-
-_EVAL_BATCHES: "OrderedDict[tuple, tuple]" = OrderedDict()
-_EVAL_BATCHES_SIZE = 16
-
-
-def _eval_loader(data, batch_size: int, collate, key: Any = None):
-    """Length-sorted evaluation batches (less padding), collated once; returns them and their index order.
-
-    Dev is scored after every epoch on the same batches: they are padded once per trial, and with
-    ``key`` (the split's content hash) once per process. The tensors are shared, read-only.
-    """
-    from torch.utils.data import DataLoader
-
-    memo = (key, batch_size, getattr(collate, "pad_id", None)) if key is not None and collate is not None else None
-    if memo is not None and memo in _EVAL_BATCHES:
-        _EVAL_BATCHES.move_to_end(memo)
-        return _EVAL_BATCHES[memo]
-    lengths = data.lengths
-    order = sorted(range(len(data)), key=lengths.__getitem__)
-    batches = list(DataLoader(data, batch_size=batch_size, sampler=order, collate_fn=collate))
-    if memo is not None:
-        _remember(_EVAL_BATCHES, _EVAL_BATCHES_SIZE, memo, (batches, order))
-    return batches, order
 
 
 @dataclass
@@ -389,7 +140,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
 
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)
-    ds, subset, train, dev_all, test_all = _load(cfg)
+    ds, subset, train, dev_all, test_all = load_splits(cfg)
     max_eval = cfg.data.max_eval
     dev, test = subsample(dev_all, max_eval), subsample(test_all, max_eval)
     label2id = ds.label2id()
@@ -401,7 +152,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     if subset.note:
         notes.append(subset.note)
     splits = {split_name: train, f"dev/max{max_eval}": dev, f"test/max{max_eval}": test}
-    splits = {name: _with_types(xs, fmt, f"{ds.name}:{name}") for name, xs in splits.items()}
+    splits = {name: with_types(xs, fmt, f"{ds.name}:{name}") for name, xs in splits.items()}
     if max_eval is not None and (len(dev) < len(dev_all) or len(test) < len(test_all)):
         notes.append(f"evaluation capped by max_eval={max_eval}: dev {len(dev)} of {len(dev_all)}, "
                      f"test {len(test)} of {len(test_all)} (random subset, seed {EVAL_SAMPLE_SEED}); "
@@ -412,8 +163,8 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     train_cfg = base.replace(metric=cfg.training.metric or ds.metric, negative_id=negative_id,
                              eval_batch_size=cfg.training.eval_batch_size, progress=cfg.training.progress)
     train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
-    dev_loader, _ = _eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
-    test_loader, test_order = _eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
+    dev_loader, _ = eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
+    test_loader, test_order = eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
     id2label = {i: label for label, i in label2id.items()}
     # The benchmark's official score (SemEval's) is logged beside micro-F1 whichever the tables report.
     official = reported_metric(ds.name, "official")
@@ -449,5 +200,4 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     return out
 
 
-__all__ = ["FinetuneConfig", "DataOptions", "CnnTraining", "run_finetune", "subsample", "majority_baseline",
-           "EVAL_SAMPLE_SEED", "CHECKPOINT_PREFIX"]
+__all__ = ["run_finetune", "FeatureDataset"]

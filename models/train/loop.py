@@ -29,18 +29,17 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Literal, Protocol, Sequence, Sized, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, Sequence, Sized, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from recon.core.config import Config, knob
-from recon.core.defaults import DEFAULT_SEED
 from recon.core.errors import ReconError
-from recon.core.protocol import POINTS, point_default
 
 from recon.models.nets.seed import seed_everything
+from recon.models.train.config import TrainConfig
+from recon.models.train.optim import build_optimizer, build_scheduler
 from recon.models.train import metrics as metrics_lib
 
 
@@ -53,42 +52,6 @@ class TrainingDiverged(ReconError):
             f"training diverged: loss is {loss} at epoch {epoch}, step {step} "
             "(lower the learning rate, or check the inputs of that batch)"
         )
-
-
-@dataclass
-class TrainConfig(Config):
-    """Optimisation settings of one run of the loop (paper Appendix B for supervised RE).
-
-    ``batch_size`` is used by whoever builds the loaders. ``metric`` and ``negative_id`` default to
-    the dataset's (fine-tuning fills them in); the seed is the run's, so it is part of the trial id.
-    """
-
-    lr: float = knob(3e-5, "peak learning rate (Appendix B: 3e-5)", gt=0)
-    batch_size: int = knob(64, "examples per optimizer step before accumulation (Appendix B: 64)", ge=1)
-    epochs: int = knob(6, "passes over the training data (Appendix B: 6)", ge=1)
-    optimizer: Literal["adamw", "sgd"] = knob("adamw", "adamw (encoders) or sgd (the CNN)", choices=("adamw", "sgd"))
-    weight_decay: float = knob(0.01, "AdamW weight decay; biases and LayerNorm excluded (not in the paper)", ge=0)
-    adam_eps: float = knob(1e-8, "AdamW epsilon", gt=0)
-    fused_adamw: bool = knob(True, "AdamW as one fused kernel (CPU and CUDA; 4.7x faster optimizer step for MiniLM "
-                                   "on CPU); off: torch's per-parameter loop, the same update up to float rounding")
-    adam_bias_correction: bool = knob(point_default("adam_bias_correction"), POINTS["adam_bias_correction"].help,
-                                      point="adam_bias_correction")
-    warmup_ratio: float = knob(0.1, "linear warm-up as a fraction of all optimizer steps", ge=0, le=1)
-    warmup_steps: int | None = knob(None, "fixed warm-up steps, overriding warmup_ratio (the authors' script: 500)", ge=0)
-    schedule: Literal["linear", "constant"] = knob("linear", "learning-rate schedule after warm-up",
-                                                   choices=("linear", "constant"))
-    max_grad_norm: float | None = knob(1.0, "gradient clipping norm (none: no clipping)", gt=0)
-    grad_accum: int = knob(1, "micro-batches accumulated per optimizer step", ge=1)
-    max_train_steps: int | None = knob(None, "stop after this many optimizer steps (shortens the schedule)", ge=1)
-    eval_batch_size: int = knob(128, "examples per forward pass when evaluating (inference only)", ge=1,
-                                identity=False)
-    seed: int = knob(DEFAULT_SEED, "seed of initialisation, shuffling, dropout and seeded splits")
-    metric: str | None = knob(None, "evaluation metric (default: the dataset's)", choices=metrics_lib.METRICS)
-    negative_id: int | None = knob(None, "label id of the negative class (default: the dataset's)", cli=False)
-    device: str = knob("auto", "auto (cuda when present), cpu or cuda[:N]", identity=False)
-    bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
-    deterministic: bool = knob(True, "torch deterministic kernels: ~6% slower on CPU (bench/bench_loop.py)")
-    progress: bool | None = knob(None, "progress bar (default: only on a terminal)", identity=False)
 
 
 @runtime_checkable
@@ -192,62 +155,6 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class UncorrectedAdamW(torch.optim.AdamW):
-    """AdamW without bias correction: the update of transformers 3.0.2's ``AdamW(correct_bias=False)``,
-    which the authors fine-tuned and pre-trained with.
-
-    Per parameter, at step t: ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``,
-    ``p -= lr m / (sqrt(v) + eps)``, then ``p -= lr wd p``. torch's AdamW divides by the bias corrections
-    ``bc1 = 1 - b1^t`` and ``sqrt(bc2) = sqrt(1 - b2^t)``; running it with ``lr' = lr bc1 / sqrt(bc2)``,
-    ``eps' = eps / sqrt(bc2)`` and ``wd' = wd sqrt(bc2) / bc1`` gives exactly the update above (the decay
-    comes before the Adam step in torch and after it in transformers: the two differ by ``lr wd`` times the
-    update, ~1e-9 of it at the paper's settings, below float32 rounding). So the fused kernel still runs.
-    The scheduled values are restored after every step: state dicts and schedulers see the real ones.
-    Every parameter of a group must step together (as in :func:`fit`: each gets a gradient every step).
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        saved = []
-        for group in self.param_groups:
-            saved.append((group["lr"], group["eps"], group["weight_decay"]))
-            t = 1 + max((float(self.state[p]["step"]) for p in group["params"]
-                         if p.grad is not None and "step" in self.state[p]), default=0.0)
-            beta1, beta2 = group["betas"]
-            bc1, sqrt_bc2 = 1.0 - beta1 ** t, math.sqrt(1.0 - beta2 ** t)
-            group["lr"] = group["lr"] * bc1 / sqrt_bc2
-            group["eps"] = group["eps"] / sqrt_bc2
-            group["weight_decay"] = group["weight_decay"] * sqrt_bc2 / bc1
-        try:
-            return super().step(closure)
-        finally:
-            for group, (lr, eps, weight_decay) in zip(self.param_groups, saved):
-                group["lr"], group["eps"], group["weight_decay"] = lr, eps, weight_decay
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """AdamW with no decay on biases and LayerNorm weights (BERT practice), or plain SGD.
-
-    AdamW runs as torch's fused kernel (``config.fused_adamw``) where torch has one (CPU, CUDA): one
-    pass over all parameters instead of a dozen small ops per tensor, about 0.03 s instead of 0.13 s
-    per step for MiniLM's 22.7M parameters on one CPU thread (a sixth of a batch-16 training step).
-    ``device`` defaults to the parameters' own. ``config.adam_bias_correction=False`` gives the
-    authors' uncorrected update (:class:`UncorrectedAdamW`), on the same kernel.
-    """
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD([p for _, p in params], lr=config.lr, weight_decay=config.weight_decay)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups = [
-        {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    device = device or (params[0][1].device if params else torch.device("cpu"))
-    fused = config.fused_adamw and device.type in ("cpu", "cuda")
-    cls = torch.optim.AdamW if config.adam_bias_correction else UncorrectedAdamW
-    return cls([g for g in groups if g["params"]], lr=config.lr, eps=config.adam_eps, fused=fused or None)
-
-
 def _total_steps(train_loader: Sized, config: TrainConfig) -> int:
     per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total = per_epoch * config.epochs
@@ -255,16 +162,6 @@ def _total_steps(train_loader: Sized, config: TrainConfig) -> int:
         total = min(total, config.max_train_steps)
     return max(total, 1)
 
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainConfig):
-    """Linear warm-up then linear decay to 0 (``transformers.get_linear_schedule_with_warmup``)."""
-    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
-
-    if config.schedule == "constant":
-        return get_constant_schedule(optimizer)
-    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
-    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -396,5 +293,5 @@ def fit(
 __all__ = [
     "TrainConfig", "Task", "ClassificationTask", "Callback", "FitResult", "TrainingDiverged",
     "fit", "evaluate", "deterministic", "make_loader", "move_to",
-    "build_optimizer", "build_scheduler", "resolve_device", "UncorrectedAdamW",
+    "resolve_device",
 ]

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from recon.core.errors import ReconError
-from recon.core.storage import Storage, fetch_dir, is_uri, publish_dir
+from recon.core.storage import Storage, is_uri
+from recon.core.node_cache import fetch_dir, publish_dir
 from recon.orchestration.pretrain.checkpoints import TRAIN_STATE_DIR, latest_checkpoint, step_of
 from recon.orchestration.pretrain.progress import ProgressPoller, mlflow_run, read_progress
 from recon.orchestration.pretrain.run import (CONFIG_FILE, FINAL_FILE, HELDOUT_KEYS, HELDOUT_START_FILE,

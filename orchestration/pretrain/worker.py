@@ -3,7 +3,7 @@ the few lines a cluster adds, marked ``[Ray n]``.
 
 A worker sees nothing of the driver's disk. What it reads arrives through the storage location:
 the corpus and a local starting encoder as content-addressed folders fetched once per node
-(``recon.core.storage.fetch_dir``, verified), checkpoints through Ray Train's storage
+(``recon.core.node_cache.fetch_dir``, verified), checkpoints through Ray Train's storage
 (``ray.train.get_checkpoint`` or, newer, a complete one listed in storage). What it writes leaves
 the same way: checkpoints via ``ray.train.report``, and each logged step's metrics as a small file
 in the run's storage that the driver polls into MLflow (workers never open the tracking store).
@@ -20,7 +20,8 @@ from typing import Any, Optional
 from recon.core.errors import ReconError
 
 from recon.orchestration.pretrain.checkpoints import TRAIN_STATE_DIR, checkpoint_name, latest_checkpoint, step_of
-from recon.core.storage import Storage, fetch_dir
+from recon.core.storage import Storage
+from recon.core.node_cache import fetch_dir
 
 
 def _all_reduce(values: dict[str, float], sums: tuple[str, ...], device) -> dict[str, float]:
@@ -92,7 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
     from recon.models.pretrain.batches import TokenContext
     from recon.models.pretrain.heldout import evaluate_heldout, heldout_batches, split_heldout
     from recon.models.pretrain.loop import run_steps
-    from recon.models.train.loop import build_optimizer, build_scheduler
+    from recon.models.train.optim import build_optimizer, build_scheduler
     from recon.models.nets.seed import seed_everything
 
     from recon.orchestration.pretrain.run import HELDOUT_START_FILE, PretrainRun, progress_rel

@@ -151,7 +151,7 @@ class TrialData:
 
     def train_index(self, trial: Trial) -> NameIndex:
         from recon.data_prep.splits import resolve_training_subset
-        from recon.models.train.finetune import subsample
+        from recon.models.train.finetune_data import subsample
 
         cfg = trial.runner_config()
         # a paper file is the same for every seed, but it may fall back to seeded sampling: key by seed

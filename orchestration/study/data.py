@@ -17,7 +17,8 @@ from typing import Iterable, Optional
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
 
-from recon.core.storage import Storage, default_cache_dir, fetch_cached, publish_files
+from recon.core.storage import Storage, default_cache_dir
+from recon.core.node_cache import fetch_cached, publish_files
 
 NAMESPACE = "datasets"
 # Few-shot trials train on Wiki80 relations and map them to FewRel ids (pid2name.json).
@@ -55,7 +56,7 @@ def publish_local_models(configs: Iterable[dict], storage: Storage) -> dict[str,
     A model given as ``encoder: /path/to/dir`` (or a checkpoint directory) exists on the driver's
     disk only; it is published content-addressed, and trials fetch it by the same name.
     """
-    from recon.core.storage import publish_dir
+    from recon.core.node_cache import publish_dir
 
     out: dict[str, dict] = {}
     for config in configs:

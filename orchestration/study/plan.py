@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 from recon.core.hashing import stable_hash
 from recon.models.train.fewshot import FewshotConfig, FewshotSettings
-from recon.models.train.finetune import FinetuneConfig
+from recon.models.train.finetune_config import FinetuneConfig
 from recon.orchestration.study import estimate
 from recon.orchestration.study.spec import ModelSpec, SpecError, StudySpec
 from recon.orchestration.study.trial import Trial, cell_label, nk_label, split_label, trial_id

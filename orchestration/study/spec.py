@@ -43,10 +43,10 @@ from recon.core.yaml_layers import SpecError, merged_layers, validation_problems
 from recon.data_prep.formats import FORMAT_NAMES, InputFormat
 from recon.data_prep.registry import fewshot_datasets, supervised_datasets
 from recon.models.train.fewshot import FewshotSettings
-from recon.models.train.finetune import CHECKPOINT_PREFIX, CnnTraining, DataOptions
+from recon.models.train.finetune_config import CHECKPOINT_PREFIX, CnnTraining, DataOptions
 from recon.models.nets.heads import HeadOptions
 from recon.models.pretrain.config import DEMO_CORPUS, PretrainConfig
-from recon.models.train.loop import TrainConfig
+from recon.models.train.config import TrainConfig
 
 from recon.core.ray_session import RayConfig
 from recon.orchestration.tracking.uri import DEFAULT_DB_NAME, chosen_tracking_uri, sqlite_uri

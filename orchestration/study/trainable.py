@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from recon.orchestration.study.trial import Trial
-from recon.core.storage import Storage, fetch_dir
+from recon.core.storage import Storage
+from recon.core.node_cache import fetch_dir
 from recon.orchestration.study.data import materialize
 from recon.orchestration.study.trainers import TrialRequest, load_trainer, resolve_references
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
-from recon.models.train.finetune import CHECKPOINT_PREFIX
+from recon.models.train.finetune_config import CHECKPOINT_PREFIX
 
 from recon.orchestration.study.trial import Trial
 

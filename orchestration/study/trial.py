@@ -8,7 +8,7 @@ from typing import Any, Optional
 from recon.core.hashing import stable_hash
 from recon.data_prep.registry import display_names, metric_of, reported_metric
 from recon.models.train.fewshot import FewshotConfig
-from recon.models.train.finetune import FinetuneConfig
+from recon.models.train.finetune_config import FinetuneConfig
 
 PAPER_DATASET_NAMES = display_names()
 

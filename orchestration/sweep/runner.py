@@ -33,7 +33,8 @@ from recon.core.errors import ReconError
 
 from recon.models.pretrain.config import DEMO_CORPUS
 from recon.orchestration.study.stages import demo_corpus, say
-from recon.core.storage import Storage, publish_dir, resolve_storage
+from recon.core.storage import Storage, resolve_storage
+from recon.core.node_cache import publish_dir
 from recon.orchestration.sweep.spec import SweepSpec, best_snippet
 from recon.orchestration.pretrain.checkpoints import complete_checkpoints
 from recon.orchestration.sweep.trial import PRETRAIN_RUN, RESULT_FILE, sweep_rel, sweep_trainable, trial_rel

@@ -32,7 +32,7 @@ def _out(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from recon.models.train.fewshot import FewshotConfig
-    from recon.models.train.finetune import FinetuneConfig
+    from recon.models.train.finetune_config import FinetuneConfig
 
     from recon.orchestration.cli.flags import add_config_arguments
 
@@ -67,7 +67,8 @@ def _summary(result: dict, keys: tuple[str, ...]) -> dict:
 
 
 def run_finetune_cmd(args: argparse.Namespace) -> int:
-    from recon.models.train.finetune import FinetuneConfig, run_finetune
+    from recon.models.train.finetune_config import FinetuneConfig
+    from recon.models.train.finetune import run_finetune
 
     from recon.orchestration.cli.flags import config_from_args
 
