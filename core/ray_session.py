@@ -2,7 +2,7 @@
 
 :class:`RayConfig` is the ``ray:`` section of a study spec: cluster address, local CPUs and what each
 trial reserves; none of it is part of a trial id. :func:`ensure_ray` is how the study driver
-(``recon study run``/``resume``, through ``tune_runner``) and ``recon pretrain`` connect: they join
+(``recon study run``/``resume``, through ``study.runner``) and ``recon pretrain`` connect: they join
 the cluster Ray itself would join (``address``, else ``RAY_ADDRESS``, else one started on this
 machine with ``ray start``; :func:`cluster_to_join`), otherwise a local Ray is started with
 ``num_cpus`` CPUs (default: all local CPUs) and no dashboard (the MLflow UI is the dashboard). Either way every

@@ -14,11 +14,6 @@ from recon.models.nets.loading import load_encoder
 from tiny_bert import make_tiny_bert_dir
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _inputs(bundle):
     tok = bundle.tokenizer
     words = [bundle.special.head_start, "john", bundle.special.head_end, "lives", "in",

@@ -49,11 +49,6 @@ def featurizer(train, tagger):
     return CNNFeaturizer(max_length=100).fit(train, InputFormat.CM, SPECIAL)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_features_on_real_semeval(featurizer, train):
     feats = featurizer.transform(train)
     lengths = [len(render(ex, InputFormat.CM, SPECIAL).words) for ex in train]

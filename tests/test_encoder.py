@@ -19,11 +19,6 @@ from tiny_bert import make_tiny_bert_dir
 SEMEVAL_TRAIN = Path("/work/shared/datasets/semeval/train.txt")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _semeval_examples(n: int) -> list[RelationExample]:
     out = []
     with SEMEVAL_TRAIN.open() as fh:

@@ -67,11 +67,6 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _recon_reps(bundle):
     """recon's own relation vectors and input ids (C+M, as fine-tuning encodes them)."""
     pieces = word_pieces(bundle.tokenizer, bundle.special)

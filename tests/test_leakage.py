@@ -120,7 +120,6 @@ def test_identity_follows_rows_not_path_file_names_or_row_order(tmp_path):
     assert corpus_identity(_write_corpus(tmp_path / "five", [[a, b, c]], settings=other_config)) != first
 
 
-
 def test_hand_made_manifest_without_config_hash_or_digests_gets_a_content_identity(tmp_path):
     fixture = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"  # no config_hash, "rows" not "examples"
     identity = corpus_identity(fixture, verify=True)
@@ -147,18 +146,6 @@ def _leaked_pairs(corpus: Path, pairs: set) -> set:
     return found
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _build(text: Path, out: Path, exclude=(), **kw) -> dict:
     from recon.data_prep.corpus.builder import BuildConfig, build_corpus
 
@@ -168,7 +155,7 @@ def _build(text: Path, out: Path, exclude=(), **kw) -> dict:
 
 
 @pytest.mark.slow
-def test_exclusion_is_honest_recorded_checked_and_identity_follows_rebuilds(tmp_path, ray_session):
+def test_exclusion_is_honest_recorded_checked_and_identity_follows_rebuilds(tmp_path, local_ray):
     semeval_pairs = _eval_name_pairs("semeval")
     assert ("audits", "waste") in semeval_pairs  # semeval/test.txt line 1, in the fixture's lines 1-2
     out = tmp_path / "corpus"

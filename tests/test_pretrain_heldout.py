@@ -24,16 +24,6 @@ CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
 FRACTION = 0.4  # the fixture has 64 sentences: a large share leaves a few held-out CP pairs per rank
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus(CORPUS)
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return load_encoder(str(make_tiny_bert_dir(tmp_path_factory.mktemp("enc"), mlm=True)), mlm_head=True)
@@ -44,9 +34,9 @@ def _texts(index) -> set[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("sampler_cls", [CPSampler, MTBSampler])
-def test_the_sampler_never_draws_a_heldout_sentence(corpus, sampler_cls):
-    train, heldout = split_heldout(corpus, FRACTION)
-    assert len(train) + len(heldout) == len(corpus) and len(heldout) > 0
+def test_the_sampler_never_draws_a_heldout_sentence(pretrain_corpus, sampler_cls):
+    train, heldout = split_heldout(pretrain_corpus, FRACTION)
+    assert len(train) + len(heldout) == len(pretrain_corpus) and len(heldout) > 0
     assert not _texts(train) & _texts(heldout)  # disjoint at the sentence (token sequence) level
     held = _texts(heldout)
     for rank in range(2):
@@ -71,8 +61,8 @@ def test_a_sentence_with_rows_on_two_ranks_is_held_out_on_both():
     assert [r.uid for r in split_heldout(index, FRACTION)[1].examples] == ["a", "b"]
 
 
-def test_the_slice_is_the_same_on_every_rank_and_in_every_process(corpus):
-    _, whole = split_heldout(corpus, FRACTION)
+def test_the_slice_is_the_same_on_every_rank_and_in_every_process(pretrain_corpus):
+    _, whole = split_heldout(pretrain_corpus, FRACTION)
     by_rank = [split_heldout(load_corpus(CORPUS, shard_ids=[s]), FRACTION)[1] for s in (0, 1)]
     assert [ex.uid for ex in whole.examples] == [ex.uid for part in by_rank for ex in part.examples]
     assert all(ex.shard == s for s, part in enumerate(by_rank) for ex in part.examples)  # partition intact
@@ -83,11 +73,11 @@ def test_the_slice_is_the_same_on_every_rank_and_in_every_process(corpus):
                          env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
     assert float(out) == heldout_score(("Paris", "is", "in", "France"))
     assert 0.0 <= float(out) < 1.0
-    assert split_heldout(corpus, 0.0) == (corpus, None)
+    assert split_heldout(pretrain_corpus, 0.0) == (pretrain_corpus, None)
 
 
-def test_heldout_accuracy_is_computed_with_its_chance_level(corpus, bundle):
-    _, heldout = split_heldout(corpus, FRACTION)
+def test_heldout_accuracy_is_computed_with_its_chance_level(pretrain_corpus, bundle):
+    _, heldout = split_heldout(pretrain_corpus, FRACTION)
     ctx = TokenContext.for_bundle(bundle, 64)
     batches = heldout_batches(heldout, "cp", ctx, batches=4, pairs=4, p_blank=0.7, seed=0)
     again = heldout_batches(heldout, "cp", ctx, batches=4, pairs=4, p_blank=0.7, seed=0)
@@ -112,9 +102,9 @@ def test_heldout_accuracy_is_computed_with_its_chance_level(corpus, bundle):
     assert evaluate_heldout(net, batches, "cp", device=torch.device("cpu")) == score
 
 
-def test_heldout_accuracy_counts_nearest_neighbours_by_hand(corpus, bundle):
+def test_heldout_accuracy_counts_nearest_neighbours_by_hand(pretrain_corpus, bundle):
     """An encoder whose representation IS the relation scores 1; one that ignores it scores chance."""
-    _, heldout = split_heldout(corpus, FRACTION)
+    _, heldout = split_heldout(pretrain_corpus, FRACTION)
     batches = heldout_batches(heldout, "cp", TokenContext.for_bundle(bundle, 64), batches=3, pairs=4,
                               p_blank=0.0, seed=1)
 
@@ -147,10 +137,10 @@ def test_mtb_heldout_uses_the_majority_class_as_chance(bundle):
     assert positives > 0 and 0.0 <= score.accuracy <= 1.0
 
 
-def test_a_rank_without_heldout_pairs_scores_nothing(corpus, bundle):
+def test_a_rank_without_heldout_pairs_scores_nothing(pretrain_corpus, bundle):
     ctx = TokenContext.for_bundle(bundle, 64)
     assert heldout_batches(None, "cp", ctx, batches=4, pairs=4, p_blank=0.7, seed=0) == []
-    _, tiny = split_heldout(corpus, 0.05)  # 2 sentences of 2 relations: no CP pair
+    _, tiny = split_heldout(pretrain_corpus, 0.05)  # 2 sentences of 2 relations: no CP pair
     assert heldout_batches(tiny, "cp", ctx, batches=4, pairs=4, p_blank=0.7, seed=0) == []
     score = evaluate_heldout(PretrainNet(bundle.model), [], "cp", device=torch.device("cpu"))
     assert score.items == 0 and score.accuracy != score.accuracy  # nan

@@ -1,4 +1,4 @@
-"""The pre-training step without Ray: batches from real corpus sentences, CP/MTB + MLM losses,
+"""The pre-training step without Ray: batches from real pretrain_corpus sentences, CP/MTB + MLM losses,
 gradient accumulation, cross-worker CP negatives, and a resumable training state."""
 from __future__ import annotations
 
@@ -29,19 +29,9 @@ from tiny_bert import make_tiny_bert_dir
 CORPUS = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return make_tiny_bert_dir(tmp_path_factory.mktemp("enc"), mlm=True)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus(CORPUS)
 
 
 def _bundle(tiny_dir: Path, dropout: float | None = None):
@@ -53,9 +43,9 @@ def _bundle(tiny_dir: Path, dropout: float | None = None):
     return bundle
 
 
-def _cp_batch(bundle, corpus, pairs: int = 6, seed: int = 0, p_blank: float = 0.5, **kw) -> PretrainBatch:
-    sampler = CPSampler(corpus, pairs, p_blank=p_blank, seed=seed)
-    return build_batch(sampler.next_batch(), corpus, "cp", TokenContext.for_bundle(bundle, 64),
+def _cp_batch(bundle, pretrain_corpus, pairs: int = 6, seed: int = 0, p_blank: float = 0.5, **kw) -> PretrainBatch:
+    sampler = CPSampler(pretrain_corpus, pairs, p_blank=p_blank, seed=seed)
+    return build_batch(sampler.next_batch(), pretrain_corpus, "cp", TokenContext.for_bundle(bundle, 64),
                        generator=step_generator(seed, 1, 0, 0), **kw)
 
 
@@ -73,11 +63,11 @@ def _mtb_index() -> CorpusIndex:
     return CorpusIndex.from_examples(out, num_shards=1)
 
 
-def test_batch_layout_pairs_line_up_and_markers_sit_at_head_tail(tiny_dir, corpus):
+def test_batch_layout_pairs_line_up_and_markers_sit_at_head_tail(tiny_dir, pretrain_corpus):
     bundle = _bundle(tiny_dir)
-    sampler = CPSampler(corpus, 5, p_blank=0.0, seed=3)
+    sampler = CPSampler(pretrain_corpus, 5, p_blank=0.0, seed=3)
     pairs = sampler.next_batch()
-    batch = build_batch(pairs, corpus, "cp", TokenContext.for_bundle(bundle, 64), mlm_probability=0.0)
+    batch = build_batch(pairs, pretrain_corpus, "cp", TokenContext.for_bundle(bundle, 64), mlm_probability=0.0)
     assert batch.input_ids.shape[0] == 10 and batch.n_pairs == 5
     assert batch.relation_ids[:5].tolist() == batch.relation_ids[5:].tolist() == \
         [relation_id(p.relation) for p in pairs]
@@ -92,10 +82,10 @@ def test_batch_layout_pairs_line_up_and_markers_sit_at_head_tail(tiny_dir, corpu
     assert sum(w == bundle.special.head_start for w in words) == 1
 
 
-def test_blanking_follows_each_draw(tiny_dir, corpus):
+def test_blanking_follows_each_draw(tiny_dir, pretrain_corpus):
     bundle = _bundle(tiny_dir)
-    draws = [CPPair(Draw(0, True, False), Draw(1, False, True), corpus[0].relation)]
-    batch = build_batch(draws, corpus, "cp", TokenContext.for_bundle(bundle, 64), mlm_probability=0.0)
+    draws = [CPPair(Draw(0, True, False), Draw(1, False, True), pretrain_corpus[0].relation)]
+    batch = build_batch(draws, pretrain_corpus, "cp", TokenContext.for_bundle(bundle, 64), mlm_probability=0.0)
     head_blank, tail_blank = bundle.tokenizer.convert_tokens_to_ids(
         [bundle.special.head_blank, bundle.special.tail_blank])
     assert batch.input_ids[0, batch.head_pos[0] + 1] == head_blank
@@ -104,11 +94,11 @@ def test_blanking_follows_each_draw(tiny_dir, corpus):
     assert batch.input_ids[1, batch.head_pos[1] + 1] != head_blank
 
 
-def test_mlm_masks_ordinary_tokens_but_never_markers_or_specials(tiny_dir, corpus):
+def test_mlm_masks_ordinary_tokens_but_never_markers_or_specials(tiny_dir, pretrain_corpus):
     bundle = _bundle(tiny_dir)
     ctx = TokenContext.for_bundle(bundle, 64)
-    clean = _cp_batch(bundle, corpus, pairs=8, mlm_probability=0.0)
-    masked = _cp_batch(bundle, corpus, pairs=8, mlm_probability=1.0)  # every eligible token selected
+    clean = _cp_batch(bundle, pretrain_corpus, pairs=8, mlm_probability=0.0)
+    masked = _cp_batch(bundle, pretrain_corpus, pairs=8, mlm_probability=1.0)  # every eligible token selected
     protected = torch.isin(clean.input_ids, torch.tensor(ctx.protected_ids()))
     rows = torch.arange(clean.input_ids.size(0))
     protected[rows, clean.head_pos] = True
@@ -126,12 +116,12 @@ def test_mlm_masks_ordinary_tokens_but_never_markers_or_specials(tiny_dir, corpu
 
 
 @pytest.mark.parametrize("objective", ["cp", "mtb"])
-def test_step_loss_is_finite_and_gradients_reach_every_layer(tiny_dir, corpus, objective):
+def test_step_loss_is_finite_and_gradients_reach_every_layer(tiny_dir, pretrain_corpus, objective):
     bundle = _bundle(tiny_dir)
     net = PretrainNet(bundle.model)
     ctx = TokenContext.for_bundle(bundle, 64)
     if objective == "cp":
-        batch = _cp_batch(bundle, corpus, pairs=6)
+        batch = _cp_batch(bundle, pretrain_corpus, pairs=6)
     else:
         index = _mtb_index()
         batch = build_batch(MTBSampler(index, 6, seed=0).next_batch(), index, "mtb", ctx,
@@ -146,18 +136,18 @@ def test_step_loss_is_finite_and_gradients_reach_every_layer(tiny_dir, corpus, o
         assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
 
 
-def test_cp_loss_falls_when_training_on_real_sentences(tiny_dir, corpus):
+def test_cp_loss_falls_when_training_on_real_sentences(tiny_dir, pretrain_corpus):
     torch.manual_seed(0)
     bundle = _bundle(tiny_dir, dropout=0.0)
     net = PretrainNet(bundle.model)
     cfg = TrainConfig(lr=2e-3, warmup_steps=0)
     opt = build_optimizer(net, cfg)
     sched = build_scheduler(opt, 40, cfg)
-    sampler = CPSampler(corpus, 8, p_blank=0.0, seed=0)
+    sampler = CPSampler(pretrain_corpus, 8, p_blank=0.0, seed=0)
     ctx = TokenContext.for_bundle(bundle, 64)
     losses = []
     for step in range(40):
-        batch = build_batch(sampler.next_batch(), corpus, "cp", ctx, generator=step_generator(0, step, 0, 0))
+        batch = build_batch(sampler.next_batch(), pretrain_corpus, "cp", ctx, generator=step_generator(0, step, 0, 0))
         losses.append(optimizer_step(net, [batch], optimizer=opt, scheduler=sched,
                                      settings=StepSettings("cp", mlm_weight=0.0)).objective_loss)
     assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:5]) / 5  # measured: 2.73 -> 2.08
@@ -195,11 +185,11 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_dir):
         torch.testing.assert_close(accumulated[name], delta, atol=2e-6, rtol=1e-4, msg=name)
 
 
-def test_mlm_weighting_by_masked_share_matches_the_pooled_mean(tiny_dir, corpus):
+def test_mlm_weighting_by_masked_share_matches_the_pooled_mean(tiny_dir, pretrain_corpus):
     """With unequal masked counts, the accumulated MLM term is the mean over all masked tokens."""
     bundle = _bundle(tiny_dir, dropout=0.0)
     net = PretrainNet(bundle.model).eval()
-    big = _cp_batch(bundle, corpus, pairs=6)
+    big = _cp_batch(bundle, pretrain_corpus, pairs=6)
     parts = [_take(big, [0, 1]), _take(big, [2, 3, 4, 5])]
     assert parts[0].n_masked != parts[1].n_masked
     settings = StepSettings("mtb", mlm_weight=1.0)
@@ -248,13 +238,13 @@ def _gathered_cp_grads(rank: int, world: int, port: int, tiny_dir: str, batch_fi
 
 @pytest.mark.slow  # two spawned processes importing torch + transformers: ~35 s on 2 shared cores
 @pytest.mark.parametrize("split", [(4, 4), (5, 3)], ids=["even", "one-batch-ended-short"])
-def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_dir, corpus, tmp_path, split):
+def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_dir, pretrain_corpus, tmp_path, split):
     """2 gloo processes with the differentiable all-gather give the gradient of CP over all 8 pairs, also
     when one rank's batch ended short (the sampler's ``pairs_skipped``): before, unequal shapes aborted gloo."""
     import torch.multiprocessing as mp
 
     bundle = _bundle(tiny_dir, dropout=0.0)
-    big = _cp_batch(bundle, corpus, pairs=8, mlm_probability=0.0)
+    big = _cp_batch(bundle, pretrain_corpus, pairs=8, mlm_probability=0.0)
     batch_file = tmp_path / "batch.json"
     batch_file.write_text(json.dumps({k: (v.tolist() if isinstance(v, torch.Tensor) else v)
                                       for k, v in big.__dict__.items()}))
@@ -277,17 +267,17 @@ def test_cp_negatives_gathered_across_two_workers_equal_one_global_batch(tiny_di
     assert not math.isclose(float(half_loss), float(loss), rel_tol=1e-3)
 
 
-def _run_steps(net, opt, sched, sampler, corpus, ctx, steps: range, seed: int = 7) -> list[float]:
+def _run_steps(net, opt, sched, sampler, pretrain_corpus, ctx, steps: range, seed: int = 7) -> list[float]:
     losses = []
     for step in steps:
         reseed_step(seed, step, 0)
-        batches = [build_batch(sampler.next_batch(), corpus, "cp", ctx, generator=step_generator(seed, step, 0, m))
+        batches = [build_batch(sampler.next_batch(), pretrain_corpus, "cp", ctx, generator=step_generator(seed, step, 0, m))
                    for m in range(2)]
         losses.append(optimizer_step(net, batches, optimizer=opt, scheduler=sched, settings=StepSettings("cp")).loss)
     return losses
 
 
-def test_saved_state_continues_exactly_like_the_uninterrupted_run(tiny_dir, corpus, tmp_path):
+def test_saved_state_continues_exactly_like_the_uninterrupted_run(tiny_dir, pretrain_corpus, tmp_path):
     cfg = TrainConfig(lr=1e-3, warmup_steps=2, weight_decay=1e-5)
 
     def fresh():
@@ -295,14 +285,14 @@ def test_saved_state_continues_exactly_like_the_uninterrupted_run(tiny_dir, corp
         bundle = _bundle(tiny_dir)
         net = PretrainNet(bundle.model)
         opt = build_optimizer(net, cfg)
-        return bundle, net, opt, build_scheduler(opt, 6, cfg), CPSampler(corpus, 4, seed=5)
+        return bundle, net, opt, build_scheduler(opt, 6, cfg), CPSampler(pretrain_corpus, 4, seed=5)
 
     bundle, net, opt, sched, sampler = fresh()
-    first = _run_steps(net, opt, sched, sampler, corpus, TokenContext.for_bundle(bundle, 64), range(1, 4))
+    first = _run_steps(net, opt, sched, sampler, pretrain_corpus, TokenContext.for_bundle(bundle, 64), range(1, 4))
     ckpt = save_checkpoint(tmp_path / "ckpt", bundle.model, bundle.tokenizer, special=bundle.special, step=3)
     save_train_state(ckpt / "train", optimizer=opt, scheduler=sched, extra={"step": 3, "sampler": sampler.state_dict()})
     lr_at_3 = sched.get_last_lr()
-    uninterrupted = _run_steps(net, opt, sched, sampler, corpus, TokenContext.for_bundle(bundle, 64), range(4, 7))
+    uninterrupted = _run_steps(net, opt, sched, sampler, pretrain_corpus, TokenContext.for_bundle(bundle, 64), range(4, 7))
     final = {n: p.detach().clone() for n, p in net.named_parameters()}
 
     assert {p.suffix for p in (ckpt / "train").iterdir()} == {".json", ".safetensors"}  # no pickle
@@ -310,11 +300,11 @@ def test_saved_state_continues_exactly_like_the_uninterrupted_run(tiny_dir, corp
     net2 = PretrainNet(restored.model)
     opt2 = build_optimizer(net2, cfg)
     sched2 = build_scheduler(opt2, 6, cfg)
-    sampler2 = CPSampler(corpus, 4, seed=5)
+    sampler2 = CPSampler(pretrain_corpus, 4, seed=5)
     extra = load_train_state(ckpt / "train", optimizer=opt2, scheduler=sched2)
     sampler2.load_state_dict(extra["sampler"])
     assert extra["step"] == 3 and sched2.get_last_lr() == lr_at_3
-    resumed = _run_steps(net2, opt2, sched2, sampler2, corpus, TokenContext.for_bundle(restored, 64), range(4, 7))
+    resumed = _run_steps(net2, opt2, sched2, sampler2, pretrain_corpus, TokenContext.for_bundle(restored, 64), range(4, 7))
     assert resumed == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7)
     assert resumed != pytest.approx(first, rel=1e-3)
     for name, p in net2.named_parameters():
@@ -329,23 +319,23 @@ def test_train_state_rejects_values_json_cannot_hold(tmp_path):
         save_train_state(tmp_path, optimizer=opt, scheduler=None, extra={"sampler": object()})
 
 
-def test_batches_and_steps_count_truncated_sentences(tiny_dir, corpus):
+def test_batches_and_steps_count_truncated_sentences(tiny_dir, pretrain_corpus):
     """build_batch counts what truncation gave up per sentence; the step sums it over micro-batches."""
     from recon.data_prep.encoding import encode
     from recon.data_prep.formats import render
 
     bundle = _bundle(tiny_dir, dropout=0.0)
     ctx = TokenContext.for_bundle(bundle, 12)
-    sampler = CPSampler(corpus, 6, p_blank=0.5, seed=0)
+    sampler = CPSampler(pretrain_corpus, 6, p_blank=0.5, seed=0)
     batches, expected = [], {"truncated": 0, "entity_truncated": 0, "context_split": 0}
     for micro in range(2):
         pairs = sampler.next_batch()
-        batch = build_batch(pairs, corpus, "cp", ctx, generator=step_generator(0, 1, 0, micro))
+        batch = build_batch(pairs, pretrain_corpus, "cp", ctx, generator=step_generator(0, 1, 0, micro))
         mine = {key: 0 for key in expected}
         for side in ("a", "b"):
             for pair in pairs:
                 draw = getattr(pair, side)
-                rendered = render(corpus[draw.index].to_relation_example(), ctx.fmt, ctx.special,
+                rendered = render(pretrain_corpus[draw.index].to_relation_example(), ctx.fmt, ctx.special,
                                   blank_head=draw.blank_head, blank_tail=draw.blank_tail)
                 enc = encode(rendered, ctx.pieces, ctx.max_length)
                 for key in mine:
@@ -386,7 +376,7 @@ def _reference_step(net, micro_batches, opt, settings):
     return sum(losses) / n
 
 
-def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny_dir, corpus):
+def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny_dir, pretrain_corpus):
     """Pure speed: keeping the figures on the device changes no loss and no weight (same seed)."""
     settings = StepSettings("cp", gather_negatives=False)
     runs = []
@@ -395,11 +385,11 @@ def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny
         bundle = _bundle(tiny_dir)
         net = PretrainNet(bundle.model)
         opt = build_optimizer(net, TrainConfig(lr=1e-3, warmup_steps=0))
-        sampler, ctx = CPSampler(corpus, 4, seed=5), TokenContext.for_bundle(bundle, 64)
+        sampler, ctx = CPSampler(pretrain_corpus, 4, seed=5), TokenContext.for_bundle(bundle, 64)
         losses = []
         for step in range(1, 4):
             reseed_step(7, step, 0)
-            batches = [build_batch(sampler.next_batch(), corpus, "cp", ctx, generator=step_generator(7, step, 0, m))
+            batches = [build_batch(sampler.next_batch(), pretrain_corpus, "cp", ctx, generator=step_generator(7, step, 0, m))
                        for m in range(2)]
             if fn == "reference":
                 losses.append(_reference_step(net, batches, opt, settings))
@@ -412,7 +402,7 @@ def test_device_side_figures_give_the_same_losses_and_weights_as_host_reads(tiny
         assert torch.equal(p, ref_params[name]), name
 
 
-def _loop(tiny_dir, corpus, log_every: int, steps: int = 6):
+def _loop(tiny_dir, pretrain_corpus, log_every: int, steps: int = 6):
     from recon.models.pretrain.loop import run_steps
 
     torch.manual_seed(0)
@@ -422,14 +412,14 @@ def _loop(tiny_dir, corpus, log_every: int, steps: int = 6):
     opt = build_optimizer(net, cfg)
     run = PretrainConfig(objective="cp", steps=steps, batch_size=8, micro_batch_size=4, seed=7,
                          mlm_probability=0.15, log_every=log_every)  # 2 micro-batches of 4 pairs per step
-    return list(run_steps(run, net, CPSampler(corpus, 4, seed=5), corpus, TokenContext.for_bundle(bundle, 64),
+    return list(run_steps(run, net, CPSampler(pretrain_corpus, 4, seed=5), pretrain_corpus, TokenContext.for_bundle(bundle, 64),
                           optimizer=opt, scheduler=build_scheduler(opt, steps, cfg), device=torch.device("cpu"),
                           gather_negatives=False, read_at=lambda s: s == 2))
 
 
-def test_figures_accumulated_on_the_device_equal_the_per_step_values(tiny_dir, corpus):
-    every = _loop(tiny_dir, corpus, log_every=1)
-    sparse = _loop(tiny_dir, corpus, log_every=4)
+def test_figures_accumulated_on_the_device_equal_the_per_step_values(tiny_dir, pretrain_corpus):
+    every = _loop(tiny_dir, pretrain_corpus, log_every=1)
+    sparse = _loop(tiny_dir, pretrain_corpus, log_every=4)
     assert all(stats is not None for _, stats in every)
     assert [s for s, stats in sparse if stats is not None] == [2, 4, 6]  # read_at, log_every, the last
     per_step = {s: stats for s, stats in every}
@@ -446,25 +436,25 @@ def test_figures_accumulated_on_the_device_equal_the_per_step_values(tiny_dir, c
         start = step + 1
 
 
-def test_a_non_finite_loss_is_reported_when_the_figures_are_read(tiny_dir, corpus):
+def test_a_non_finite_loss_is_reported_when_the_figures_are_read(tiny_dir, pretrain_corpus):
     bundle = _bundle(tiny_dir)
     net = PretrainNet(bundle.model)
     with torch.no_grad():
         next(net.parameters()).fill_(float("nan"))
-    batch = _cp_batch(bundle, corpus, pairs=4)
+    batch = _cp_batch(bundle, pretrain_corpus, pairs=4)
     with pytest.raises(FloatingPointError, match="not finite"):
         optimizer_step(net, [batch], optimizer=torch.optim.SGD(net.parameters(), lr=0.0), scheduler=None,
                        settings=StepSettings("cp"))
 
 
-def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
+def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, pretrain_corpus):
     """What CUDA runs instead (flat MLM indices, the masked-sum CP loss) gives the CPU path's values."""
     from recon.models.nets import objectives
     from recon.models.pretrain.batches import masked_index
 
     bundle = _bundle(tiny_dir, dropout=0.0)
     net = PretrainNet(bundle.model).eval()
-    batch = _cp_batch(bundle, corpus, pairs=6)
+    batch = _cp_batch(bundle, pretrain_corpus, pairs=6)
     positions = batch.mlm_labels != IGNORE_INDEX
     args = (batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos)
     with torch.no_grad():
@@ -478,13 +468,13 @@ def test_sync_free_cuda_paths_match_the_cpu_ones(tiny_dir, corpus):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_step_uses_fused_adamw_and_pinned_batches(tiny_dir, corpus):
+def test_cuda_step_uses_fused_adamw_and_pinned_batches(tiny_dir, pretrain_corpus):
     device = torch.device("cuda")
     bundle = _bundle(tiny_dir)
     net = PretrainNet(bundle.model).to(device)
     opt = build_optimizer(net, TrainConfig(lr=1e-3), device)
     assert opt.defaults["fused"]
-    batch = _cp_batch(bundle, corpus, pairs=4).pin_memory()
+    batch = _cp_batch(bundle, pretrain_corpus, pairs=4).pin_memory()
     assert batch.input_ids.is_pinned()
     stats = optimizer_step(net, [batch], optimizer=opt, scheduler=None, settings=StepSettings("cp"), device=device)
     assert math.isfinite(stats.loss)

