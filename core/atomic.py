@@ -13,19 +13,45 @@ import uuid
 from pathlib import Path
 
 
+def umask_mode(kind: str = "file") -> int:
+    """The mode a new file (0o666) or folder (0o777) gets under this process's umask: 0o644 / 0o755 by default,
+    so a lab's group can read results. ``tempfile`` makes its files 0o600; what recon keeps is re-moded."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o666 if kind == "file" else 0o777) & ~mask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename."""
+    """Write ``text`` to ``path`` through a temporary sibling and a rename (mode as the umask gives it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_texts_or_keep(out_dir: str | os.PathLike, files: dict[str, str]) -> tuple[Path, str | None]:
+    """Write ``files`` (name -> text) into ``out_dir``; when that fails (a full disk, a folder gone read-only
+    after the run started), write them into a new folder of the system's temporary directory instead, so
+    what was computed is never lost. Returns where they are and the error that moved them (None if none)."""
+    try:
+        for name, text in files.items():
+            write_text_atomic(Path(out_dir) / name, text)
+        return Path(out_dir), None
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    kept = Path(tempfile.mkdtemp(prefix="recon-unsaved-"))
+    os.chmod(kept, umask_mode("dir"))
+    for name, text in files.items():
+        write_text_atomic(kept / name, text)
+    return kept, error
 
 
 def publish_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:

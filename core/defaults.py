@@ -10,6 +10,7 @@ import os
 
 DEFAULT_SEED = 42
 PAPER_SEEDS = tuple(range(DEFAULT_SEED, DEFAULT_SEED + 5))  # medians over seeds 42..46
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes signed and unsigned 64-bit values: seeds stay in both
 DEFAULT_ENCODER = "minilm"
 P_BLANK = 0.7  # Appendix A: probability of blanking each entity mention (samplers and PretrainConfig)
 CP_TEMPERATURE = 0.05  # the CP InfoNCE temperature of the authors' code (objectives and PretrainConfig)
@@ -29,4 +30,4 @@ def _minilm_dir() -> str:
 ENCODER_ALIASES: dict[str, str] = {"minilm": _minilm_dir()}  # alias -> directory, for every command
 
 __all__ = ["DEFAULT_SEED", "PAPER_SEEDS", "DEFAULT_ENCODER", "PAPER_ENCODER", "P_BLANK", "CP_TEMPERATURE",
-           "ENCODER_ALIASES"]
+           "ENCODER_ALIASES", "MAX_SEED"]

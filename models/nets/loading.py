@@ -68,6 +68,39 @@ def _from_pretrained(loader, target: str, tried: list[str], what: str, **kwargs)
     return loader.from_pretrained(target, **kwargs)
 
 
+def encoder_problem(name_or_path: str, hub_timeout_s: float = 8.0) -> str | None:
+    """Why ``load_encoder(name_or_path)`` would fail here, found without loading it (None: it would load).
+
+    An alias needs its package installed; a folder must hold a Hugging Face model (``config.json``) or a recon
+    checkpoint (``recon.json``); a hub name must be in the local cache, or the hub must answer (a few seconds'
+    check) and not be switched off with ``HF_HUB_OFFLINE``.
+    """
+    target, _ = _resolve(str(name_or_path))
+    expanded = os.path.expanduser(target)
+    if name_or_path in ENCODER_ALIASES and not os.path.isdir(expanded):
+        return f"the alias {name_or_path!r} needs its package ({expanded})"
+    if os.path.isdir(expanded):
+        if not any(os.path.isfile(os.path.join(expanded, f)) for f in (RECON_MANIFEST, "config.json")):
+            return f"{expanded} holds neither a Hugging Face model (config.json) nor a recon checkpoint ({RECON_MANIFEST})"
+        return None
+    if _looks_like_path(target) or os.path.lexists(expanded):
+        return f"{expanded} is not a folder" if os.path.lexists(expanded) else f"{expanded} does not exist"
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(target, "config.json"), str):
+        return None
+    if not _hub_allowed():
+        return f"{target!r} is not in the Hugging Face cache and HF_HUB_OFFLINE forbids downloading it"
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(target, timeout=hub_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - unreachable, unknown or private: the run would fail the same way
+        return (f"{target!r} is not in the Hugging Face cache and cannot be downloaded here "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
+    return None
+
+
 def _load_model(auto_cls, target: str, tried: list[str]):
     """``from_pretrained`` with SDPA attention where the architecture supports it."""
     try:
@@ -232,4 +265,4 @@ def _remember(key: tuple, entry: _Loaded) -> None:
         _LOADED.popitem(last=False)
 
 
-__all__ = ["load_encoder", "clear_encoder_cache", "source_fingerprint", "ENCODER_ALIASES"]
+__all__ = ["load_encoder", "encoder_problem", "clear_encoder_cache", "source_fingerprint", "ENCODER_ALIASES"]

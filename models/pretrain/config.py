@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from recon.core.config import Config, ConfigError, knob
-from recon.core.defaults import CP_TEMPERATURE, DEFAULT_ENCODER, DEFAULT_SEED, P_BLANK
+from recon.core.defaults import CP_TEMPERATURE, DEFAULT_ENCODER, DEFAULT_SEED, MAX_SEED, P_BLANK
 from recon.core.protocol import POINTS, point_default
 
 # Appendix A: "batch size N" pairs per step and the number of steps, per objective.
@@ -57,7 +57,7 @@ class PretrainConfig(Config):
     temperature: float = knob(CP_TEMPERATURE, "CP InfoNCE temperature", gt=0)
     mlm_probability: float = knob(0.15, "share of word pieces masked for the MLM loss", ge=0, le=1)
     mlm_weight: float = knob(1.0, "weight of the MLM loss beside the CP/MTB loss", ge=0)
-    seed: int = knob(DEFAULT_SEED, "seed of initialisation, sampling, masking and dropout")
+    seed: int = knob(DEFAULT_SEED, "seed of initialisation, sampling, masking and dropout", ge=0, le=MAX_SEED)
     num_workers: int = knob(1, "Ray Train workers (data parallel); sampler streams are per worker", ge=1)
     cpus_per_worker: float = knob(1.0, "CPUs reserved per worker (also its torch threads)", gt=0, identity=False)
     use_gpu: bool = knob(False, "one GPU per worker, NCCL, bf16 autocast", identity=False)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from recon.core.config import Config, knob
-from recon.core.defaults import DEFAULT_SEED
+from recon.core.defaults import DEFAULT_SEED, MAX_SEED
 from recon.core.protocol import POINTS, point_default
 from recon.models.train import metrics as metrics_lib
 
@@ -37,7 +37,7 @@ class TrainConfig(Config):
     max_train_steps: int | None = knob(None, "stop after this many optimizer steps (shortens the schedule)", ge=1)
     eval_batch_size: int = knob(128, "examples per forward pass when evaluating (inference only)", ge=1,
                                 identity=False)
-    seed: int = knob(DEFAULT_SEED, "seed of initialisation, shuffling, dropout and seeded splits")
+    seed: int = knob(DEFAULT_SEED, "seed of initialisation, shuffling, dropout and seeded splits", ge=0, le=MAX_SEED)
     metric: str | None = knob(None, "evaluation metric (default: the dataset's)", choices=metrics_lib.METRICS)
     negative_id: int | None = knob(None, "label id of the negative class (default: the dataset's)", cli=False)
     device: str = knob("auto", "auto (cuda when present), cpu or cuda[:N]", identity=False)

@@ -279,7 +279,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
     """Train (optionally) and evaluate; returns JSON-able figures and writes ``metrics.json`` to ``out_dir``."""
     from recon.data_prep.datadir import resolve_dataset_dir
     from recon.data_prep.episodes import EpisodeSampler
-    from recon.core.atomic import write_text_atomic
+    from recon.core.atomic import write_texts_or_keep
     from recon.data_prep.registry import get_spec
 
     from recon.core.protocol import describe
@@ -360,7 +360,8 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
         "config": asdict(cfg),
     }
     if out_dir is not None:
-        write_text_atomic(Path(out_dir) / "metrics.json", json.dumps(out, indent=2) + "\n")
+        kept, error = write_texts_or_keep(out_dir, {"metrics.json": json.dumps(out, indent=2) + "\n"})
+        out["saved_to"], out["save_error"] = str(kept), error  # a failed write kept them elsewhere, named
     return out
 
 

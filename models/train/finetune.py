@@ -21,10 +21,9 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
-from recon.core.atomic import write_text_atomic
+from recon.core.atomic import write_texts_or_keep
 from recon.data_prep.formats import InputFormat
 from recon.models.train.finetune_config import EVAL_SAMPLE_SEED, FinetuneConfig
 from recon.models.train.finetune_data import eval_loader, load_splits, majority_baseline, subsample, with_types
@@ -193,10 +192,11 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "wall_s": round(time.perf_counter() - start, 3), "fit_s": round(result.wall_s, 3),
         "notes": notes, "config": asdict(cfg),
     }
-    if out_dir is not None:
-        out_path = Path(out_dir)
-        write_text_atomic(out_path / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
-        write_text_atomic(out_path / "metrics.json", json.dumps(out, indent=2) + "\n")
+    if out_dir is not None:  # computed results are never lost: a failed write keeps them elsewhere, named
+        kept, error = write_texts_or_keep(out_dir, {
+            "predictions.jsonl": "".join(json.dumps(p) + "\n" for p in predictions),
+            "metrics.json": json.dumps(out, indent=2) + "\n"})
+        out["saved_to"], out["save_error"] = str(kept), error
     return out
 
 

@@ -56,10 +56,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fs.set_defaults(func=run_fewshot_cmd, config_flags=fs_flags)
 
 
-def _emit(result: dict) -> int:
+def _emit(result: dict, full: dict) -> int:
+    """The summary line on stdout; where the outputs went when ``--out`` could not take them (exit 1)."""
     print(json.dumps(result, separators=(",", ":"), default=str))
     sys.stdout.flush()
+    if full.get("save_error"):
+        print(f"recon: could not write the outputs where asked ({full['save_error']}); they are in "
+              f"{full['saved_to']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _preflight(action: str, args: argparse.Namespace, problems: list) -> None:
+    """Refuse before loading anything when the run could not finish or keep its outputs."""
+    from recon.core.preflight import Preflight
+
+    pf = Preflight(action)
+    if args.out:
+        pf.writable_dir(args.out, "--out")
+    pf.extend(problems)
+    pf.raise_if_any()
 
 
 def _summary(result: dict, keys: tuple[str, ...]) -> dict:
@@ -67,28 +83,30 @@ def _summary(result: dict, keys: tuple[str, ...]) -> dict:
 
 
 def run_finetune_cmd(args: argparse.Namespace) -> int:
-    from recon.models.train.finetune_config import FinetuneConfig
+    from recon.models.train.checks import finetune_problems
     from recon.models.train.finetune import run_finetune
-
+    from recon.models.train.finetune_config import FinetuneConfig
     from recon.orchestration.cli.flags import config_from_args
 
     fixed = {"dataset": None} if getattr(args, "path", None) else {}
     cfg = config_from_args(FinetuneConfig, args, args.config_flags, **fixed)
+    _preflight("recon finetune", args, finetune_problems(cfg))
     result = run_finetune(cfg, out_dir=args.out)
     return _emit(_summary(result, (
         "dataset", "split", "format", "model", "encoder", "seed", "protocol", "metric", "reported", "dev", "test",
-        "best_epoch",
-        "n_train", "n_dev", "n_test", "majority_baseline_test", "wall_s", "notes")))
+        "best_epoch", "n_train", "n_dev", "n_test", "majority_baseline_test", "wall_s", "notes", "saved_to")),
+        result)
 
 
 def run_fewshot_cmd(args: argparse.Namespace) -> int:
+    from recon.models.train.checks import fewshot_problems
     from recon.models.train.fewshot import FewshotConfig, run_fewshot
-
     from recon.orchestration.cli.flags import config_from_args
 
     fixed = {"dataset": None} if getattr(args, "path", None) else {}
     cfg = config_from_args(FewshotConfig, args, args.config_flags, **fixed)
+    _preflight("recon fewshot", args, fewshot_problems(cfg))
     result = run_fewshot(cfg, out_dir=args.out)
     return _emit(_summary(result, (
         "dataset", "n_way", "k_shot", "format", "encoder", "seed", "protocol", "accuracy", "test", "eval_episodes",
-        "train_episodes", "trained_on", "wall_s", "notes")))
+        "train_episodes", "trained_on", "wall_s", "notes", "saved_to")), result)

@@ -1,0 +1,68 @@
+"""What a fine-tuning or few-shot run needs, checked before it loads anything: its data files, its encoder or
+checkpoint, its device and its seed (the preflight of ``recon finetune`` / ``fewshot`` and of every study trial).
+
+Each function returns :class:`recon.core.preflight.Problem` s; the caller collects them and refuses once.
+References a study resolves itself (``@pretrain.<stage>``: the stage makes the checkpoint) are not checked here.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from recon.core.preflight import Problem, Preflight
+from recon.data_prep.registry import check_available
+from recon.models.train.fewshot import FewshotConfig
+from recon.models.train.finetune_config import CHECKPOINT_PREFIX, FinetuneConfig
+
+DATA_FIX = ("put the files in the data directory (--data-dir, $RECON_DATA_DIR, ../shared/datasets or "
+            "~/.cache/recon/datasets), or download the public ones with `recon data fetch NAME`")
+
+
+def _data(reasons: list[str], label: str) -> list[Problem]:
+    return [Problem(f"{label}: {reason}", DATA_FIX) for reason in reasons]
+
+
+def encoder_problems(name: Optional[str], what: str) -> list[Problem]:
+    """The encoder or recon checkpoint ``name`` (skipped for the CNN and for a study's stage references)."""
+    if not name or name in ("cnn", "bert") or name.startswith(CHECKPOINT_PREFIX):
+        return []
+    from recon.models.nets.loading import encoder_problem
+
+    reason = encoder_problem(name)
+    return [Problem(f"{what}: {reason}", "give an encoder alias (minilm), a model folder, a recon checkpoint "
+                                         "folder, or a Hugging Face name that is cached here")] if reason else []
+
+
+def finetune_problems(cfg: FinetuneConfig) -> list[Problem]:
+    """Data of the split and format, the model (encoder or checkpoint), device and seed of one run."""
+    pf = Preflight("")
+    label = cfg.dataset or cfg.path
+    pf.extend(_data(check_available(cfg.dataset, cfg.data.data_dir, split=cfg.split,
+                                    split_source=cfg.data.split_source, path=cfg.path, kind=cfg.kind),
+                    f"dataset {label} at {cfg.split * 100:g}%"))
+    if not cfg.is_cnn:
+        pf.extend(encoder_problems(cfg.encoder if cfg.model == "bert" else cfg.model,
+                                   "--encoder" if cfg.model == "bert" else "--model"))
+        pf.device(cfg.training.device)
+    pf.seed(cfg.training.seed)
+    return pf.problems
+
+
+def fewshot_problems(cfg: FewshotConfig) -> list[Problem]:
+    """The evaluation file, the Wiki80 training files when the run trains, the encoder, device and seed."""
+    from pathlib import Path
+
+    pf = Preflight("")
+    if cfg.path is None:
+        pf.extend(_data(check_available(cfg.dataset, cfg.data_dir, needs=("val",)), f"dataset {cfg.dataset}"))
+    elif not Path(cfg.path).expanduser().exists():
+        pf.add(f"--path {cfg.path} does not exist", "give a FewRel-format JSON file or a folder holding val.json")
+    if cfg.settings.train_episodes > 0:
+        pf.extend(_data(check_available("wiki80", cfg.data_dir, needs=("train", "dev"), split=0.1,
+                                        split_source="paper"), "few-shot training data (Wiki80)"))
+    pf.extend(encoder_problems(cfg.encoder, "--encoder"))
+    pf.device(cfg.settings.training.device)
+    pf.seed(cfg.settings.training.seed)
+    return pf.problems
+
+
+__all__ = ["finetune_problems", "fewshot_problems", "encoder_problems", "DATA_FIX"]
