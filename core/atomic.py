@@ -58,9 +58,10 @@ def publish_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Move the finished directory ``tmp`` to ``target``, replacing an older one.
 
     The old directory is renamed aside first and removed after the swap, so ``target`` is always
-    either the complete old or the complete new directory.
+    either the complete old or the complete new directory. It gets the umask's mode, not mkdtemp's 0700.
     """
     tmp, target = Path(tmp), Path(target)
+    os.chmod(tmp, umask_mode("dir"))  # made by mkdtemp (0700): readable by the lab as the umask allows
     if target.exists():
         trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(target, trash)

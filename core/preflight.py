@@ -11,7 +11,8 @@ its fix in one paragraph (:class:`PreflightError`, exit 2) with nothing written.
 * the device (:meth:`Preflight.device`) and seeds within what torch accepts (:meth:`Preflight.seed`);
 * on a Ray cluster of more than one node, that the storage location is the same place for every node
   (:func:`storage_problems_on_cluster`): the driver writes a marker, a task pinned to each node reads it and
-  writes one back, and the driver reads those.
+  writes one back, and the driver reads those; and that some node can hold what a trial or a worker asks
+  for (:func:`resource_problems`).
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ class Preflight:
             return False
         reason = _probe(base)
         if reason is not None:
-            self.add(f"{what} {p} cannot be written ({reason} in {base})", fix)
+            self.add(f"{what} {p} cannot be written (a test file in {base}: {reason})", fix)
             return False
         return True
 
@@ -135,7 +136,7 @@ class Preflight:
             return self.writable_dir(uri, what, fix)
         try:
             store = Storage.from_uri(uri)
-            rel = f"preflight/{uuid.uuid4().hex}"
+            rel = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
             store.write_text(rel, "recon")
             ok = store.read_text(rel) == "recon"
             store.delete(rel)
@@ -165,9 +166,30 @@ class Preflight:
             self.add(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)",
                      f"give cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
+    def gpu(self, what: str, fix: str) -> None:
+        """``what`` needs a CUDA GPU on this machine."""
+        import torch
+
+        if not torch.cuda.is_available():
+            self.add(f"{what} needs a GPU, and this machine has none that torch can use", fix)
+
     def seed(self, value: object, what: str = "--seed") -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
             self.add(f"{what} {value!r} is not a seed torch accepts", f"give an integer from 0 to {MAX_SEED}")
+
+
+def resource_problems(needs: dict[str, float], what: str, fix: str) -> list[Problem]:
+    """With Ray running: a problem when no live node has every resource of one ``needs`` bundle (a trial, a
+    Ray Train worker); Ray would keep it pending forever rather than fail."""
+    import ray
+
+    wanted = {k: v for k, v in needs.items() if v > 0}
+    for node in ray.nodes():
+        have = node.get("Resources", {}) if node.get("Alive") else {}
+        if all(have.get(k, 0.0) >= v for k, v in wanted.items()):
+            return []
+    shown = ", ".join(f"{k} {v:g}" for k, v in wanted.items())
+    return [Problem(f"no node of the Ray cluster has what {what} asks for ({shown})", fix)]
 
 
 def storage_problems_on_cluster(uri: str, what: str = "the storage location", timeout_s: float = 120.0
@@ -183,7 +205,7 @@ def storage_problems_on_cluster(uri: str, what: str = "the storage location", ti
     if len(nodes) < 2:
         return []
     store = Storage.from_uri(uri)
-    rel = f"preflight/{uuid.uuid4().hex}"
+    rel = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
     store.write_text(f"{rel}/driver", "recon")
 
     @ray.remote(num_cpus=0, max_retries=0)
@@ -224,4 +246,4 @@ def storage_problems_on_cluster(uri: str, what: str = "the storage location", ti
     return problems
 
 
-__all__ = ["Problem", "Preflight", "PreflightError", "storage_problems_on_cluster", "MAX_SEED"]
+__all__ = ["Problem", "Preflight", "PreflightError", "storage_problems_on_cluster", "resource_problems", "MAX_SEED"]

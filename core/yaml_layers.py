@@ -9,6 +9,9 @@ is not UTF-8 is a located :class:`SpecError`, not a hang or a raw exception.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,8 +48,16 @@ def compose_lines(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
             raise SpecError(f"{path}, line {n.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES} "
                             "values (anchors and aliases nested like a 'billion laughs' bomb?)")
         if isinstance(n, yaml.MappingNode):
+            first_seen: dict[Any, int] = {}
             for key, value in n.value:
-                lines[at + (key.value,)] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in first_seen:  # PyYAML keeps the last silently: a pasted block would win
+                        field = ".".join(str(p) for p in at + (key.value,))
+                        raise SpecError(f"{path}, line {line}, field '{field}': duplicate key (first set on line "
+                                        f"{first_seen[key.value]}); keep one of them")
+                    first_seen[key.value] = line
+                lines[at + (key.value,)] = line
                 walk(value, at + (key.value,))
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
@@ -100,14 +111,59 @@ def locate(loc: tuple, layers: list[tuple[Path, dict, dict[tuple, int]]]) -> tup
     return layers[-1][0], None
 
 
-def validation_problems(exc: ValidationError, layers: list, schema: str) -> list[str]:
-    """pydantic's errors as ``file, line N, field 'a.b': message`` (component configs name their own field)."""
+def _unwrap(annotation: Any) -> list[Any]:
+    """The classes a value of ``annotation`` may be (Optional/Union/list/dict/Annotated peeled off)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is None:
+        return [annotation]
+    args = typing.get_args(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return _unwrap(args[0]) if args else []
+    if origin is dict:
+        return _unwrap(args[1]) if len(args) == 2 else []
+    return [c for a in args for c in _unwrap(a)]  # Union / Optional
+
+
+def _field_types(cls: Any) -> dict[str, Any]:
+    if isinstance(cls, type) and hasattr(cls, "model_fields"):  # a pydantic model
+        return {name: f.annotation for name, f in cls.model_fields.items()}
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    return {}
+
+
+def field_names_at(model: Any, loc: tuple) -> list[str]:
+    """The field names the schema ``model`` accepts in the mapping at ``loc`` (list indices and dict keys
+    pass through), for a "did you mean" on an unknown key; [] when the place is not a known mapping."""
+    candidates = [model]
+    for part in loc:
+        step: list[Any] = []
+        for cls in candidates:
+            types = _field_types(cls)
+            if isinstance(part, str) and part in types:
+                step.extend(_unwrap(types[part]))
+            else:  # a list index or a dict key: the element type was unwrapped already
+                step.append(cls)
+        candidates = step
+    return sorted({name for cls in candidates for name in _field_types(cls)})
+
+
+def validation_problems(exc: ValidationError, layers: list, schema: str, model: Any = None) -> list[str]:
+    """pydantic's errors as ``file, line N, field 'a.b': message`` (component configs name their own field); an
+    unknown key near a known one (``traning``) gets a "did you mean" from the ``model`` schema."""
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             message = f"unknown field (not in the {schema} schema)"
+            known = field_names_at(model, loc[:-1]) if model is not None and loc else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6) if loc else []
+            if close:
+                message += f"; did you mean '{close[0]}'?"
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, ConfigError):  # a component config's own check names its field
             loc = loc + tuple(cause.field.split("."))
@@ -152,4 +208,4 @@ def merged_layers(path: Path) -> tuple[dict, list]:
 
 
 __all__ = ["SpecError", "MAX_YAML_NODES", "compose_lines", "merge", "read_layers", "locate", "validation_problems",
-           "with_protocol", "merged_layers"]
+           "field_names_at", "with_protocol", "merged_layers"]

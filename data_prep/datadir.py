@@ -41,6 +41,19 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[Path
     return unique
 
 
+def fetch_target_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Where ``recon data fetch`` (and a study fetching what it lacks) writes: the first candidate folder that
+    exists (``--data-dir``, ``$RECON_DATA_DIR``, ``../shared/datasets``), else the per-user download folder,
+    which the loaders also search."""
+    candidates = candidate_dirs(explicit)
+    if explicit or len(candidates) == 1:
+        return candidates[0][0]
+    for path, _why in candidates:
+        if path.is_dir():
+            return path
+    return fetch_default_dir()
+
+
 def existing_data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The first candidate directory that exists, absolute; ``None`` when there is none."""
     for path, _why in candidate_dirs(data_dir):

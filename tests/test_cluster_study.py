@@ -232,3 +232,33 @@ def test_kg_tables_and_join_linked_corpus_on_the_cluster_match_one_node(tmp_path
     shards, counts = _corpus_digests(on_cluster / "corpus")
     assert (shards, counts) == _corpus_digests(alone / "corpus")
     assert sum(n for _, n, _ in shards) > 0 and counts["anchors_unlinked"] == 1
+
+
+def test_study_without_shared_storage_is_refused_before_any_trial(tmp_path):
+    """A driver joining the cluster with the default storage (its own output folder, which the worker node does
+    not see) is refused naming the storage and the node; with --storage on the shared folder the same study runs.
+    """
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
+
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    path = _study(driver, models="[{name: Tiny}]", formats="[C+M]", seeds="[42]")
+    spec = load_spec(path)
+    with two_node_cluster(tmp_path, hidden=[driver, DATA]) as cluster:
+        res = _recon(cluster, "study", "run", str(path), "--address", cluster.address)
+        assert res.returncode == 2, res.stdout + res.stderr
+        err = res.stderr
+        assert "study cluster did not start" in err and "nothing was run or written" in err
+        assert f"the storage location {spec.resolved_output_dir()} is not the same place on node" in err
+        assert cluster.worker_node_id[:12] in err and cluster.head_node_id[:12] not in err
+        assert not (spec.resolved_output_dir() / "mlflow.db").exists()
+        assert not (spec.resolved_output_dir() / "results").exists()
+
+        storage = cluster.shared / "recon"
+        res = _recon(cluster, "study", "run", str(path), "--address", cluster.address, "--storage", str(storage))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "1 run now, 0 failed; 1 in MLflow" in res.stdout
+        (trial,) = expand(spec)
+        result = json.loads((storage / "results" / trial.trial_id / "result.json").read_text())
+        assert result["node"]["node_id"] == cluster.worker_node_id

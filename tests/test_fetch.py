@@ -27,7 +27,8 @@ from recon.data_prep.fetch import (
     select_sources,
     verify,
 )
-from recon.orchestration.cli.commands.data_fetch import add_fetch_parser, resolve_fetch_dir
+from recon.data_prep.datadir import fetch_target_dir
+from recon.orchestration.cli.commands.data_fetch import add_fetch_parser
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fetch"
@@ -322,15 +323,15 @@ def test_fetch_dir_follows_the_data_dir_resolver(tmp_path, monkeypatch):
 
     monkeypatch.delenv("RECON_DATA_DIR", raising=False)
     monkeypatch.delenv("RECON_CACHE_DIR", raising=False)
-    assert resolve_fetch_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    assert fetch_target_dir(str(tmp_path / "mine")) == tmp_path / "mine"
     monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path / "env"))
-    assert resolve_fetch_dir(None) == tmp_path / "env"
+    assert fetch_target_dir(None) == tmp_path / "env"
     monkeypatch.delenv("RECON_DATA_DIR")
-    assert resolve_fetch_dir(None).resolve() == SHARED.resolve()  # the checkout's ../shared/datasets
+    assert fetch_target_dir(None).resolve() == SHARED.resolve()  # the checkout's ../shared/datasets
     # a user without the shared folder: the per-user download directory, which the loaders search too
     monkeypatch.setattr(datadir, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     target = tmp_path / "home" / ".cache" / "recon" / "datasets"
-    assert resolve_fetch_dir(None) == target
+    assert fetch_target_dir(None) == target
     assert target in [path for path, _why in datadir.candidate_dirs(None)]

@@ -130,3 +130,20 @@ def test_finetune_reports_where_outputs_went(capsys, tmp_path, monkeypatch):
         for child in kept.iterdir():
             child.unlink()
         kept.rmdir()
+
+
+def test_published_folders_follow_the_umask(tmp_path):
+    """Checkpoints and corpora are built in a mkdtemp folder (0700) and renamed into place."""
+    import tempfile
+
+    from recon.core.atomic import publish_dir
+
+    staging = Path(tempfile.mkdtemp(dir=tmp_path))
+    (staging / "model.safetensors").write_bytes(b"x")
+    old = os.umask(0o022)
+    try:
+        final = publish_dir(staging, tmp_path / "final")
+    finally:
+        os.umask(old)
+    assert final.stat().st_mode & 0o777 == 0o755
+    assert (final / "model.safetensors").stat().st_mode & 0o777 == 0o644

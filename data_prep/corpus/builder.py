@@ -49,7 +49,9 @@ import ray  # Ray Data IS this pipeline (the demo imports ray only to start one 
 
 from recon.data_prep import spacy_pipeline
 from recon.core.atomic import publish_dir
-from recon.core.errors import DatasetNotFound, ReconError
+from recon.core.preflight import Preflight
+from recon.data_prep.corpus.preflight import build_problems
+from recon.core.errors import ReconError
 from recon.data_prep.corpus.config import CorpusBuildConfig
 from recon.data_prep.corpus.exclusion import EVAL_SPLITS, EXCLUSION_RECORD_VERSION, exclusion_from_datasets
 from recon.data_prep.corpus.index import shard_dir_name
@@ -135,18 +137,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def build_corpus(config: CorpusBuildConfig, *, log=print) -> dict:
     """Run the pipeline described in the module docstring; return the manifest written to ``out``."""
     config.check()  # choices and bounds (format, shards, ...), in case fields were set after construction
-    if not config.text:
-        raise ReconError("give --text FILE: the input lines to link")
-    if not config.out:
-        raise ReconError("give --out DIR: where the corpus shards and manifest.json go")
+    pf = Preflight("recon corpus build")
+    pf.extend(build_problems(config))
+    pf.raise_if_any()
     text = Path(config.text)
-    if not text.is_file():
-        raise DatasetNotFound(f"--text {text} does not exist")
-    if not (config.triples or config.wikidata_dump or config.kg):
-        raise ReconError("give --kg TABLES, or --triples FILE and/or --wikidata-dump FILE: without relations no "
-                         "example can be labelled")
-    if config.kg and (config.triples or config.aliases or config.wikidata_dump):
-        raise ReconError("give either --kg TABLES or the KG files (--triples/--aliases/--wikidata-dump), not both")
     out = Path(config.out).resolve()
     _prepare_out(out, config.overwrite)
     mode = linking_mode(config)

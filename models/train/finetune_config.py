@@ -9,6 +9,8 @@ from recon.core.config import Config, ConfigError, knob
 from recon.core.defaults import DEFAULT_ENCODER
 from recon.core.errors import ReconError
 from recon.data_prep.formats import FORMATS_HELP, InputFormat
+from recon.data_prep.loaders import KINDS
+from recon.data_prep.registry import supervised_datasets
 from recon.core.protocol import POINTS, point_default
 
 from recon.models.nets.cnn import CNN_DEFAULTS, DEFAULT_WORD_VECTORS
@@ -78,9 +80,10 @@ def check_source_and_format(cfg: Any, path_words: str) -> None:
 class FinetuneConfig(Config):
     """Everything that determines one fine-tuning run; its :meth:`identity` is the trial id's payload."""
 
-    dataset: str | None = knob("semeval", "registered dataset (semeval, chemprot, wiki80, tacred), or none with --path")
+    dataset: str | None = knob("semeval", f"registered dataset ({', '.join(supervised_datasets())}), or none with "
+                                          "--path")
     path: str | None = knob(None, "a directory with train/dev/test files, in place of --dataset")
-    kind: str | None = knob(None, "file format of --path: opennre, tacred, chemprot, semeval2010")
+    kind: str | None = knob(None, "file format of --path", choices=tuple(KINDS))
     split: float = knob(1.0, "fraction of the training set, in (0, 1] (paper: 0.01, 0.1, 1.0)", gt=0, le=1)
     input_format: str = knob(InputFormat.CM.value, FORMATS_HELP)
     model: str = knob("bert", "bert (the encoder as loaded), cnn, or a recon checkpoint directory")

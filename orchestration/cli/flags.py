@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import dataclasses
 import typing
 from dataclasses import MISSING
@@ -25,21 +26,40 @@ Flags = dict[str, str]  # dotted config path -> flag ("training.lr" -> "--lr")
 PROTOCOL_DEST = "protocol"  # --protocol NAME: a layer of protocol point values under the flags given
 
 
-def _default_text(cls: type, f: dataclasses.Field) -> str:
-    if f.default is not MISSING:
-        return "" if f.default is None else f" (default: {f.default})"
-    return ""
+def _help(f: dataclasses.Field, instance: Any) -> str:
+    """The field's help and ``(default: X)``, X the value the command's config really has when the flag is
+    omitted: read from an instance, so a nested config's own defaults (few-shot training's lr 2e-5, not the
+    loop's 3e-5) show. A field declared None is resolved from other fields and its help says how in words,
+    unless this command's config fixes it (few-shot's metric: accuracy), which then replaces the words."""
+    text = field_help(f)
+    if f.default is MISSING:
+        return text
+    value = getattr(instance, f.name) if instance is not None else f.default
+    if value is None:
+        return text
+    return re.sub(r"\s*\(default: [^)]*\)$", "", text) + f" (default: {value})"
+
+
+def _instance(cls: type) -> Any:
+    try:
+        return cls()
+    except (TypeError, ConfigError):  # a config with required fields: its declared defaults are shown
+        return None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", path: str = "",
                          nested: Optional[dict[str, str]] = None, skip: Sequence[str] = (),
-                         aliases: Optional[dict[str, Sequence[str]]] = None, flags: Optional[Flags] = None) -> Flags:
+                         aliases: Optional[dict[str, Sequence[str]]] = None, flags: Optional[Flags] = None,
+                         instance: Any = None) -> Flags:
     """Add one flag per field of ``cls`` (nested configs flattened with ``nested[name]`` as prefix).
 
     ``skip`` names dotted paths left off this command (set by the command itself); ``aliases``
-    gives extra spellings of a flag (``{"input_format": ["--format"]}``).
+    gives extra spellings of a flag (``{"input_format": ["--format"]}``). Shown defaults come from
+    ``instance`` (default: ``cls()``), the config an omitted flag leaves in force.
     """
     flags = {} if flags is None else flags
+    if instance is None and not path:
+        instance = _instance(cls)
     nested = nested or {}
     aliases = aliases or {}
     hints = typing.get_type_hints(cls)
@@ -55,14 +75,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: 
         sub = config_class(hints[f.name])
         if sub is not None:
             add_config_arguments(parser, sub, prefix=prefix + nested.get(dotted, f"{f.name}-"), path=f"{dotted}.",
-                                 nested=nested, skip=skip, aliases=aliases, flags=flags)
+                                 nested=nested, skip=skip, aliases=aliases, flags=flags,
+                                 instance=getattr(instance, f.name) if instance is not None else None)
             continue
         flag = "--" + prefix + f.name.replace("_", "-")
         if flag in flags.values():
             raise ValueError(f"{cls.__name__}.{f.name}: flag {flag} is already taken by another field")
         kind, choices = field_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": dotted, "default": argparse.SUPPRESS,
-                                  "help": field_help(f) + _default_text(cls, f)}
+                                  # argparse %-formats help: a literal % ("~6% slower") must be doubled
+                                  "help": _help(f, instance).replace("%", "%%")}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is dict:

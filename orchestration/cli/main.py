@@ -11,7 +11,8 @@
 The flags of ``finetune``, ``fewshot``, ``pretrain``, ``corpus build`` and ``corpus demo`` are
 generated from their config classes (``recon.orchestration.cli.flags``). Errors a user can fix (bad
 files, unknown names, missing data, a value outside its config constraints) are printed as one
-paragraph and exit non-zero; ``--debug`` shows the traceback as well.
+paragraph and exit 2; anything else is caught too (an ``OSError`` names its file, exit 2; an unexpected
+exception is one paragraph saying it is a bug, exit 70), so no traceback reaches a user unless ``--debug``.
 """
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recon: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file or folder the system refused: the user's to fix, named
+        if args.debug:
+            traceback.print_exc()
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"recon: error: {exc.strerror or exc}{where}; rerun with --debug for the traceback", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the safety net: a paragraph, not a traceback, unless --debug
+        if args.debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"recon: internal error: {type(exc).__name__}: {first}. This is a bug in recon, not in your input; "
+              "rerun with --debug for the traceback and report it.", file=sys.stderr)
+        return 70
     return int(result or 0)
 
 

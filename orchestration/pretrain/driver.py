@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from recon.core.errors import ReconError
-from recon.core.storage import Storage, is_uri
+from recon.core.storage import Storage
 from recon.core.node_cache import fetch_dir, publish_dir
 from recon.orchestration.pretrain.checkpoints import TRAIN_STATE_DIR, latest_checkpoint, step_of
 from recon.orchestration.pretrain.progress import ProgressPoller, mlflow_run, read_progress
@@ -141,38 +141,48 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
     import ray
     from mlflow.tracking import MlflowClient
 
-    from recon.data_prep.corpus import read_manifest, require_exclusions
+    from recon.core.preflight import Preflight
+    from recon.data_prep.corpus import require_exclusions
+    from recon.orchestration.pretrain.preflight import pretrain_cluster_problems, pretrain_problems
 
-    if is_uri(cfg.corpus):
-        raise ReconError(f"corpus {cfg.corpus}: give the corpus as a directory on this machine; recon publishes it "
-                         "to the storage location for the worker nodes")
-    read_manifest(cfg.corpus)  # fail here, not in every worker, when the corpus is missing
+    tracking_uri = absolute_tracking_uri(chosen_tracking_uri(cfg.tracking_uri, DEFAULT_TRACKING_URI))
+    pf = Preflight("recon pretrain")
+    pf.extend(pretrain_problems(cfg, tracking_uri))
+    pf.raise_if_any()
     leakage = require_exclusions(cfg.corpus, cfg.evaluate_on, allow_leakage=cfg.allow_leakage, data_dir=cfg.data_dir)
     cfg.corpus = str(Path(cfg.corpus).expanduser().resolve())
-    cfg.tracking_uri = absolute_tracking_uri(chosen_tracking_uri(cfg.tracking_uri, DEFAULT_TRACKING_URI))
+    cfg.tracking_uri = tracking_uri
     if cfg.fail_marker:
         cfg.fail_marker = str(Path(cfg.fail_marker).resolve())
     root = Storage.from_uri(cfg.storage_root)
     run = Storage.from_uri(cfg.run_uri)
     _check_resume(cfg, run)
-    if not cfg.resume:
-        run.write_json(CONFIG_FILE, cfg.to_dict())
-    run_id = mlflow_run(cfg, run)
-    client = MlflowClient(cfg.tracking_uri)
-    if not leakage.ok:  # allowed: say so where the run is read
-        client.set_tag(run_id, "recon.leakage_allowed", ",".join(leakage.not_excluded))
-    corpus, encoder = _publish_inputs(cfg, root)
 
     started = _init_ray(cfg)
-    poller = ProgressPoller(cfg, run, run_id, log=log).start()
-    trainer = build_trainer(cfg, corpus, encoder)
     try:
-        trainer.fit()
-    except Exception as exc:
-        client.set_terminated(run_id, status="FAILED")
-        raise ReconError(f"pre-training failed after {cfg.max_failures} restart(s): {exc}") from exc
+        pf = Preflight("recon pretrain")
+        pf.extend(pretrain_cluster_problems(cfg))
+        pf.raise_if_any()
+        if not cfg.resume:
+            run.write_json(CONFIG_FILE, cfg.to_dict())
+        run_id = mlflow_run(cfg, run)
+        client = MlflowClient(cfg.tracking_uri)
+        if not leakage.ok:  # allowed: say so where the run is read
+            client.set_tag(run_id, "recon.leakage_allowed", ",".join(leakage.not_excluded))
+        corpus, encoder = _publish_inputs(cfg, root)
+        poller = ProgressPoller(cfg, run, run_id, log=log).start()
+        trainer = build_trainer(cfg, corpus, encoder)
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            client.set_terminated(run_id, status="KILLED")
+            raise
+        except Exception as exc:
+            client.set_terminated(run_id, status="FAILED")
+            raise ReconError(f"pre-training failed after {cfg.max_failures} restart(s): {exc}") from exc
+        finally:
+            poller.stop()
     finally:
-        poller.stop()
         if started:
             ray.shutdown()
     latest = latest_checkpoint(run)

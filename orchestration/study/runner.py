@@ -36,6 +36,11 @@ from recon.orchestration.study.data import FEWSHOT_NEEDS, publish_local_models, 
 from recon.orchestration.study.trainable import RESULTS, result_rel, tune_trainable
 from recon.orchestration.study.tracker import StudyTracker
 from recon.orchestration.study.trainers import trainer_source
+from recon.orchestration.study.preflight import (cluster_problems, fetch_missing_data, study_files_needed,
+                                                  study_problems)
+from recon.orchestration.tracking.uri import local_store_exists
+from recon.core.preflight import Preflight
+from recon.core.ray_session import cluster_to_join
 
 
 class Progress:
@@ -187,15 +192,62 @@ def study_storage(spec: StudySpec, override: Optional[str] = None) -> Storage:
 
 
 def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
-              tracking_uri: Optional[str] = None, storage: Optional[str] = None,
+              tracking_uri: Optional[str] = None, storage: Optional[str] = None, base_url: Optional[str] = None,
               log: Callable[[str], None] = say) -> StudyOutcome:
-    """Run every unfinished trial of ``spec`` on Ray Tune and log each to MLflow as it finishes."""
+    """Run every unfinished trial of ``spec`` on Ray Tune and log each to MLflow as it finishes.
+
+    Before anything is created: public datasets that are missing are fetched (``base_url``: a mirror), and
+    :mod:`recon.orchestration.study.preflight` refuses with every problem it finds; after Ray starts, the
+    cluster checks run before any stage or trial. The study's parent MLflow run ends FAILED on an error and
+    KILLED on an interrupt, never left RUNNING.
+    """
     start = time.time()
     out_dir = spec.resolved_output_dir()
     store = study_storage(spec, storage)
     trials = expand(spec)
-    tracker = StudyTracker(tracking_uri or spec.resolved_tracking_uri(), spec.name, out_dir / "artifacts")
-    tracker.study_run_id()
+    uri = tracking_uri or spec.resolved_tracking_uri()
+    known = StudyTracker(uri, spec.name, create=False) if local_store_exists(uri) else None
+    runs = known.trial_runs() if known is not None and known.exists else {}
+    todo = [t for t in trials if t.trial_id not in runs]
+    data_dir = spec.resolve_path(spec.data.data_dir) if spec.data.data_dir else None
+    fetch_missing_data(study_files_needed(spec, todo, store), data_dir, base_url, log)
+    missing = unavailable_trials(spec, trials, study_data_dir(spec))
+    runnable = [t for t in todo if t.trial_id not in missing]
+    joins = cluster_to_join(address or spec.ray.address) is not None
+    pf = Preflight(f"study {spec.name}")
+    pf.extend(study_problems(spec, runnable, store, uri, local_ray=not joins))
+    if todo and not runnable:
+        reasons = sorted({missing[t.trial_id] for t in todo})
+        pf.add(f"none of the {len(todo)} unfinished trials can run here ({'; '.join(reasons)[:600]})",
+               "supply the data (`recon study plan` lists what each cell lacks)")
+    pf.raise_if_any()
+
+    started_ray = _init_ray(spec, address, num_cpus) if runnable else False
+    try:
+        if runnable:
+            pf = Preflight(f"study {spec.name}")
+            pf.extend(cluster_problems(spec, runnable, store))
+            pf.raise_if_any()
+        tracker = StudyTracker(uri, spec.name, out_dir / "artifacts")
+        parent = tracker.study_run_id()
+        try:
+            return _run_tracked(spec, trials, tracker, store, missing, start, log)
+        except KeyboardInterrupt:
+            tracker.end_study_run(parent, "KILLED")
+            raise
+        except BaseException:
+            tracker.end_study_run(parent, "FAILED")
+            raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker, store: Storage,
+                 missing: dict[str, str], start: float, log: Callable[[str], None]) -> StudyOutcome:
+    """The study once its checks passed and Ray is up (when anything runs): harvest, stages, data, the grid."""
     runs = tracker.trial_runs()
     finished = set(runs)
     skipped = sum(t.trial_id in finished for t in trials)
@@ -206,27 +258,19 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
             "kept, not reused, and those trials run again")
     harvested = harvest(trials, tracker, store, finished)
     data_root = study_data_dir(spec)
-    missing = unavailable_trials(spec, trials, data_root)
     pending = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]
     log(f"study {spec.name}: {len(trials)} trials, {skipped} already in MLflow, {harvested} logged from storage, "
         f"{len(missing)} cannot run here (no data; see `recon study plan`), {len(pending)} to run "
         f"(storage {store.uri})")
     failed: list[str] = []
     if pending:
-        started_ray = _init_ray(spec, address, num_cpus)
-        try:
-            stages = sorted({spec.model(t.model).pretrain_ref for t in pending} - {None})
-            checkpoints = ensure_pretrained(spec, stages, tracker.tracking_uri, store, log)
-            checkpoints.update(publish_local_models([t.config for t in pending], store))
-            needed = {t.dataset for t in pending} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in pending)
-                                                     else set())
-            data = publish_study_data(needed, data_root, store)
-            failed = _tune(spec, pending, tracker, store, checkpoints, data, log)
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
+        stages = sorted({spec.model(t.model).pretrain_ref for t in pending} - {None})
+        checkpoints = ensure_pretrained(spec, stages, tracker.tracking_uri, store, log)
+        checkpoints.update(publish_local_models([t.config for t in pending], store))
+        needed = {t.dataset for t in pending} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in pending)
+                                                 else set())
+        data = publish_study_data(needed, data_root, store)
+        failed = _tune(spec, pending, tracker, store, checkpoints, data, log)
     logged = len(tracker.finished_trial_ids() & {t.trial_id for t in trials})
     return StudyOutcome(trials=len(trials), skipped=skipped, harvested=harvested, ran=len(pending),
                         failed=failed, logged=logged, seconds=round(time.time() - start, 1),

@@ -39,6 +39,7 @@ from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
 from recon.core.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES
+from recon.core.spec_fields import SeedList
 from recon.core.yaml_layers import SpecError, merged_layers, validation_problems, with_protocol
 from recon.data_prep.formats import FORMAT_NAMES, InputFormat
 from recon.data_prep.registry import fewshot_datasets, supervised_datasets
@@ -121,7 +122,7 @@ class GridSpec(_Strict):
     splits: list[float] = Field(default_factory=lambda: [1.0], min_length=1)  # any fraction in (0, 1]
     formats: list[str] = Field(default_factory=lambda: ["C+M"], min_length=1)
     models: Optional[list[str]] = None  # names from the study's ``models``; default: all of them
-    seeds: Optional[list[int]] = None   # default: the study's ``seeds``
+    seeds: Optional[SeedList] = None   # default: the study's ``seeds``
 
     _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("supervised")(v)))
 
@@ -173,7 +174,7 @@ class StudySpec(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     pretrain: dict[str, PretrainConfig] = Field(default_factory=dict)
     grids: list[GridSpec] = Field(default_factory=list)
-    seeds: list[int] = Field(default_factory=lambda: list(PAPER_SEEDS), min_length=1)
+    seeds: SeedList = Field(default_factory=lambda: list(PAPER_SEEDS), min_length=1)
     # A named protocol sets every protocol point field below (data, head, training, fewshot.settings,
     # pretrain stages) unless the file sets it: recon.core.protocol.
     protocol: Literal[PROTOCOL_NAMES] = DEFAULT_PROTOCOL  # type: ignore[valid-type]
@@ -297,5 +298,5 @@ def load_spec(path: str | Path) -> StudySpec:
         spec._source = path
         return spec
     except ValidationError as exc:
-        problems = validation_problems(exc, layers, "study")
+        problems = validation_problems(exc, layers, "study", StudySpec)
         raise SpecError("invalid study spec: " + "; ".join(problems)) from None

@@ -178,6 +178,14 @@ class StudyTracker:
                                                      "and plots are logged here when the study's trials finish."})
         return run.info.run_id
 
+    def end_study_run(self, run_id: str, status: str) -> None:
+        """End the parent run as ``FAILED`` / ``KILLED`` when the driver stops on an error or an interrupt (the
+        summary ends it ``FINISHED``); a store that cannot be reached then is not a second error."""
+        try:
+            self.client.set_terminated(run_id, status)
+        except Exception:  # noqa: BLE001 - the error that stopped the study is the one to show
+            pass
+
     def log_study_summary(self, metrics: dict[str, float], artifacts_dir: Path, spec_file: Optional[Path],
                           description: Optional[str] = None, tags: Optional[Mapping[str, str]] = None) -> str:
         """Medians as metrics, the summary folder as artifacts, the paper tables where the UI renders

@@ -310,6 +310,14 @@ def best_trial(spec: SweepSpec, study) -> Optional[dict]:
             "snippet": head + best_snippet(spec, params)}
 
 
+def _refuse_if_any(spec: SweepSpec, problems: list) -> None:
+    from recon.core.preflight import Preflight
+
+    pf = Preflight(f"sweep {spec.name}")
+    pf.extend(problems)
+    pf.raise_if_any()
+
+
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optional[int] = None,
               tracking_uri: Optional[str] = None, storage: Optional[str] = None, resume: bool = False,
               log: Callable[[str], None] = say) -> SweepOutcome:
@@ -318,7 +326,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from recon.core.ray_session import ensure_ray
+    from recon.core.ray_session import cluster_to_join, ensure_ray
+    from recon.orchestration.sweep.preflight import sweep_cluster_problems, sweep_problems
 
     start = time.time()
     store = sweep_storage(spec, storage)
@@ -326,7 +335,10 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     if resume and not journal.exists():
         raise ReconError(f"sweep {spec.name!r} has not been started (no {journal.path}): use `recon sweep run`")
     out_dir = spec.resolved_output_dir()
-    tracker = SweepTracker(tracking_uri or spec.resolved_tracking_uri(), spec.name, out_dir / "artifacts")
+    uri = tracking_uri or spec.resolved_tracking_uri()
+    _refuse_if_any(spec, sweep_problems(spec, store, uri, log=log,
+                                        local_ray=cluster_to_join(address or spec.ray.address) is None))
+    tracker = SweepTracker(uri, spec.name, out_dir / "artifacts")
     tracker.parent_run_id({"space": {p: d.describe() for p, d in spec.domains.items()},
                            "sampler": spec.sampler.model_dump(), "budget": spec.budget.model_dump(),
                            "objective": spec.objective.model_dump(), "early_stopping": spec.early_stopping.model_dump(),
@@ -346,6 +358,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     if remaining:
         started = ensure_ray(address=address or spec.ray.address, num_cpus=num_cpus or spec.ray.num_cpus)
         try:
+            _refuse_if_any(spec, sweep_cluster_problems(spec, store))
             inputs = prepare_inputs(spec, store, log)
             payload = {"spec": spec.payload(), "storage": store.uri, "corpus_identity": corpus_identity,
                        "threads": max(1, int(spec.ray.cpus_per_trial)), **inputs}

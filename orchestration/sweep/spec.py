@@ -60,6 +60,7 @@ from recon.models.train.finetune_config import FinetuneConfig
 from recon.models.pretrain.config import DEMO_CORPUS, PretrainConfig
 
 from recon.core.ray_session import RayConfig
+from recon.core.spec_fields import SeedList
 from recon.core.yaml_layers import SpecError, locate, merged_layers, validation_problems, with_protocol
 from recon.orchestration.study.spec import corpus_content_identity
 from recon.orchestration.sweep.space import SECTIONS, Domain, field_of
@@ -101,7 +102,7 @@ class ObjectiveSpec(_Strict):
 
     score_on: Literal["dev", "test"] = "dev"
     metric: str = "score"       # key of the run's dev/test dict; ``score`` is the dataset's paper metric
-    seeds: list[int] = Field(default_factory=lambda: [DEFAULT_SEED], min_length=1)
+    seeds: SeedList = Field(default_factory=lambda: [DEFAULT_SEED], min_length=1)
     mode: Literal["max", "min"] = "max"
 
 
@@ -307,7 +308,7 @@ def _build(merged: dict, layers, path: Path) -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(merged)
     except ValidationError as exc:
-        problems = validation_problems(exc, layers, "sweep")
+        problems = validation_problems(exc, layers, "sweep", SweepSpec)
         raise SpecError("invalid sweep spec: " + "; ".join(problems)) from None
     spec._source = path
     spec._merged = copy.deepcopy(merged)

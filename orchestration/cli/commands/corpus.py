@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from pathlib import Path
+from typing import Optional
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Every flag of build and demo is a field of CorpusBuildConfig / CorpusDemoConfig.
     build = sub.add_parser("build", help="link sentences to a knowledge graph and write corpus shards")
     build_flags = add_config_arguments(build, CorpusBuildConfig)
-    build.set_defaults(func=_build, config_flags=build_flags)
+    build.set_defaults(func=_build, config_flags=build_flags, config_class=CorpusBuildConfig)
 
     stats = sub.add_parser("stats", help="summarise a built corpus from its manifest")
     stats.add_argument("dir")
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="rebuild FewRel val_wiki + Wiki80 dev from raw text and score recovery")
     demo_flags = add_config_arguments(demo, CorpusDemoConfig, nested={"build": ""},
                                       skip=tuple(f"build.{name}" for name in DEMO_SETS))
-    demo.set_defaults(func=_demo, config_flags=demo_flags)
+    demo.set_defaults(func=_demo, config_flags=demo_flags, config_class=CorpusDemoConfig)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -52,8 +54,14 @@ def _build(args: argparse.Namespace) -> int:
 
     from recon.orchestration.cli.flags import config_from_args
 
+    from recon.core.preflight import Preflight
+    from recon.data_prep.corpus.preflight import build_problems
+
     config = config_from_args(CorpusBuildConfig, args, args.config_flags)
-    with _ray_for(config):
+    pf = Preflight("recon corpus build")
+    pf.extend(build_problems(config))
+    pf.raise_if_any()  # before Ray starts
+    with _ray_for(config, Path(config.out).expanduser().resolve().parent):
         build_corpus(config)
     return 0
 
@@ -74,20 +82,28 @@ def _demo(args: argparse.Namespace) -> int:
     from recon.orchestration.cli.flags import config_from_args
 
     config = config_from_args(CorpusDemoConfig, args, args.config_flags)
-    with _ray_for(config.build):
+    with _ray_for(config.build, Path(config.out).expanduser().resolve() if config.out else None):
         run_demo(config=config)
     return 0
 
 
 @contextlib.contextmanager
-def _ray_for(build):
-    """Join the cluster Ray would join (never passing num_cpus to it) or start a local Ray; stop what we started."""
+def _ray_for(build, shared: Optional[Path] = None):
+    """Join the cluster Ray would join (never passing num_cpus to it) or start a local Ray; stop what we started.
+    On a cluster of several nodes, ``shared`` (where Ray Data's tasks write the shards) must be the same
+    folder on every node: checked before any task runs."""
     import ray
 
+    from recon.core.preflight import PreflightError, storage_problems_on_cluster
     from recon.core.ray_session import ensure_ray
 
     started = ensure_ray(address=build.address, num_cpus=build.num_cpus)
     try:
+        if shared is not None:
+            shared.mkdir(parents=True, exist_ok=True)
+            problems = storage_problems_on_cluster(str(shared), "the folder of --out")
+            if problems:
+                raise PreflightError("recon corpus", problems)
         yield
     finally:
         if started:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 
@@ -41,28 +40,13 @@ def add_fetch_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
     return parser
 
 
-def resolve_fetch_dir(explicit: str | None) -> Path:
-    """Where to fetch into: the first of ``recon.data_prep.datadir``'s candidates that exists.
-
-    That is ``--data-dir``, else ``$RECON_DATA_DIR``, else ``../shared/datasets``; a user without
-    the shared folder gets the per-user download directory, which the loaders also search.
-    """
-    from recon.data_prep.datadir import candidate_dirs, fetch_default_dir
-
-    candidates = candidate_dirs(explicit)
-    if explicit or len(candidates) == 1:
-        return candidates[0][0]
-    for path, _why in candidates:
-        if path.is_dir():
-            return path
-    return fetch_default_dir()
-
-
 def run_fetch(args: argparse.Namespace) -> int:
     """Handler: fetch, then print a table or JSON; 1 if any file failed."""
     from recon.data_prep.fetch import fetch
 
-    data_dir = resolve_fetch_dir(args.data_dir)
+    from recon.data_prep.datadir import fetch_target_dir
+
+    data_dir = fetch_target_dir(args.data_dir)
     results = fetch(args.names, data_dir, args.base_url)
     failed = [r for r in results if r.status == "failed"]
     if args.json:

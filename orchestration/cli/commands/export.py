@@ -23,8 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from recon.core.preflight import Preflight
     from recon.orchestration.pretrain.export import describe, export_checkpoint
 
+    pf = Preflight("recon export")
+    pf.existing_dir(args.checkpoint, "CHECKPOINT", "give a recon checkpoint folder (it holds recon.json), e.g. "
+                    "<pretrain --out>/<run>/final/<digest>", marker="recon.json")
+    pf.writable_dir(args.to, "--to")
+    pf.raise_if_any()
     out = export_checkpoint(args.checkpoint, args.to, force=args.force)
     print(json.dumps(describe(out)))
     return 0

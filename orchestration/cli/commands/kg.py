@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = kg.add_subparsers(dest="kg_command", metavar="SUBCOMMAND", required=True)
     build = sub.add_parser("build", help="stream a Wikidata dump (or triples + aliases) into partitioned tables")
     flags = add_config_arguments(build, KGBuildConfig)
-    build.set_defaults(func=_build, config_flags=flags)
+    build.set_defaults(func=_build, config_flags=flags, config_class=KGBuildConfig)
     stats = sub.add_parser("stats", help="summarise built tables from their manifest")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true", help="print the manifest as JSON")

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "accumulation steps. Batch size and steps default to the paper's per objective."),
     )
     flags = add_config_arguments(p, PretrainRun, aliases={"num_workers": ["--workers"]})
-    p.set_defaults(func=run_pretrain, config_flags=flags)
+    p.set_defaults(func=run_pretrain, config_flags=flags, config_class=PretrainRun)
 
 
 def config_from_args(args: argparse.Namespace):

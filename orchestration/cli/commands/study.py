@@ -18,7 +18,6 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 from recon.core.errors import ReconError
 
@@ -48,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                   "instead of the run's log file")
         p.add_argument("--storage", help="storage location every node reads and writes (a path, NFS or s3://...; "
                                          "default: the spec's 'storage', $RECON_STORAGE, else the output folder)")
+        p.add_argument("--base-url", help="server to fetch missing public datasets from, laid out as "
+                                          "<repository>/<commit>/<path> (default: $RECON_DATA_BASE_URL, else GitHub)")
         p.set_defaults(func=_run, resume=(name == "resume"))
 
     tables = sub.add_parser("tables", help="regenerate tables, plots and the pilot analysis from MLflow")
@@ -90,7 +91,10 @@ def _load(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from recon.core.ray_session import cluster_to_join
     from recon.orchestration.study.plan import expand, summarize, unavailable_trials
+    from recon.orchestration.study.preflight import study_problems
+    from recon.orchestration.study.runner import study_storage
     from recon.orchestration.study.tracker import StudyTracker
     from recon.orchestration.study.stages import study_data_dir
 
@@ -100,12 +104,16 @@ def _plan(args: argparse.Namespace) -> int:
     finished = tracker.finished_trial_ids() if tracker and tracker.exists else set()
     missing = unavailable_trials(spec, trials, study_data_dir(spec))
     summary = summarize(spec, trials, finished, missing)
+    runnable = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]
+    problems = study_problems(spec, runnable, study_storage(spec), spec.resolved_tracking_uri(),
+                              local_ray=cluster_to_join(spec.ray.address) is None)
     if args.json:
         payload = summary.to_dict()
+        payload["problems"] = [str(p) for p in problems]
         if args.trials:
             payload["trial_list"] = [{**t.to_dict(), "finished": t.trial_id in finished} for t in trials]
         print(json.dumps(payload, indent=2))
-        return 0
+        return 1 if problems else 0
     print(f"study {summary.study}: {summary.trials} trials, {summary.finished} finished "
           f"(store {spec.resolved_tracking_uri()})")
     for table, row in summary.per_table.items():
@@ -124,6 +132,12 @@ def _plan(args: argparse.Namespace) -> int:
         for t in trials:
             mark = "done" if t.trial_id in finished else "todo"
             print(f"  {t.trial_id} {mark} {','.join(t.tables)} {t.dataset} {t.setting} {t.format} {t.model} s{t.seed}")
+    if problems:
+        print("problems (`recon study run` refuses until they are fixed; public datasets that are missing are "
+              "fetched by the run):")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
     return 0
 
 
@@ -201,7 +215,8 @@ def _run(args: argparse.Namespace) -> int:
                        verbose=args.verbose) as (say, log_path):
         if log_path:
             say(f"logs of Ray, transformers and MLflow: {log_path}  (--verbose shows them here)")
-        outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus, storage=args.storage, log=say)
+        outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus, storage=args.storage,
+                            base_url=args.base_url, log=say)
         say(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
             f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
         summary_dir = write_summary(spec, log=say)

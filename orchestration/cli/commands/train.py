@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "one JSON line with dev and test metrics at the best dev epoch.")
     ft_flags = add_config_arguments(ft, FinetuneConfig, nested=FINETUNE_NESTED, aliases=FORMAT_ALIAS)
     _out(ft)
-    ft.set_defaults(func=run_finetune_cmd, config_flags=ft_flags)
+    ft.set_defaults(func=run_finetune_cmd, config_flags=ft_flags, config_class=FinetuneConfig)
 
     fs = subparsers.add_parser(
         "fewshot", help="N-way K-shot prototypical-network evaluation on FewRel (optionally trained first)",
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fs_flags = add_config_arguments(fs, FewshotConfig, nested=FEWSHOT_NESTED,
                                     aliases={**FORMAT_ALIAS, "settings.eval_episodes": ["--episodes"]})
     _out(fs)
-    fs.set_defaults(func=run_fewshot_cmd, config_flags=fs_flags)
+    fs.set_defaults(func=run_fewshot_cmd, config_flags=fs_flags, config_class=FewshotConfig)
 
 
 def _emit(result: dict, full: dict) -> int:

@@ -1,0 +1,60 @@
+"""What a sweep needs, checked before its MLflow run, its Optuna journal or any trial is created.
+
+The same checks as a study's (:mod:`recon.orchestration.study.preflight`), for the sweep's one base
+configuration: output folder, tracking store and storage writable; the corpus built (``@demo`` is built by the
+sweep); the starting encoder present; the probe's dataset here (a public one is fetched when missing); the
+device when Ray is started here. With Ray running: storage shared by every node and a node able to hold a trial.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from recon.core.preflight import Preflight, Problem, resource_problems, storage_problems_on_cluster
+from recon.core.storage import Storage
+from recon.models.pretrain.config import DEMO_CORPUS
+from recon.models.train.checks import DATA_FIX, encoder_problems
+from recon.orchestration.study.preflight import fetch_missing_data, files_needed
+from recon.orchestration.sweep.spec import SweepSpec
+from recon.orchestration.tracking.uri import sqlite_path
+
+
+def sweep_problems(spec: SweepSpec, store: Storage, tracking_uri: str, *, local_ray: bool = True,
+                   base_url: Optional[str] = None, log: Callable[[str], None] = print) -> list[Problem]:
+    from recon.data_prep.registry import check_available
+
+    pf = Preflight("")
+    pf.writable_dir(spec.resolved_output_dir(), "the output folder",
+                    "set output_dir in the sweep file to a folder you can write")
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")
+    pf.storage(store.uri)
+    pretrain, probe = spec.resolve({})
+    if pretrain.corpus != DEMO_CORPUS:
+        corpus = spec.resolve_path(pretrain.corpus)
+        pf.existing_dir(corpus, "pretrain.corpus", f"build it with `recon corpus build ... --out {corpus}`")
+    pf.extend(encoder_problems(pretrain.encoder_name, "the sweep's encoder"))
+    if probe.dataset:
+        needs = dict(split=probe.split, split_source=probe.data.split_source)
+        files = files_needed(probe.dataset, ("train", "dev", "test"), **needs)
+        if pretrain.corpus == DEMO_CORPUS:  # built from FewRel val_wiki and Wiki80 dev
+            files += files_needed("fewrel", ("val",)) + files_needed("wiki80", ("dev",))
+        explicit = spec.resolve_path(probe.data.data_dir) if probe.data.data_dir else None
+        fetch_missing_data(files, explicit, base_url, log)
+        pf.extend(Problem(f"the probe's dataset {probe.dataset}: {reason}", DATA_FIX)
+                  for reason in check_available(probe.dataset, spec.data_root(), **needs))
+    if local_ray:
+        if spec.ray.gpus_per_trial > 0 or pretrain.use_gpu:
+            pf.gpu("the sweep's trials (gpus_per_trial / use_gpu)",
+                   "run the sweep on a Ray cluster with GPUs (--address), or ask for none in the sweep file")
+        pf.device(probe.training.device, "finetune.training.device")
+    return pf.problems
+
+
+def sweep_cluster_problems(spec: SweepSpec, store: Storage) -> list[Problem]:
+    trial = {"CPU": spec.ray.cpus_per_trial, "GPU": spec.ray.gpus_per_trial, **spec.ray.trial_resources}
+    return storage_problems_on_cluster(store.uri) + resource_problems(
+        trial, "one sweep trial", "lower ray.cpus_per_trial / gpus_per_trial / trial_resources, or add such a node")
+
+
+__all__ = ["sweep_problems", "sweep_cluster_problems"]
