@@ -23,10 +23,11 @@ from pathlib import Path
 
 from recon.data_prep.dataset import Dataset
 from recon.data_prep.datadir import candidate_dirs, existing_data_root, how_to_get, resolve_dataset_dir
-from recon.core.errors import DatasetNotFound, ReconError
+from recon.core.errors import DataError, DatasetNotFound, ReconError
 from recon.data_prep.splits import PAPER_FRACTIONS, SOURCES, check_fraction
 from recon.data_prep.loaders import (KINDS, LAYOUTS, LoadReport, check_labels, check_policy, describe_reason,
-                                     find_negative, find_split_file, layout_kinds_here, load_file, read_rel2id)
+                                     find_data_file, find_negative, find_split_file, layout_kinds_here, load_file,
+                                     locate_data_file, read_rel2id)
 
 SUPERVISED_LENGTH = 100  # Appendix B
 FEWSHOT_LENGTH = 128
@@ -211,19 +212,22 @@ def _spec_for_path(path: Path, kind: str | None) -> DatasetSpec:
              if (f := find_split_file(path, f"train_{p:g}")) is not None}
     return DatasetSpec(path.name or str(path), str(path), kind, splits, KIND_METRIC.get(kind, "micro_f1"),
                        FEWSHOT_LENGTH if kind == "fewrel" else SUPERVISED_LENGTH, paper_splits=paper,
-                       rel2id="rel2id.json" if (path / "rel2id.json").is_file() else None,
+                       rel2id="rel2id.json" if find_data_file(path / "rel2id.json") is not None else None,
                        display_name=path.name or str(path),
                        task="fewshot" if kind == "fewrel" else "supervised")
 
 
 def subset_file(directory: str | Path | None, fraction: float, spec: DatasetSpec | None = None) -> Path | None:
     """The ``train_<fraction>`` file in ``directory``: the registered name first, then any of
-    .txt/.jsonl/.json (so a user's own ``train_0.05.txt`` or TACRED ``train_0.1.json`` is found)."""
+    .txt/.jsonl/.json, each also gzip-compressed (so a user's own ``train_0.05.txt`` or TACRED
+    ``train_0.1.json`` is found)."""
     if directory is None:
         return None
     key = f"train_{fraction:g}"
-    if spec is not None and key in spec.paper_splits and (Path(directory) / spec.paper_splits[key]).is_file():
-        return Path(directory) / spec.paper_splits[key]
+    if spec is not None and key in spec.paper_splits:
+        found = find_data_file(Path(directory) / spec.paper_splits[key])
+        if found is not None:
+            return found
     return find_split_file(directory, key)
 
 
@@ -234,7 +238,10 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
 
     ``on_error="raise"`` (default) stops at the first bad record, naming file, line/record and field;
     ``on_error="skip"`` skips bad records and counts them by reason in ``Dataset.report``
-    (``Dataset.skipped``). ``errors`` is the older name of ``on_error``.
+    (``Dataset.skipped``). ``errors`` is the older name of ``on_error``. A split file may be gzip-compressed
+    (``train.txt.gz``, or gzip bytes named ``train.txt``). Refused with a DataError naming the path: a split
+    file or rel2id.json that is a folder or a broken link, and a file that leaves no example (every record
+    skipped, or none in it): nothing downstream can train or score on an empty split.
     """
     policy = check_policy(on_error, errors)
     if (name is None) == (path is None):
@@ -251,8 +258,8 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
     layout = LAYOUTS.get(spec.kind)
     parsed: dict[Path, list] = {}  # a file shared by several splits (layouts) is read once
     for split, file_name in spec.splits.items():
-        file_path = directory / file_name
-        if not file_path.is_file():
+        file_path = find_data_file(directory / file_name)  # FILE or FILE.gz; a folder or broken link raises
+        if file_path is None:
             missing.append(split)
             size = spec.paper_sizes.get(split)
             notes.append(f"{file_name} not available locally" + (f" (paper: {size:,} instances)" if size else ""))
@@ -268,8 +275,8 @@ def load_dataset(name: str | None = None, *, path: str | None = None, kind: str 
     if not splits:
         raise DatasetNotFound(f"dataset {spec.name!r}: none of {', '.join(spec.splits.values())} exists in "
                               f"{directory}. {how_to_get(spec.name)}")
-    if spec.rel2id and (directory / spec.rel2id).is_file():
-        rel2id_path = directory / spec.rel2id
+    rel2id_path = find_data_file(directory / spec.rel2id) if spec.rel2id else None
+    if rel2id_path is not None:
         files["rel2id"] = str(rel2id_path)
         labels = read_rel2id(rel2id_path)
         splits = {s: check_labels(xs, labels, rel2id_path, report=report, on_error=policy)
@@ -308,6 +315,8 @@ def _locate(name: str | None, path: str | None, kind: str | None,
             return _spec_for_path(Path(path), kind), Path(path), None
         except DatasetNotFound as exc:
             return None, None, f"no data here ({exc})"
+        except DataError as exc:  # a split file or rel2id.json that is a folder or a broken link
+            return None, None, str(exc)
     spec = get_spec(name)
     candidates = candidate_dirs(data_dir)
     for base, _why in candidates:
@@ -321,8 +330,11 @@ def _locate(name: str | None, path: str | None, kind: str | None,
 
 
 def _file_reason(path: Path, what: str, size: int | None, spec: DatasetSpec) -> str | None:
-    if path.is_file():
-        return f"{what} file {path} is empty" if path.stat().st_size == 0 else None
+    found, problem = locate_data_file(path)  # the file or its .gz copy, as load_dataset finds them
+    if problem:
+        return f"{what} file {problem}"
+    if found is not None:
+        return f"{what} file {found} is empty" if found.stat().st_size == 0 else None
     paper = f"; paper: {size:,} instances" if size else ""
     hint = f"; {spec.licence_note.format(dir=path.parent)}" if spec.licence_note else ""
     return f"no {what} file here ({path}{paper}{hint})"
@@ -364,11 +376,18 @@ def check_available(name: str | None = None, data_dir: str | None = None,
             if problem:
                 reasons.append(problem)
             continue
-        subset = subset_file(directory, split, spec)
-        train_ok = _file_reason(file_path, "train", spec.paper_sizes.get("train"), spec) is None
+        try:
+            subset = subset_file(directory, split, spec)
+        except DataError as exc:  # a train_<fraction> folder or broken link
+            reasons.append(f"train_{split:g} file {exc}")
+            continue
+        train_problem = _file_reason(file_path, "train", spec.paper_sizes.get("train"), spec)
         if split_source == "paper" and subset is not None and subset.stat().st_size > 0:
             continue
-        if train_ok:
+        if train_problem is None:
+            continue
+        if locate_data_file(file_path)[1]:  # there but unreadable (a folder, a broken link): say so
+            reasons.append(train_problem)
             continue
         key = f"train_{split:g}"
         if split_source == "seeded":

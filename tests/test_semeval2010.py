@@ -280,9 +280,9 @@ def test_release_files_given_to_a_json_kind_say_which_kind_to_use():
             load_file(path, "opennre")
         assert info.value.line == 1 and "malformed JSON" in str(info.value)
         assert "SemEval-2010 Task 8 release" in str(info.value) and "use --kind semeval2010" in str(info.value)
-    report = LoadReport()
-    load_file(TRAIN, "chemprot", on_error="skip", report=report)
-    assert "use --kind semeval2010" in report.first_error["malformed_json"]
+    with pytest.raises(DataError) as info:  # under skip every line is skipped: refused, the hint quoted
+        load_file(TRAIN, "chemprot", on_error="skip")
+    assert "records were skipped" in str(info.value) and "use --kind semeval2010" in str(info.value)
     with pytest.raises(DatasetNotFound, match="use --kind semeval2010"):
         load_dataset(path=str(FIX), kind="opennre")
     with pytest.raises(DatasetNotFound, match="train/dev/test files"):

@@ -154,8 +154,10 @@ def _current_eval_files(name: str, data_dir: str | Path | None) -> dict[str, Pat
         directory = resolve_dataset_dir(spec.name, spec.directory, data_dir)
     except DatasetNotFound:
         return None
-    return {s: directory / spec.splits[s] for s in EVAL_SPLITS
-            if s in spec.splits and (directory / spec.splits[s]).is_file()}
+    from recon.data_prep.loaders import find_data_file
+
+    found = {s: find_data_file(directory / spec.splits[s]) for s in EVAL_SPLITS if s in spec.splits}
+    return {s: path for s, path in found.items() if path is not None}  # FILE or FILE.gz, as load_dataset reads
 
 
 def _stale_reason(record: dict, current: dict[str, Path]) -> str | None:

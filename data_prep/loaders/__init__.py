@@ -40,6 +40,11 @@ entity with no pos and a blank name        empty_name              skip record
 ChemProt markers missing/extra/nested      bad_markers             skip record
 TACRED pos/ner length != tokens            bad_tags                skip record
 label not in rel2id                        unknown_label           skip record
+TACRED example id repeated                 duplicate_id            skip the repeat
+every record of a file skipped, or none    (DataError)             stop
+split file or rel2id a folder/broken link  (DataError)             stop
+FILE and FILE.gz both present              (DataError)             stop
+gzip file truncated or damaged             (DataError)             stop
 rel2id.json malformed                      (DataError)             stop
 SemEval-2010: UTF-16/binary, empty, JSON   (DataError)             stop
 SemEval-2010: block without label/comment  bad_block               skip block
@@ -52,6 +57,9 @@ SemEval-2010: TEST_FILE vs KEY mismatch    unmatched_key           skip line
 
 A line of the SemEval-2010 release given to a JSON-lines kind is still ``malformed_json``, with a
 message saying to use ``--kind semeval2010``.
+
+Files are found and opened through ``_files``: a split file may be gzip-compressed, as ``train.txt.gz`` (found
+where ``train.txt`` is absent) or under its plain name; either is read as if it were not.
 """
 from __future__ import annotations
 
@@ -62,7 +70,8 @@ from recon.core.errors import DataError, DatasetNotFound, ReconError
 from recon.data_prep.example import RelationExample
 from recon.data_prep.loaders import chemprot, fewrel, opennre, semeval2010, tacred
 from recon.data_prep.loaders._common import (ERROR_POLICIES, REASONS, Collector, Layout, LoadReport, PolicyError,
-                                             RecordError, check_policy, describe_reason)
+                                             RecordError, check_policy, describe_reason, nothing_loaded)
+from recon.data_prep.loaders._files import check_readable, find_data_file, locate_data_file, not_a_file
 
 KINDS: dict[str, Callable[[str | Path, Collector], list[RelationExample]]] = {
     "opennre": opennre.load,
@@ -77,24 +86,29 @@ SPLIT_EXTENSIONS = (".txt", ".jsonl", ".json")
 
 __all__ = ["KINDS", "LAYOUTS", "Layout", "layout_kinds_here", "LoadReport", "load_file", "read_rel2id",
            "find_negative", "check_labels", "find_split_file", "NEGATIVE_NAMES", "ERROR_POLICIES", "REASONS",
-           "PolicyError", "check_policy", "describe_reason"]
+           "PolicyError", "check_policy", "describe_reason", "find_data_file", "locate_data_file", "not_a_file"]
 
 
 def load_file(path: str | Path, kind: str, errors: str | None = None,
               report: LoadReport | None = None, *, on_error: str | None = None) -> list[RelationExample]:
     """Load one file of ``kind``; skipped-record counts are merged into ``report`` when given.
 
-    ``on_error`` ("raise" | "skip", default "raise"); ``errors`` is its older name.
+    ``on_error`` ("raise" | "skip", default "raise"); ``errors`` is its older name. A file that yields no
+    example (every record skipped, or none in it) is a DataError: nothing downstream can use an empty split.
     """
     policy = check_policy(on_error, errors)
     if kind not in KINDS:
         raise ReconError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(KINDS)}")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DatasetNotFound(f"file {path} does not exist")
+    check_readable(path)
     collector = Collector(path, policy)
     examples = KINDS[kind](path, collector)
     collector.report.loaded = len(examples)
+    if not examples:
+        raise nothing_loaded(path, collector.report, f"this many usually means the file is not of kind {kind!r} "
+                             f"(kinds: {', '.join(KINDS)}) or is damaged")
     if report is not None:
         report.merge(collector.report)
     return examples
@@ -123,34 +137,48 @@ def find_negative(labels: list[str]) -> str | None:
 def check_labels(examples: list[RelationExample], labels: list[str], rel2id_path: str | Path,
                  errors: str | None = None, report: LoadReport | None = None, *,
                  on_error: str | None = None) -> list[RelationExample]:
-    """Drop (and count) or reject examples whose label is not in rel2id."""
+    """Drop (and count) or reject examples whose label is not in rel2id; a DataError when none is left."""
     errors = check_policy(on_error, errors)
     known = set(labels)
     kept = []
+    dropped = LoadReport()
     for example in examples:
         if example.label in known:
             kept.append(example)
             continue
-        path, _, where = example.source.rpartition(":") if "#" not in example.source else (
-            example.source.partition("#")[0], "", example.source.partition("#")[2])
-        line = int(where) if "#" not in example.source and where.isdigit() else None
-        record = None if line is not None else where
+        path, line, record = _place(example.source)
         collector = Collector(path, errors)
         field = "relation" if line is not None else "relation/label"
         collector.bad(RecordError("unknown_label",
                                   f"label {example.label!r} is not in {rel2id_path}", field),
                       line=line, record=record)
-        if report is not None:
-            report.merge(collector.report)
+        dropped.merge(collector.report)
+    if report is not None:
+        report.merge(dropped)
+    if examples and not kept:
+        raise nothing_loaded(_place(examples[0].source)[0], dropped,
+                             f"{rel2id_path} does not seem to belong to these files")
     return kept
 
 
+def _place(source: str) -> tuple[str, int | None, str | None]:
+    """``(file, line, record)`` of an example's ``source`` (``path:line`` or ``path#record``)."""
+    if "#" in source:
+        path, _, record = source.partition("#")
+        return path, None, record
+    path, _, where = source.rpartition(":")
+    return (path, int(where), None) if where.isdigit() else (path, None, where)
+
+
 def find_split_file(directory: str | Path, split: str) -> Path | None:
-    """``directory/split`` with the first existing extension among .txt/.jsonl/.json."""
+    """``directory/split`` with the first existing extension among .txt/.jsonl/.json, each also as ``.gz``.
+
+    A folder or broken link of one of those names is a DataError, not a file left out without a word.
+    """
     for ext in SPLIT_EXTENSIONS:
-        candidate = Path(directory) / f"{split}{ext}"
-        if candidate.is_file():
-            return candidate
+        found = find_data_file(Path(directory) / f"{split}{ext}")
+        if found is not None:
+            return found
     return None
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 from recon.core.errors import DataError, ReconError
 from recon.data_prep.example import Entity, RelationExample
+from recon.data_prep.loaders._files import open_text, read_bytes
 
 ERROR_POLICIES = ("raise", "skip")
 MAX_LOCATIONS = 5  # locations kept per skip reason
@@ -36,6 +37,7 @@ REASONS: dict[str, str] = {
     "bad_markers": "bad ChemProt markers",
     "bad_tags": "tag count differs from token count",
     "unknown_label": "label not in rel2id",
+    "duplicate_id": "repeated example id",
     "bad_encoding": "not UTF-8 text",
     # the SemEval-2010 Task 8 release format (kind semeval2010)
     "bad_block": "malformed SemEval-2010 block",
@@ -146,6 +148,31 @@ class LoadReport:
                 "locations": {r: list(p) for r, p in self.locations.items()}}
 
 
+MAX_REASONS_SHOWN = 3  # skip reasons quoted when every record of a file was skipped
+
+
+def nothing_loaded(path: str | Path, report: LoadReport, hint: str) -> DataError:
+    """The error for a file that yielded no example: every record skipped (``on_error="skip"``), or none there.
+
+    Skipping is for a few bad records; when it takes all of them the file is of another format or damaged,
+    and training on nothing must not start. The message counts the skipped records and quotes the first
+    error of the most frequent reasons, without repeating the file's name; ``hint`` says what usually causes it.
+    """
+    path = str(path)
+    if not report.total_skipped:
+        return DataError("holds no records: nothing to load (an empty split is never loaded as zero examples)",
+                         path=path)
+    reasons = []
+    for reason, count in report.skipped.most_common(MAX_REASONS_SHOWN):
+        first = report.first_error.get(reason, "")
+        first = first[len(path) + 2:] if first.startswith(path + ", ") else first
+        reasons.append(f"{count:,} {describe_reason(reason)} (first: {first})")
+    more = len(report.skipped) - len(reasons)
+    others = f" and {more} other reason(s)" if more > 0 else ""
+    return DataError(f"all {report.total_skipped:,} records were skipped (on-error skip), so nothing is left to "
+                     f"load: {'; '.join(reasons)}{others}. Skipping is for a few bad records; {hint}", path=path)
+
+
 class RecordError(Exception):
     """Raised inside a record parser; the collector turns it into a located DataError."""
 
@@ -190,10 +217,11 @@ def read_json_lines(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
 
     A UTF-8 byte order mark is ignored; a line that is not UTF-8 (latin-1 bytes, UTF-16) yields a
     RecordError (reason ``bad_encoding``) naming its column; a file with no non-blank line at all is
-    a DataError (an empty split is never silently loaded as zero examples).
+    a DataError (an empty split is never silently loaded as zero examples). A gzip-compressed file is read
+    as its text.
     """
     seen = False
-    with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
+    with open_text(path) as handle:
         for number, raw in enumerate(handle, 1):
             text = raw.strip()
             if not text:
@@ -238,9 +266,10 @@ def read_json_document(path: Path, expected: type, kind: str) -> Any:
     """Parse a whole-file JSON document and check its top-level container type (always fatal).
 
     A UTF-8 byte order mark is ignored; bytes that are not UTF-8, an empty file and JSON nested
-    deeper than Python's recursion limit are DataErrors naming the line.
+    deeper than Python's recursion limit are DataErrors naming the line. A gzip-compressed file is read as
+    its text.
     """
-    raw = path.read_bytes()
+    raw = read_bytes(path)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:

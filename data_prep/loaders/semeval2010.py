@@ -47,6 +47,7 @@ from typing import Iterator
 from recon.core.errors import DataError
 from recon.data_prep.example import Entity, RelationExample
 from recon.data_prep.loaders._common import Collector, Layout, RecordError, check_pair
+from recon.data_prep.loaders._files import GZIP_SUFFIX, find_data_file, read_bytes
 from recon.data_prep.loaders._treebank import tokenize_with_offsets
 
 KIND = "semeval2010"
@@ -98,7 +99,7 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     A UTF-8 byte order mark is dropped. UTF-16 and binary files (NUL bytes) are refused here rather
     than parsed into nonsense; an empty file is refused too (never loaded as zero examples).
     """
-    raw = path.read_bytes()
+    raw = read_bytes(path)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     if b"\x00" in raw:
@@ -373,15 +374,17 @@ def load(path: str | Path, collector: Collector) -> list[RelationExample]:
 # ---------------------------------------------------------------- the dataset layout
 
 def find_release_file(directory: Path, name: str, subfolders: bool = True) -> Path | None:
-    """``name`` in ``directory`` (or in the release's own subfolders), matched case-insensitively:
-    copies of the release spell ``TEST_FILE.txt`` / ``TEST_FILE.TXT`` either way."""
+    """``name`` (or ``name.gz``) in ``directory`` (or in the release's own subfolders), matched
+    case-insensitively: copies of the release spell ``TEST_FILE.txt`` / ``TEST_FILE.TXT`` either way. A folder
+    or broken link of that name is a DataError, as for every split file."""
+    wanted = name.lower()
     for folder in (RELEASE_FOLDERS if subfolders else ("",)):
         place = directory / folder if folder else directory
         if not place.is_dir():
             continue
         for candidate in sorted(place.iterdir()):
-            if candidate.name.lower() == name.lower() and candidate.is_file():
-                return candidate
+            if candidate.name.lower() in (wanted, wanted + GZIP_SUFFIX):
+                return find_data_file(candidate.with_name(candidate.name.removesuffix(GZIP_SUFFIX)))
     return None
 
 

@@ -4,10 +4,12 @@ Records are ``{id, relation, token, subj_start, subj_end, obj_start, obj_end, su
 stanford_pos, stanford_ner, ...}`` with END INDICES INCLUSIVE; they are converted to the
 end-exclusive spans of :class:`Entity` here, once. Types come from ``subj_type``/``obj_type``
 (``type_source="annotation"``), part-of-speech and NER tags from ``stanford_pos``/``stanford_ner``.
-Errors name the record by its 0-based index in the array (and its ``id`` in the message).
+Errors name the record by its 0-based index in the array (and its ``id`` in the message). An ``id`` that
+repeats an earlier record's is a bad record (reason ``duplicate_id``, naming both indices); the first copy is kept.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +52,30 @@ def parse_record(record: Any, source: str) -> RelationExample:
                            source=source, meta=meta)
 
 
+def _check_new_id(example: RelationExample, index: int, seen: dict[str, int]) -> None:
+    """An ``id`` seen before is a RecordError naming both records: a copy-paste that repeated records would
+    otherwise inflate the split (and the test score) without a word. Records without an ``id`` are not compared."""
+    if "id" not in example.meta:
+        return
+    key = json.dumps(example.meta["id"], sort_keys=True)
+    if key in seen:
+        raise RecordError("duplicate_id", f"id {example.meta['id']!r} repeats record {seen[key]} (the same example "
+                          "twice inflates the split; remove the copy)", "id")
+    seen[key] = index
+
+
 def load(path: str | Path, collector: Collector) -> list[RelationExample]:
     path = Path(path)
     data = read_json_document(path, list, KIND)
-    out = []
+    out: list[RelationExample] = []
+    seen: dict[str, int] = {}  # id (as JSON) -> index of its first record
     for index, record in enumerate(data):
         try:
-            out.append(parse_record(record, f"{path}#{index}"))
+            example = parse_record(record, f"{path}#{index}")
+            _check_new_id(example, index, seen)
+            out.append(example)
         except RecordError as exc:
-            if isinstance(record, dict) and "id" in record:
+            if isinstance(record, dict) and "id" in record and exc.reason != "duplicate_id":
                 exc.message = f"{exc.message} (id {record['id']})"
             collector.bad(exc, record=index)
     return out
