@@ -64,6 +64,8 @@ class PretrainConfig(Config):
     worker_resources: dict[str, float] = knob(factory=dict, help="custom Ray resources each worker needs, e.g. "
                                               "{\"gpu_node\": 1}", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
+    cpu_bf16: bool = knob(False, "bfloat16 autocast on CPU: native (and faster) on AMX / AVX512-BF16 CPUs, emulated "
+                                 "elsewhere")
     checkpoint_every: int = knob(500, "checkpoint every K steps (and at the last)", ge=1, identity=False)
     keep_checkpoints: int = knob(2, "checkpoints kept in storage", ge=1, identity=False)
     max_failures: int = knob(3, "worker-group restarts allowed", ge=0, identity=False)
@@ -103,7 +105,7 @@ class PretrainConfig(Config):
         from recon.models.train.config import TrainConfig
 
         return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=min(self.warmup, int(self.steps)),
-                           max_grad_norm=self.max_grad_norm, bf16=self.bf16,
+                           max_grad_norm=self.max_grad_norm, bf16=self.bf16, cpu_bf16=self.cpu_bf16,
                            adam_bias_correction=self.adam_bias_correction)
 
     @property

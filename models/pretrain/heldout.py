@@ -114,7 +114,7 @@ class HeldoutScore:
 
 
 def evaluate_heldout(net: nn.Module, batches: Sequence[PretrainBatch], objective: str, *, device: torch.device,
-                     bf16: bool = True) -> HeldoutScore:
+                     bf16: bool = True, cpu_bf16: bool = False) -> HeldoutScore:
     """Score ``batches`` with the model in eval mode under ``torch.inference_mode`` (no dropout, no
     graph); the model's train/eval mode is restored afterwards. Pass the bare module, not the DDP
     wrapper: DDP's forward may broadcast buffers, a collective the other ranks are not in."""
@@ -127,7 +127,7 @@ def evaluate_heldout(net: nn.Module, batches: Sequence[PretrainBatch], objective
             for host_batch in batches:
                 batch = host_batch.to(device)
                 no_mlm = torch.zeros(0, dtype=torch.long, device=device)  # no MLM position: head skipped
-                with autocast(device, bf16):
+                with autocast(device, bf16, cpu_bf16):
                     reps, _ = net(batch.input_ids, batch.attention_mask, batch.head_pos, batch.tail_pos, no_mlm)
                 reps = reps.float()
                 if objective == "cp":

@@ -72,11 +72,13 @@ class StepSettings:
     max_grad_norm: float | None = _PAPER.max_grad_norm
     bf16: bool = _PAPER.bf16
     gather_negatives: bool = True
+    cpu_bf16: bool = _PAPER.cpu_bf16
 
     @classmethod
     def of(cls, cfg: PretrainConfig, gather_negatives: bool = True) -> "StepSettings":
         """A run's loss settings, from its config."""
-        return cls(cfg.objective, cfg.temperature, cfg.mlm_weight, cfg.max_grad_norm, cfg.bf16, gather_negatives)
+        return cls(cfg.objective, cfg.temperature, cfg.mlm_weight, cfg.max_grad_norm, cfg.bf16, gather_negatives,
+                   cfg.cpu_bf16)
 
 
 @dataclass
@@ -247,7 +249,7 @@ def _step_on_device(
         batch = host_batch.to(device)
         sync = contextlib.nullcontext() if (no_sync is None or i == n - 1) else no_sync()
         with sync:
-            with autocast(device, settings.bf16):
+            with autocast(device, settings.bf16, settings.cpu_bf16):
                 loss, obj, mlm, acc = _micro_step(net, batch, settings, share, index)
             (loss / n).backward()
         obj, mlm, acc = obj.double(), mlm.double(), acc.double()

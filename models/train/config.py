@@ -42,6 +42,8 @@ class TrainConfig(Config):
     negative_id: int | None = knob(None, "label id of the negative class (default: the dataset's)", cli=False)
     device: str = knob("auto", "auto (cuda when present), cpu or cuda[:N]", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
+    cpu_bf16: bool = knob(False, "bfloat16 autocast on CPU: native (and faster) on AMX / AVX512-BF16 CPUs, emulated "
+                                 "elsewhere")
     deterministic: bool = knob(True, "torch deterministic kernels: ~6% slower on CPU (bench/bench_loop.py)")
     progress: bool | None = knob(None, "progress bar (default: only on a terminal)", identity=False)
 

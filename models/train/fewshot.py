@@ -181,22 +181,18 @@ class RepresentationTable(nn.Module):
 
 @torch.no_grad()
 def encode_table(model: nn.Module, data, indices: Sequence[int], batch_size: int, device: torch.device,
-                 pad_id: int = 0, bf16: bool = True) -> torch.Tensor:
+                 pad_id: int = 0, bf16: bool = True, cpu_bf16: bool = False) -> torch.Tensor:
     """Relation representations ``[len(data), D]`` for ``indices`` (other rows stay zero)."""
     from recon.models.train.batching import pad_batch
-    from recon.models.train.loop import move_to
+    from recon.models.train.loop import autocast, move_to
 
     model.eval().to(device)
     order = sorted(indices, key=lambda i: len(data[i].input_ids))
     table: torch.Tensor | None = None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else None
     for lo in range(0, len(order), batch_size):
         chunk = order[lo:lo + batch_size]
         inputs = move_to(pad_batch([data[i] for i in chunk], pad_id), device)
-        if autocast is not None:
-            with autocast:
-                reps = model(**inputs).float()
-        else:
+        with autocast(device, bf16, cpu_bf16):
             reps = model(**inputs).float()
         if table is None:
             table = torch.zeros(len(data), reps.size(-1), device=device)
@@ -339,7 +335,7 @@ def run_fewshot(cfg: FewshotConfig, callbacks: Sequence[Any] = (), out_dir=None)
         needed.update(ep.query)
     with torch.no_grad():
         table = encode_table(model, eval_data, sorted(needed), train_cfg.eval_batch_size, device, pad_id,
-                             train_cfg.bf16)
+                             train_cfg.bf16, train_cfg.cpu_bf16)
     eval_loader = make_loader(EpisodeBatches(eval_sampler, cfg.settings.eval_episodes), 64, shuffle=False,
                               collate_fn=IndexCollator())
     test, preds = evaluate(RepresentationTable(table), PrototypicalTask(cfg.n_way, cfg.k_shot, cfg.settings.similarity),

@@ -164,10 +164,12 @@ def _total_steps(train_loader: Sized, config: TrainConfig) -> int:
 
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked for; a no-op elsewhere (CPU runs stay in float32)."""
+def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA (``bf16``) or on a CPU (``cpu_bf16``) when asked for; float32 otherwise."""
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -189,7 +191,7 @@ def evaluate(
     golds: list[int] = []
     try:
         for batch in loader:
-            with autocast(device, config.bf16):
+            with autocast(device, config.bf16, config.cpu_bf16):
                 pred, gold = task.predict(model, move_to(batch, device))
             preds.extend(pred.reshape(-1).tolist())
             golds.extend(gold.reshape(-1).tolist())
@@ -243,7 +245,7 @@ def fit(
             loss_sum, micro, n_batches, i = 0.0, 0, len(train_loader), -1
             bar = tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not _show_progress(config))
             for i, batch in enumerate(bar):
-                with autocast(device, config.bf16):
+                with autocast(device, config.bf16, config.cpu_bf16):
                     loss = task.loss(model, move_to(batch, device))
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):

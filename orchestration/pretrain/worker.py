@@ -148,7 +148,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     def heldout() -> dict[str, float]:
         """Held-out accuracy and its chance level, all workers' batches together."""
-        score = evaluate_heldout(net, eval_batches, cfg.objective, device=device, bf16=cfg.bf16).as_dict()
+        score = evaluate_heldout(net, eval_batches, cfg.objective, device=device, bf16=cfg.bf16,
+                                 cpu_bf16=cfg.cpu_bf16).as_dict()
         total = _all_reduce(score, sums=tuple(score), device=device)
         items = max(total["items"], 1.0)
         return {"heldout_contrastive_accuracy": total["correct"] / items,

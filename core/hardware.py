@@ -1,0 +1,38 @@
+"""Facts about the machine a run is on that change how it should compute.
+
+:func:`native_cpu_bf16`: whether this CPU multiplies bfloat16 matrices natively (Intel AMX-BF16 or
+AVX512-BF16, read from the kernel's CPU flags). There, ``torch.autocast("cpu", dtype=torch.bfloat16)`` runs
+the encoder's matrix work about 1.5x faster (``bench/bench_bf16.py``); elsewhere it would be emulated, and
+slower than float32, so recon only turns it on where it is native.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the Linux kernel reports (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    match = re.search(r"^flags\s*:\s*(.*)$", text, flags=re.M)
+    return frozenset(match.group(1).split()) if match else frozenset()
+
+
+def native_cpu_bf16() -> bool:
+    return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+
+
+def cpu_bf16_name() -> str:
+    """What makes bf16 native here, for the console and the run's tags ("AMX-BF16", "AVX512-BF16" or "none")."""
+    flags = cpu_flags()
+    return "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "none"
+
+
+__all__ = ["native_cpu_bf16", "cpu_bf16_name", "cpu_flags", "CPU_BF16_FLAGS"]
