@@ -201,3 +201,83 @@ def test_demo_study_browser_in_headless_chromium(demo, tmp_path):  # noqa: F811
             shutil.copy(page, Path(keep) / "error_browser.html")
     finally:
         driver.quit()
+
+
+# ------------------------------------------------------------------ the path the demo runs
+
+DATA = Path(os.environ.get("RECON_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+PORTABLE = r"semeval/test\.txt:\d+"
+
+
+def _page_data(page: Path) -> dict:
+    return json.loads(page.read_text(encoding="utf-8").split('id="data">', 1)[1].split("</script>", 1)[0])
+
+
+def _node_study(tmp_path: Path) -> Path:
+    """A study on the built-in trainer (a tiny BERT): data published to storage, read from the node cache."""
+    from tiny_bert import make_tiny_bert_dir
+
+    encoder = make_tiny_bert_dir(tmp_path, mlm=True)
+    path = tmp_path / "study.yaml"
+    path.write_text(f"""
+name: browser
+encoder: {encoder}
+models: [{{name: Tiny}}]
+grids:
+  - {{table: table5, datasets: [semeval], splits: [0.01], formats: [C+M, OnlyC]}}
+seeds: [42]
+training: {{epochs: 1, batch_size: 16, lr: 1.0e-3, max_train_steps: 2}}
+data: {{split_source: paper, max_eval: 30, max_length: 32, data_dir: {DATA}}}
+ray: {{cpus_per_trial: 1, num_cpus: 2, max_concurrent_trials: 1}}
+output_dir: {tmp_path / 'out'}
+""")
+    return path
+
+
+@pytest.mark.slow
+def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path):
+    """The demo's path: `recon study run --storage`, trials read the test file from this node's cache
+    (a directory named by a hash under $RECON_CACHE_DIR), the report loads it from the data directory."""
+    import re
+    import subprocess
+    import sys
+
+    driver = _driver()  # skips (fails under CI) before the study runs when there is no browser
+    try:
+        path = _node_study(tmp_path)
+        cache = tmp_path / "node-home" / ".cache" / "recon" / "storage"
+        env = {**os.environ, "RECON_CACHE_DIR": str(cache), "RAY_ADDRESS": ""}
+        run = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "study", "run", str(path),
+                              "--storage", str(tmp_path / "store")], env=env, capture_output=True, text=True,
+                             timeout=900, cwd=tmp_path)
+        console = run.stdout + run.stderr
+        assert run.returncode == 0, console[-4000:]
+        assert list(cache.glob("data/*/semeval/test.txt")), "the trials did not read from the node cache"
+        page = tmp_path / "out" / "summary" / "error_browser.html"
+        html = page.read_text(encoding="utf-8")
+        assert str(cache) not in html and str(tmp_path) not in html and str(DATA) not in html
+        group = _page_data(page)["groups"][0]
+        assert len(group["sources"]) == 30 and all(re.fullmatch(PORTABLE, s) for s in group["sources"])
+        assert "unjoined" not in group and "could not be joined" not in console
+
+        driver.get(page.as_uri())
+        assert driver.find_element("tag name", "body").get_attribute("data-ready") == "1"
+        rows = driver.find_elements("css selector", "#rows-body tr")
+        assert len(rows) == 30
+        for row in rows:
+            cells = row.find_elements("css selector", "td")
+            assert re.fullmatch(PORTABLE, cells[1].text), cells[1].text
+            sentence = cells[2]
+            assert sentence.text.strip(), f"no sentence for {cells[1].text}"
+            assert sentence.find_elements("css selector", "span.h") and sentence.find_elements("css selector", "span.t")
+        assert not driver.find_elements("css selector", "#unjoined:not(:empty)")
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = tmp_path / "error_browser_node_cache.png"
+        driver.save_screenshot(str(shot))
+        keep = os.environ.get("RECON_SCREENSHOT_DIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / shot.name)
+            shutil.copy(page, Path(keep) / "error_browser_node_cache.html")
+    finally:
+        driver.quit()
