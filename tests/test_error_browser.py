@@ -127,6 +127,30 @@ def test_tacred_sized_page_filters_in_chromium(tmp_path):
         driver.quit()
 
 
+@pytest.mark.slow
+def test_page_says_how_many_examples_have_no_sentence(tmp_path):
+    trials = [_trial("BERT", "C+M", 1, dataset="semeval", setting="1%")]
+    preds = {trials[0].trial_id: {f"semeval/test.txt:{i}": {"gold": "x", "pred": "x"} for i in (1, 2, 3)}}
+    texts = {"semeval/test.txt:1": "\x01a\x02 b \x03c\x04", "semeval/test.txt:3": "\x01d\x02 e \x03f\x04"}
+    logged = []
+    page = write_error_browser(tmp_path / "p.html", "s", trials, preds, texts=texts, log=logged.append)
+    assert len(logged) == 1 and logged[0].startswith("error browser: 1 of 3 examples of SemEval 1% could not be joined")
+    driver = _driver()
+    try:
+        driver.get(page.as_uri())
+        banner = driver.find_element("id", "unjoined").text
+        assert banner.startswith("1 of 3 examples of this test set have no sentence: ") and "semeval/test.txt:2" in banner
+        cells = [tr.find_elements("css selector", "td")[2] for tr in driver.find_elements("css selector", "#rows-body tr")]
+        assert [bool(c.find_elements("css selector", "span.h")) for c in cells] == [True, False, True]
+        driver.save_screenshot(str(tmp_path / "unjoined.png"))
+        keep = os.environ.get("RECON_SCREENSHOT_DIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "unjoined.png", Path(keep) / "error_browser_unjoined.png")
+    finally:
+        driver.quit()
+
+
 def _right(preds, trials, source):
     votes = [preds[t.trial_id][source]["pred"] == preds[t.trial_id][source]["gold"] for t in trials]
     return 2 * sum(votes) > len(votes)
@@ -255,10 +279,13 @@ def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path):
         assert list(cache.glob("data/*/semeval/test.txt")), "the trials did not read from the node cache"
         page = tmp_path / "out" / "summary" / "error_browser.html"
         html = page.read_text(encoding="utf-8")
-        assert str(cache) not in html and str(tmp_path) not in html and str(DATA) not in html
         group = _page_data(page)["groups"][0]
-        assert len(group["sources"]) == 30 and all(re.fullmatch(PORTABLE, s) for s in group["sources"])
-        assert "unjoined" not in group and "could not be joined" not in console
+        texts = group.get("text") or [""] * len(group["sources"])
+        without_sentence = sum(not (t and "\x01" in t and "\x03" in t) for t in texts)
+        not_portable = [s for s in group["sources"] if not re.fullmatch(PORTABLE, s)]
+        assert (len(group["sources"]), without_sentence, not_portable[:1]) == (30, 0, [])
+        assert str(cache) not in html and str(tmp_path) not in html and str(DATA) not in html
+        assert group.get("unjoined", 0) == 0 and "could not be joined" not in console
 
         driver.get(page.as_uri())
         assert driver.find_element("tag name", "body").get_attribute("data-ready") == "1"
