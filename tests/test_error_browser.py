@@ -259,9 +259,11 @@ output_dir: {tmp_path / 'out'}
 
 
 @pytest.mark.slow
-def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path):
-    """The demo's path: `recon study run --storage`, trials read the test file from this node's cache
-    (a directory named by a hash under $RECON_CACHE_DIR), the report loads it from the data directory."""
+@pytest.mark.parametrize("storage", [False, True], ids=["local", "storage"])
+def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path, storage):
+    """The demo's path: `recon study run` (storage in the output folder, or `--storage`): the driver
+    publishes the data, trials read the test file from this node's cache (a directory named by a hash
+    under $RECON_CACHE_DIR), the report loads it from the data directory."""
     import re
     import subprocess
     import sys
@@ -270,13 +272,15 @@ def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path):
     try:
         path = _node_study(tmp_path)
         cache = tmp_path / "node-home" / ".cache" / "recon" / "storage"
-        env = {**os.environ, "RECON_CACHE_DIR": str(cache), "RAY_ADDRESS": ""}
-        run = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "study", "run", str(path),
-                              "--storage", str(tmp_path / "store")], env=env, capture_output=True, text=True,
-                             timeout=900, cwd=tmp_path)
+        env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RECON_STORAGE")},
+               "RECON_CACHE_DIR": str(cache)}
+        flags = ["--storage", str(tmp_path / "store")] if storage else []
+        run = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "study", "run", str(path), *flags],
+                             env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
         console = run.stdout + run.stderr
         assert run.returncode == 0, console[-4000:]
         assert list(cache.glob("data/*/semeval/test.txt")), "the trials did not read from the node cache"
+        assert storage == (tmp_path / "store" / "results").is_dir()
         page = tmp_path / "out" / "summary" / "error_browser.html"
         html = page.read_text(encoding="utf-8")
         group = _page_data(page)["groups"][0]
@@ -299,12 +303,12 @@ def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path):
             assert sentence.find_elements("css selector", "span.h") and sentence.find_elements("css selector", "span.t")
         assert not driver.find_elements("css selector", "#unjoined:not(:empty)")
         driver.execute_script("window.scrollTo(0, 0)")
-        shot = tmp_path / "error_browser_node_cache.png"
+        shot = tmp_path / f"error_browser_node_cache_{'storage' if storage else 'local'}.png"
         driver.save_screenshot(str(shot))
         keep = os.environ.get("RECON_SCREENSHOT_DIR")
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / shot.name)
-            shutil.copy(page, Path(keep) / "error_browser_node_cache.html")
+            shutil.copy(page, Path(keep) / shot.with_suffix(".html").name)
     finally:
         driver.quit()
