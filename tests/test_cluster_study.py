@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -115,6 +116,15 @@ def test_submitted_study_runs_on_a_worker_that_shares_no_disk(tmp_path):
         assert (storage / "pretrain").is_dir() and list(storage.glob("pretrain/cp-*/stage.json"))
     assert _finished_runs(spec) == {t.trial_id: 1 for t in trials}
     assert (spec.resolved_output_dir() / "summary" / "table5.md").is_file()
+    # The worker read the test file from its own cache, the driver's report from the data directory:
+    # the error browser still joins every prediction with its sentence, named the same on both.
+    page = (spec.resolved_output_dir() / "summary" / "error_browser.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('id="data">', 1)[1].split("</script>", 1)[0])
+    for group in data["groups"]:
+        assert len(group["sources"]) == 30 and group["unjoined"] == 0
+        assert all(re.fullmatch(r"semeval/test\.txt:\d+", s) for s in group["sources"]), group["sources"][:3]
+        assert all("\x01" in t and "\x03" in t for t in group["text"])
+    assert str(tmp_path) not in page and str(DATA) not in page
 
 
 def test_worker_node_lost_mid_grid_then_a_fresh_one_finishes_it(tmp_path):

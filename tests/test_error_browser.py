@@ -127,6 +127,30 @@ def test_tacred_sized_page_filters_in_chromium(tmp_path):
         driver.quit()
 
 
+@pytest.mark.slow
+def test_page_says_how_many_examples_have_no_sentence(tmp_path):
+    trials = [_trial("BERT", "C+M", 1, dataset="semeval", setting="1%")]
+    preds = {trials[0].trial_id: {f"semeval/test.txt:{i}": {"gold": "x", "pred": "x"} for i in (1, 2, 3)}}
+    texts = {"semeval/test.txt:1": "\x01a\x02 b \x03c\x04", "semeval/test.txt:3": "\x01d\x02 e \x03f\x04"}
+    logged = []
+    page = write_error_browser(tmp_path / "p.html", "s", trials, preds, texts=texts, log=logged.append)
+    assert len(logged) == 1 and logged[0].startswith("error browser: 1 of 3 examples of SemEval 1% could not be joined")
+    driver = _driver()
+    try:
+        driver.get(page.as_uri())
+        banner = driver.find_element("id", "unjoined").text
+        assert banner.startswith("1 of 3 examples of this test set have no sentence: ") and "semeval/test.txt:2" in banner
+        cells = [tr.find_elements("css selector", "td")[2] for tr in driver.find_elements("css selector", "#rows-body tr")]
+        assert [bool(c.find_elements("css selector", "span.h")) for c in cells] == [True, False, True]
+        driver.save_screenshot(str(tmp_path / "unjoined.png"))
+        keep = os.environ.get("RECON_SCREENSHOT_DIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "unjoined.png", Path(keep) / "error_browser_unjoined.png")
+    finally:
+        driver.quit()
+
+
 def _right(preds, trials, source):
     votes = [preds[t.trial_id][source]["pred"] == preds[t.trial_id][source]["gold"] for t in trials]
     return 2 * sum(votes) > len(votes)
@@ -199,5 +223,92 @@ def test_demo_study_browser_in_headless_chromium(demo, tmp_path):  # noqa: F811
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / "error_browser.png")
             shutil.copy(page, Path(keep) / "error_browser.html")
+    finally:
+        driver.quit()
+
+
+# ------------------------------------------------------------------ the path the demo runs
+
+DATA = Path(os.environ.get("RECON_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+PORTABLE = r"semeval/test\.txt:\d+"
+
+
+def _page_data(page: Path) -> dict:
+    return json.loads(page.read_text(encoding="utf-8").split('id="data">', 1)[1].split("</script>", 1)[0])
+
+
+def _node_study(tmp_path: Path) -> Path:
+    """A study on the built-in trainer (a tiny BERT): data published to storage, read from the node cache."""
+    from tiny_bert import make_tiny_bert_dir
+
+    encoder = make_tiny_bert_dir(tmp_path, mlm=True)
+    path = tmp_path / "study.yaml"
+    path.write_text(f"""
+name: browser
+encoder: {encoder}
+models: [{{name: Tiny}}]
+grids:
+  - {{table: table5, datasets: [semeval], splits: [0.01], formats: [C+M, OnlyC]}}
+seeds: [42]
+training: {{epochs: 1, batch_size: 16, lr: 1.0e-3, max_train_steps: 2}}
+data: {{split_source: paper, max_eval: 30, max_length: 32, data_dir: {DATA}}}
+ray: {{cpus_per_trial: 1, num_cpus: 2, max_concurrent_trials: 1}}
+output_dir: {tmp_path / 'out'}
+""")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", [False, True], ids=["local", "storage"])
+def test_study_browser_shows_every_sentence_read_from_the_node_cache(tmp_path, storage):
+    """The demo's path: `recon study run` (storage in the output folder, or `--storage`): the driver
+    publishes the data, trials read the test file from this node's cache (a directory named by a hash
+    under $RECON_CACHE_DIR), the report loads it from the data directory."""
+    import re
+    import subprocess
+    import sys
+
+    driver = _driver()  # skips (fails under CI) before the study runs when there is no browser
+    try:
+        path = _node_study(tmp_path)
+        cache = tmp_path / "node-home" / ".cache" / "recon" / "storage"
+        env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RECON_STORAGE")},
+               "RECON_CACHE_DIR": str(cache)}
+        flags = ["--storage", str(tmp_path / "store")] if storage else []
+        run = subprocess.run([sys.executable, "-m", "recon.orchestration.cli.main", "study", "run", str(path), *flags],
+                             env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        console = run.stdout + run.stderr
+        assert run.returncode == 0, console[-4000:]
+        assert list(cache.glob("data/*/semeval/test.txt")), "the trials did not read from the node cache"
+        assert storage == (tmp_path / "store" / "results").is_dir()
+        page = tmp_path / "out" / "summary" / "error_browser.html"
+        html = page.read_text(encoding="utf-8")
+        group = _page_data(page)["groups"][0]
+        texts = group.get("text") or [""] * len(group["sources"])
+        without_sentence = sum(not (t and "\x01" in t and "\x03" in t) for t in texts)
+        not_portable = [s for s in group["sources"] if not re.fullmatch(PORTABLE, s)]
+        assert (len(group["sources"]), without_sentence, not_portable[:1]) == (30, 0, [])
+        assert str(cache) not in html and str(tmp_path) not in html and str(DATA) not in html
+        assert group.get("unjoined", 0) == 0 and "could not be joined" not in console
+
+        driver.get(page.as_uri())
+        assert driver.find_element("tag name", "body").get_attribute("data-ready") == "1"
+        rows = driver.find_elements("css selector", "#rows-body tr")
+        assert len(rows) == 30
+        for row in rows:
+            cells = row.find_elements("css selector", "td")
+            assert re.fullmatch(PORTABLE, cells[1].text), cells[1].text
+            sentence = cells[2]
+            assert sentence.text.strip(), f"no sentence for {cells[1].text}"
+            assert sentence.find_elements("css selector", "span.h") and sentence.find_elements("css selector", "span.t")
+        assert not driver.find_elements("css selector", "#unjoined:not(:empty)")
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = tmp_path / f"error_browser_node_cache_{'storage' if storage else 'local'}.png"
+        driver.save_screenshot(str(shot))
+        keep = os.environ.get("RECON_SCREENSHOT_DIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / shot.name)
+            shutil.copy(page, Path(keep) / shot.with_suffix(".html").name)
     finally:
         driver.quit()

@@ -53,8 +53,9 @@ def test_tiny_bert_learns_the_keyword_task(tiny_bert: str, tmp_path: Path) -> No
     assert written["test"] == out["test"] and written["best_epoch"] == out["best_epoch"]
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 48
-    # Predictions come back in file order, name the source line, and reproduce the test score.
-    assert [p["source"] for p in preds] == [f"{FIXTURE / 'test.txt'}:{i}" for i in range(1, 49)]
+    # Predictions come back in file order, name the source line by its portable identity (the dataset's
+    # folder, file and line; no directory of this machine), and reproduce the test score.
+    assert [p["source"] for p in preds] == [f"keyword/test.txt:{i}" for i in range(1, 49)]
     gold_file = [json.loads(line)["relation"] for line in (FIXTURE / "test.txt").read_text().splitlines()]
     assert [p["gold"] for p in preds] == gold_file
     accuracy = sum(p["pred"] == p["gold"] for p in preds) / 48

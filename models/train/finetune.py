@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from recon.core.atomic import write_texts_or_keep
+from recon.data_prep.example import portable_source
 from recon.data_prep.formats import InputFormat
 from recon.models.train.finetune_config import EVAL_SAMPLE_SEED, FinetuneConfig
 from recon.models.train.finetune_data import eval_loader, load_splits, majority_baseline, subsample, with_types
@@ -173,7 +174,8 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     reported = reported_metric(ds.name, cfg.data.scorer) if cfg.training.metric is None else train_cfg.metric
 
     by_index = sorted(zip(test_order, result.test_predictions))
-    predictions = [{"source": setup.test.sources[i], "gold": id2label[g], "pred": id2label[p]}
+    # keyed by the example's portable identity (semeval/test.txt:12), not this node's cache path
+    predictions = [{"source": portable_source(setup.test.sources[i]), "gold": id2label[g], "pred": id2label[p]}
                    for i, (p, g) in by_index]
     out = {
         "dataset": ds.name, "split": cfg.split, "split_source": split_source, "format": fmt.value,
@@ -184,7 +186,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "dev": result.best_dev, "test": result.test_at_best, "best_epoch": result.best_epoch,
         "history": result.history, "steps": result.steps,
         "n_train": len(train), "n_dev": len(dev), "n_test": len(test),
-        "split_source_requested": cfg.data.split_source, "train_file": subset.file,
+        "split_source_requested": cfg.data.split_source, "train_file": portable_source(str(subset.file)) if subset.file else None,
         "skipped_records": dict(ds.skipped) | {f"subset:{k}": v for k, v in subset.report.skipped.items()},
         "truncation": setup.truncation,
         "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),

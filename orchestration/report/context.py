@@ -15,8 +15,9 @@ class ReportContext:
     """The inputs of a study's report, read once by ``summary.write_summary``.
 
     ``results``: one row per finished trial and table (labels from the plan, metrics from MLflow);
-    ``stats``: per-cell medians, ranges and IQRs; ``predictions``: trial id -> (example source -> ``{gold,
-    pred}``) for the fine-tuning trials whose predictions could be read (empty when none); ``predictions_of``
+    ``stats``: per-cell medians, ranges and IQRs; ``predictions``: trial id -> (example identity ->
+    ``{gold, pred}``; the identity is ``semeval/test.txt:12`` on every machine, ``recon.orchestration.report.joins``)
+    for the fine-tuning trials whose predictions could be read (empty when none); ``predictions_of``
     gives a trial's ``predictions.jsonl`` path; ``footnotes``: notes per table; ``shared``: what an earlier
     analysis hands to a later one (the significance tests the tables mark).
     """

@@ -10,6 +10,11 @@ gold label, A's predicted label, text search; a per-relation confusion matrix of
 to filter) and the pilot analysis (agreement of C+M with the other formats).
 
 A system is *right* on an example when more than half of its seeds predict the gold label.
+
+Examples are named by their portable identity (``semeval/test.txt:12``; ``recon.orchestration.report.joins``),
+never by a directory of the machine that ran a trial, and their sentences are found through the same
+identity (``TrialData.test_example``). An example whose sentence cannot be found is counted: the
+page shows the count above the rows and the report's console logs it.
 """
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ import json
 import statistics
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from recon.orchestration.study.trial import PAPER_DATASET_NAMES, Trial
+from recon.orchestration.report.joins import unjoined_message
+from recon.orchestration.report.name_leak import NOT_LOADED, TrialData
 from recon.orchestration.report.significance import example_counts, f1_from_counts, negative_label
 
 TEMPLATE = "error_browser.html"
@@ -42,11 +49,14 @@ def _metric(rows: Sequence[dict], negative: Optional[str], metric: str = "micro_
 
 
 def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, Mapping[str, dict]], *,
-                 texts: Optional[Mapping[str, str]] = None, pilot: Optional[Sequence[dict]] = None) -> dict:
+                 texts: Optional[Mapping[str, str]] = None, pilot: Optional[Sequence[dict]] = None,
+                 why_no_text: Optional[Mapping[str, str]] = None) -> dict:
     """The page's JSON: labels, and per (dataset, setting) test set its examples and systems.
 
     ``predictions``: trial id -> (source -> ``{"gold", "pred"}``); ``texts``: source -> sentence
-    (:func:`marked_text`) where known; ``pilot``: rows of the pilot summary (median over seeds).
+    (:func:`marked_text`) where known; ``pilot``: rows of the pilot summary (median over seeds);
+    ``why_no_text``: dataset -> why none of its sentences could be read. A group's ``unjoined`` counts
+    its examples without a sentence (all of them when no ``texts`` are given), ``unjoined_why`` says why.
     """
     groups: dict[tuple, dict[tuple, list[Trial]]] = {}
     for t in trials:
@@ -89,8 +99,14 @@ def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, 
                  "label": f"{PAPER_DATASET_NAMES.get(dataset, dataset)} {setting} ({len(sources)} examples)",
                  "sources": sources, "gold": gold, "systems": out_systems,
                  "default_a": default_a, "default_b": default_b}
-        if texts:
+        if texts is not None:
             group["text"] = [texts.get(s, "") for s in sources]
+        missing = [s for s in sources if texts is None or s not in texts]
+        group["unjoined"] = len(missing)
+        if missing:
+            group["unjoined_sample"] = missing[:3]
+            group["unjoined_why"] = (why_no_text or {}).get(dataset) or (
+                NOT_LOADED if texts is not None else "no sentences were given")
         out_groups.append(group)
     ordered = sorted(labels, key=labels.get)
     return {"study": study, "labels": ordered, "groups": out_groups, "pilot": list(pilot or []),
@@ -108,30 +124,50 @@ def render(data: dict) -> str:
 
 def write_error_browser(out_file: Path, study: str, trials: Iterable[Trial],
                         predictions: Mapping[str, Mapping[str, dict]], *, texts: Optional[Mapping[str, str]] = None,
-                        pilot: Optional[Sequence[dict]] = None) -> Optional[Path]:
-    """Write the page; None when no trial has predictions."""
-    data = browser_data(study, trials, predictions, texts=texts, pilot=pilot)
+                        pilot: Optional[Sequence[dict]] = None, why_no_text: Optional[Mapping[str, str]] = None,
+                        log: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+    """Write the page; None when no trial has predictions. ``log`` gets one line per test set whose
+    examples are not all joined with their sentence (the same count the page shows)."""
+    data = browser_data(study, trials, predictions, texts=texts, pilot=pilot, why_no_text=why_no_text)
     if not data["groups"]:
         return None
+    for group in data["groups"]:
+        if group["unjoined"] and log is not None:
+            log(unjoined_message("error browser", group["unjoined"], len(group["sources"]),
+                                 f"examples of {group['label'].rsplit(' (', 1)[0]}", f"no sentence: {group['unjoined_why']}",
+                                 group["unjoined_sample"]))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(render(data), encoding="utf-8")
     return out_file
 
 
-def example_texts(trials: Iterable[Trial], data_dir: Optional[str] = None) -> dict[str, str]:
-    """source -> marked sentence for the test examples of the trials' datasets (best effort)."""
-    from recon.orchestration.report.name_leak import TrialData
-
+def example_texts(trials: Iterable[Trial], predictions: Mapping[str, Mapping[str, dict]],
+                  data_dir: Optional[str] = None) -> tuple[dict[str, str], dict[str, Exception]]:
+    """Prediction source -> marked sentence, for every prediction whose test example is found with the
+    gold label of every trial's prediction, and dataset -> the error that kept its test examples from
+    loading here (then none of its sentences are shown)."""
     data = TrialData(data_dir)
-    out: dict[str, str] = {}
-    seen = set()
+    texts: dict[str, str] = {}
+    mismatched: set[str] = set()  # a trial's gold label differs from the file's: its sentence would mislead
+    failed: dict[str, Exception] = {}
     for t in trials:
-        if t.kind != "finetune" or t.dataset in seen:
+        if t.kind != "finetune" or t.trial_id not in predictions or t.dataset in failed:
             continue
-        seen.add(t.dataset)
-        for key, ex in data.tests(t).items():
-            out[key] = marked_text(ex)
-    return out
+        try:
+            index = data.tests(t)
+        except Exception as err:  # noqa: BLE001 - no sentences for this dataset: the page and the log say why
+            failed[t.dataset] = err
+            continue
+        for source, row in predictions[t.trial_id].items():
+            if source in mismatched:
+                continue
+            example = index.get(source)
+            if example is not None and example.label == row.get("gold", example.label):
+                texts.setdefault(source, marked_text(example))
+            elif example is not None:
+                mismatched.add(source)
+                texts.pop(source, None)
+    return texts, failed
 
 
 def pilot_rows(out_dir: Path) -> list[dict]:
@@ -148,16 +184,16 @@ def pilot_rows(out_dir: Path) -> list[dict]:
 
 
 def analysis(context) -> list[Path]:
-    """Report part: the error browser, one page with every example and prediction (sentences best effort)."""
+    """Report part: the error browser, one page with every example, its sentence and every prediction."""
     if not context.predictions:
         return []
-    try:
-        texts = example_texts(context.trials, context.data_dir)
-    except Exception as err:  # noqa: BLE001 - sentences are optional: the page shows sources only
-        context.log(f"error browser: no sentences ({type(err).__name__}: {err})")
-        texts = None
+    texts, failed = example_texts(context.trials, context.predictions, context.data_dir)
+    for dataset, err in failed.items():  # the full error (it may name this machine's folders) in the console only
+        context.log(f"error browser: no {dataset} sentences: {type(err).__name__}: {err}")
+    why = {dataset: f"its test examples could not be loaded where the report was written ({type(err).__name__})"
+           for dataset, err in failed.items()}
     page = write_error_browser(context.out_dir / FILE_NAME, context.spec.name, context.trials, context.predictions,
-                               texts=texts, pilot=pilot_rows(context.out_dir))
+                               texts=texts, pilot=pilot_rows(context.out_dir), why_no_text=why, log=context.log)
     return [page] if page is not None else []
 
 __all__ = ["analysis", "pilot_rows", "browser_data", "render", "write_error_browser", "example_texts", "marked_text", "FILE_NAME"]

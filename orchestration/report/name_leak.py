@@ -17,6 +17,10 @@ when both mentions carry one (Wiki80 / FewRel / the corpus's Wikidata ids). Corp
 both the mention as written in the sentence and the linked entity's name. An alias the corpus never
 spells the same way is missed, so ``unseen`` means "not found by name".
 
+A prediction is joined with its test example by the example's portable identity
+(``recon.data_prep.example.ExampleIndex``); predictions that join no test example loaded here are
+counted, logged and noted in ``name_leak.md``.
+
 The metric (micro-F1 without the negative class, or accuracy) is then computed separately on seen
 and unseen examples, per trial, and the median over seeds is reported per (model, format):
 ``name_leak.csv`` / ``name_leak.md``, a plot per dataset, and ``name_leak_examples.csv.gz`` with
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -35,10 +40,13 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from recon.data_prep.example import ExampleIndex, RelationExample
 from recon.orchestration.study.trial import PAPER_DATASET_NAMES, Trial
+from recon.orchestration.report.joins import unjoined_message
 from recon.orchestration.report.significance import example_counts, f1_from_counts, negative_label
 
 SCOPES = ("train", "pretrain")
+NOT_LOADED = "their sources are not among the test examples the report loaded, or name one with another gold label"
 
 
 def normalise(name: str) -> str:
@@ -121,23 +129,21 @@ def index_corpus(directory: str | Path) -> NameIndex:
     return index
 
 
-def source_keys(source: str) -> list[str]:
-    """``/data/semeval/test.txt:12`` -> itself and ``test.txt:12`` (a trainer may write either)."""
-    path, sep, rest = source.rpartition(":")
-    keys = [source]
-    if sep:
-        keys.append(f"{Path(path).name}:{rest}")
-    return keys
-
-
 class TrialData:
-    """Training indexes and test examples per trial, loaded once per (dataset, subset)."""
+    """Training indexes and test examples per trial, loaded once per (dataset, subset).
+
+    :meth:`test_example` is the join of a prediction with its test example; the predictions it
+    cannot join are counted per dataset in ``unjoined`` (with the first few sources in ``unjoined_sources``).
+    """
 
     def __init__(self, data_dir: Optional[str] = None) -> None:
         self.data_dir = data_dir
         self._datasets: dict = {}
         self._train: dict = {}
         self._tests: dict = {}
+        self.joined: Counter = Counter()
+        self.unjoined: Counter = Counter()
+        self.unjoined_sources: dict[str, list[str]] = {}
 
     def dataset(self, cfg):
         key = (cfg.dataset, cfg.path, cfg.kind)
@@ -165,14 +171,32 @@ class TrialData:
             self._train[key] = index_examples(train)
         return self._train[key]
 
-    def tests(self, trial: Trial) -> dict:
-        """source key -> test ``RelationExample``."""
+    def tests(self, trial: Trial) -> ExampleIndex:
+        """The trial's test examples by portable identity."""
         cfg = trial.runner_config()
         key = (cfg.dataset, cfg.path, cfg.kind)
         if key not in self._tests:
-            ds = self.dataset(cfg)
-            self._tests[key] = {k: ex for ex in ds.splits.get("test", []) for k in source_keys(ex.source)}
+            self._tests[key] = ExampleIndex(self.dataset(cfg).splits.get("test", []))
         return self._tests[key]
+
+    def test_example(self, trial: Trial, source: str, gold: Optional[str] = None) -> Optional[RelationExample]:
+        """The test example a prediction of ``trial`` names (any form of its source; with the prediction's
+        ``gold`` label when given), counted when missing."""
+        example = self.tests(trial).get(source, gold)
+        if example is None:
+            self.unjoined[trial.dataset] += 1
+            sample = self.unjoined_sources.setdefault(trial.dataset, [])
+            if source not in sample and len(sample) < 3:
+                sample.append(source)
+        else:
+            self.joined[trial.dataset] += 1
+        return example
+
+    def unjoined_lines(self, part: str, what: str = "predictions") -> list[str]:
+        """One :func:`unjoined_message` per dataset with predictions that joined no test example."""
+        return [unjoined_message(part, n, n + self.joined[dataset], f"{dataset} {what}",
+                                 NOT_LOADED, self.unjoined_sources.get(dataset, ()))
+                for dataset, n in self.unjoined.items() if n]
 
 
 def example_flags(trials: Sequence[Trial], predictions: Mapping[str, dict], data: TrialData,
@@ -183,11 +207,10 @@ def example_flags(trials: Sequence[Trial], predictions: Mapping[str, dict], data
         if trial.kind != "finetune" or trial.trial_id not in predictions:
             continue
         train = data.train_index(trial)
-        tests = data.tests(trial)
         corpus = corpora.get(trial.model)
         for source, pred in predictions[trial.trial_id].items():
-            ex = next((tests[k] for k in source_keys(source) if k in tests), None)
-            if ex is None:
+            ex = data.test_example(trial, source, pred.get("gold"))
+            if ex is None:  # counted in data.unjoined; the analysis says so
                 continue
             head, tail = mention(ex, ex.head), mention(ex, ex.tail)
             ids = (ex.head.kb_id, ex.tail.kb_id)
@@ -291,8 +314,9 @@ def plot_seen_unseen(table: pd.DataFrame, dataset: str, out_file: Path, scope: s
     return out_file
 
 
-def write_markdown(table: pd.DataFrame, path: Path) -> Path:
+def write_markdown(table: pd.DataFrame, path: Path, notes: Sequence[str] = ()) -> Path:
     lines = ["# What names leak: test examples whose entity pair was seen vs unseen", "",
+             *(f"**{note}**" for note in notes), *([""] if notes else []),
              "scope train: the pair occurs in the trial's fine-tuning training subset; pretrain: in the",
              "pre-training corpus of the model's stage (matched by normalised mention text, or both KB ids).",
              "Metric x100, median over seeds; gap = seen - unseen; tp_share_seen = share of true positives on",
@@ -335,6 +359,9 @@ def name_leak_analysis(trials: Sequence[Trial], predictions: Mapping[str, dict],
     except Exception as err:  # noqa: BLE001 - a dataset that cannot be loaded here: no analysis, say why
         log(f"name leak: skipped ({type(err).__name__}: {err})")
         return []
+    notes = [f"{line}; left out of the table" for line in data.unjoined_lines("name leak")]
+    for note in notes:
+        log(note)
     if flags.empty:
         return []
     table = seen_unseen(flags)
@@ -342,7 +369,7 @@ def name_leak_analysis(trials: Sequence[Trial], predictions: Mapping[str, dict],
     paths = [out_dir / "name_leak.csv", out_dir / "name_leak_examples.csv.gz"]
     table.to_csv(paths[0], index=False)
     flags.drop(columns=["metric"]).to_csv(paths[1], index=False)
-    paths.append(write_markdown(table, out_dir / "name_leak.md"))
+    paths.append(write_markdown(table, out_dir / "name_leak.md", notes))
     for dataset in table["dataset"].unique():
         for scope in SCOPES:
             if ((table["dataset"] == dataset) & (table["scope"] == scope)).any():

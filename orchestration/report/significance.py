@@ -8,8 +8,10 @@ over seeds of the test metric. Two cells are compared when a table puts them sid
 * ``model``:  every pair of models within one dataset / setting / format (a column of Table 5);
 * ``format``: every pair of input formats within one model / dataset / setting (a row of Table 1).
 
-Both cells were scored on the same test examples (matched by ``source``), so the comparison is
-paired: a hard example is hard for both.
+Both cells were scored on the same test examples (matched by their portable identity,
+``recon.orchestration.report.joins``), so the comparison is paired: a hard example is hard for both.
+An example some of the compared trials have and others lack is left out of that comparison, counted
+(``n_unjoined``), logged and noted in ``significance.md``.
 
 Which test, and why a bootstrap
 -------------------------------
@@ -59,7 +61,7 @@ import pandas as pd
 from recon.models.train.metrics import SEMEVAL_OFFICIAL, score_from_counts
 from recon.models.train.metrics import example_counts as metric_counts
 
-from recon.orchestration.report.pilot import read_predictions
+from recon.orchestration.report.joins import read_predictions, unjoined_message
 from recon.orchestration.study.trial import Trial
 
 ALPHA = 0.05
@@ -71,10 +73,10 @@ MARK_FORMAT = "\u2021"  # double dagger: not significantly different from the sa
 NEGATIVE_NAMES = ("other", "no_relation", "na")
 
 COLUMNS = ["dataset", "setting", "comparison", "fixed", "model_a", "format_a", "model_b", "format_b",
-           "metric", "n_examples", "n_seeds_a", "n_seeds_b", "median_a", "median_b", "delta", "ci_lo", "ci_hi",
+           "metric", "n_examples", "n_unjoined", "n_seeds_a", "n_seeds_b", "median_a", "median_b", "delta", "ci_lo", "ci_hi",
            "p_value", "significant", "seed_delta_min", "seed_delta_max", "a_seed_min", "a_seed_max",
            "b_seed_min", "b_seed_max", "n_bootstrap", "test"]
-CELL_COLUMNS = ["dataset", "setting", "format", "model", "metric", "n_examples", "n_seeds", "median",
+CELL_COLUMNS = ["dataset", "setting", "format", "model", "metric", "n_examples", "n_unjoined", "n_seeds", "median",
                 "ci_lo", "ci_hi", "seed_min", "seed_max"]
 
 
@@ -173,12 +175,15 @@ def _cells(trials: Iterable[Trial], predictions: Mapping[str, dict]) -> dict[tup
     return cells
 
 
-def _shared_sources(predictions: Mapping[str, dict], trial_ids: Iterable[str]) -> list[str]:
+def _shared_sources(predictions: Mapping[str, dict], trial_ids: Iterable[str]) -> tuple[list[str], int]:
+    """The examples every trial has (file order of the first trial), and how many others some trials have."""
     ids = list(trial_ids)
     shared = set(predictions[ids[0]])
+    union = set(predictions[ids[0]])
     for tid in ids[1:]:
         shared &= set(predictions[tid])
-    return [s for s in predictions[ids[0]] if s in shared]  # file order of the first trial
+        union |= set(predictions[tid])
+    return [s for s in predictions[ids[0]] if s in shared], len(union) - len(shared)
 
 
 def _counts(cell: Cell, predictions: Mapping[str, dict], sources: list[str], negative: Optional[str]) -> np.ndarray:
@@ -196,7 +201,7 @@ def _group_negative(cells: Iterable[Cell], predictions: Mapping[str, dict]) -> O
 def compare_cells(a: Cell, b: Cell, predictions: Mapping[str, dict], *, comparison: str, fixed: str,
                   negative: Optional[str], n_boot: int = N_BOOTSTRAP, alpha: float = ALPHA) -> Optional[dict]:
     """One row of ``significance.csv`` (None when the cells share no test example)."""
-    sources = _shared_sources(predictions, [*a.seeds.values(), *b.seeds.values()])
+    sources, unjoined = _shared_sources(predictions, [*a.seeds.values(), *b.seeds.values()])
     if not sources:
         return None
     ca, cb = _counts(a, predictions, sources, negative), _counts(b, predictions, sources, negative)
@@ -212,7 +217,7 @@ def compare_cells(a: Cell, b: Cell, predictions: Mapping[str, dict], *, comparis
     paired = [by_seed_a[s] - by_seed_b[s] for s in by_seed_a if s in by_seed_b]
     return {"dataset": a.dataset, "setting": a.setting, "comparison": comparison, "fixed": fixed,
             "model_a": a.model, "format_a": a.format, "model_b": b.model, "format_b": b.format, "metric": a.metric,
-            "n_examples": len(sources), "n_seeds_a": len(a.seeds), "n_seeds_b": len(b.seeds),
+            "n_examples": len(sources), "n_unjoined": unjoined, "n_seeds_a": len(a.seeds), "n_seeds_b": len(b.seeds),
             "median_a": float(observed[0]), "median_b": float(observed[1]), "delta": delta,
             "ci_lo": float(lo), "ci_hi": float(hi), "p_value": pval, "significant": bool(pval < alpha),
             "seed_delta_min": float(min(paired)) if paired else float("nan"),
@@ -269,7 +274,7 @@ def cell_intervals(trials: Sequence[Trial], predictions: Mapping[str, dict], *, 
         if group not in negatives:
             negatives[group] = _group_negative([c for c in cells.values() if (c.dataset, c.setting) == group],
                                                predictions)
-        sources = _shared_sources(predictions, cell.seeds.values())
+        sources, unjoined = _shared_sources(predictions, cell.seeds.values())
         if not sources:
             continue
         counts = _counts(cell, predictions, sources, negatives[group])
@@ -278,7 +283,8 @@ def cell_intervals(trials: Sequence[Trial], predictions: Mapping[str, dict], *, 
         lo, hi = np.percentile(resampled[:, 0], [100 * alpha / 2, 100 * (1 - alpha / 2)])
         per_seed = f1_from_counts(counts.sum(axis=1))
         rows.append({"dataset": cell.dataset, "setting": cell.setting, "format": cell.format, "model": cell.model,
-                     "metric": cell.metric, "n_examples": len(sources), "n_seeds": len(cell.seeds),
+                     "metric": cell.metric, "n_examples": len(sources), "n_unjoined": unjoined,
+                     "n_seeds": len(cell.seeds),
                      "median": float(observed[0]), "ci_lo": float(lo), "ci_hi": float(hi),
                      "seed_min": float(per_seed.min()), "seed_max": float(per_seed.max())})
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
@@ -325,6 +331,17 @@ def significance_notes() -> list[str]:
             f"(same test); every comparison with its 95% interval: significance.csv"]
 
 
+def unjoined_note(significance: pd.DataFrame) -> Optional[str]:
+    """The console line (and ``significance.md``'s) when some comparison left examples out; None when none did."""
+    if significance.empty or not (significance["n_unjoined"] > 0).any():
+        return None
+    part = significance[significance["n_unjoined"] > 0]
+    return unjoined_message("significance", int(part["n_unjoined"].sum()),
+                            int((part["n_examples"] + part["n_unjoined"]).sum()), "examples of the compared cells",
+                            f"not in every trial's predictions, in {len(part)} of {len(significance)} comparisons; "
+                            "each was tested on the examples all its trials share, n_unjoined in significance.csv")
+
+
 def write_significance(significance: pd.DataFrame, intervals: pd.DataFrame, out_dir: Path) -> list[Path]:
     """``significance.csv`` / ``significance.md`` (every comparison) and ``cell_intervals.csv``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +353,7 @@ def write_significance(significance: pd.DataFrame, intervals: pd.DataFrame, out_
              "the metric per seed, e.g. micro-F1 without the negative class, and takes the median over seeds).",
              f"delta = A - B (x100); 95% percentile interval; two-sided p-value; significant when p < {ALPHA}.",
              "seed spread: min..max of the per-seed paired deltas.", "",
+             *((f"**{note}**", "") if (note := unjoined_note(significance)) else ()),
              "| dataset | setting | compares | A | B | n | delta | 95% CI | p | seed spread | |",
              "|---|---|---|---|---|---:|---:|---|---:|---|---|"]
     for r in significance.itertuples(index=False):
@@ -357,9 +375,12 @@ def analysis(context) -> list[Path]:
     significance = significance_frame(context.trials, context.predictions)
     intervals = cell_intervals(context.trials, context.predictions)
     context.shared.update(significance=significance, intervals=intervals)
+    note = unjoined_note(significance)
+    if note:
+        context.log(note)
     return write_significance(significance, intervals, context.out_dir)
 
 
 __all__ = ["analysis", "ALPHA", "N_BOOTSTRAP", "MARK_MODEL", "MARK_FORMAT", "load_predictions", "negative_label",
            "example_counts", "f1_from_counts", "bootstrap_medians", "p_value", "compare_cells",
-           "significance_frame", "cell_intervals", "table_marks", "significance_notes", "write_significance"]
+           "significance_frame", "cell_intervals", "table_marks", "unjoined_note", "significance_notes", "write_significance"]
