@@ -144,7 +144,9 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
     from recon.core.preflight import Preflight
     from recon.data_prep.corpus import require_exclusions
     from recon.orchestration.pretrain.preflight import pretrain_cluster_problems, pretrain_problems
+    from recon.orchestration.tracking.health import fail_fast_http
 
+    fail_fast_http()  # an MLflow call to a server that is down fails in seconds, not minutes
     tracking_uri = absolute_tracking_uri(chosen_tracking_uri(cfg.tracking_uri, DEFAULT_TRACKING_URI))
     pf = Preflight("recon pretrain")
     pf.extend(pretrain_problems(cfg, tracking_uri))
@@ -175,10 +177,10 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
         try:
             trainer.fit()
         except KeyboardInterrupt:
-            client.set_terminated(run_id, status="KILLED")
+            _terminate(client, run_id, "KILLED")
             raise
         except Exception as exc:
-            client.set_terminated(run_id, status="FAILED")
+            _terminate(client, run_id, "FAILED")
             raise ReconError(f"pre-training failed after {cfg.max_failures} restart(s): {exc}") from exc
         finally:
             poller.stop()
@@ -187,16 +189,31 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
             ray.shutdown()
     latest = latest_checkpoint(run)
     if latest is None or step_of(Path(latest).name) != cfg.steps:
-        client.set_terminated(run_id, status="FAILED")
+        _terminate(client, run_id, "FAILED")
         raise ReconError(f"pre-training ended without a checkpoint at step {cfg.steps} in {run.uri}")
     heldout = heldout_summary(run)
     final = export_final(run, root, latest, cfg.name, heldout)
-    if "initial_heldout_contrastive_accuracy" in heldout:  # the final figures reached MLflow with their step
-        client.log_metric(run_id, "heldout_contrastive_accuracy_initial",
-                          float(heldout["initial_heldout_contrastive_accuracy"]), step=0)
-    log_artifacts_redacted(client, run_id, final.local, artifact_path="encoder")
-    client.set_terminated(run_id, status="FINISHED")
+    try:
+        if "initial_heldout_contrastive_accuracy" in heldout:  # the final figures reached MLflow with their step
+            client.log_metric(run_id, "heldout_contrastive_accuracy_initial",
+                              float(heldout["initial_heldout_contrastive_accuracy"]), step=0)
+        log_artifacts_redacted(client, run_id, final.local, artifact_path="encoder")
+        client.set_terminated(run_id, status="FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the encoder is trained and published: an outage must not lose it
+        if not poller.gate.is_outage(exc):
+            raise
+        (log or print)(f"pre-training {cfg.name}: done, its final encoder is in storage ({final.uri}); the MLflow "
+                       f"server {cfg.tracking_uri} did not answer, so its run there is left unfinished (the steps' "
+                       f"metrics are in {run.join('progress.jsonl')})")
     return final
+
+
+def _terminate(client, run_id: str, status: str) -> None:
+    """End the MLflow run with ``status``; a server that does not answer is not a second error."""
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception:  # noqa: BLE001 - the error that stopped the run is the one to report
+        pass
 
 
 __all__ = ["PretrainRun", "FinalEncoder", "run_pretraining", "heldout_summary", "final_encoder", "export_final"]

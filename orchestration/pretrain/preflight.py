@@ -11,6 +11,7 @@ from recon.core.preflight import Preflight, Problem, resource_problems, storage_
 from recon.core.ray_session import cluster_to_join
 from recon.models.train.checks import encoder_problems
 from recon.orchestration.pretrain.run import PretrainRun
+from recon.orchestration.tracking.health import answers
 from recon.orchestration.tracking.uri import sqlite_path
 
 
@@ -33,6 +34,10 @@ def pretrain_problems(cfg: PretrainRun, tracking_uri: str) -> list[Problem]:
     db = sqlite_path(tracking_uri)
     if db is not None:
         pf.new_file(db, "the tracking store", "give --tracking-uri a store you can write")
+    silent = answers(tracking_uri)
+    if silent is not None:
+        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
+               "start it, or give --tracking-uri a store that answers")
     if cfg.use_gpu and cluster_to_join(cfg.address) is None:
         pf.gpu("--use-gpu", "run on a Ray cluster with GPUs (--address), or leave --use-gpu off")
     pf.seed(cfg.seed)

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 from recon.core.privacy import redact
 from recon.core.storage import Storage
+from recon.orchestration.tracking.health import TrackingGate
 from recon.orchestration.pretrain.run import MLFLOW_FILE, PROGRESS_DIR, PROGRESS_FILE, PretrainRun
 
 def mlflow_run(cfg: PretrainRun, run: Storage) -> str:
@@ -57,6 +58,8 @@ class ProgressPoller:
         self.seen: set[str] = set()
         self.rows: dict[str, dict] = {}
         self.logged: set[int] = {m.step for m in self.client.get_metric_history(run_id, "loss")}
+        self.gate = TrackingGate(cfg.tracking_uri, log or print)
+        self.unlogged: list = []  # metrics kept back while the tracking server does not answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="recon-pretrain-progress", daemon=True)
 
@@ -81,10 +84,25 @@ class ProgressPoller:
             self.logged.add(step)
             batch += [Metric(k, float(v), now, step) for k, v in row.items()
                       if k not in ("step", "resumed_from") and isinstance(v, (int, float)) and math.isfinite(float(v))]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        self.unlogged += batch
+        self.flush()
         if self.log and files:
             self._say(self.rows[files[-1]])
+
+    def flush(self, force: bool = False) -> None:
+        """Log the metrics kept back; while the server does not answer, only when it is time to ask again (or
+        ``force``). Training never waits for MLflow: every step is in storage (``progress/``) either way."""
+        if not self.gate.up and not ((force or self.gate.due()) and self.gate.try_again()):
+            return
+        while self.unlogged:
+            try:
+                self.client.log_batch(self.run_id, metrics=self.unlogged[:1000])
+            except Exception as exc:  # noqa: BLE001 - an outage is survived; another error drops the batch, said
+                if self.gate.is_outage(exc):
+                    return
+                (self.log or print)(f"[pretrain {self.name}] metrics could not be logged to MLflow ({exc}); they "
+                                    "are in the run's progress.jsonl")
+            del self.unlogged[:1000]
 
     def _say(self, row: dict) -> None:
         """A console line about every tenth of the run: step, loss, training and held-out accuracy."""
@@ -103,12 +121,17 @@ class ProgressPoller:
         while not self._stop.wait(self.every_s):
             self.poll()
 
-    def stop(self) -> None:
-        """Stop the thread, take the last files, and write ``progress.jsonl`` (attempt order)."""
+    def stop(self, wait_s: float = 30.0) -> None:
+        """Stop the thread, take the last files, and write ``progress.jsonl`` (attempt order); metrics kept back
+        by an outage get ``wait_s`` more for the server to answer (asked every few seconds)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=60)
         self.poll()
+        end = time.monotonic() + wait_s
+        while self.unlogged and time.monotonic() < end:
+            time.sleep(3.0)
+            self.flush(force=True)
         self.run.write_text(PROGRESS_FILE, "".join(json.dumps(self.rows[k]) + "\n" for k in sorted(self.rows)))
 
 

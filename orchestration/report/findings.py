@@ -88,6 +88,12 @@ def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Opti
                 f"Pre-training stage {stage}: held-out contrastive accuracy "
                 + (f"{start:.3f} -> " if start is not None else "")
                 + f"{held['heldout_contrastive_accuracy']:.3f} (chance {held.get('heldout_chance_accuracy', float('nan')):.3f}).")
+    if "planned" in cells.columns:  # medians over fewer seeds than planned are provisional: say which
+        short = cells[cells["n"] < cells["planned"]].drop_duplicates(["dataset", "setting", "format", "model"])
+        if len(short):
+            listed = "; ".join(f"{display_name(r.dataset)} {r.setting} {r.format} {r.model} ({r.n}/{r.planned})"
+                               for r in short.itertuples())
+            sentences.append(f"Medians over fewer seeds than planned, so provisional: {listed}.")
     if not sentences:
         return ""
     return "Findings (medians over seeds): " + " ".join(sentences)

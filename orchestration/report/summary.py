@@ -23,6 +23,8 @@ from recon.data_prep.registry import display_name
 from recon.orchestration.report.aggregate import cell_stats
 from recon.orchestration.report.analyses import ANALYSES
 from recon.orchestration.report.context import Analysis, ReportContext
+from recon.orchestration.report.from_storage import predictions_from_storage, results_from_storage
+from recon.core.storage import Storage
 from recon.orchestration.report.significance import load_predictions
 from recon.orchestration.study.plan import expand, unavailable_trials
 from recon.orchestration.study.spec import StudySpec
@@ -172,17 +174,44 @@ def run_analyses(context: ReportContext, analyses: Sequence[Analysis] = ANALYSES
     return files
 
 
-def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
-                  trials: Optional[list[Trial]] = None) -> Path:
-    """Regenerate every table, plot and the pilot analysis; returns the summary folder."""
-    out_dir = spec.resolved_output_dir() / "summary"
-    tracker = tracker or StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
-    if not tracker.exists:
-        from recon.core.errors import ReconError
+def planned_seeds(trials: Sequence[Trial]) -> dict[tuple, int]:
+    """Per cell (table, dataset, setting, format, model): how many seeds the study plans."""
+    planned: dict[tuple, int] = {}
+    for trial in trials:
+        for table in trial.tables:
+            key = (table, trial.dataset, trial.setting, trial.format, trial.model)
+            planned[key] = planned.get(key, 0) + 1
+    return planned
 
-        raise ReconError(f"study {spec.name!r} has no MLflow experiment at {tracker.tracking_uri}; run it first")
+
+def with_planned(stats, trials: Sequence[Trial]):
+    """``stats`` with a ``planned`` column: a cell whose ``n`` is below it is a median over fewer seeds than the
+    study asks for (trials failed, or not finished or not logged yet), and the tables say so in the cell."""
+    planned = planned_seeds(trials)
+    stats = stats.copy()
+    stats["planned"] = [planned.get(tuple(row), n) for row, n in
+                        zip(stats[["table", "dataset", "setting", "format", "model"]].itertuples(index=False),
+                            stats["n"])]
+    return stats
+
+
+def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, log: Callable[[str], None] = print,
+                  trials: Optional[list[Trial]] = None, storage: Optional[Storage] = None) -> Path:
+    """Regenerate every table, plot and the pilot analysis; returns the summary folder.
+
+    With ``storage`` (the tracking server does not answer), the finished trials are read from the study's storage
+    instead of MLflow, and nothing is logged to the parent run: ``recon study tables`` redoes it from MLflow."""
+    out_dir = spec.resolved_output_dir() / "summary"
     trials = trials if trials is not None else expand(spec)
-    results = results_frame(tracker, trials)
+    if storage is None:
+        tracker = tracker or StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False)
+        if not tracker.exists:
+            from recon.core.errors import ReconError
+
+            raise ReconError(f"study {spec.name!r} has no MLflow experiment at {tracker.tracking_uri}; run it first")
+        results = results_frame(tracker, trials)
+    else:
+        results = results_from_storage(trials, storage)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -191,12 +220,16 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
     if stats.empty:
         log("no finished trials yet: nothing to tabulate")
         return out_dir
-    runs = tracker.trial_runs()
-    footnotes = table_footnotes(spec, trials, runs, tracker.failed_trial_runs())
+    stats = with_planned(stats, trials)
+    runs = tracker.trial_runs() if storage is None else {}
+    footnotes = table_footnotes(spec, trials, runs, tracker.failed_trial_runs() if storage is None else {})
     with tempfile.TemporaryDirectory() as tmp:
         downloaded: dict[str, Optional[Path]] = {}
+        from_storage = predictions_from_storage(storage, Path(tmp)) if storage is not None else None
 
         def predictions_of(trial: Trial) -> Optional[Path]:
+            if from_storage is not None:
+                return from_storage(trial)
             if trial.trial_id not in downloaded:
                 run = runs.get(trial.trial_id)
                 downloaded[trial.trial_id] = (tracker.download(run.info.run_id, "predictions.jsonl",
@@ -215,7 +248,13 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
         notes["max_eval"] = (f"dev and test were capped at {spec.data.max_eval} examples each (a fixed random subset): "
                              "figures are not the paper's full-test numbers")
     notes["tables"] = footnotes
+    if storage is not None:
+        notes["source"] = (f"built from storage ({storage.uri}): the tracking server did not answer; `recon study "
+                           "tables` rebuilds it from MLflow once the trials are logged")
     (out_dir / "notes.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
+    if storage is not None:
+        log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells, from storage -> {out_dir}")
+        return out_dir
     tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source,
                               description=study_run_description(spec, trials, results, out_dir),
                               tags=study_tags(spec, trials))

@@ -130,6 +130,30 @@ def marked_table(cells: pd.DataFrame, marks: pd.DataFrame, value: str = "median"
     return text
 
 
+SEED_NOTE = ("[n/N seeds]: the median is over n of the N seeds the study plans (trials failed, or are not finished "
+             "or not logged yet): read it as provisional")
+MARK_KEYS = ["dataset", "setting", "format", "model"]
+
+
+def seed_marks(cells: pd.DataFrame) -> pd.DataFrame:
+    """Marks of cells whose median is over fewer seeds than planned (``n`` < ``planned``): `` [2/3 seeds]``."""
+    if "planned" not in cells.columns:
+        return pd.DataFrame(columns=[*MARK_KEYS, "mark"])
+    short = cells[cells["n"] < cells["planned"]]
+    return pd.DataFrame({**{k: short[k].values for k in MARK_KEYS},
+                         "mark": [f" [{n}/{p} seeds]" for n, p in zip(short["n"], short["planned"])]},
+                        columns=[*MARK_KEYS, "mark"])
+
+
+def combine_marks(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Several mark frames as one: a cell's marks joined in order (significance first, then seed counts)."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=[*MARK_KEYS, "mark"])
+    joined = pd.concat(frames, ignore_index=True)
+    return joined.groupby(MARK_KEYS, sort=False)["mark"].apply("".join).reset_index()
+
+
 def delta_marks(delta: pd.DataFrame) -> pd.DataFrame:
     """Marks of the delta tables: ``s`` paper's number within our seed range, ``i`` within the 95% interval."""
     out = delta.dropna(subset=["delta"]).copy()
@@ -190,11 +214,14 @@ def write_all(stats: pd.DataFrame, compare_to: Mapping[str, Optional[str]], out_
     written.append(out_dir / "cells.csv")
     marks = table_marks(significance) if significance is not None else None
     for name, group in stats.groupby("table", sort=True):
-        if marks is None:
-            written += write_table(pivot(group), out_dir, name, footnotes.get(name, ()))
+        partial = seed_marks(group)
+        notes = [*footnotes.get(name, ()), *([SEED_NOTE] if len(partial) else [])]
+        if marks is None and partial.empty:
+            written += write_table(pivot(group), out_dir, name, notes)
         else:
-            written += write_table(marked_table(group, marks), out_dir, name,
-                                   [*footnotes.get(name, ()), *significance_notes()])
+            cell_marks = combine_marks([m for m in (marks, partial) if m is not None])
+            written += write_table(marked_table(group, cell_marks), out_dir, name,
+                                   [*notes, *(significance_notes() if marks is not None else [])])
     delta = delta_frame(stats, compare_to, intervals=intervals)
     delta.to_csv(out_dir / "delta_vs_reported.csv", index=False)
     written.append(out_dir / "delta_vs_reported.csv")

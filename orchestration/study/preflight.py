@@ -23,6 +23,7 @@ from recon.models.train.checks import encoder_problems
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.study.stages import STAGE_FILE
 from recon.orchestration.study.trial import Trial
+from recon.orchestration.tracking.health import answers
 from recon.orchestration.tracking.uri import sqlite_path
 
 BASE_URL_ENV = "RECON_DATA_BASE_URL"
@@ -44,6 +45,11 @@ def study_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage, tra
     db = sqlite_path(tracking_uri)
     if db is not None:
         pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")
+    silent = answers(tracking_uri)
+    if silent is not None:
+        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
+               "start it, or give --tracking-uri a store that answers (an outage after the study starts costs "
+               "nothing: trials keep running and are logged when it is back)")
     pf.storage(store.uri)
     encoders: dict[str, list[str]] = {}  # each encoder is looked up once, naming everything that uses it
     used = {t.model for t in trials}

@@ -20,10 +20,11 @@ How it fits together (each job in its own module)
 """
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,8 +37,10 @@ from recon.orchestration.study.data import FEWSHOT_NEEDS, publish_local_models, 
 from recon.orchestration.study.trainable import RESULTS, result_rel, tune_trainable
 from recon.orchestration.study.tracker import StudyTracker
 from recon.orchestration.study.trainers import trainer_source
+from recon.orchestration.study.writer import TrialWriter
 from recon.orchestration.study.preflight import (cluster_problems, fetch_missing_data, study_files_needed,
                                                   study_problems)
+from recon.orchestration.tracking.health import fail_fast_http
 from recon.orchestration.tracking.uri import local_store_exists
 from recon.core.preflight import Preflight
 from recon.core.ray_session import cluster_to_join
@@ -51,8 +54,9 @@ class Progress:
     done once the writer thread has logged it, which can be after Tune has started the next one.
     """
 
-    def __init__(self, total: int, concurrency: int, log: Callable[[str], None]) -> None:
-        self.total, self.concurrency, self.log = total, max(1, concurrency), log
+    def __init__(self, total: int, concurrency: int, log: Callable[[str], None],
+                 unlogged: Callable[[], int] = lambda: 0) -> None:
+        self.total, self.concurrency, self.log, self.unlogged = total, max(1, concurrency), log, unlogged
         self.done = self.failed = 0
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
@@ -77,8 +81,9 @@ class Progress:
             self.failed += 1
         left = self.total - self.done - self.failed
         eta = (sum(self.durations) / len(self.durations)) * math.ceil(left / self.concurrency) if self.durations else 0
-        self.log(f"[trials] done {self.done}/{self.total}, running {self.running}, failed {self.failed}, "
-                 f"ETA {eta / 60:.1f} min")
+        waiting = self.unlogged()
+        self.log(f"[trials] done {self.done}/{self.total}, running {self.running}, failed {self.failed}"
+                 + (f", not yet in MLflow {waiting} (server down)" if waiting else "") + f", ETA {eta / 60:.1f} min")
 
 
 def log_from_storage(tracker: StudyTracker, trial: Trial, storage: Storage) -> bool:
@@ -92,48 +97,33 @@ def log_from_storage(tracker: StudyTracker, trial: Trial, storage: Storage) -> b
     return True
 
 
-_LOGGING: dict[str, Any] = {}  # the driver's one MLflow-writer thread (not part of the pickled callback)
+_WRITERS: dict[str, Any] = {}  # the driver's MLflow writer, by study (not part of the pickled Tune callback)
+CLOSE_WAIT_S = 30.0  # at the end, how long to keep asking a tracking server that does not answer
 
 
-def _logging_pool():
-    from concurrent.futures import ThreadPoolExecutor
-
-    if "pool" not in _LOGGING:
-        _LOGGING["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-mlflow")
-    return _LOGGING["pool"]
+def _submit(study: str, trial_id: str) -> None:
+    """Hand a completed trial to the study's writer (module level: Tune pickles its callbacks, and a function
+    referenced by name does not drag the writer's thread and locks along)."""
+    _WRITERS[study].submit(trial_id)
 
 
-def drain_logging() -> None:
-    """Wait until every completed trial handed to the writer thread is logged."""
-    pool = _LOGGING.pop("pool", None)
-    if pool is not None:
-        pool.shutdown(wait=True)
+def _waiting(study: str) -> int:
+    writer = _WRITERS.get(study)
+    return writer.waiting() if writer is not None else 0
 
 
-def _driver_callback(by_id: dict[str, Trial], tracker: StudyTracker, storage: Storage, progress: Progress):
-    """A Tune callback (built lazily: ray is imported only when a study runs).
-
-    Logging a trial to MLflow (download its outputs from storage, write the run) happens on one
-    writer thread, so Tune's event loop hands the worker its next trial at once; one thread keeps
-    the driver the store's only writer, with no concurrent writes.
-    """
+def _driver_callback(study: str, progress: Progress):
+    """A Tune callback (built lazily: ray is imported only when a study runs): a completed trial is done
+    (its result is in storage) and goes to the writer thread, so Tune hands its worker the next trial at once."""
     from ray.tune import Callback
-
-    def log_and_count(tid: str, key: str) -> None:
-        try:
-            ok = log_from_storage(tracker, by_id[tid], storage)
-        except Exception as exc:  # noqa: BLE001 - a failed log must not kill the writer thread
-            ok = False
-            progress.log(f"trial {tid}: could not be logged to MLflow ({exc}); `recon study resume` retries it")
-        progress.finish(key, ok)
 
     class DriverLogger(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
             progress.start(trial.trial_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            progress.stop(trial.trial_id)  # before Tune starts the next trial on the freed worker
-            _logging_pool().submit(log_and_count, trial.config["trial"]["trial_id"], trial.trial_id)
+            _submit(study, trial.config["trial"]["trial_id"])
+            progress.finish(trial.trial_id, True)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             progress.stop(trial.trial_id)  # Tune starts it again (on_trial_start) for the retry
@@ -156,6 +146,8 @@ class StudyOutcome:
     seconds: float
     unavailable: int = 0  # trials whose data is missing here (listed by `recon study plan`)
     storage: str = ""
+    unlogged: list[str] = field(default_factory=list)  # finished (in storage), not in MLflow: the server was down
+    tracking_uri: str = ""
 
 
 def stale_runs(trials: Sequence[Trial], runs: dict[str, Any]) -> int:
@@ -202,6 +194,7 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
     KILLED on an interrupt, never left RUNNING.
     """
     start = time.time()
+    fail_fast_http()  # an MLflow call to a server that is down fails in seconds, not minutes
     out_dir = spec.resolved_output_dir()
     store = study_storage(spec, storage)
     trials = expand(spec)
@@ -270,15 +263,23 @@ def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker
         needed = {t.dataset for t in pending} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in pending)
                                                  else set())
         data = publish_study_data(needed, data_root, store)
-        failed = _tune(spec, pending, tracker, store, checkpoints, data, log)
-    logged = len(tracker.finished_trial_ids() & {t.trial_id for t in trials})
+        failed, unlogged = _tune(spec, pending, tracker, store, checkpoints, data, log)
+    else:
+        unlogged = []
+    if unlogged:  # the server did not answer at the end: count from what this run knows, not from MLflow
+        logged = skipped + harvested + len(pending) - len(failed) - len(unlogged)
+    else:
+        logged = len(tracker.finished_trial_ids() & {t.trial_id for t in trials})
     return StudyOutcome(trials=len(trials), skipped=skipped, harvested=harvested, ran=len(pending),
                         failed=failed, logged=logged, seconds=round(time.time() - start, 1),
-                        unavailable=len(missing), storage=store.uri)
+                        unavailable=len(missing), storage=store.uri, unlogged=unlogged,
+                        tracking_uri=tracker.tracking_uri)
 
 
 def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, store: Storage,
-          checkpoints: dict[str, dict], data: dict, log: Callable[[str], None]) -> list[str]:
+          checkpoints: dict[str, dict], data: dict, log: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The grid on Ray Tune; returns the failed trials and the finished ones that are not in MLflow (the
+    tracking server did not answer by the end: their results are in storage)."""
     from ray import tune
 
     base_dir = spec.source.parent if spec.source else Path.cwd()
@@ -290,8 +291,11 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
     resources = {"cpu": spec.ray.cpus_per_trial, "gpu": spec.ray.gpus_per_trial, **spec.ray.trial_resources}
     # Tune checkpoints its callbacks: only a module-level function can go with them (pickled by name).
     picklable = "<locals>" not in getattr(log, "__qualname__", "<locals>") and log is not print
-    progress = Progress(len(pending), spec.ray.max_concurrent_trials, log if picklable else say)
     by_id = {t.trial_id: t for t in pending}
+    writer = TrialWriter(tracker, store, by_id, log if picklable else say, log_from_storage)
+    _WRITERS[spec.name] = writer
+    progress = Progress(len(pending), spec.ray.max_concurrent_trials, log if picklable else say,
+                        functools.partial(_waiting, spec.name))
 
     def name_of(trial) -> str:
         return trial.config["trial"]["trial_id"]
@@ -309,14 +313,18 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=store.join("tune"),
             failure_config=tune.FailureConfig(max_failures=spec.ray.max_retries),
-            callbacks=[_driver_callback(by_id, tracker, store, progress)],
+            callbacks=[_driver_callback(spec.name, progress)],
             verbose=0,
         ),
     )
     try:
         grid = tuner.fit()
-    finally:
-        drain_logging()
+    except BaseException:  # Ctrl-C or a driver error: stop now; what is not logged is in storage (resume logs it)
+        writer.abandon()
+        _WRITERS.pop(spec.name, None)
+        raise
+    unlogged = writer.close(CLOSE_WAIT_S)
+    _WRITERS.pop(spec.name, None)
     failed = []
     for result in grid:
         tid = result.config["trial"]["trial_id"] if result.config else None
@@ -324,10 +332,13 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
             failed.append(tid or "?")
             lines = [line for line in str(result.error or "no result").splitlines() if line.strip()]
             error = lines[-1] if lines else "no result"
-            if tid in by_id:  # a FAILED run with the error; `recon study resume` runs the trial again
-                tracker.log_failed_trial(by_id[tid], error, spec.ray.max_retries + 1)
+            if tid in by_id and writer.gate.up:  # a FAILED run with the error; `resume` runs the trial again
+                try:
+                    tracker.log_failed_trial(by_id[tid], error, spec.ray.max_retries + 1)
+                except Exception:  # noqa: BLE001 - the failure is reported here and in the outcome anyway
+                    pass
             log(f"trial {tid} failed: {error}")
-    return failed
+    return failed, [tid for tid in unlogged if tid not in failed]
 
 
 __all__ = ["run_study", "StudyOutcome", "harvest", "log_from_storage", "stale_runs", "study_storage", "Progress"]

@@ -4,7 +4,9 @@ It reads only what arrives with the trial: its config, a dataset manifest and en
 all resolved through the storage location into this node's cache (``recon.core.storage``).
 It writes its outputs (``result.json``, ``metrics.json``, ``predictions.jsonl``) to
 ``<storage>/results/<trial id>/``, ``result.json`` last, so present means complete; the final
-``tune.report`` carries the result's metrics to the driver. The driver then logs the trial to MLflow
+``tune.report`` carries the result's metrics to the driver. It is the trial's only report: a study schedules
+nothing on intermediate results, and every report is a round trip through Tune's driver between trials (the
+epochs' metrics reach MLflow from the result's history). The driver then logs the trial to MLflow
 from storage: it never reads a worker's disk, and after a restart it finds finished trials there.
 
 Workers are long-lived: the study runs Tune with ``reuse_actors=True``, so one worker process runs
@@ -21,7 +23,6 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from recon.orchestration.study.trial import Trial
 from recon.core.storage import Storage
@@ -35,19 +36,6 @@ RESULT_FILE = "result.json"
 
 def result_rel(trial_id: str, name: str = RESULT_FILE) -> str:
     return f"{RESULTS}/{trial_id}/{name}"
-
-
-class TuneReporter:
-    """Training-loop callback: every epoch's metrics go to Tune (numbers only)."""
-
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        from ray import tune
-
-        row = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tune.report({**row, "epoch": epoch, "done": False})
-
-    def on_train_end(self, result: Any) -> None:
-        pass
 
 
 def publish_result(storage: Storage, trial_id: str, out_dir: Path, result: dict) -> str:
@@ -98,7 +86,7 @@ def tune_trainable(config: dict) -> None:
                                data_dir=data_dir)
         trainer = load_trainer(config.get("trainer"), trial.kind)
         start = time.time()
-        result = trainer(request, [TuneReporter()])
+        result = trainer(request, [])  # one report per trial, at the end: a study schedules nothing on epochs
         result.setdefault("seconds", round(time.time() - start, 3))
         result["node"] = {"hostname": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
                           "pid": os.getpid(), "started": start}  # the same pid across trials: a reused worker
@@ -107,5 +95,5 @@ def tune_trainable(config: dict) -> None:
                  "done": True})
 
 
-__all__ = ["tune_trainable", "reset_process_state", "TuneReporter", "publish_result", "result_rel", "RESULTS",
+__all__ = ["tune_trainable", "reset_process_state", "publish_result", "result_rel", "RESULTS",
            "RESULT_FILE"]

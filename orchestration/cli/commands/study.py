@@ -218,8 +218,14 @@ def _run(args: argparse.Namespace) -> int:
         outcome = run_study(spec, address=args.address, num_cpus=args.num_cpus, storage=args.storage,
                             base_url=args.base_url, log=say)
         say(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
-            f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow ({outcome.seconds} s)")
-        summary_dir = write_summary(spec, log=say)
+            f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow"
+            + (f", {len(outcome.unlogged)} not yet (server down)" if outcome.unlogged else "") + f" ({outcome.seconds} s)")
+        if outcome.unlogged:
+            from recon.orchestration.study.runner import study_storage
+
+            summary_dir = write_summary(spec, log=say, storage=study_storage(spec, args.storage))
+        else:
+            summary_dir = write_summary(spec, log=say)
         finding = findings_paragraph(summary_dir, {m.name: m.paper_label for m in spec.models},
                                      _stage_heldout(spec, args.storage))
         if finding:
@@ -227,7 +233,12 @@ def _run(args: argparse.Namespace) -> int:
             say(finding)
         say(f"tables and plots: {summary_dir}")
         say(f"browse: {_ui_hint(spec, args.file)}")
-    return 1 if outcome.failed else 0
+        if outcome.unlogged:
+            say(f"recon: {len(outcome.unlogged)} finished trial(s) are not in MLflow: the tracking server "
+                f"{outcome.tracking_uri} did not answer. Their results are in storage ({outcome.storage}) and the tables "
+                f"above were built from there; when the server answers, `recon study resume {args.file}` logs them "
+                "(nothing trains again) and rebuilds the tables from MLflow.")
+    return 1 if outcome.failed or outcome.unlogged else 0
 
 
 def _stage_heldout(spec, storage: str | None) -> dict[str, dict]:
