@@ -26,6 +26,7 @@ written by ``trial.run_trial``), so everything here is the study room's paired b
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
@@ -228,6 +229,18 @@ def judge(entries: dict[int, Entry], best: int, mode: str = "max", n_boot: int =
     return Verdict(best, mode, comparisons, unjudged, runner_up, tied, better, detectable, alpha, n_boot)
 
 
+def _examples_needed(verdict: Verdict) -> str:
+    """How many examples the paired test would need for the widest gap inside the tie set: the detectable
+    difference shrinks as 1 / sqrt(n), so ``n x (detectable / gap)^2`` at the same pairing."""
+    gaps = [abs(c.delta) for c in verdict.comparisons if not c.distinguishable]
+    if not gaps or verdict.detectable is None or max(gaps) <= 0:
+        return "; more dev examples or seeds would be needed to separate them"
+    n = max(c.n_examples for c in verdict.comparisons)
+    need = math.ceil(n * (verdict.detectable / max(gaps)) ** 2)
+    return (f"; the widest gap among them ({max(gaps):.3f}) would need about {need:,} dev examples to be "
+            f"detected at this pairing (n x ({verdict.detectable:.3f} / {max(gaps):.3f})^2)")
+
+
 def verdict_lines(verdict: Verdict, entries: dict[int, Entry], score: str) -> list[str]:
     """The best report in words: the runner-up, the rest, and the tie set or the winner."""
     e = entries[verdict.best]
@@ -247,6 +260,9 @@ def verdict_lines(verdict: Verdict, entries: dict[int, Entry], score: str) -> li
     lines = [f"paired bootstrap over the same {n} {score.split()[0]} examples ({verdict.n_boot} resamples, "
              f"alpha {verdict.alpha}, Holm over {len(verdict.comparisons)} comparison"
              f"{'s' if len(verdict.comparisons) > 1 else ''} with the best):"]
+    if verdict.detectable is not None:
+        lines.append(f"  this dev set detects paired differences of about {verdict.detectable:.3f} "
+                     f"(95% two-sided, 80% power, from the bootstrap's spread of the differences)")
     runner = verdict.of(verdict.runner_up) if verdict.runner_up is not None else None
     if runner is not None:
         lines.append(f"  vs the runner-up, trial {runner.number}{at(runner)}: {vs(runner)}: "
@@ -256,13 +272,15 @@ def verdict_lines(verdict: Verdict, entries: dict[int, Entry], score: str) -> li
         told = [c for c in rest if c.distinguishable]
         untold = [c for c in rest if not c.distinguishable]
         parts = []
+        def step(c: Comparison, sep: str) -> str:
+            return f"{sep}at step {c.step}" if c.state != "completed" else ""
+
         if told:
             parts.append("distinguishable from " + ", ".join(
-                f"trial {c.number} ({c.delta:+.3f}, p = {c.p_adjusted:.3f}{', at step %d' % c.step if c.state != 'completed' else ''})"
-                for c in told))
+                f"trial {c.number} ({c.delta:+.3f}, p = {c.p_adjusted:.3f}{step(c, ', ')})" for c in told))
         if untold:
-            parts.append("NOT from " + ", ".join(f"trial {c.number}" + (f" (at step {c.step})" if c.state != "completed"
-                                                                          else "") for c in untold))
+            parts.append("NOT from " + ", ".join(
+                f"trial {c.number}{' (' + step(c, '') + ')' if step(c, '') else ''}" for c in untold))
         lines.append("  vs the rest: " + "; ".join(parts))
     if verdict.unjudged:
         lines.append("  not compared: " + "; ".join(f"trial {k} ({v})" for k, v in sorted(verdict.unjudged.items())))
@@ -280,10 +298,7 @@ def verdict_lines(verdict: Verdict, entries: dict[int, Entry], score: str) -> li
             ci = (f" [{t.interval['ci_lo']:.3f}, {t.interval['ci_hi']:.3f}]" if t.interval else "")
             where = f", at step {t.step} (stopped early)" if t.state != "completed" else ""
             lines.append(f"   trial {number}: {t.label}: {score} {t.objective:.3f}{ci}{where}")
-        lines.append("   the dev set cannot rank these; score on more dev examples or seeds to separate them")
-    if verdict.detectable is not None:
-        lines.append(f"this dev set detects paired differences of about {verdict.detectable:.3f} "
-                     f"(95% two-sided, 80% power, from the bootstrap's spread of the differences)")
+        lines.append("   the dev set cannot rank these" + _examples_needed(verdict))
     return lines
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-STYLE = {  # vs_best -> marker colour
-    "best": "tab:orange", "tied": "tab:blue", "worse": "0.55", "better": "tab:green", "not compared": "0.3", "": "tab:blue",
-}
+STYLE = {"best": "tab:orange", "tied": "tab:blue", "worse": "0.55", "better": "tab:green",  # vs_best -> colour
+         "not compared": "0.3", "": "tab:blue"}
 LEGEND = {"best": "best", "tied": "cannot be told from the best", "worse": "distinguishably worse",
           "better": "better where stopped", "not compared": "not compared", "": "trial"}
 
@@ -39,10 +38,15 @@ def plot_objective_vs(frame, param: str, out: Path, objective_label: str) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = plt.subplots(figsize=(5.8, 4.4))
     data = frame[frame["objective"].notna() & frame["state"].isin(["completed", "stopped_early"])]
     groups = data["vs_best"].fillna("") if "vs_best" in data else data["state"].map(lambda s: "")
     categorical = data[param].dtype == object
+    if not categorical:  # trials at the same value (a choice domain) side by side, not on top of each other
+        values = data[param].astype(float)
+        span = (values.max() - values.min()) or 1.0
+        rank = values.groupby(values).cumcount() - (values.groupby(values).transform("size") - 1) / 2
+        data = data.assign(**{param: values + 0.02 * span * rank})
     for (kind, state), part in data.groupby([groups, data["state"]], sort=False):
         x = part[param].astype(str) if categorical else part[param].astype(float)
         colour = STYLE.get(kind, "tab:blue")
@@ -53,9 +57,10 @@ def plot_objective_vs(frame, param: str, out: Path, objective_label: str) -> Pat
                     ecolor=colour, elinewidth=1.2, capsize=3, alpha=0.9, label=label)
     ax.set_xlabel(param)
     ax.set_ylabel(objective_label)
-    ax.set_title(f"objective vs {param.split('.')[-1]} (95% CI over examples)", fontsize=10)
+    ax.set_title(f"objective vs {param.split('.')[-1]}: 95% CI over examples; colour: paired test vs the best",
+                 fontsize=8.5, loc="left")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -70,7 +75,7 @@ def plot_intervals(frame, params: list[str], out: Path, objective_label: str) ->
     import matplotlib.pyplot as plt
 
     data = frame[frame["objective"].notna()].sort_values("objective")
-    fig, ax = plt.subplots(figsize=(6.8, 0.9 + 0.42 * max(len(data), 1)))
+    fig, ax = plt.subplots(figsize=(7.2, 1.1 + 0.42 * max(len(data), 1)))
     labels = []
     for y, (_, row) in enumerate(data.iterrows()):
         kind = row.get("vs_best") if isinstance(row.get("vs_best"), str) else ""
@@ -86,8 +91,9 @@ def plot_intervals(frame, params: list[str], out: Path, objective_label: str) ->
                       f"{f'  [{kind}]' if kind else ''}")
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xlabel(f"{objective_label}, 95% CI over examples")
-    ax.set_title("Trials ranked: orange band = the best's interval", fontsize=10, loc="left")
+    ax.set_xlabel(objective_label)
+    fig.suptitle("Trials ranked, 95% CI over examples; orange band: the best's interval; [tied] / [worse]: "
+                 "paired test vs the best", fontsize=8, x=0.01, ha="left")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -49,11 +49,12 @@ def trial_record(storage: Storage, sweep: str, trial_id: str, probe_steps: list[
         if len(rows) != len(seeds):
             break
         scores, missing = load_probe_scores(storage, sweep, trial_id, step, rows, metric, split)
+        interval = (probe_uncertainty(scores, seed=zlib.crc32(f"{trial_id}:{step}".encode()))
+                    if scores is not None else None)
         record["probes"].append({"step": step, "objective": statistics.median(r["score"] for r in rows),
                                  "scores": {str(r["seed"]): r["score"] for r in rows},
                                  "node": rows[-1].get("node"), "per_example": scores, "missing": missing,
-                                 "uncertainty": probe_uncertainty(scores, seed=zlib.crc32(f"{trial_id}:{step}".encode()))
-                                 if scores is not None else None})
+                                 "uncertainty": interval})
     run = Storage.from_uri(storage.join(trial_rel(sweep, trial_id, PRETRAIN_RUN)))
     if run.exists(PROGRESS_DIR):
         by_step: dict[int, dict] = {}
@@ -154,7 +155,7 @@ class SweepTracker:
 
     def finish(self, artifacts: Path, best: Optional[dict]) -> str:
         """The best trial, and how sure the sweep is of it, on the parent run; each trial run gets its
-        comparison with the best (``delta_vs_best``, Holm-adjusted ``p_vs_best``, tag ``vs_best``)."""
+        comparison with the best (``delta_vs_best``, Holm-adjusted ``p_vs_best_holm``, tag ``vs_best``)."""
         from mlflow.entities import Metric
 
         run_id = self.parent_run_id()
@@ -188,7 +189,7 @@ class SweepTracker:
                 self.client.set_tag(run.info.run_id, "vs_best", label)
             if c is not None:
                 self.client.log_batch(run.info.run_id, metrics=[
-                    Metric("delta_vs_best", c.delta, now, c.step), Metric("p_vs_best", c.p_adjusted, now, c.step),
+                    Metric("delta_vs_best", c.delta, now, c.step), Metric("p_vs_best_holm", c.p_adjusted, now, c.step),
                     Metric("distinguishable_from_best", float(c.distinguishable), now, c.step)])
 
 
@@ -245,7 +246,7 @@ def trials_frame(study, states: dict[int, str], records: dict[int, dict], verdic
         if verdict is not None:
             c = verdict.of(t.number)
             row.update(vs_best=vs_best_label(verdict, t.number), delta_vs_best=c.delta if c else None,
-                       p_vs_best=c.p_adjusted if c else None)
+                       p_vs_best_holm=c.p_adjusted if c else None)
         curve = curve_summary_of(record)
         if curve.get("pretrain_loss_last") is not None:
             row["pretrain_loss_last"] = curve["pretrain_loss_last"]
