@@ -92,6 +92,12 @@ def test_overlapping_trials_are_printed_as_a_set_not_a_winner():
     for n in range(4):
         assert f"trial {n}: p_blank=0.{n}" in text
     assert "a winner, not noise" not in text
+    # how many examples the widest gap in the set would need: n x (detectable / gap)^2, detectable from the
+    # bootstrap's spread of the paired differences
+    gap = max(abs(c.delta) for c in verdict.comparisons)
+    assert verdict.detectable == pytest.approx(z_sum() * float(np.median([c.se_delta for c in verdict.comparisons])))
+    need = math.ceil(120 * (verdict.detectable / gap) ** 2)
+    assert need > 120 and f"({gap:.3f}) would need about {need:,} dev examples to be detected" in text
 
 
 def test_a_close_runner_up_ties_while_a_failing_setting_is_told_apart():
@@ -282,8 +288,8 @@ def test_run_finetune_writes_dev_predictions_only_on_request(keyword_bert, tmp_p
 # ---------------------------------------------------------------- through storage, MLflow, table, plots, CLI
 
 def _constructed_sweep(tmp_path):
-    """A sweep run without Ray: four trials in an Optuna journal, their probes and predictions in storage.
-    Trials 0 and 1 are close, trial 2 fails clearly, trial 3 was stopped at step 2 on noise."""
+    """A sweep run without Ray: four trials in an Optuna journal, their probes (two seeds each) and predictions
+    in storage. Trials 0 and 1 are close, trial 2 fails clearly, trial 3 was stopped at step 2 on noise."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -291,7 +297,8 @@ def _constructed_sweep(tmp_path):
     from recon.orchestration.sweep.runner import Journal, open_study
 
     path = tmp_path / "sweep.yaml"
-    path.write_text((FIXTURES / "base.yaml").read_text() + f"output_dir: {tmp_path / 'out'}\n")
+    path.write_text((FIXTURES / "base.yaml").read_text() + f"output_dir: {tmp_path / 'out'}\n"
+                    "objective: {seeds: [42, 43]}\n")
     spec = load_sweep(path)
     store = Storage.from_uri(str(tmp_path / "out"))
     study = open_study(spec, Journal(spec, store))
@@ -305,9 +312,12 @@ def _constructed_sweep(tmp_path):
         tid = f"trial{n}"
         scores = []
         for step, right in zip((2, 4), steps):
-            rows = predictions(gold, right)
-            scores.append(_micro(rows))
-            _write_probe(store, spec.name, tid, step, 42, rows, scores[-1])
+            per_seed = []
+            for seed in (42, 43):  # seed 43 redraws 10% of seed 42's answers
+                rows = predictions(gold, right if seed == 42 else correct(200, 0.6, 100 * n + step, right, 0.1))
+                per_seed.append(_micro(rows))
+                _write_probe(store, spec.name, tid, step, seed, rows, per_seed[-1])
+            scores.append(float(np.median(per_seed)))
         done = len(steps) == 2
         study.add_trial(create_trial(params={"pretrain.p_blank": p_blank, "pretrain.batch_size": batch},
                                      distributions=dists, value=scores[-1] if done else None,
@@ -338,6 +348,8 @@ def test_the_report_flows_into_the_table_mlflow_plots_and_the_cli(tmp_path, caps
                                       for n in range(4)]
     assert (frame["ci_lo"] < frame["objective"]).all() and (frame["objective"] < frame["ci_hi"]).all()
     assert (frame["objective_se"] > 0.01).all() and (frame["n_examples"] == 200).all()
+    assert (frame["seed_min"] <= frame["objective"]).all() and (frame["objective"] <= frame["seed_max"]).all()
+    assert (frame["seed_max"] > frame["seed_min"]).all()
     written = write_artifacts(study, frame, tmp_path / "art", list(spec.domains), "dev micro-F1", best["snippet"],
                               records)
     names = {p.name for p in written}
@@ -356,7 +368,7 @@ def test_the_report_flows_into_the_table_mlflow_plots_and_the_cli(tmp_path, caps
                             "where t.key = 'optuna_number'").fetchall())
     keys = {k for (k,) in con.execute("select key from metrics where run_uuid = ?", (runs["2"],))}
     assert {"objective_se", "objective_ci_lo", "objective_ci_hi", "objective_n_examples", "probe_objective_ci_lo",
-            "delta_vs_best", "p_vs_best_holm"} <= keys
+            "objective_seed_min", "objective_seed_max", "objective_seed_sd", "delta_vs_best", "p_vs_best_holm"} <= keys
     tags = dict(con.execute("select t.value, g.value from tags t join tags g on g.run_uuid = t.run_uuid where "
                             "t.key = 'optuna_number' and g.key = 'vs_best'").fetchall())
     assert tags["2"] == "worse" and tags["3"] == "tied" and tags[str(best["number"])] == "best"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -170,9 +170,6 @@ class Verdict:
     def of(self, number: int) -> Optional[Comparison]:
         return next((c for c in self.comparisons if c.number == number), None)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "winner": self.winner}
-
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
@@ -229,15 +226,18 @@ def judge(entries: dict[int, Entry], best: int, mode: str = "max", n_boot: int =
     return Verdict(best, mode, comparisons, unjudged, runner_up, tied, better, detectable, alpha, n_boot)
 
 
-def _examples_needed(verdict: Verdict) -> str:
+def _examples_needed(verdict: Verdict, split: str) -> str:
     """How many examples the paired test would need for the widest gap inside the tie set: the detectable
     difference shrinks as 1 / sqrt(n), so ``n x (detectable / gap)^2`` at the same pairing."""
     gaps = [abs(c.delta) for c in verdict.comparisons if not c.distinguishable]
     if not gaps or verdict.detectable is None or max(gaps) <= 0:
-        return "; more dev examples or seeds would be needed to separate them"
+        return f"; more {split} examples or seeds would be needed to separate them"
     n = max(c.n_examples for c in verdict.comparisons)
     need = math.ceil(n * (verdict.detectable / max(gaps)) ** 2)
-    return (f"; the widest gap among them ({max(gaps):.3f}) would need about {need:,} dev examples to be "
+    if need <= n:
+        return (f"; the widest gap among them ({max(gaps):.3f}) is near what these {n} {split} examples detect: "
+                "more examples or seeds would settle it")
+    return (f"; the widest gap among them ({max(gaps):.3f}) would need about {need:,} {split} examples to be "
             f"detected at this pairing (n x ({verdict.detectable:.3f} / {max(gaps):.3f})^2)")
 
 
@@ -298,7 +298,7 @@ def verdict_lines(verdict: Verdict, entries: dict[int, Entry], score: str) -> li
             ci = (f" [{t.interval['ci_lo']:.3f}, {t.interval['ci_hi']:.3f}]" if t.interval else "")
             where = f", at step {t.step} (stopped early)" if t.state != "completed" else ""
             lines.append(f"   trial {number}: {t.label}: {score} {t.objective:.3f}{ci}{where}")
-        lines.append("   the dev set cannot rank these" + _examples_needed(verdict))
+        lines.append(f"   the {score.split()[0]} set cannot rank these" + _examples_needed(verdict, score.split()[0]))
     return lines
 
 

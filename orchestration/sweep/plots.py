@@ -2,10 +2,11 @@
 the dev set cannot support does not look like one.
 
 * ``objective_vs_<param>``: the objective against each searched parameter, error bars = the bootstrap
-  interval (``confidence``); the best trial a star, the trials it cannot be told apart from filled,
-  those it beats grey; trials stopped early hollow (at their last probe).
-* ``objective_intervals``: every trial ranked, with its interval and the best's interval as a band:
-  the tie set at a glance.
+  interval (``confidence``), and with several seeds their min / max as ticks; the best trial a star,
+  the trials it cannot be told apart from filled, those it beats grey; trials stopped early hollow
+  (at their last probe).
+* ``objective_intervals``: every trial ranked, with its interval (seed range as ticks) and the best's
+  interval as a band: the tie set at a glance.
 * ``optimization_history`` and ``param_importances`` from ``optuna.visualization.matplotlib`` (the
   importances on a one-fidelity copy of the study: every trial at its first probe).
 """
@@ -47,6 +48,7 @@ def plot_objective_vs(frame, param: str, out: Path, objective_label: str) -> Pat
         span = (values.max() - values.min()) or 1.0
         rank = values.groupby(values).cumcount() - (values.groupby(values).transform("size") - 1) / 2
         data = data.assign(**{param: values + 0.02 * span * rank})
+    seeds_drawn = False
     for (kind, state), part in data.groupby([groups, data["state"]], sort=False):
         x = part[param].astype(str) if categorical else part[param].astype(float)
         colour = STYLE.get(kind, "tab:blue")
@@ -55,6 +57,11 @@ def plot_objective_vs(frame, param: str, out: Path, objective_label: str) -> Pat
         ax.errorbar(x, part["objective"], yerr=_errors(part), fmt="*" if kind == "best" else "o",
                     ms=12 if kind == "best" else 7, color=colour, mfc="none" if hollow else colour,
                     ecolor=colour, elinewidth=1.2, capsize=3, alpha=0.9, label=label)
+        if "seed_min" in part and part["seed_min"].notna().any():  # several seeds: their range beside the bar
+            for bound in ("seed_min", "seed_max"):
+                ax.scatter(x, part[bound], marker="_", s=140, color=colour, linewidths=2.2,
+                           label="seed min / max" if bound == "seed_min" and not seeds_drawn else None)
+            seeds_drawn = True
     ax.set_xlabel(param)
     ax.set_ylabel(objective_label)
     ax.set_title(f"objective vs {param.split('.')[-1]}: 95% CI over examples; colour: paired test vs the best",
@@ -84,6 +91,8 @@ def plot_intervals(frame, params: list[str], out: Path, objective_label: str) ->
         err = _errors(data.loc[[row.name]])
         ax.errorbar([row["objective"]], [y], xerr=err, fmt="*" if kind == "best" else "o",
                     ms=12 if kind == "best" else 7, color=colour, mfc="none" if hollow else colour, capsize=3)
+        if row.get("seed_min") == row.get("seed_min") and row.get("seed_min") is not None:  # not NaN
+            ax.scatter([row["seed_min"], row["seed_max"]], [y, y], marker="|", s=160, color=colour, linewidths=2.2)
         if kind == "best" and row.get("ci_lo") == row.get("ci_lo") and row.get("ci_lo") is not None:
             ax.axvspan(float(row["ci_lo"]), float(row["ci_hi"]), color="tab:orange", alpha=0.12, lw=0)
         values = ", ".join(f"{p.split('.')[-1]}={_fmt(row[p])}" for p in params if p in row)
@@ -92,8 +101,9 @@ def plot_intervals(frame, params: list[str], out: Path, objective_label: str) ->
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels, fontsize=7)
     ax.set_xlabel(objective_label)
-    fig.suptitle("Trials ranked, 95% CI over examples; orange band: the best's interval; [tied] / [worse]: "
-                 "paired test vs the best", fontsize=8, x=0.01, ha="left")
+    seeds = " (| : seed min / max)" if "seed_min" in data and data["seed_min"].notna().any() else ""
+    fig.suptitle(f"Trials ranked, 95% CI over examples{seeds}; orange band: the best's interval; [tied] / "
+                 "[worse]: paired test vs the best", fontsize=8, x=0.01, ha="left")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
