@@ -2,7 +2,7 @@
 
     spec = load_sweep("studies/sweep-demo.yaml")
     outcome = run_sweep(spec)            # also what `recon sweep resume` runs
-    outcome.best                         # {"number", "value", "params", "snippet"}
+    outcome.best                         # {"number", "value", "params", "snippet", "interval", "verdict"}
 
 * Optuna: ``OptunaSearch`` (``ray.tune.search.optuna``) over the spec's domains with a seeded TPE
   (or random) sampler, behind a ``ConcurrencyLimiter``; a grid enqueues its points. The study lives in
@@ -21,9 +21,13 @@
   (with the optimizer state, GBs at the paper's scale) are deleted.
 * MLflow: the driver alone writes (``sweep_tracking``): parent run, one nested run per trial as it
   ends, then the trials table, best configuration and plots.
+* How sure: every objective carries its bootstrap interval over the probe's examples, and the best
+  report (``confidence.judge``, at the head of the snippet) says whether the best trial can be told
+  apart from the runner-up and the rest, or prints the settings that cannot.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,9 +449,7 @@ def load_best(spec: SweepSpec, storage: Optional[str] = None) -> Optional[dict]:
     if not journal.exists():
         raise ReconError(f"sweep {spec.name!r} has not been started (no {journal.path}): use `recon sweep run`")
     study = open_study(spec, journal, create=False)
-    identity: list = []
-    records = all_records(spec, study, sweep_storage(spec, storage),
-                          lambda: identity[0] if identity else identity.append(spec.corpus_identity()) or identity[0])
+    records = all_records(spec, study, sweep_storage(spec, storage), functools.cache(spec.corpus_identity))
     return best_trial(spec, study, records)
 
 
