@@ -301,11 +301,23 @@ def test_sweep_runs_end_to_end_with_mlflow_plots_and_best(tmp_path):
     params = dict(con.execute("select key, value from params where run_uuid = ?", (runs[0][0],)).fetchall())
     assert "space.pretrain.p_blank" in params and params["pretrain.objective"] == "cp" and "probe.split" in params
     metrics = {k for (k,) in con.execute("select distinct key from metrics where run_uuid = ?", (runs[0][0],))}
-    assert {"probe_objective", "pretrain/loss", "pretrain_loss_last"} <= metrics
+    assert {"probe_objective", "pretrain/loss", "pretrain_loss_last", "objective_se", "objective_ci_lo",
+            "probe_objective_ci_hi"} <= metrics
+    # every probe kept its dev predictions (40 examples: max_eval), and the best report compared the trials
+    for row in store.glob("sweeps/tiny-sweep/trials/*/probes/*/seed_42.json"):
+        lines = (row.parent / "seed_42.dev.jsonl").read_text().splitlines()
+        assert len(lines) == json.loads(row.read_text())["n_dev"] == 40
+    verdict = outcome.best["verdict"]
+    assert {c.number for c in verdict.comparisons} == {t.number for t in study.trials} - {outcome.best["number"]}
+    assert "paired bootstrap over the same 40 dev examples" in outcome.best["snippet"]
+    assert ("a winner, not noise" in outcome.best["snippet"]) != ("cannot be told apart" in outcome.best["snippet"])
     art = Path(outcome.artifacts)
     for name in ("trials.csv", "trials.md", "best_config.yaml", "plots/optimization_history.png",
-                 "plots/objective_vs_p_blank.png", "plots/objective_vs_batch_size.png"):
+                 "plots/objective_vs_p_blank.png", "plots/objective_vs_batch_size.png",
+                 "plots/objective_intervals.png"):
         assert (art / name).is_file(), name
+    table = (art / "trials.csv").read_text().splitlines()[0].split(",")
+    assert {"objective_se", "ci_lo", "ci_hi", "n_examples", "vs_best", "p_vs_best_holm"} <= set(table)
     assert outcome.best and "p_blank:" in outcome.best["snippet"]
     print("\n".join(lines))
     print(f"completed {outcome.completed}, stopped early {outcome.stopped_early}")

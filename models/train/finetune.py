@@ -125,12 +125,15 @@ def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id
     return _Setup(model, *data, collate=None, notes=notes)
 
 
-def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None
-                 ) -> dict:
+def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None,
+                 dev_predictions: bool = False) -> dict:
     """Fine-tune and evaluate; returns JSON-able metrics, and writes them (and predictions) to ``out_dir``.
 
     ``metric`` (``dev.score``) selects the best epoch; ``reported`` is what the tables print for this
     dataset under ``data.scorer`` (SemEval's official score with ``official``), at that epoch.
+    ``dev_predictions`` (with ``out_dir``) also writes ``dev_predictions.jsonl``: the dev predictions of
+    the best-dev weights ``fit`` leaves in the model (one more dev pass), which reproduce ``dev``'s score;
+    a sweep's paired bootstrap over dev examples reads them. Off by default: nothing else changes.
     """
     from recon.core.protocol import describe
     from recon.data_prep.registry import reported_metric
@@ -163,7 +166,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     train_cfg = base.replace(metric=cfg.training.metric or ds.metric, negative_id=negative_id,
                              eval_batch_size=cfg.training.eval_batch_size, progress=cfg.training.progress)
     train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
-    dev_loader, _ = eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
+    dev_loader, dev_order = eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
     test_loader, test_order = eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
     id2label = {i: label for label, i in label2id.items()}
     # The benchmark's official score (SemEval's) is logged beside micro-F1 whichever the tables report.
@@ -195,9 +198,16 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "notes": notes, "config": asdict(cfg),
     }
     if out_dir is not None:  # computed results are never lost: a failed write keeps them elsewhere, named
-        kept, error = write_texts_or_keep(out_dir, {
-            "predictions.jsonl": "".join(json.dumps(p) + "\n" for p in predictions),
-            "metrics.json": json.dumps(out, indent=2) + "\n"})
+        files = {"predictions.jsonl": "".join(json.dumps(p) + "\n" for p in predictions)}
+        if dev_predictions:
+            from recon.models.train.loop import evaluate
+
+            _, pairs = evaluate(setup.model, ClassificationTask(), dev_loader, train_cfg, scorers=scorers)
+            rows = [{"source": portable_source(setup.dev.sources[i]), "gold": id2label[g], "pred": id2label[p]}
+                    for i, (p, g) in sorted(zip(dev_order, pairs))]
+            files["dev_predictions.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows)
+        files["metrics.json"] = json.dumps(out, indent=2) + "\n"
+        kept, error = write_texts_or_keep(out_dir, files)
         out["saved_to"], out["save_error"] = str(kept), error
     return out
 

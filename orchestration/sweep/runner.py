@@ -2,7 +2,7 @@
 
     spec = load_sweep("studies/sweep-demo.yaml")
     outcome = run_sweep(spec)            # also what `recon sweep resume` runs
-    outcome.best                         # {"number", "value", "params", "snippet"}
+    outcome.best                         # {"number", "value", "params", "snippet", "interval", "verdict"}
 
 * Optuna: ``OptunaSearch`` (``ray.tune.search.optuna``) over the spec's domains with a seeded TPE
   (or random) sampler, behind a ``ConcurrencyLimiter``; a grid enqueues its points. The study lives in
@@ -21,9 +21,13 @@
   (with the optimizer state, GBs at the paper's scale) are deleted.
 * MLflow: the driver alone writes (``sweep_tracking``): parent run, one nested run per trial as it
   ends, then the trials table, best configuration and plots.
+* How sure: every objective carries its bootstrap interval over the probe's examples, and the best
+  report (``confidence.judge``, at the head of the snippet) says whether the best trial can be told
+  apart from the runner-up and the rest, or prints the settings that cannot.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +158,7 @@ def harvest(spec: SweepSpec, study, tracker: SweepTracker, store: Storage, corpu
         if str(t.number) in logged or set(t.params) != set(spec.domains):
             continue
         tid = t.user_attrs.get("trial_hash") or spec.trial_id(t.params, corpus_identity)
-        record = trial_record(store, spec.name, tid, spec.probe_steps(), spec.objective.seeds)
+        record = record_of(spec, store, tid)
         tracker.log_trial(t.number, dict(t.params), "completed" if t.state == TrialState.COMPLETE else "stopped_early",
                           record)
         count += 1
@@ -214,7 +218,6 @@ def _driver_callback(spec: SweepSpec, tracker: SweepTracker, store: Storage, sta
                      log: Callable[[str], None]):
     from ray.tune import Callback
 
-    probe_steps, seeds = spec.probe_steps(), spec.objective.seeds
     number_of: dict[str, int] = {}
 
     def label(trial) -> str:
@@ -228,7 +231,7 @@ def _driver_callback(spec: SweepSpec, tracker: SweepTracker, store: Storage, sta
         if number is None:
             return
         states[number] = state
-        record = trial_record(store, spec.name, tid, probe_steps, seeds)
+        record = record_of(spec, store, tid)
         record["cached"] = bool(result.get("cached"))
         if state == "stopped_early":  # its probes and curve stay; checkpoints (optimizer state: GBs) go
             run = Storage.from_uri(store.join(trial_rel(spec.name, tid, PRETRAIN_RUN)))
@@ -237,7 +240,9 @@ def _driver_callback(spec: SweepSpec, tracker: SweepTracker, store: Storage, sta
         tracker.log_trial(number, params, state, record)
         last = record["probes"][-1] if record["probes"] else None
         where = f" at step {last['step']}" if last else ""
-        score = f": {spec.objective.score_on} {last['objective']:.4f}" if last else ""
+        ci = (last or {}).get("uncertainty")
+        sure = f" (95% CI [{ci['ci_lo']:.4f}, {ci['ci_hi']:.4f}], se {ci['se']:.4f})" if ci else ""
+        score = f": {spec.objective.score_on} {last['objective']:.4f}{sure}" if last else ""
         extra = " (finished before: not trained again)" if record["cached"] else ""
         log(f"[sweep] trial {number} ({label(trial)}) {state.replace('_', ' ')}{where}{score}{extra}")
 
@@ -293,9 +298,32 @@ def prepare_inputs(spec: SweepSpec, store: Storage, log: Callable[[str], None]) 
     return {"corpus": {"uri": corpus_uri, "digest": corpus_digest}, "encoder": encoder, "data": data}
 
 
-def best_trial(spec: SweepSpec, study) -> Optional[dict]:
-    """The best completed trial (never a stopped one): number, value, params and the study snippet."""
+def record_of(spec: SweepSpec, store: Storage, trial_id: str) -> dict:
+    """``tracker.trial_record`` with the spec's probe schedule, seeds and objective."""
+    return trial_record(store, spec.name, trial_id, spec.probe_steps(), spec.objective.seeds, spec.objective.metric,
+                        spec.objective.score_on)
+
+
+def all_records(spec: SweepSpec, study, store: Storage, corpus_identity: Callable[[], Any]) -> dict[int, dict]:
+    """Every trial's record in storage (``corpus_identity`` is called only for a trial without its hash)."""
+    records = {}
+    for t in study.get_trials(deepcopy=False):
+        if set(t.params) == set(spec.domains):
+            tid = t.user_attrs.get("trial_hash") or spec.trial_id(t.params, corpus_identity())
+            records[t.number] = record_of(spec, store, tid)
+    return records
+
+
+STATES = {"COMPLETE": "completed", "PRUNED": "stopped_early", "FAIL": "failed"}
+
+
+def best_trial(spec: SweepSpec, study, records: Optional[dict[int, dict]] = None) -> Optional[dict]:
+    """The best completed trial (never a stopped one): number, value, params, the study snippet and, with the
+    trials' ``records``, how sure the sweep is of it (``confidence.judge``: ``interval``, ``verdict``, whose
+    sentences head the snippet as comments)."""
     from optuna.trial import TrialState
+
+    from recon.orchestration.sweep.confidence import entries_from, judge, verdict_lines
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     if not done:
@@ -303,11 +331,24 @@ def best_trial(spec: SweepSpec, study) -> Optional[dict]:
     pick = max if spec.objective.mode == "max" else min
     best = pick(done, key=lambda t: t.value)
     params = {p: best.params[p] for p in spec.domains if p in best.params}
+    score = f"{spec.objective.score_on} {spec.objective.metric}"
+    entries = entries_from([(t.number, _label(spec, t.params), STATES.get(t.state.name, t.state.name.lower()))
+                            for t in study.get_trials(deepcopy=False)], records or {})
+    verdict = judge(entries, best.number, spec.objective.mode) if best.number in entries else None
+    interval = entries[best.number].interval if best.number in entries else None
+    sure = (f", 95% CI [{interval['ci_lo']:.4f}, {interval['ci_hi']:.4f}] over {interval['n_examples']:.0f} "
+            "examples" if interval else "")
     head = (f"# best of sweep {spec.name}: trial {best.number}, {spec.objective.score_on} "
-            f"{best.value:.4f} ({spec.finetune.dataset} {spec.finetune.split:g}, median over seeds "
+            f"{best.value:.4f}{sure} ({spec.finetune.dataset} {spec.finetune.split:g}, median over seeds "
             f"{spec.objective.seeds})\n")
-    return {"number": best.number, "value": best.value, "params": params,
-            "snippet": head + best_snippet(spec, params)}
+    lines = verdict_lines(verdict, entries, score) if verdict is not None else []
+    head += "".join(f"# {line}\n" for line in lines)
+    return {"number": best.number, "value": best.value, "params": params, "head": head, "interval": interval,
+            "verdict": verdict, "lines": lines, "snippet": head + best_snippet(spec, params)}
+
+
+def _label(spec: SweepSpec, params: dict) -> str:
+    return ", ".join(f"{p.split('.')[-1]}={_fmt(params.get(p))}" for p in spec.domains)
 
 
 def _refuse_if_any(spec: SweepSpec, problems: list) -> None:
@@ -397,16 +438,11 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
                 ray.shutdown()
     study = open_study(spec, journal)
     artifacts = out_dir / "sweep"
-    best = best_trial(spec, study)
-    all_states = {t.number: {"COMPLETE": "completed", "PRUNED": "stopped_early", "FAIL": "failed"}.get(
-        t.state.name, t.state.name.lower()) for t in study.get_trials(deepcopy=False)}
+    all_states = {t.number: STATES.get(t.state.name, t.state.name.lower()) for t in study.get_trials(deepcopy=False)}
     all_states.update(states)
-    records = {}
-    for t in study.get_trials(deepcopy=False):
-        if set(t.params) == set(spec.domains):
-            tid = t.user_attrs.get("trial_hash") or spec.trial_id(t.params, corpus_identity)
-            records[t.number] = trial_record(store, spec.name, tid, spec.probe_steps(), spec.objective.seeds)
-    frame = trials_frame(study, all_states, records)
+    records = all_records(spec, study, store, lambda: corpus_identity)
+    best = best_trial(spec, study, records)
+    frame = trials_frame(study, all_states, records, best["verdict"] if best else None)
     write_artifacts(study, frame, artifacts, list(spec.domains),
                     f"{spec.objective.score_on} {spec.objective.metric} ({spec.finetune.dataset})",
                     best["snippet"] if best else None, records)
@@ -420,11 +456,14 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
 
 
 def load_best(spec: SweepSpec, storage: Optional[str] = None) -> Optional[dict]:
-    """The best completed trial of a sweep that has run (from its Optuna study in storage)."""
+    """The best completed trial of a sweep that has run (from its Optuna study in storage), with the
+    distinguishability report read from the probes' predictions in storage."""
     journal = Journal(spec, sweep_storage(spec, storage))
     if not journal.exists():
         raise ReconError(f"sweep {spec.name!r} has not been started (no {journal.path}): use `recon sweep run`")
-    return best_trial(spec, open_study(spec, journal, create=False))
+    study = open_study(spec, journal, create=False)
+    records = all_records(spec, study, sweep_storage(spec, storage), functools.cache(spec.corpus_identity))
+    return best_trial(spec, study, records)
 
 
 __all__ = ["run_sweep", "SweepOutcome", "sweep_storage", "load_best", "best_trial", "settle", "harvest", "Journal",

@@ -98,12 +98,19 @@ class BudgetSpec(_Strict):
 
 
 class ObjectiveSpec(_Strict):
-    """What a trial is scored by: the probe's ``score_on`` score (the dataset's metric), median over ``seeds``."""
+    """What a trial is scored by: the probe's ``score_on`` score (the dataset's metric), median over ``seeds``.
+
+    ``expected_score`` changes no result: it is the score the plan assumes when it estimates the smallest
+    difference the sweep can detect (``power``; 0.5, the worst case, when unset)."""
 
     score_on: Literal["dev", "test"] = "dev"
     metric: str = "score"       # key of the run's dev/test dict; ``score`` is the dataset's paper metric
     seeds: SeedList = Field(default_factory=lambda: [DEFAULT_SEED], min_length=1)
     mode: Literal["max", "min"] = "max"
+    expected_score: Optional[float] = Field(None, gt=0, lt=1)
+
+
+NOT_IDENTITY = {"mode", "expected_score"}  # objective fields that change no trial's result (not in its id)
 
 
 class EarlyStoppingSpec(_Strict):
@@ -222,7 +229,7 @@ class SweepSpec(_Strict):
         """Hash of the resolved configs' identity, the corpus, the probe schedule and the objective."""
         pretrain, probe = self.resolve(params)
         payload = {"pretrain": pretrain.identity(), "probe": probe.identity(), "probe_steps": self.probe_steps(),
-                   "objective": self.objective.model_dump(exclude={"mode"}),
+                   "objective": self.objective.model_dump(exclude=NOT_IDENTITY),
                    "corpus": self.corpus_identity() if corpus_identity is None else corpus_identity}
         return stable_hash(payload)
 
@@ -354,13 +361,18 @@ def plan(spec: SweepSpec) -> dict[str, Any]:
     probes = len(spec.probe_steps()) * len(spec.objective.seeds)
     per_trial = pretrain_s + probes * probe_s
     waves = math.ceil(trials / spec.budget.concurrency)
+    from recon.orchestration.sweep.power import detectable_difference
+
+    scored = scored_examples(probe.dataset, spec.objective.score_on, probe.data.max_eval)
+    detectable = detectable_difference(scored, len(spec.objective.seeds), spec.objective.expected_score)
     return {
         "sweep": spec.name, "sampler": spec.sampler.type, "trials": trials,
         "space": {p: d.describe() for p, d in spec._domains.items()},
         "grid": spec.grid_points() if spec.sampler.type == "grid" else None,
         "pretrain_steps": spec.budget.steps, "probe_steps": spec.probe_steps(), "seeds": spec.objective.seeds,
         "probe": {"dataset": probe.dataset, "split": probe.split, "format": probe.input_format,
-                  "score_on": spec.objective.score_on},
+                  "score_on": spec.objective.score_on, "scored_examples": scored},
+        "detectable": detectable,
         "concurrency": spec.budget.concurrency, "early_stopping": spec.early_stopping.type,
         "estimated_seconds_per_trial": {"pretrain": round(pretrain_s, 1), "probes": round(probes * probe_s, 1)},
         "estimated_hours_total": round(per_trial * trials / 3600, 3),
@@ -369,6 +381,21 @@ def plan(spec: SweepSpec) -> dict[str, Any]:
                  f"example-epochs x {per_example:.4f} s/example (override with seconds_per_pair / "
                  "seconds_per_example); wall = trials / concurrency in waves"),
     }
+
+
+def scored_examples(dataset: Optional[str], split: str, max_eval: Optional[int]) -> Optional[int]:
+    """How many examples a probe is scored on: the registry's size of ``split`` (``dev`` or ``test``; the
+    paper's Table 8), capped by ``max_eval``; None for a dataset the registry does not know."""
+    from recon.data_prep.registry import paper_split_sizes
+
+    try:
+        _, dev, test = paper_split_sizes(dataset) if dataset else (None, None, None)
+    except (KeyError, ValueError, ReconError):
+        dev = test = None
+    size = dev if split == "dev" else test
+    if size is None:
+        return None
+    return min(size, max_eval) if max_eval else size
 
 
 def best_snippet(spec: SweepSpec, params: dict[str, Any], stage: Optional[str] = None) -> str:

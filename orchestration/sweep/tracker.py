@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,9 +30,13 @@ from recon.orchestration.tracking.uri import is_remote, prepare_local_store
 SWEEP_ROLE, TRIAL_ROLE = "sweep", "sweep-trial"
 
 
-def trial_record(storage: Storage, sweep: str, trial_id: str, probe_steps: list[int], seeds: list[int]) -> dict:
-    """What storage holds of one trial: its config, the probes that finished, the pre-training curve."""
+def trial_record(storage: Storage, sweep: str, trial_id: str, probe_steps: list[int], seeds: list[int],
+                 metric: str = "score", split: str = "dev") -> dict:
+    """What storage holds of one trial: its config, the probes that finished (each with its per-example
+    predictions and the objective's uncertainty, ``confidence``), the pre-training curve."""
     import statistics
+
+    from recon.orchestration.sweep.confidence import load_probe_scores, probe_uncertainty
 
     record: dict[str, Any] = {"trial_id": trial_id, "probes": [], "curve": []}
     if storage.exists(trial_rel(sweep, trial_id, TRIAL_FILE)):
@@ -44,9 +48,13 @@ def trial_record(storage: Storage, sweep: str, trial_id: str, probe_steps: list[
                 if storage.exists(probe_rel(sweep, trial_id, step, s))]
         if len(rows) != len(seeds):
             break
+        scores, missing = load_probe_scores(storage, sweep, trial_id, step, rows, metric, split)
+        interval = (probe_uncertainty(scores, seed=zlib.crc32(f"{trial_id}:{step}".encode()))
+                    if scores is not None else None)
         record["probes"].append({"step": step, "objective": statistics.median(r["score"] for r in rows),
                                  "scores": {str(r["seed"]): r["score"] for r in rows},
-                                 "node": rows[-1].get("node")})
+                                 "node": rows[-1].get("node"), "per_example": scores, "missing": missing,
+                                 "uncertainty": interval})
     run = Storage.from_uri(storage.join(trial_rel(sweep, trial_id, PRETRAIN_RUN)))
     if run.exists(PROGRESS_DIR):
         by_step: dict[int, dict] = {}
@@ -125,9 +133,13 @@ class SweepTracker:
             metrics.append(Metric("probe_objective", float(probe["objective"]), now, int(probe["step"])))
             metrics += [Metric(metric_key("probe", f"seed_{s}"), float(v), now, int(probe["step"]))
                         for s, v in probe["scores"].items()]
+            metrics += [Metric(f"probe_objective_{k}", float(v), now, int(probe["step"]))
+                        for k, v in (probe.get("uncertainty") or {}).items() if k in ("se", "ci_lo", "ci_hi")]
         if record["probes"]:
             metrics.append(Metric("objective", float(record["probes"][-1]["objective"]), now, 0))
             metrics.append(Metric("probes_done", float(len(record["probes"])), now, 0))
+            metrics += [Metric(f"objective_{k}", float(v), now, 0)
+                        for k, v in uncertainty_metrics(record["probes"][-1].get("uncertainty")).items()]
         for row in record["curve"]:
             metrics += [Metric(metric_key("pretrain", k), float(v), now, int(row["step"])) for k, v in row.items()
                         if k not in ("step", "resumed_from") and isinstance(v, (int, float))]
@@ -142,16 +154,67 @@ class SweepTracker:
         return run_id
 
     def finish(self, artifacts: Path, best: Optional[dict]) -> str:
+        """The best trial, and how sure the sweep is of it, on the parent run; each trial run gets its
+        comparison with the best (``delta_vs_best``, Holm-adjusted ``p_vs_best_holm``, tag ``vs_best``)."""
         from mlflow.entities import Metric
 
         run_id = self.parent_run_id()
         if best:
             now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric("best_objective", float(best["value"]), now, 0),
-                                                   Metric("best_trial", float(best["number"]), now, 0)])
+            metrics = [Metric("best_objective", float(best["value"]), now, 0),
+                       Metric("best_trial", float(best["number"]), now, 0)]
+            metrics += [Metric(f"best_objective_{k}", float(v), now, 0)
+                        for k, v in (best.get("interval") or {}).items() if k in ("se", "ci_lo", "ci_hi")]
+            verdict = best.get("verdict")
+            if verdict is not None:
+                metrics += [Metric("best_is_winner", float(verdict.winner), now, 0),
+                            Metric("settings_tied_with_best", float(len(verdict.tied)), now, 0)]
+                if verdict.detectable is not None:
+                    metrics.append(Metric("detectable_difference", float(verdict.detectable), now, 0))
+                self._log_comparisons(verdict, now)
+            self.client.log_batch(run_id, metrics=metrics)
         log_artifacts_redacted(self.client, run_id, Path(artifacts))  # a secret in a config never leaves
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+
+    def _log_comparisons(self, verdict, now: int) -> None:
+        from mlflow.entities import Metric
+
+        runs = self.trial_runs()
+        for number, run in runs.items():
+            c = verdict.of(int(number)) if str(number).isdigit() else None
+            label = vs_best_label(verdict, int(number)) if str(number).isdigit() else ""
+            if label:
+                self.client.set_tag(run.info.run_id, "vs_best", label)
+            if c is not None:
+                self.client.log_batch(run.info.run_id, metrics=[
+                    Metric("delta_vs_best", c.delta, now, c.step), Metric("p_vs_best_holm", c.p_adjusted, now, c.step),
+                    Metric("distinguishable_from_best", float(c.distinguishable), now, c.step)])
+
+
+def uncertainty_metrics(interval: Optional[dict]) -> dict[str, float]:
+    """The objective's uncertainty as MLflow metrics: ``se``, ``ci_lo``, ``ci_hi``, ``n_examples`` and,
+    with several seeds, their spread."""
+    if not interval:
+        return {}
+    keys = ["se", "ci_lo", "ci_hi", "n_examples"] + (["seed_min", "seed_max", "seed_sd"]
+                                                      if interval.get("n_seeds", 1) > 1 else [])
+    return {k: float(interval[k]) for k in keys}
+
+
+def vs_best_label(verdict, number: int) -> str:
+    """``best`` / ``tied`` (cannot be told apart from the best) / ``worse`` / ``better`` (at its stopping step)."""
+    if verdict is None:
+        return ""
+    if number == verdict.best:
+        return "best"
+    c = verdict.of(number)
+    if c is None:
+        return "not compared"
+    if not c.distinguishable:
+        return "tied"
+    return "better" if c.delta < 0 else "worse"
 
 
 def _fmt(value: Any) -> str:
@@ -160,8 +223,10 @@ def _fmt(value: Any) -> str:
 
 # ---------------------------------------------------------------- artifacts
 
-def trials_frame(study, states: dict[int, str], records: dict[int, dict]):
-    """One row per Optuna trial: number, state, sampled values, objective at each probed step (pandas)."""
+def trials_frame(study, states: dict[int, str], records: dict[int, dict], verdict=None):
+    """One row per Optuna trial: number, state, sampled values, objective at each probed step, and the
+    objective's uncertainty (bootstrap standard error and 95% interval over the probe's examples, the
+    seeds' spread with several seeds) and its comparison with the best trial (``confidence``)."""
     import pandas as pd
 
     rows = []
@@ -173,6 +238,15 @@ def trials_frame(study, states: dict[int, str], records: dict[int, dict]):
         for probe in probes:
             row[f"step_{probe['step']}"] = probe["objective"]
         row["objective"] = probes[-1]["objective"] if probes else t.value
+        interval = (probes[-1].get("uncertainty") if probes else None) or {}
+        row.update(objective_se=interval.get("se"), ci_lo=interval.get("ci_lo"), ci_hi=interval.get("ci_hi"),
+                   n_examples=interval.get("n_examples"))
+        if interval.get("n_seeds", 1) > 1:
+            row.update(seed_min=interval["seed_min"], seed_max=interval["seed_max"])
+        if verdict is not None:
+            c = verdict.of(t.number)
+            row.update(vs_best=vs_best_label(verdict, t.number), delta_vs_best=c.delta if c else None,
+                       p_vs_best_holm=c.p_adjusted if c else None)
         curve = curve_summary_of(record)
         if curve.get("pretrain_loss_last") is not None:
             row["pretrain_loss_last"] = curve["pretrain_loss_last"]
@@ -186,52 +260,10 @@ def curve_summary_of(record: dict) -> dict:
     return curve_summary(record.get("curve") or [])
 
 
-def plot_objective_vs(frame, param: str, out: Path, objective_label: str) -> Path:
-    """Objective against one searched parameter; trials stopped early are hollow, at their last probe."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for state, style in (("completed", {"c": "tab:blue"}), ("stopped_early", {"facecolors": "none",
-                                                                              "edgecolors": "tab:red"})):
-        part = frame[(frame["state"] == state) & frame["objective"].notna()]
-        if len(part):
-            ax.scatter(part[param].astype(float) if part[param].dtype != object else part[param].astype(str),
-                       part["objective"], s=45, label=state.replace("_", " "), **style)
-    ax.set_xlabel(param)
-    ax.set_ylabel(objective_label)
-    ax.set_title(f"objective vs {param.split('.')[-1]}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def first_probe_study(study, records: dict[int, dict]):
-    """An in-memory copy of the study in which every trial that reached the first probe is COMPLETE with
-    its first-probe score: one fidelity for all, so trials stopped early count in the importances."""
-    import optuna
-
-    view = optuna.create_study(direction=study.direction)
-    for t in study.get_trials(deepcopy=False):
-        probes = (records.get(t.number) or {}).get("probes") or []
-        if probes and t.distributions:
-            view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                                     value=float(probes[0]["objective"])))
-    return view
-
-
 def write_artifacts(study, frame, out_dir: Path, params: list[str], objective_label: str,
                     best_yaml: Optional[str], records: Optional[dict[int, dict]] = None) -> list[Path]:
-    """trials.csv / trials.md, best_config.yaml and the plots (PNG) in ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """trials.csv / trials.md, best_config.yaml and the plots (PNG, ``sweep.plots``) in ``out_dir``."""
+    from recon.orchestration.sweep.plots import draw_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -241,39 +273,8 @@ def write_artifacts(study, frame, out_dir: Path, params: list[str], objective_la
     if best_yaml:
         (out_dir / "best_config.yaml").write_text(best_yaml)
         written.append(out_dir / "best_config.yaml")
-    plots = out_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for its matplotlib backend
-        from optuna.visualization import matplotlib as ovm
-
-        early = first_probe_study(study, records or {})
-        for name, draw, source in (("optimization_history", ovm.plot_optimization_history, study),
-                                   ("param_importances", ovm.plot_param_importances, early)):
-            try:
-                if name == "param_importances" and len(early.trials) < 3:
-                    raise ValueError(f"{len(early.trials)} trial(s) reached the first probe; importances need 3+")
-                ax = draw(source)
-                fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-                if getattr(fig, "_suptitle", None) is not None:
-                    fig._suptitle.set_text("")
-                for loc in ("left", "center"):
-                    ax.set_title("", loc=loc)
-                ax.set_title("Importances: first-probe score, all trials" if name == "param_importances"
-                             else "Optimisation history (completed trials)", loc="left")
-                fig.set_size_inches(6.5, 4)
-                fig.tight_layout()
-                fig.savefig(plots / f"{name}.png", dpi=110)
-                plt.close(fig)
-                written.append(plots / f"{name}.png")
-            except Exception as exc:  # noqa: BLE001 - e.g. importances need 2+ completed trials
-                (plots / f"{name}.txt").write_text(f"not drawn: {exc}\n")
-    for param in params:
-        if param in frame:
-            written.append(plot_objective_vs(frame, param, plots / f"objective_vs_{param.split('.')[-1]}.png",
-                                             objective_label))
-    return written
+    return written + draw_plots(study, frame, out_dir / "plots", params, objective_label, records or {})
 
 
-__all__ = ["SweepTracker", "trial_record", "trials_frame", "write_artifacts", "plot_objective_vs",
+__all__ = ["SweepTracker", "trial_record", "trials_frame", "write_artifacts", "uncertainty_metrics", "vs_best_label",
            "SWEEP_ROLE", "TRIAL_ROLE"]

@@ -11,7 +11,9 @@
    its newest complete checkpoint there. No MLflow here: the sweep driver is the only writer.
 3. Each probed checkpoint (once complete: a later step was logged or training ended) is fetched
    into this node's temp dir and fine-tuned once per seed (``run_finetune``); each seed's result is
-   stored (``probes/step_NNNNNN/seed_S.json``) so a resumed trial does not redo it. The median over
+   stored (``probes/step_NNNNNN/seed_S.json``) so a resumed trial does not redo it, after its
+   per-example predictions on the scored split (``seed_S.<dev|test>.jsonl``: ``run_finetune`` writes
+   the dev ones on request), which ``confidence`` resamples for the objective's uncertainty. The median over
    seeds is reported to Tune, which lets the scheduler stop a hopeless trial at any probe.
 4. ``result.json`` (written last) holds every probe, the objective and the pre-training curve.
 """
@@ -49,6 +51,11 @@ def trial_rel(name: str, trial_id: str, *parts: str) -> str:
 
 def probe_rel(name: str, trial_id: str, step: int, seed: int) -> str:
     return trial_rel(name, trial_id, "probes", f"step_{step:06d}", f"seed_{seed}.json")
+
+
+def probe_predictions_rel(name: str, trial_id: str, step: int, seed: int, split: str) -> str:
+    """The probe's per-example predictions on the split it is scored on (``confidence`` resamples them)."""
+    return trial_rel(name, trial_id, "probes", f"step_{step:06d}", f"seed_{seed}.{split}.jsonl")
 
 
 def _node() -> dict:
@@ -146,13 +153,16 @@ def probe_checkpoint(checkpoint_dir: Path, probe, seed: int, data_dir: Optional[
                         training=probe.training.replace(seed=seed, progress=False))
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="recon-probe-") as out:
-        result = run_finetune(cfg, out_dir=out)
+        result = run_finetune(cfg, out_dir=out, dev_predictions=score_on == "dev")
+        written = Path(out) / ("dev_predictions.jsonl" if score_on == "dev" else "predictions.jsonl")
+        predictions = written.read_text(encoding="utf-8")
     scores = result.get(score_on) or {}
     if metric not in scores:
         raise ReconError(f"probe result has no {score_on} {metric!r} (has: {', '.join(sorted(scores))})")
     return {"seed": seed, "score": float(scores[metric]), "dev": result.get("dev"), "test": result.get("test"),
-            "metric": result.get("metric"), "n_train": result.get("n_train"), "n_dev": result.get("n_dev"),
-            "seconds": round(time.time() - start, 2)}
+            "metric": result.get("metric"), "negative_label": result.get("negative_label"),
+            "n_train": result.get("n_train"), "n_dev": result.get("n_dev"), "n_test": result.get("n_test"),
+            "seconds": round(time.time() - start, 2), "predictions": predictions}
 
 
 def run_trial(config: dict, report: Callable[[dict], None]) -> dict:
@@ -215,6 +225,9 @@ def run_trial(config: dict, report: Callable[[dict], None]) -> dict:
                         row = probe_checkpoint(local, probe, seed, data_dir, trial_id, spec.objective.score_on,
                                                spec.objective.metric)
                     row.update(step=step, node=_node())
+                    # predictions first: the seed's result file is what marks the probe done
+                    storage.write_text(probe_predictions_rel(spec.name, trial_id, step, seed, spec.objective.score_on),
+                                       row.pop("predictions"))
                     storage.write_json(rel, row)
                 scores[seed] = row["score"]
                 rows.append(row)
@@ -260,5 +273,5 @@ def sweep_trainable(config: dict) -> None:
     run_trial(config, tune.report)
 
 
-__all__ = ["sweep_trainable", "run_trial", "sweep_rel", "trial_rel", "probe_rel", "curve_summary",
-           "SWEEPS", "RESULT_FILE", "TRIAL_FILE", "PRETRAIN_RUN"]
+__all__ = ["sweep_trainable", "run_trial", "sweep_rel", "trial_rel", "probe_rel", "probe_predictions_rel",
+           "curve_summary", "SWEEPS", "RESULT_FILE", "TRIAL_FILE", "PRETRAIN_RUN"]

@@ -58,6 +58,13 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"each trial: {info['pretrain_steps']} pre-training steps; probes at steps {info['probe_steps']}: "
           f"{probe['dataset']} {probe['split']:g} {probe['format']} fine-tunes, {probe['score_on']} score, "
           f"median over seeds {info['seeds']}")
+    if info["detectable"]:
+        from recon.orchestration.sweep.power import describe
+
+        print(describe(info["detectable"], f"{probe['score_on']} score"))
+    else:
+        print(f"smallest detectable difference: unknown ({probe['dataset']}'s {probe['score_on']} size is not in "
+              "the registry)")
     per = info["estimated_seconds_per_trial"]
     print(f"estimated compute: {per['pretrain']:.0f} s pre-training + {per['probes']:.0f} s probes per trial; "
           f"{info['estimated_hours_total']} h in all, ~{info['estimated_hours_wall']} h wall")
@@ -91,7 +98,6 @@ def _best(args: argparse.Namespace) -> int:
     best = load_best(spec, args.storage)
     if best is None:
         raise ReconError(f"sweep {spec.name!r} has no completed trial yet")
-    text = best["snippet"] if not args.stage else best["snippet"].splitlines()[0] + "\n" + best_snippet(
-        spec, best["params"], args.stage)
+    text = best["snippet"] if not args.stage else best["head"] + best_snippet(spec, best["params"], args.stage)
     print(text, end="")
     return 0
