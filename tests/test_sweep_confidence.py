@@ -277,7 +277,7 @@ def test_run_finetune_writes_dev_predictions_only_on_request(keyword_bert, tmp_p
     test_rows = [(tmp_path / d / "predictions.jsonl").read_text() for d in ("asked", "plain")]
     assert test_rows[0] == test_rows[1]
     rows = [json.loads(line) for line in (tmp_path / "asked" / "dev_predictions.jsonl").read_text().splitlines()]
-    assert [r["source"] for r in rows] == [f"{keyword / 'dev.txt'}:{i}" for i in range(1, 49)]
+    assert [r["source"] for r in rows] == [f"keyword/dev.txt:{i}" for i in range(1, 49)]  # the portable identity
     golds = [json.loads(x)["relation"] for x in (keyword / "dev.txt").read_text().splitlines()]
     assert [r["gold"] for r in rows] == golds
     by_source = {r["source"]: r for r in rows}
