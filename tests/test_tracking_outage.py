@@ -311,3 +311,32 @@ def test_writer_gives_up_after_its_wait_and_names_what_is_left(monkeypatch):
     begin = time.monotonic()
     assert w.close(wait_s=2) == ["a", "b"]
     assert time.monotonic() - begin < 10
+
+
+def test_sweep_log_waits_out_an_outage():
+    """The sweep driver's MLflow logging: finished trials wait while the server is down and are logged in order."""
+    from recon.orchestration.sweep.runner import _GatedLog
+
+    state = {"up": True, "logged": []}
+
+    class Tracker:
+        tracking_uri = "http://127.0.0.1:9"
+
+        def log_trial(self, number, params, status, record):
+            if not state["up"]:
+                raise ConnectionError("connection refused")
+            state["logged"].append(number)
+
+    said: list[str] = []
+    gated = _GatedLog(Tracker(), said.append)
+    gated.gate.probe = lambda uri: None if state["up"] else "refused"
+    gated.gate.first_wait_s = 0.0
+    gated.log_trial(0, {}, "completed", {})
+    state["up"] = False
+    gated.log_trial(1, {}, "completed", {})
+    gated.log_trial(2, {}, "stopped_early", {})
+    assert state["logged"] == [0] and len(gated.pending) == 2
+    assert not gated.close(wait_s=0)  # still down: the caller names what is left
+    state["up"] = True
+    assert gated.close(wait_s=5) and state["logged"] == [0, 1, 2]
+    assert sum("does not answer" in line for line in said) == 1

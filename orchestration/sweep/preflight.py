@@ -15,6 +15,7 @@ from recon.models.pretrain.config import DEMO_CORPUS
 from recon.models.train.checks import DATA_FIX, encoder_problems
 from recon.orchestration.study.preflight import fetch_missing_data, files_needed
 from recon.orchestration.sweep.spec import SweepSpec
+from recon.orchestration.tracking.health import answers
 from recon.orchestration.tracking.uri import sqlite_path
 
 
@@ -28,6 +29,10 @@ def sweep_problems(spec: SweepSpec, store: Storage, tracking_uri: str, *, local_
     db = sqlite_path(tracking_uri)
     if db is not None:
         pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")
+    silent = answers(tracking_uri)
+    if silent is not None:
+        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
+               "start it, or give --tracking-uri a store that answers")
     pf.storage(store.uri)
     pretrain, probe = spec.resolve({})
     if pretrain.corpus != DEMO_CORPUS:

@@ -37,6 +37,7 @@ from recon.core.errors import ReconError
 
 from recon.models.pretrain.config import DEMO_CORPUS
 from recon.orchestration.study.stages import demo_corpus, say
+from recon.orchestration.tracking.health import TrackingGate, fail_fast_http
 from recon.core.storage import Storage, resolve_storage
 from recon.core.node_cache import publish_dir
 from recon.orchestration.sweep.spec import SweepSpec, best_snippet
@@ -60,6 +61,8 @@ class SweepOutcome:
     seconds: float = 0.0
     storage: str = ""
     artifacts: str = ""
+    unlogged: int = 0      # finished trials not in MLflow: the tracking server did not answer by the end
+    tracking_uri: str = ""
 
 
 def sweep_storage(spec: SweepSpec, override: Optional[str] = None) -> Storage:
@@ -214,7 +217,43 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-def _driver_callback(spec: SweepSpec, tracker: SweepTracker, store: Storage, states: dict[int, str],
+CLOSE_WAIT_S = 30.0  # at the end, how long to keep asking a tracking server that does not answer
+
+
+class _GatedLog:
+    """The sweep's MLflow logging of finished trials, surviving an outage: while the server does not answer, the
+    trials wait here (their records are in storage) and are logged when it answers again."""
+
+    def __init__(self, tracker: SweepTracker, log: Callable[[str], None]) -> None:
+        self.tracker, self.gate, self.pending = tracker, TrackingGate(tracker.tracking_uri, log), []
+
+    def log_trial(self, *args) -> None:
+        self.pending.append(args)
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        if not self.gate.up and not ((force or self.gate.due()) and self.gate.try_again()):
+            return
+        while self.pending:
+            try:
+                self.tracker.log_trial(*self.pending[0])
+            except Exception as exc:  # noqa: BLE001 - an outage waits; anything else is the tracker's error
+                if self.gate.is_outage(exc):
+                    return
+                raise
+            self.pending.pop(0)
+
+    def close(self, wait_s: float) -> bool:
+        """Flush, asking a silent server every few seconds for up to ``wait_s``; True when all is logged."""
+        end = time.monotonic() + wait_s
+        self.flush(force=True)
+        while self.pending and time.monotonic() < end:
+            time.sleep(3.0)
+            self.flush(force=True)
+        return not self.pending and self.gate.up
+
+
+def _driver_callback(spec: SweepSpec, tracker: "_GatedLog", store: Storage, states: dict[int, str],
                      log: Callable[[str], None]):
     from ray.tune import Callback
 
@@ -371,6 +410,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     from recon.orchestration.sweep.preflight import sweep_cluster_problems, sweep_problems
 
     start = time.time()
+    fail_fast_http()  # an MLflow call to a server that is down fails in seconds, not minutes
     store = sweep_storage(spec, storage)
     journal = Journal(spec, store)
     if resume and not journal.exists():
@@ -380,6 +420,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     _refuse_if_any(spec, sweep_problems(spec, store, uri, log=log,
                                         local_ray=cluster_to_join(address or spec.ray.address) is None))
     tracker = SweepTracker(uri, spec.name, out_dir / "artifacts")
+    gated = _GatedLog(tracker, log)
     tracker.parent_run_id({"space": {p: d.describe() for p, d in spec.domains.items()},
                            "sampler": spec.sampler.model_dump(), "budget": spec.budget.model_dump(),
                            "objective": spec.objective.model_dump(), "early_stopping": spec.early_stopping.model_dump(),
@@ -404,7 +445,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
             payload = {"spec": spec.payload(), "storage": store.uri, "corpus_identity": corpus_identity,
                        "threads": max(1, int(spec.ray.cpus_per_trial)), **inputs}
             searcher = _searcher(spec, journal, offset=len(study.trials))
-            callback, numbers = _driver_callback(spec, tracker, store, states, log)
+            callback, numbers = _driver_callback(spec, gated, store, states, log)
 
             class Numbered(ConcurrencyLimiter):
                 def suggest(self, trial_id: str):
@@ -436,6 +477,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
                 import ray
 
                 ray.shutdown()
+    logged_all = gated.close(CLOSE_WAIT_S)
     study = open_study(spec, journal)
     artifacts = out_dir / "sweep"
     all_states = {t.number: STATES.get(t.state.name, t.state.name.lower()) for t in study.get_trials(deepcopy=False)}
@@ -446,13 +488,19 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
     write_artifacts(study, frame, artifacts, list(spec.domains),
                     f"{spec.objective.score_on} {spec.objective.metric} ({spec.finetune.dataset})",
                     best["snippet"] if best else None, records)
-    tracker.finish(artifacts, best)
+    if logged_all:
+        tracker.finish(artifacts, best)
+    else:
+        log(f"sweep {spec.name}: {len(gated.pending)} finished trial(s) are not in MLflow: the tracking server "
+            f"{tracker.tracking_uri} did not answer. Their records are in storage ({store.uri}) and the artifacts were "
+            f"written from there; when it answers, `recon sweep resume` logs them (nothing trains again).")
     journal.sync()
     trials = study.get_trials(deepcopy=False)
     return SweepOutcome(trials=budget, finished_before=settled["done"], ran=ran,
                         completed=sum(t.state == TrialState.COMPLETE for t in trials),
                         stopped_early=sum(t.state == TrialState.PRUNED for t in trials), failed=failed, best=best,
-                        seconds=round(time.time() - start, 1), storage=store.uri, artifacts=str(artifacts))
+                        seconds=round(time.time() - start, 1), storage=store.uri, artifacts=str(artifacts),
+                        unlogged=len(gated.pending), tracking_uri=tracker.tracking_uri)
 
 
 def load_best(spec: SweepSpec, storage: Optional[str] = None) -> Optional[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +87,10 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.best:
         print(outcome.best["snippet"], end="")
     print(f"browse: recon ui --tracking-uri {args.tracking_uri or spec.resolved_tracking_uri()}")
-    return 1 if outcome.failed else 0
+    if outcome.unlogged:
+        print(f"recon: {outcome.unlogged} finished trial(s) are not in MLflow ({outcome.tracking_uri} did not answer); "
+              f"`recon sweep resume {args.file}` logs them once it does", file=sys.stderr)
+    return 1 if outcome.failed or outcome.unlogged else 0
 
 
 def _best(args: argparse.Namespace) -> int:
