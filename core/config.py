@@ -15,7 +15,10 @@ From those same fields, and from nothing else,
 * every command-line flag is generated (``recon.orchestration.cli.flags``), so a flag, a spec field
   and a config field cannot disagree;
 * :meth:`Config.identity` gives the part of a config that changes results: the trial id is its hash.
-  Fields that only say *where* or *how loudly* something runs are declared ``identity=False``.
+  Fields that only say *where* or *how loudly* something runs are declared ``identity=False``. A field
+  added after trials were logged, whose default is what ran before it existed, is declared
+  ``identity="unless_default"``: it joins the identity only when set to something else, so finished trials
+  keep their ids (a store written before it existed is reused, not run again).
 
 Stdlib dataclasses rather than pydantic models keep ``recon.models`` importable with torch and
 transformers alone.
@@ -44,7 +47,8 @@ class ConfigError(ReconError, ValueError):
 
 def knob(default: Any = MISSING, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
          choices: Optional[Sequence[Any]] = None, ge: Any = None, gt: Any = None, le: Any = None,
-         lt: Any = None, identity: bool = True, cli: bool = True, point: Optional[str] = None) -> Any:
+         lt: Any = None, identity: bool | Literal["unless_default"] = True, cli: bool = True,
+         point: Optional[str] = None) -> Any:
     """A config field: its default, one line of help, constraints, and whether it is part of the id.
 
     ``cli=False`` keeps a field off the generated command line (values set by code, not users).
@@ -96,9 +100,12 @@ class Config:
         """The fields that change results (``identity=True``), nested configs included."""
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
-            if not f.metadata.get(IDENTITY, True):
+            kind = f.metadata.get(IDENTITY, True)
+            if not kind:
                 continue
             value = getattr(self, f.name)
+            if kind == "unless_default" and f.default is not MISSING and value == f.default:
+                continue
             out[f.name] = value.identity() if isinstance(value, Config) else _plain(value)
         return out
 

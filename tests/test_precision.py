@@ -39,3 +39,5 @@ def test_cpu_bf16_is_part_of_the_trial_identity():
     from recon.models.train.config import TrainConfig
 
     assert TrainConfig().identity() != TrainConfig(cpu_bf16=True).identity()
+    # added after stores were written: at its default (what ran before it existed) it leaves the ids as they were
+    assert "cpu_bf16" not in TrainConfig().identity() and TrainConfig(cpu_bf16=True).identity()["cpu_bf16"] is True

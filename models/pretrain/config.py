@@ -65,7 +65,7 @@ class PretrainConfig(Config):
                                               "{\"gpu_node\": 1}", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
     cpu_bf16: bool = knob(False, "bfloat16 autocast on CPU: native (and faster) on AMX / AVX512-BF16 CPUs, emulated "
-                                 "elsewhere")
+                                 "elsewhere", identity="unless_default")
     checkpoint_every: int = knob(500, "checkpoint every K steps (and at the last)", ge=1, identity=False)
     keep_checkpoints: int = knob(2, "checkpoints kept in storage", ge=1, identity=False)
     max_failures: int = knob(3, "worker-group restarts allowed", ge=0, identity=False)

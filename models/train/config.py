@@ -43,7 +43,7 @@ class TrainConfig(Config):
     device: str = knob("auto", "auto (cuda when present), cpu or cuda[:N]", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
     cpu_bf16: bool = knob(False, "bfloat16 autocast on CPU: native (and faster) on AMX / AVX512-BF16 CPUs, emulated "
-                                 "elsewhere")
+                                 "elsewhere", identity="unless_default")
     deterministic: bool = knob(True, "torch deterministic kernels: ~6% slower on CPU (bench/bench_loop.py)")
     progress: bool | None = knob(None, "progress bar (default: only on a terminal)", identity=False)
 
