@@ -123,7 +123,7 @@ def test_resume_settles_trials_a_killed_driver_left_running(tmp_path):
     from optuna.trial import TrialState
 
     from recon.core.storage import Storage
-    from recon.orchestration.sweep.runner import Journal, open_study, settle
+    from recon.orchestration.sweep.journal import Journal, open_study, settle
     from recon.orchestration.sweep.trial import RESULT_FILE, trial_rel
 
     sweep = tmp_path / "sweep.yaml"
@@ -272,7 +272,8 @@ def test_sweep_runs_end_to_end_with_mlflow_plots_and_best(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from recon.orchestration.sweep.runner import Journal, run_sweep, sweep_storage
+    from recon.orchestration.sweep.journal import Journal, sweep_storage
+    from recon.orchestration.sweep.runner import run_sweep
 
     spec = load_sweep(tiny_sweep(tmp_path, trials=4))
     lines: list[str] = []

@@ -294,7 +294,7 @@ def _constructed_sweep(tmp_path):
     from optuna.trial import TrialState, create_trial
 
     from recon.core.storage import Storage
-    from recon.orchestration.sweep.runner import Journal, open_study
+    from recon.orchestration.sweep.journal import Journal, open_study
 
     path = tmp_path / "sweep.yaml"
     path.write_text((FIXTURES / "base.yaml").read_text() + f"output_dir: {tmp_path / 'out'}\n"
@@ -329,7 +329,7 @@ def _constructed_sweep(tmp_path):
 
 def test_the_report_flows_into_the_table_mlflow_plots_and_the_cli(tmp_path, capsys):
     from recon.orchestration.cli.main import main
-    from recon.orchestration.sweep.runner import all_records, best_trial
+    from recon.orchestration.sweep.records import all_records, best_trial
     from recon.orchestration.sweep.tracker import SweepTracker, trials_frame, write_artifacts
 
     spec, path, store, study = _constructed_sweep(tmp_path)

@@ -264,10 +264,8 @@ def test_pretraining_metrics_wait_out_an_outage():
 def test_writer_keeps_trials_back_during_an_outage_and_logs_each_once(monkeypatch):
     """The driver's writer thread, with a server that goes down after the first trial and comes back."""
     import recon.orchestration.study.writer as writer_mod
-    from recon.orchestration.tracking import health
 
     state = {"up": True, "logged": []}
-    monkeypatch.setattr(health, "answers", lambda uri, timeout=3.0: None if state["up"] else "refused")
 
     class Tracker:
         tracking_uri = "http://127.0.0.1:9"
@@ -280,7 +278,7 @@ def test_writer_keeps_trials_back_during_an_outage_and_logs_each_once(monkeypatc
 
     said: list[str] = []
     w = writer_mod.TrialWriter(Tracker(), None, {t: t for t in "abcd"}, said.append, log_trial)
-    w.gate.probe = health.answers  # the stub above
+    w.gate.probe = lambda uri: None if state["up"] else "refused"
     w.gate.first_wait_s = 0.2
     w.submit("a")
     assert _when(lambda: state["logged"] == ["a"], 10)
@@ -296,7 +294,6 @@ def test_writer_keeps_trials_back_during_an_outage_and_logs_each_once(monkeypatc
 
 def test_writer_gives_up_after_its_wait_and_names_what_is_left(monkeypatch):
     import recon.orchestration.study.writer as writer_mod
-    from recon.orchestration.tracking import health
 
     class Tracker:
         tracking_uri = "http://127.0.0.1:9"
@@ -315,7 +312,7 @@ def test_writer_gives_up_after_its_wait_and_names_what_is_left(monkeypatch):
 
 def test_sweep_log_waits_out_an_outage():
     """The sweep driver's MLflow logging: finished trials wait while the server is down and are logged in order."""
-    from recon.orchestration.sweep.runner import _GatedLog
+    from recon.orchestration.sweep.driver_log import _GatedLog
 
     state = {"up": True, "logged": []}
 

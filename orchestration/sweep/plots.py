@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from recon.orchestration.sweep.spec import show_value
 
 STYLE = {"best": "tab:orange", "tied": "tab:blue", "worse": "0.55", "better": "tab:green",  # vs_best -> colour
          "not compared": "0.3", "": "tab:blue"}
@@ -95,7 +96,7 @@ def plot_intervals(frame, params: list[str], out: Path, objective_label: str) ->
             ax.scatter([row["seed_min"], row["seed_max"]], [y, y], marker="|", s=160, color=colour, linewidths=2.2)
         if kind == "best" and row.get("ci_lo") == row.get("ci_lo") and row.get("ci_lo") is not None:
             ax.axvspan(float(row["ci_lo"]), float(row["ci_hi"]), color="tab:orange", alpha=0.12, lw=0)
-        values = ", ".join(f"{p.split('.')[-1]}={_fmt(row[p])}" for p in params if p in row)
+        values = ", ".join(f"{p.split('.')[-1]}={show_value(row[p])}" for p in params if p in row)
         labels.append(f"trial {int(row['number'])}: {values}{' (stopped)' if hollow else ''}"
                       f"{f'  [{kind}]' if kind else ''}")
     ax.set_yticks(range(len(labels)))
@@ -111,8 +112,6 @@ def plot_intervals(frame, params: list[str], out: Path, objective_label: str) ->
     return out
 
 
-def _fmt(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def first_probe_study(study, records: dict[int, dict]):

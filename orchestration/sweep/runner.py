@@ -27,7 +27,6 @@
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +36,15 @@ from recon.core.errors import ReconError
 
 from recon.models.pretrain.config import DEMO_CORPUS
 from recon.orchestration.study.stages import demo_corpus, say
-from recon.orchestration.tracking.health import TrackingGate, fail_fast_http
-from recon.core.storage import Storage, resolve_storage
+from recon.orchestration.tracking.health import fail_fast_http
+from recon.core.storage import Storage
 from recon.core.node_cache import publish_dir
-from recon.orchestration.sweep.spec import SweepSpec, best_snippet
-from recon.orchestration.pretrain.checkpoints import complete_checkpoints
-from recon.orchestration.sweep.trial import PRETRAIN_RUN, RESULT_FILE, sweep_rel, sweep_trainable, trial_rel
-from recon.orchestration.sweep.tracker import SweepTracker, trial_record, trials_frame, write_artifacts
-
-JOURNAL = "optuna.journal"
-METRIC = "objective"
+from recon.orchestration.sweep.spec import SweepSpec
+from recon.orchestration.sweep.trial import METRIC, sweep_rel, sweep_trainable
+from recon.orchestration.sweep.tracker import SweepTracker, trials_frame, write_artifacts
+from recon.orchestration.sweep.journal import Journal, make_sampler, open_study, settle, sweep_storage
+from recon.orchestration.sweep.records import STATES, all_records, best_trial
+from recon.orchestration.sweep.driver_log import CLOSE_WAIT_S, _GatedLog, _driver_callback, harvest
 
 
 @dataclass
@@ -63,109 +61,6 @@ class SweepOutcome:
     artifacts: str = ""
     unlogged: int = 0      # finished trials not in MLflow: the tracking server did not answer by the end
     tracking_uri: str = ""
-
-
-def sweep_storage(spec: SweepSpec, override: Optional[str] = None) -> Storage:
-    """``--storage``, the spec's ``storage``, ``$RECON_STORAGE``, else the sweep's output folder."""
-    value = override or (str(spec.resolve_path(spec.storage)) if spec.storage and "://" not in spec.storage
-                         else spec.storage)
-    return Storage.from_uri(resolve_storage(value, spec.resolved_output_dir()))
-
-
-class Journal:
-    """Where the Optuna study is persisted: in storage when that is a path, else mirrored there."""
-
-    def __init__(self, spec: SweepSpec, store: Storage) -> None:
-        self.store, self.rel = store, sweep_rel(spec.name, JOURNAL)
-        local = not ("://" in store.uri and not store.uri.startswith("file://"))
-        self.path = Path(store.path(self.rel)) if local else spec.resolved_output_dir() / JOURNAL
-        self.mirrored = not local
-        if self.mirrored and not self.path.exists() and store.exists(self.rel):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(store.read_bytes(self.rel))
-
-    def exists(self) -> bool:
-        return self.path.is_file()
-
-    def storage(self):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(self.path)))
-
-    def sync(self) -> None:
-        if self.mirrored and self.path.exists():
-            self.store.upload_file(self.path, self.rel)
-
-
-def open_study(spec: SweepSpec, journal: Journal, create: bool = True):
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if spec.objective.mode == "max" else "minimize"
-    if not create:
-        return optuna.load_study(study_name=spec.name, storage=journal.storage())
-    return optuna.create_study(study_name=spec.name, storage=journal.storage(), direction=direction,
-                               load_if_exists=True)
-
-
-def make_sampler(spec: SweepSpec, offset: int):
-    """The spec's sampler, seeded with ``seed + trials so far`` so that a resumed TPE does not repeat itself."""
-    import optuna
-
-    seed = spec.sampler.seed + offset
-    if spec.sampler.type == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler.n_startup_trials)
-    return optuna.samplers.RandomSampler(seed=seed)  # grid: every point is enqueued, nothing is sampled
-
-
-def settle(spec: SweepSpec, study, store: Storage, corpus_identity: Any, log: Callable[[str], None]) -> dict:
-    """Settle trials left RUNNING by a killed driver; enqueue the grid's open points; count what is left."""
-    from optuna.trial import TrialState
-
-    harvested = requeued = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        tid = spec.trial_id(t.params, corpus_identity) if set(t.params) == set(spec.domains) else None
-        if tid and store.exists(trial_rel(spec.name, tid, RESULT_FILE)):
-            result = store.read_json(trial_rel(spec.name, tid, RESULT_FILE))
-            study.tell(t.number, result["objective"])
-            harvested += 1
-        else:
-            study.tell(t.number, state=TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
-                requeued += 1
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    if spec.sampler.type == "grid":
-        seen = [t.params or t.system_attrs.get("fixed_params") or {} for t in done + waiting]
-        key = lambda p: tuple(sorted((k, str(v)) for k, v in p.items()))  # noqa: E731
-        have = {key(p) for p in seen}
-        for point in spec.grid_points():
-            if key(point) not in have:
-                study.enqueue_trial(point)
-    if harvested or requeued:
-        log(f"sweep {spec.name}: settled trials of an interrupted run: {harvested} had finished (told to Optuna "
-            f"from storage), {requeued} enqueued again (they resume from their checkpoints)")
-    return {"done": len(done), "harvested": harvested, "requeued": requeued}
-
-
-def harvest(spec: SweepSpec, study, tracker: SweepTracker, store: Storage, corpus_identity: Any) -> int:
-    """Log to MLflow the finished Optuna trials that have no run yet (the driver died before logging them)."""
-    from optuna.trial import TrialState
-
-    logged, count = tracker.trial_runs(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if str(t.number) in logged or set(t.params) != set(spec.domains):
-            continue
-        tid = t.user_attrs.get("trial_hash") or spec.trial_id(t.params, corpus_identity)
-        record = record_of(spec, store, tid)
-        tracker.log_trial(t.number, dict(t.params), "completed" if t.state == TrialState.COMPLETE else "stopped_early",
-                          record)
-        count += 1
-    return count
 
 
 def _searcher(spec: SweepSpec, journal: Journal, offset: int):
@@ -217,100 +112,6 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-CLOSE_WAIT_S = 30.0  # at the end, how long to keep asking a tracking server that does not answer
-
-
-class _GatedLog:
-    """The sweep's MLflow logging of finished trials, surviving an outage: while the server does not answer, the
-    trials wait here (their records are in storage) and are logged when it answers again."""
-
-    def __init__(self, tracker: SweepTracker, log: Callable[[str], None]) -> None:
-        self.tracker, self.gate, self.pending = tracker, TrackingGate(tracker.tracking_uri, log), []
-
-    def log_trial(self, *args) -> None:
-        self.pending.append(args)
-        self.flush()
-
-    def flush(self, force: bool = False) -> None:
-        if not self.gate.up and not ((force or self.gate.due()) and self.gate.try_again()):
-            return
-        while self.pending:
-            try:
-                self.tracker.log_trial(*self.pending[0])
-            except Exception as exc:  # noqa: BLE001 - an outage waits; anything else is the tracker's error
-                if self.gate.is_outage(exc):
-                    return
-                raise
-            self.pending.pop(0)
-
-    def close(self, wait_s: float) -> bool:
-        """Flush, asking a silent server every few seconds for up to ``wait_s``; True when all is logged."""
-        end = time.monotonic() + wait_s
-        self.flush(force=True)
-        while self.pending and time.monotonic() < end:
-            time.sleep(3.0)
-            self.flush(force=True)
-        return not self.pending and self.gate.up
-
-
-def _driver_callback(spec: SweepSpec, tracker: "_GatedLog", store: Storage, states: dict[int, str],
-                     log: Callable[[str], None]):
-    from ray.tune import Callback
-
-    number_of: dict[str, int] = {}
-
-    def label(trial) -> str:
-        return ", ".join(f"{p.split('.')[-1]}={_fmt(trial.config.get(p))}" for p in spec.domains)
-
-    def finish(trial, state: str) -> None:
-        params = {p: trial.config.get(p) for p in spec.domains}
-        result = trial.last_result or {}
-        tid = result.get("trial_hash") or spec.trial_id(params, trial.config["sweep"]["corpus_identity"])
-        number = number_of.get(trial.trial_id)
-        if number is None:
-            return
-        states[number] = state
-        record = record_of(spec, store, tid)
-        record["cached"] = bool(result.get("cached"))
-        if state == "stopped_early":  # its probes and curve stay; checkpoints (optimizer state: GBs) go
-            run = Storage.from_uri(store.join(trial_rel(spec.name, tid, PRETRAIN_RUN)))
-            for rel in complete_checkpoints(run).values():
-                run.delete(rel)
-        tracker.log_trial(number, params, state, record)
-        last = record["probes"][-1] if record["probes"] else None
-        where = f" at step {last['step']}" if last else ""
-        ci = (last or {}).get("uncertainty")
-        sure = f" (95% CI [{ci['ci_lo']:.4f}, {ci['ci_hi']:.4f}], se {ci['se']:.4f})" if ci else ""
-        score = f": {spec.objective.score_on} {last['objective']:.4f}{sure}" if last else ""
-        extra = " (finished before: not trained again)" if record["cached"] else ""
-        log(f"[sweep] trial {number} ({label(trial)}) {state.replace('_', ' ')}{where}{score}{extra}")
-
-    class SweepLogger(Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if trial.trial_id not in number_of:
-                number_of[trial.trial_id] = _number(trial)
-            log(f"[sweep] trial {number_of[trial.trial_id]} ({label(trial)}) pre-training step "
-                f"{result.get('pretrain_step')}: {spec.objective.score_on} {result.get(METRIC, float('nan')):.4f}")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            number_of.setdefault(trial.trial_id, _number(trial))
-            finish(trial, "completed" if (trial.last_result or {}).get("final") else "stopped_early")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            number_of.setdefault(trial.trial_id, _number(trial))
-            finish(trial, "failed")
-
-    def _number(trial) -> Optional[int]:
-        return searcher_numbers.get(trial.trial_id)
-
-    searcher_numbers: dict[str, int] = {}
-    return SweepLogger(), searcher_numbers
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def prepare_inputs(spec: SweepSpec, store: Storage, log: Callable[[str], None]) -> dict:
     """Corpus (the @demo one is built once), starting encoder and the probe's dataset, published in storage."""
     from recon.data_prep.corpus import read_manifest, require_exclusions
@@ -335,59 +136,6 @@ def prepare_inputs(spec: SweepSpec, store: Storage, log: Callable[[str], None]) 
     if not data:
         raise ReconError(f"dataset {probe.dataset!r} not found (data dir {data_root}); see `recon data status`")
     return {"corpus": {"uri": corpus_uri, "digest": corpus_digest}, "encoder": encoder, "data": data}
-
-
-def record_of(spec: SweepSpec, store: Storage, trial_id: str) -> dict:
-    """``tracker.trial_record`` with the spec's probe schedule, seeds and objective."""
-    return trial_record(store, spec.name, trial_id, spec.probe_steps(), spec.objective.seeds, spec.objective.metric,
-                        spec.objective.score_on)
-
-
-def all_records(spec: SweepSpec, study, store: Storage, corpus_identity: Callable[[], Any]) -> dict[int, dict]:
-    """Every trial's record in storage (``corpus_identity`` is called only for a trial without its hash)."""
-    records = {}
-    for t in study.get_trials(deepcopy=False):
-        if set(t.params) == set(spec.domains):
-            tid = t.user_attrs.get("trial_hash") or spec.trial_id(t.params, corpus_identity())
-            records[t.number] = record_of(spec, store, tid)
-    return records
-
-
-STATES = {"COMPLETE": "completed", "PRUNED": "stopped_early", "FAIL": "failed"}
-
-
-def best_trial(spec: SweepSpec, study, records: Optional[dict[int, dict]] = None) -> Optional[dict]:
-    """The best completed trial (never a stopped one): number, value, params, the study snippet and, with the
-    trials' ``records``, how sure the sweep is of it (``confidence.judge``: ``interval``, ``verdict``, whose
-    sentences head the snippet as comments)."""
-    from optuna.trial import TrialState
-
-    from recon.orchestration.sweep.confidence import entries_from, judge, verdict_lines
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not done:
-        return None
-    pick = max if spec.objective.mode == "max" else min
-    best = pick(done, key=lambda t: t.value)
-    params = {p: best.params[p] for p in spec.domains if p in best.params}
-    score = f"{spec.objective.score_on} {spec.objective.metric}"
-    entries = entries_from([(t.number, _label(spec, t.params), STATES.get(t.state.name, t.state.name.lower()))
-                            for t in study.get_trials(deepcopy=False)], records or {})
-    verdict = judge(entries, best.number, spec.objective.mode) if best.number in entries else None
-    interval = entries[best.number].interval if best.number in entries else None
-    sure = (f", 95% CI [{interval['ci_lo']:.4f}, {interval['ci_hi']:.4f}] over {interval['n_examples']:.0f} "
-            "examples" if interval else "")
-    head = (f"# best of sweep {spec.name}: trial {best.number}, {spec.objective.score_on} "
-            f"{best.value:.4f}{sure} ({spec.finetune.dataset} {spec.finetune.split:g}, median over seeds "
-            f"{spec.objective.seeds})\n")
-    lines = verdict_lines(verdict, entries, score) if verdict is not None else []
-    head += "".join(f"# {line}\n" for line in lines)
-    return {"number": best.number, "value": best.value, "params": params, "head": head, "interval": interval,
-            "verdict": verdict, "lines": lines, "snippet": head + best_snippet(spec, params)}
-
-
-def _label(spec: SweepSpec, params: dict) -> str:
-    return ", ".join(f"{p.split('.')[-1]}={_fmt(params.get(p))}" for p in spec.domains)
 
 
 def _refuse_if_any(spec: SweepSpec, problems: list) -> None:
@@ -503,16 +251,4 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, num_cpus: Optio
                         unlogged=len(gated.pending), tracking_uri=tracker.tracking_uri)
 
 
-def load_best(spec: SweepSpec, storage: Optional[str] = None) -> Optional[dict]:
-    """The best completed trial of a sweep that has run (from its Optuna study in storage), with the
-    distinguishability report read from the probes' predictions in storage."""
-    journal = Journal(spec, sweep_storage(spec, storage))
-    if not journal.exists():
-        raise ReconError(f"sweep {spec.name!r} has not been started (no {journal.path}): use `recon sweep run`")
-    study = open_study(spec, journal, create=False)
-    records = all_records(spec, study, sweep_storage(spec, storage), functools.cache(spec.corpus_identity))
-    return best_trial(spec, study, records)
-
-
-__all__ = ["run_sweep", "SweepOutcome", "sweep_storage", "load_best", "best_trial", "settle", "harvest", "Journal",
-           "open_study"]
+__all__ = ["run_sweep", "SweepOutcome"]

@@ -419,4 +419,9 @@ def best_snippet(spec: SweepSpec, params: dict[str, Any], stage: Optional[str] =
     return text
 
 
-__all__ = ["SweepSpec", "Domain", "load_sweep", "sweep_from_payload", "field_of", "plan", "best_snippet", "SpecError", "ReconError"]
+def show_value(value: Any) -> str:
+    """A sampled value as tables, plots and console lines show it (floats to 3 significant digits)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+__all__ = ["show_value", "SweepSpec", "Domain", "load_sweep", "sweep_from_payload", "field_of", "plan", "best_snippet", "SpecError", "ReconError"]

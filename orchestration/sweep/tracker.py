@@ -26,6 +26,7 @@ from recon.orchestration.sweep.trial import RESULT_FILE, TRIAL_FILE, PRETRAIN_RU
 from recon.orchestration.tracking.client import PARENT_TAG, ROLE, flatten, git_commit, log_artifacts_redacted, metric_key, search_all_runs
 from recon.core.privacy import redact
 from recon.orchestration.tracking.uri import is_remote, prepare_local_store
+from recon.orchestration.sweep.spec import show_value
 
 SWEEP_ROLE, TRIAL_ROLE = "sweep", "sweep-trial"
 
@@ -119,7 +120,7 @@ class SweepTracker:
         tags = {ROLE: TRIAL_ROLE, PARENT_TAG: parent, "optuna_number": str(number), "trial_hash": record["trial_id"],
                 "state": state, "git_commit": self._commit, "node_id": str(node.get("node_id")),
                 "cached": str(bool((record.get("result") or {}).get("cached")))}
-        label = ", ".join(f"{p.split('.')[-1]}={_fmt(v)}" for p, v in params.items())
+        label = ", ".join(f"{p.split('.')[-1]}={show_value(v)}" for p, v in params.items())
         run_id = self.client.create_run(self.experiment.experiment_id, run_name=redact(f"trial {number}: {label}"),
                                         tags={k: redact(v) for k, v in tags.items()}).info.run_id
         flat = {f"space.{k}": str(v) for k, v in params.items()}
@@ -217,8 +218,6 @@ def vs_best_label(verdict, number: int) -> str:
     return "better" if c.delta < 0 else "worse"
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 # ---------------------------------------------------------------- artifacts

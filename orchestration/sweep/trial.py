@@ -35,6 +35,8 @@ from recon.core.errors import ReconError
 from recon.orchestration.pretrain.checkpoints import TRAIN_STATE_DIR, complete_checkpoints, latest_checkpoint, step_of
 from recon.core.storage import Storage
 
+METRIC = "objective"  # the key of a trial's objective in its Tune reports (the searcher and scheduler read it)
+
 SWEEPS = "sweeps"
 RESULT_FILE = "result.json"
 TRIAL_FILE = "trial.json"
@@ -183,7 +185,7 @@ def run_trial(config: dict, report: Callable[[dict], None]) -> dict:
     if storage.exists(done_rel):  # finished before (another trial, or before an interruption): report, no training
         result = storage.read_json(done_rel)
         last = result["probes"][-1]  # the final score only: an early-stopping rule must not stop a finished trial
-        report({"objective": last["objective"], "pretrain_step": last["step"], "probe": len(result["probes"]),
+        report({METRIC: last["objective"], "pretrain_step": last["step"], "probe": len(result["probes"]),
                 "final": 1, "cached": 1, "trial_hash": trial_id})
         return result
 
@@ -235,7 +237,7 @@ def run_trial(config: dict, report: Callable[[dict], None]) -> dict:
             probes.append({"step": step, "objective": objective, "scores": {str(k): v for k, v in scores.items()},
                            "seconds": round(sum(r.get("seconds", 0) for r in rows), 2)})
             final = i == len(probe_steps) - 1
-            row = {"objective": objective, "pretrain_step": step, "probe": i + 1, "final": int(final), "cached": 0,
+            row = {METRIC: objective, "pretrain_step": step, "probe": i + 1, "final": int(final), "cached": 0,
                    "trial_hash": trial_id}
             if final:  # everything is written before the last report: the scheduler may end the trial there
                 if thread is not None:
@@ -273,5 +275,5 @@ def sweep_trainable(config: dict) -> None:
     run_trial(config, tune.report)
 
 
-__all__ = ["sweep_trainable", "run_trial", "sweep_rel", "trial_rel", "probe_rel", "probe_predictions_rel",
+__all__ = ["METRIC", "sweep_trainable", "run_trial", "sweep_rel", "trial_rel", "probe_rel", "probe_predictions_rel",
            "curve_summary", "SWEEPS", "RESULT_FILE", "TRIAL_FILE", "PRETRAIN_RUN"]

@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     from recon.core.errors import ReconError
     from recon.orchestration.sweep.spec import best_snippet, load_sweep
-    from recon.orchestration.sweep.runner import load_best
+    from recon.orchestration.sweep.records import load_best
 
     spec = load_sweep(args.file)
     best = load_best(spec, args.storage)
