@@ -260,7 +260,7 @@ def test_study_reuses_one_worker_and_results_match_in_process(tmp_path: Path) ->
 def test_progress_counts_a_reused_worker_running_the_next_trial_before_the_last_is_logged() -> None:
     """Tune completes trial a and starts c on the freed worker before the writer thread has logged a:
     at most ``concurrency`` trials are running at any time, and a retried trial is not counted twice."""
-    from recon.orchestration.study.runner import Progress
+    from recon.orchestration.study.progress import Progress
 
     lines: list[str] = []
     progress = Progress(total=3, concurrency=2, log=lines.append)
