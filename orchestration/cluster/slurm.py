@@ -14,10 +14,11 @@ runs the command on its head node against that Ray, and stops Ray when the comma
     slurm.list_jobs()                     # this user's jobs, newest first
     slurm.wait(job_id, timeout_s=3600)    # poll until it ends
 
-The CLI wiring (``recon submit --slurm ...`` and ``recon jobs list|status|logs|stop --slurm``) is meant to
-call exactly these: ``SlurmSettings`` is a :class:`~recon.core.config.Config`, so
+``recon submit --slurm ...`` and ``recon jobs list|status|logs|stop`` (for a job id of digits, or with
+``--slurm``) call exactly these: ``SlurmSettings`` is a :class:`~recon.core.config.Config`, so
 ``add_config_arguments(parser, SlurmSettings, prefix="slurm-")`` gives one flag per field
 (``--slurm-nodes``, ``--slurm-gpus-per-node``...) and ``config_from_args`` builds the settings.
+``mlflow_server`` adds an MLflow tracking server on the head node for the job (see ``slurm_script``).
 
 Two ways to start Ray (``mode``):
 
