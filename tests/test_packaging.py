@@ -63,7 +63,7 @@ def test_recon_imports_beside_an_unrelated_models_package(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"  # recon came from the venv's wheel, not the checkout
     resources = subprocess.run([python, "-c", "import importlib.resources as r;"
-                                "print(r.files('recon.orchestration').joinpath('resources/reported_results.csv').is_file())"],
+                                "print(r.files('recon.orchestration.report').joinpath('resources/reported_results.csv').is_file())"],
                                cwd=tmp_path, capture_output=True, text=True)
     assert resources.stdout.strip() == "True", resources.stderr
 
