@@ -496,7 +496,7 @@ def _render_script():
 def test_deploy_files_are_what_the_renderer_makes():
     script = _render_script()
     assert script.main(["--check"]) == 0, "run: python deploy/kuberay/render.py"
-    assert set(script.MANIFESTS) == {p.name for p in DEPLOY.glob("*.yaml")}
+    assert set(script.MANIFESTS) | {script.MLFLOW_FILE} == {p.name for p in DEPLOY.glob("*.yaml")}
     for filename, (kind, params) in script.MANIFESTS.items():
         committed = (DEPLOY / filename).read_text()
         assert committed == script.render(filename)
@@ -530,3 +530,34 @@ def test_deploy_files_cover_cpu_gpu_and_long_lived():
     for filename in script.MANIFESTS:
         assert filename in readme
     assert "create secret generic recon-ray-token" in readme and "port-forward" in readme
+
+
+def test_the_namespaces_mlflow_server_keeps_its_store_and_is_where_the_pods_log():
+    """deploy/kuberay/mlflow.yaml: the Service the pods' MLFLOW_TRACKING_URI names, SQLite on the volume it
+    mounts (it outlives the pod and every RayJob), artifacts beside the RayJobs' storage, telemetry off."""
+    from recon.orchestration.cluster.kuberay_mlflow import render_mlflow, service_of
+
+    script = _render_script()
+    docs = list(yaml.safe_load_all((DEPLOY / script.MLFLOW_FILE).read_text()))
+    assert docs == render_mlflow(KubeRaySettings())  # the comments change nothing
+    claim, deployment, service = docs
+    assert [d["kind"] for d in docs] == ["PersistentVolumeClaim", "Deployment", "Service"]
+    job = yaml.safe_load((DEPLOY / "rayjob-gpu.yaml").read_text())
+    env = _env(_containers(job)[0])
+    url = env["MLFLOW_TRACKING_URI"]["value"]
+    assert url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    pod = deployment["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    option = lambda name: command[command.index(name) + 1]  # noqa: E731
+    mount = pod["containers"][0]["volumeMounts"][0]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert option("--backend-store-uri") == f"sqlite:///{mount['mountPath']}/mlflow.db"
+    assert option("--artifacts-destination") == env["RECON_STORAGE"]["value"] + "/mlflow-artifacts"
+    assert option("--workers") == "1" and deployment["spec"]["replicas"] == 1  # one writer of the SQLite file
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "mlflow:5000" in option("--allowed-hosts").split(",")
+    assert {e["name"]: e["value"] for e in pod["containers"][0]["env"]} == TELEMETRY_OFF
+    assert "mlflow.yaml" in (DEPLOY / "README.md").read_text()
+    with pytest.raises(ConfigError, match="Service"):
+        service_of(KubeRaySettings(tracking_uri="https://mlflow.example.com"))

@@ -63,6 +63,17 @@ def test_recon_imports_beside_an_unrelated_models_package(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"  # recon came from the venv's wheel, not the checkout
     resources = subprocess.run([python, "-c", "import importlib.resources as r;"
-                                "print(r.files('recon.orchestration').joinpath('resources/reported_results.csv').is_file())"],
+                                "print(r.files('recon.orchestration.report').joinpath('resources/reported_results.csv').is_file())"],
                                cwd=tmp_path, capture_output=True, text=True)
     assert resources.stdout.strip() == "True", resources.stderr
+
+
+def test_ci_runs_the_readme_test_command_and_it_installs_what_the_tests_need():
+    """`.ci/run` is the README's test command, exactly; it installs the system packages the browser and Slurm
+    tests find (they never install anything themselves)."""
+    readme = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("apt-get update")]
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.startswith("apt-get update")]
+    assert len(readme) == 1 and ci == readme
+    for package in ("chromium", "chromium-driver", "slurmctld", "slurmd", "slurm-client", "munge"):
+        assert f" {package} " in readme[0]
+    assert readme[0].endswith("python -m pytest")

@@ -160,7 +160,8 @@ def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(
     from recon.models.nets.loading import load_encoder
 
     cfg = _tiny_cfg(tmp_path, fail_at_step=5, max_failures=1)
-    final = run_pretraining(cfg).local
+    result = run_pretraining(cfg)
+    final = result.local
     assert Path(cfg.fail_marker).exists()  # the failure did happen
     first, second = _attempts(cfg.run_dir)
     assert [r["step"] for r in first] == [1, 2, 3, 4]
@@ -194,6 +195,16 @@ def test_a_worker_killed_mid_run_restarts_from_its_checkpoint_at_the_right_step(
     assert summary["step"] == 6 and summary["heldout_contrastive_accuracy"] == scored[-1]["heldout_contrastive_accuracy"]
     assert 0 <= summary["initial_heldout_contrastive_accuracy"] <= 1  # the untrained encoder, before step 1
     assert final_encoder(cfg.run_uri).heldout == summary
+
+    # the final encoder is the run's MLflow model, with the last step's figures (held-out accuracy included)
+    client = MlflowClient(cfg.tracking_uri)
+    model = client.get_logged_model(result.model_id)
+    assert model.name == "pretrain-cp-encoder" and model.source_run_id == run_id
+    assert model.tags["recon.encoder_digest"] == result.digest and model.tags["recon.objective"] == "cp"
+    figures = {m.key: m for m in model.metrics}
+    assert figures["heldout_contrastive_accuracy"].value == scored[-1]["heldout_contrastive_accuracy"]
+    assert {m.step for m in figures.values()} == {cfg.steps}
+    assert client.get_run(run_id).data.tags["recon.model_id"] == result.model_id
 
 
 @pytest.mark.slow

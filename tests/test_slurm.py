@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slurm_harness import slurm_cluster_fixture  # noqa: E402,F401  (the fixture, by name)
+from slurm_harness import free_port, slurm_cluster_fixture  # noqa: E402,F401  (the fixture, by name)
 
 from recon.core.config import ConfigError  # noqa: E402
 from recon.core.errors import ReconError  # noqa: E402
@@ -206,8 +206,14 @@ STUBS = {
 esac""",
     "ray": 'case " $* " in *" --block "*) exec sleep 60 ;; esac',
     "srun": 'case " $* " in *" symmetric-run "*) exit "${SRUN_RC:-0}" ;; *) exec sleep 60 ;; esac',
-    "python": "exit 0",
-    "recon": 'echo "env RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=$RAY_AUTH_MODE" >> "$CALLS"; exit "${RECON_RC:-0}"',
+    # `-m mlflow server` runs until the clean-up stops it; the wait for it returns once it has started
+    "python": """case " $* " in
+  *" mlflow server "*) exec sleep 60 ;;
+  *" wait-for-http "*) for _ in $(seq 100); do grep -q "mlflow.server" "$CALLS" && break; sleep 0.1; done ;;
+esac
+exit 0""",
+    "recon": 'echo "env RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=$RAY_AUTH_MODE MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-}"'
+             ' >> "$CALLS"; exit "${RECON_RC:-0}"',
 }
 
 
@@ -255,7 +261,7 @@ def test_shared_script_runs_ray_on_the_port_block_and_recon_against_it(tmp_path)
     assert wait[wait.index("--nodes") + 1] == "4"
     recon = next(c for c in calls if c[0] == "recon")
     assert recon == ["recon", "study", "run", "studies/paper.yaml"]
-    assert ["env", f"RAY_ADDRESS=127.0.0.1:{block}", "RAY_AUTH_MODE=token"] in calls
+    assert ["env", f"RAY_ADDRESS=127.0.0.1:{block}", "RAY_AUTH_MODE=token", "MLFLOW_TRACKING_URI="] in calls
     assert "recon: the command exited with status 0" in done.stdout
 
 
@@ -281,6 +287,67 @@ def test_symmetric_script_runs_symmetric_run_on_every_node(tmp_path):
     assert srun[6:sep] == ["ray", "symmetric-run", "--address", "127.0.0.1:6379", "--min-nodes", "4",
                            "--num-cpus=8", "--num-gpus=2", "--temp-dir=/tmp/ray-12345"]
     assert srun[sep + 1:] == ["recon", "study", "run", "studies/paper.yaml"]
+
+
+@pytest.mark.parametrize("mode", ["shared", "symmetric"])
+def test_the_jobs_own_mlflow_server_runs_on_the_head_and_the_command_logs_to_it(mode, tmp_path):
+    s = SlurmSettings(nodes=2, mode=mode, mlflow_server=True, storage="/shared/recon", workdir=str(tmp_path))
+    script = render_sbatch(s, STUDY)
+    _bash_syntax_ok(script, tmp_path)
+    s.resolved_log_dir().mkdir(parents=True)  # submit makes it: the server's output goes there
+    done, calls = _run_with_stubs(script, tmp_path, SRUN_RC="0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    port = 20000 + 12345 % 63 * 200 + 9 if mode == "shared" else 5000
+    server = next(c for c in calls if c[:4] == ["python", "-m", "mlflow", "server"])
+    assert server[4:] == ["--backend-store-uri", f"sqlite:///{tmp_path}/runs/slurm/mlflow.db",
+                          "--artifacts-destination", "/shared/recon/mlflow-artifacts", "--workers", "1",
+                          "--host", "127.0.0.1", "--port", str(port), "--allowed-hosts",
+                          f"127.0.0.1:{port},localhost:{port},127.0.0.1:{port}"]
+    wait = next(c for c in calls if c[:4] == ["python", "-m", "recon.orchestration.cluster.slurm", "wait-for-http"])
+    assert wait[wait.index("--url") + 1] == f"http://127.0.0.1:{port}/health"
+    command = next(i for i, c in enumerate(calls) if c[0] == "recon" or c[:2] == ["srun", "--nodes=2"])
+    assert calls.index(wait) < command  # the command starts once the server answers
+    if mode == "shared":
+        assert any(c[:2] == ["env", f"RAY_ADDRESS=127.0.0.1:{20000 + 12345 % 63 * 200}"] and
+                   c[3] == f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" for c in calls if c[0] == "env")
+    assert "recon ui --tracking-uri" in script and f"recon: MLflow server at" in script
+
+
+def test_mlflow_server_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="keep one"):
+        SlurmSettings(mlflow_server=True, tracking_uri="http://10.0.0.5:5000")
+    with pytest.raises(ConfigError, match="set mlflow_server"):
+        SlurmSettings(mlflow_store="sqlite:///x.db")
+    with pytest.raises(ConfigError, match="password"):
+        SlurmSettings(mlflow_server=True, mlflow_store="postgresql://me:secret@db/mlflow")
+    s = SlurmSettings(mlflow_server=True, mlflow_store="sqlite:///db/m.db", storage="s3://b/recon",
+                      workdir=str(tmp_path))
+    assert s.resolved_mlflow_store() == f"sqlite:///{tmp_path}/db/m.db"
+    assert s.resolved_mlflow_artifacts() == "s3://b/recon/mlflow-artifacts"
+    with pytest.raises(ReconError, match="keep one"):
+        render_sbatch(s, [*STUDY, "--tracking-uri", "http://elsewhere:5000"])
+
+
+def test_wait_for_http_returns_when_it_answers_and_stops_when_the_server_died(tmp_path):
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        slurm.wait_for_http(f"http://127.0.0.1:{server.server_address[1]}/", timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    log = tmp_path / "mlflow.log"
+    log.write_text("Error: port already in use\n")
+    started = time.monotonic()
+    with pytest.raises(SlurmError, match="port already in use"):
+        slurm.wait_for_http(f"http://127.0.0.1:{server.server_address[1]}/health", timeout_s=60, pid=dead.pid,
+                            log=str(log))
+    assert time.monotonic() - started < 10
 
 
 # ---------------------------------------------------------------------- Slurm's answers
@@ -506,3 +573,104 @@ def test_cancelled_mid_grid_then_resubmitted_trains_nothing_twice(slurm_cluster_
     with capsys.disabled():
         print(f"\n[slurm e2e] cancel after {len(finished_at_cancel)} of {len(trials)} trials, resubmit, finish: "
               f"{time.monotonic() - started:.1f}s; attempts per trial {sorted(attempts.values())}")
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_cli_submit_stop_and_follow_with_the_jobs_own_mlflow_server(slurm_cluster_fixture, tmp_path, job_env,
+                                                                      capsys):
+    """Through the command line a user types: ``recon submit --slurm ... --slurm-mlflow-server``, ``recon jobs
+    stop`` mid-grid, the same submit again, ``recon jobs logs --follow`` to the end; then the job's MLflow store
+    (SQLite on the "shared" disk, artifacts beside the storage) holds every trial once after its server has
+    stopped, and ``recon ui`` serves the runs and their artifacts again."""
+    from mlflow.tracking import MlflowClient
+
+    from recon.orchestration.cli.main import main
+    from recon.orchestration.study.plan import expand
+    from recon.orchestration.study.spec import load_spec
+    from recon.orchestration.study.tracker import StudyTracker
+
+    started = time.monotonic()
+    marks = tmp_path / "storage" / "attempts"
+    path = _toy_study(tmp_path / "study", marks, sleep=6, concurrent=1)
+    spec = load_spec(path)
+    trials = expand(spec)
+    argv = ["submit", "--slurm", "--slurm-job-name", "recon-cli", "--storage", str(tmp_path / "storage"),
+            "--working-dir", str(path.parent), "--slurm-cpus-per-node", str(slurm_cluster_fixture.cpus),
+            "--slurm-script-dir", str(tmp_path / "slurm"), "--slurm-python", sys.executable,
+            "--slurm-ray-temp-root", str(job_env["ray_root"]), "--slurm-node-wait-s", "120",
+            "--slurm-activate", f"export PATH={job_env['bin']}:{Path(sys.executable).parent}:$PATH",
+            "--slurm-ray-args=--object-store-memory=150000000", "--slurm-mlflow-server",
+            "--", "recon", "study", "run", str(path)]
+    store, artifacts = f"sqlite:///{tmp_path}/slurm/mlflow.db", tmp_path / "storage" / "mlflow-artifacts"
+
+    def submit() -> str:
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"recon ui {path} --tracking-uri {store} --artifacts-destination {artifacts}" in out
+        return re.search(r"submitted Slurm job (\d+)", out).group(1)
+
+    first = submit()
+    results = tmp_path / "storage" / "results"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not list(results.glob("*/result.json")):
+        assert not slurm.status(first).done, "".join(slurm.logs(first))[-6000:]
+        time.sleep(0.5)
+    assert list(results.glob("*/result.json")), "no trial finished within the time limit"
+    assert main(["jobs", "stop", first]) == 0
+    assert capsys.readouterr().out.strip() == f"{first}: scancel sent"
+    assert slurm.wait(first, timeout_s=120, poll_s=1).state == "CANCELLED"
+    assert main(["jobs", "status", first]) == 0 and f"{first}  CANCELLED" in capsys.readouterr().out
+    port = lambda job: 20000 + int(job) % SlurmSettings().port_slots * 200 + 9  # noqa: E731
+    assert not _port_open(port(first)), "scancel left the job's MLflow server running"
+    assert _no_ray_left(str(job_env["ray_root"])) == []
+    finished_at_cancel = {p.parent.name for p in results.glob("*/result.json")}
+    assert len(finished_at_cancel) < len(trials)
+
+    second = submit()
+    assert main(["jobs", "logs", second, "--follow"]) == 0
+    followed = capsys.readouterr().out
+    assert f"recon: MLflow server at http://127.0.0.1:{port(second)}" in followed, followed[-6000:]
+    assert "recon: the command exited with status 0" in followed and f"Slurm job {second} COMPLETED" in followed
+    assert not _port_open(port(second)), "the job's MLflow server outlived the job"
+    assert main(["jobs", "list", "--slurm", "--name", "recon-cli"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(rf"^{first}\s+CANCELLED", listed, re.M) and re.search(rf"^{second}\s+COMPLETED", listed, re.M)
+
+    # The server is gone; its store and artifacts are not.
+    tracker = StudyTracker(store, spec.name, create=False)
+    runs = tracker._search("tags.`recon.role` = 'trial'")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(t.trial_id for t in trials)  # each once
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)  # stored by the server...
+    assert list(artifacts.rglob("result.json"))                                   # ...beside the storage
+    assert _attempts(marks)[next(iter(finished_at_cancel))] == 1
+    assert (spec.resolved_output_dir() / "summary" / "table5.md").is_file()
+
+    ui_port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "recon.orchestration.cli.main", "ui", "--tracking-uri", store,
+                           "--artifacts-destination", str(artifacts), "--port", str(ui_port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        slurm.wait_for_http(f"http://127.0.0.1:{ui_port}/health", timeout_s=120, pid=ui.pid)
+        client = MlflowClient(f"http://127.0.0.1:{ui_port}")
+        run = runs[0]
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "result.json" in files, files
+        local = client.download_artifacts(run.info.run_id, "result.json", str(tmp_path / "downloaded"))
+        assert '"test"' in Path(local).read_text()
+    finally:
+        import signal
+
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    with capsys.disabled():
+        print(f"\n[slurm e2e] CLI: submit with its own MLflow server, stop after {len(finished_at_cancel)} of "
+              f"{len(trials)} trials, submit again, follow to the end: {time.monotonic() - started:.1f}s")

@@ -1,6 +1,6 @@
 """Write this folder's manifests from recon's KubeRay renderer; the parameters below are their documentation.
 
-    python deploy/kuberay/render.py           # rewrite rayjob-cpu.yaml, rayjob-gpu.yaml, raycluster-gpu.yaml
+    python deploy/kuberay/render.py           # rewrite rayjob-cpu.yaml, rayjob-gpu.yaml, raycluster-gpu.yaml, mlflow.yaml
     python deploy/kuberay/render.py --check   # exit 1 when a file differs from what the renderer makes
 
 tests/test_kuberay.py runs the check, so the files never drift from the renderer. Change a
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recon.orchestration.cluster.kuberay import KubeRaySettings, render_raycluster, render_rayjob, to_yaml
+from recon.orchestration.cluster.kuberay_mlflow import render_mlflow
 
 HERE = Path(__file__).resolve().parent
 GPU_TAINT = "nvidia.com/gpu:NoSchedule"  # the taint GPU node pools usually carry (GKE, EKS, AKS)
@@ -34,6 +35,10 @@ MANIFESTS: dict[str, tuple[str, dict[str, Any]]] = {
     "raycluster-gpu.yaml": ("raycluster", dict(name="recon", tolerations=(GPU_TAINT,))),
 }
 
+#: The namespace's MLflow server (PersistentVolumeClaim, Deployment, Service) for the manifests above: the
+#: Service every pod's MLFLOW_TRACKING_URI names, the same image, artifacts beside the same bucket.
+MLFLOW_FILE = "mlflow.yaml"
+
 #: placeholder values a user must replace, marked CHANGE in the written files.
 CHANGE = (KubeRaySettings().image, KubeRaySettings().storage)
 
@@ -41,7 +46,7 @@ CHANGE = (KubeRaySettings().image, KubeRaySettings().storage)
 def _placeholder(line: str) -> bool:
     """An ``image:`` or env ``value:`` line holding a placeholder (never a line inside ``runtimeEnvYAML``'s
     block, where ``#`` would be text, not a comment)."""
-    return line.lstrip().startswith(("image:", "value:")) and any(value in line for value in CHANGE)
+    return line.lstrip().startswith(("image:", "value:", "- s3:")) and any(value in line for value in CHANGE)
 
 
 def render(filename: str) -> str:
@@ -58,12 +63,23 @@ def render(filename: str) -> str:
     return "\n".join(header + body) + "\n"
 
 
+def render_mlflow_file() -> str:
+    """mlflow.yaml: the three objects of the namespace's MLflow server, as one multi-document file."""
+    header = [f"# {MLFLOW_FILE}: rendered by deploy/kuberay/render.py from "
+              "recon.orchestration.cluster.kuberay_mlflow (do not edit here).",
+              "# The namespace's MLflow server: its runs in SQLite on a PersistentVolumeClaim, its artifacts in the",
+              "# bucket. Apply once per namespace, before the RayJobs. CHANGE: the image and the bucket."]
+    documents = [to_yaml(doc).rstrip("\n") for doc in render_mlflow(KubeRaySettings())]
+    body = [line + "  # CHANGE" if _placeholder(line) else line for line in "\n---\n".join(documents).splitlines()]
+    return "\n".join(header + body) + "\n"
+
+
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for filename in MANIFESTS:
+    for filename in [*MANIFESTS, MLFLOW_FILE]:
         path = HERE / filename
-        text = render(filename)
+        text = render_mlflow_file() if filename == MLFLOW_FILE else render(filename)
         if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(filename)

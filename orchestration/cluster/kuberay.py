@@ -36,7 +36,7 @@ the pods' environment, as every recon command does. GPU shapes request ``nvidia.
 The head gets ``num-cpus: 0``: it runs the GCS, the dashboard and the study driver, and Ray schedules
 no trial there, so trials land on the shape that was sized for them. MLflow is *not* in the Ray
 cluster: a RayJob's cluster is deleted when the job ends, so the tracking server must outlive it
-(``deploy/kuberay/README.md`` shows one).
+(``kuberay_mlflow`` renders one for the namespace: ``deploy/kuberay/mlflow.yaml``).
 """
 from __future__ import annotations
 

@@ -14,10 +14,11 @@ runs the command on its head node against that Ray, and stops Ray when the comma
     slurm.list_jobs()                     # this user's jobs, newest first
     slurm.wait(job_id, timeout_s=3600)    # poll until it ends
 
-The CLI wiring (``recon submit --slurm ...`` and ``recon jobs list|status|logs|stop --slurm``) is meant to
-call exactly these: ``SlurmSettings`` is a :class:`~recon.core.config.Config`, so
+``recon submit --slurm ...`` and ``recon jobs list|status|logs|stop`` (for a job id of digits, or with
+``--slurm``) call exactly these: ``SlurmSettings`` is a :class:`~recon.core.config.Config`, so
 ``add_config_arguments(parser, SlurmSettings, prefix="slurm-")`` gives one flag per field
 (``--slurm-nodes``, ``--slurm-gpus-per-node``...) and ``config_from_args`` builds the settings.
+``mlflow_server`` adds an MLflow tracking server on the head node for the job (see ``slurm_script``).
 
 Two ways to start Ray (``mode``):
 
@@ -119,7 +120,10 @@ def submit(settings: SlurmSettings, command: list[str], *, say: Callable[[str], 
     say(f"  log:     {log}")
     say(f"  follow:  tail -F {shlex.quote(str(log))}   status: squeue -j {job_id}   cancel: scancel {job_id}")
     browse = browse_hint(command, settings)
-    if browse:
+    if settings.mlflow_server:
+        say(f"  MLflow:  a server on the head node while the job runs (its address: `recon: MLflow server at` in "
+            f"the log; output {settings.mlflow_log_path(job_id)}); afterwards: {browse}")
+    elif browse:
         say(f"  MLflow:  {browse}")
     return job_id
 
@@ -142,6 +146,9 @@ def browse_hint(command: Sequence[str], settings: SlurmSettings) -> Optional[str
     if tracking and is_remote(tracking):
         return f"{tracking}  (the tracking server's own UI)"
     flag = f" --tracking-uri {shlex.quote(tracking)}" if tracking else ""
+    if settings.mlflow_server:  # the job's server stops with it; its store and artifacts stay
+        flag = (f" --tracking-uri {shlex.quote(settings.resolved_mlflow_store())} --artifacts-destination "
+                f"{shlex.quote(settings.resolved_mlflow_artifacts())}")
     words = [w for w in command[1:] if not w.startswith("-")]
     if Path(command[0]).name == "recon" and len(words) >= 3 and words[0] == "study":
         study = Path(words[2])
@@ -373,6 +380,30 @@ def wait_for_nodes(address: str, nodes: int, timeout_s: float = 300, pid: Option
         ray.shutdown()
 
 
+def wait_for_http(url: str, timeout_s: float = 300, pid: Optional[int] = None,
+                  log: Optional[str] = None) -> None:
+    """Block until ``url`` answers 200 (the job's MLflow server's ``/health``); stop at once if ``pid`` dies."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if pid is not None and not Path(f"/proc/{pid}").exists():
+            tail = ""
+            if log and Path(log).is_file():
+                tail = ": " + _first_lines("\n".join(Path(log).read_text(errors="replace").splitlines()[-5:]), 5)
+            raise SlurmError(f"the server behind {url} (pid {pid}) exited before it answered{tail}")
+        if time.monotonic() > deadline:
+            raise SlurmError(f"{url} did not answer within {timeout_s:.0f}s" + (f"; see {log}" if log else ""))
+        time.sleep(0.5)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m recon.orchestration.cluster.slurm wait-for-nodes ...`` (what the sbatch script runs)."""
     parser = argparse.ArgumentParser(prog="python -m recon.orchestration.cluster.slurm")
@@ -382,8 +413,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     w.add_argument("--nodes", type=int, required=True)
     w.add_argument("--timeout-s", type=float, default=300)
     w.add_argument("--pid", type=int, help="the head's `ray start --block` process: stop waiting if it dies")
+    h = sub.add_parser("wait-for-http", help="wait until a URL answers 200 (the job's MLflow server)")
+    h.add_argument("--url", required=True)
+    h.add_argument("--timeout-s", type=float, default=300)
+    h.add_argument("--pid", type=int, help="the server's process: stop waiting if it dies")
+    h.add_argument("--log", help="the server's output file, quoted when it dies")
     args = parser.parse_args(argv)
     try:
+        if args.what == "wait-for-http":
+            wait_for_http(args.url, args.timeout_s, args.pid, args.log)
+            return 0
         alive = wait_for_nodes(args.address, args.nodes, args.timeout_s, args.pid)
     except ReconError as exc:
         print(f"recon: error: {exc}", file=sys.stderr)
@@ -392,7 +431,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 __all__ = ["SlurmSettings", "SlurmJob", "SlurmError", "render_sbatch", "submit", "status", "logs", "log_path",
-           "cancel", "list_jobs", "wait", "wait_for_nodes", "browse_hint", "TERMINAL"]
+           "cancel", "list_jobs", "wait", "wait_for_nodes", "wait_for_http", "browse_hint", "TERMINAL"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from recon.core.errors import ReconError
-from recon.orchestration.cluster.slurm_settings import FIRST_WORKER_OFFSET, PORT_OFFSETS, SlurmSettings
+from recon.orchestration.cluster.slurm_settings import FIRST_WORKER_OFFSET, MLFLOW_OFFSET, PORT_OFFSETS, SlurmSettings
 
 # ================================================================ the script
 
@@ -27,6 +27,8 @@ def render_sbatch(settings: SlurmSettings, command: list[str]) -> str:
     parts = [_header(settings, command, workdir), _environment(settings, storage, tracking), _head_address(settings),
              _shared_ray(settings) if settings.mode == "shared" else _symmetric_ray(settings),
              _run(settings, _command_line(settings, command, storage, tracking))]
+    if settings.mlflow_server and settings.mode == "symmetric":
+        parts[3:3] = [_mlflow_cleanup(settings, ray=False), _mlflow_start(settings), _mlflow_wait(settings)]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
@@ -153,8 +155,8 @@ def _shared_ray(s: SlurmSettings) -> str:
         '    wait "${ray_pids[@]}" 2>/dev/null || true',
         "  fi",
         "}",
-        "trap stop_ray EXIT",
-        "trap 'exit 143' TERM INT",
+        *([_mlflow_cleanup(s, ray=True), "", _mlflow_start(s)] if s.mlflow_server else
+          ["trap stop_ray EXIT", "trap 'exit 143' TERM INT"]),
         "",
         'echo "recon: job $SLURM_JOB_ID, nodes $SLURM_JOB_NODELIST; Ray head $head_node at $head_ip:$gcs_port, '
         'temp dir $ray_tmp"',
@@ -173,6 +175,8 @@ def _shared_ray(s: SlurmSettings) -> str:
                           '--address "$head_ip:$gcs_port"', f"--nodes {s.nodes}", f"--timeout-s {s.node_wait_s}",
                           '--pid "$head_pid"']),
               'export RAY_ADDRESS="$head_ip:$gcs_port"   # any Ray client of the command joins this cluster']
+    if s.mlflow_server:
+        lines += [_mlflow_wait(s)]
     return "\n".join(lines)
 
 
@@ -187,6 +191,53 @@ def _symmetric_ray(s: SlurmSettings) -> str:
         'export RAY_ADDRESS="$head_ip:$gcs_port"   # any Ray client of the command joins this cluster',
         'echo "recon: job $SLURM_JOB_ID, nodes $SLURM_JOB_NODELIST; Ray head $head_node at $RAY_ADDRESS, '
         'temp dir $ray_tmp"'])
+
+
+def _mlflow_cleanup(s: SlurmSettings, *, ray: bool) -> str:
+    """Stop the job's MLflow server on any exit (after Ray, in shared mode): its whole process group, since
+    ``mlflow server`` runs its web server as child processes."""
+    return "\n".join([
+        "mlflow_pid=",
+        "stop_mlflow() {",
+        '  if [[ -n "$mlflow_pid" ]]; then',
+        '    kill -TERM -- -"$mlflow_pid" 2>/dev/null || true',
+        '    wait "$mlflow_pid" 2>/dev/null || true',
+        "  fi",
+        "}",
+        "trap 'stop_ray; stop_mlflow' EXIT" if ray else "trap stop_mlflow EXIT",
+        "trap 'exit 143' TERM INT"])
+
+
+def _mlflow_start(s: SlurmSettings) -> str:
+    """``mlflow server`` on the head node's address, in its own process group, its output beside the job's."""
+    from recon.orchestration.tracking.server import store_options
+
+    store, artifacts = s.resolved_mlflow_store(), s.resolved_mlflow_artifacts()
+    port = f"$((port_block + {MLFLOW_OFFSET}))" if s.mode == "shared" else str(s.mlflow_port)
+    options = [shlex.quote(o) for o in store_options(store, artifacts)]
+    server = [f"setsid {shlex.quote(s.python)} -m mlflow server", *[" ".join(options[i:i + 2])
+                                                                   for i in range(0, len(options), 2)],
+              '--host "$head_ip" --port "$mlflow_port"',
+              '--allowed-hosts "$head_ip:$mlflow_port,localhost:$mlflow_port,127.0.0.1:$mlflow_port"']
+    log_dir = shlex.quote(str(s.resolved_log_dir()))
+    return "\n".join([
+        "# ---- an MLflow tracking server on the head node for every run of this job; its runs and artifacts stay",
+        "# where they are when the job ends (store and artifacts below): browse them afterwards with",
+        f"#   recon ui --tracking-uri {shlex.quote(store)} --artifacts-destination {shlex.quote(artifacts)}",
+        f"mlflow_port={port}",
+        f'mlflow_log={log_dir}/{s.job_name}-"$SLURM_JOB_ID".mlflow.log',
+        _continued(server) + ' > "$mlflow_log" 2>&1 &',
+        "mlflow_pid=$!",
+        'export MLFLOW_TRACKING_URI="http://$head_ip:$mlflow_port"   # every recon command of the job logs there'])
+
+
+def _mlflow_wait(s: SlurmSettings) -> str:
+    return "\n".join([
+        "# The command starts once the server answers (fails early if it exited; its output is in $mlflow_log).",
+        _continued([f"{shlex.quote(s.python)} -m recon.orchestration.cluster.slurm wait-for-http",
+                    '--url "$MLFLOW_TRACKING_URI/health"', f"--timeout-s {s.node_wait_s}", '--pid "$mlflow_pid"',
+                    '--log "$mlflow_log"']),
+        'echo "recon: MLflow server at $MLFLOW_TRACKING_URI (output: $mlflow_log)"'])
 
 
 def _run(s: SlurmSettings, command_line: str) -> str:
@@ -235,6 +286,9 @@ def _command_line(s: SlurmSettings, command: Sequence[str], storage: Optional[st
     if _given(command, _ADDRESS) is not None:
         raise ReconError(f"the command names {_ADDRESS} {_given(command, _ADDRESS)!r}, but on Slurm it runs against "
                          f"the Ray cluster the job starts in its allocation: drop {_ADDRESS} from the command")
+    if s.mlflow_server and _given(command, _TRACKING) is not None:
+        raise ReconError(f"the command gives {_TRACKING} {_given(command, _TRACKING)!r} but the job starts its own "
+                         f"MLflow server (mlflow_server) and points MLFLOW_TRACKING_URI at it: keep one")
     for flag, value in ((_STORAGE, storage), (_TRACKING, tracking)):
         given = _given(command, flag)
         if value and given is not None and given != value:

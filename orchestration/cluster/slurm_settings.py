@@ -26,6 +26,8 @@ PORT_OFFSETS = {"gcs": 0, "node-manager": 1, "object-manager": 2, "dashboard-age
                 "dashboard-agent-grpc": 4, "runtime-env-agent": 5, "metrics-export": 6,
                 "ray-client-server": 7, "dashboard": 8}
 FIRST_WORKER_OFFSET = 10
+#: Offset of the MLflow server's port within a job's block (shared mode; between Ray's and the workers').
+MLFLOW_OFFSET = 9
 
 #: Unix socket paths are limited to 107 bytes; Ray's deepest is
 #: <root>/ray-<job id>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store (about 80 bytes + root).
@@ -83,6 +85,17 @@ class SlurmSettings(Config):
                               "for its worker processes: at least one per CPU)", ge=FIRST_WORKER_OFFSET + 10)
     node_wait_s: int = knob(300, "seconds to wait for every node to join Ray before the job fails", ge=1)
     dashboard: bool = knob(False, "shared mode: start Ray's dashboard on the head (127.0.0.1, a port of the block)")
+    mlflow_server: bool = knob(False, "start an MLflow tracking server on the head node for the job's runs (its "
+                               "MLFLOW_TRACKING_URI), stopped when the job ends; the runs stay in mlflow_store "
+                               "and mlflow_artifacts, to browse with `recon ui` afterwards")
+    mlflow_store: Optional[str] = knob(None, "the server's backend store: sqlite:///PATH on a disk the head node and "
+                                       "you share, or a database URI without a password (e.g. postgresql://me@db/"
+                                       "mlflow; the database client reads the password from its own file, "
+                                       "~/.pgpass); default: sqlite:///<log_dir>/mlflow.db")
+    mlflow_artifacts: Optional[str] = knob(None, "where the server keeps artifacts (a shared path, s3://, gs://); "
+                                           "default: <storage>/mlflow-artifacts, else <log_dir>/mlflow-artifacts")
+    mlflow_port: int = knob(5000, "symmetric mode: the MLflow server's port on the head node (shared mode takes "
+                            f"port {MLFLOW_OFFSET} of the job's block)", ge=1, le=65535)
 
     def check(self) -> None:
         super().check()
@@ -107,6 +120,20 @@ class SlurmSettings(Config):
         for key in self.env:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise ConfigError("env", f"not an environment variable name: {key!r}")
+        if self.mlflow_server and self.tracking_uri:
+            raise ConfigError("mlflow_server", f"the job either starts its own MLflow server or logs to "
+                                               f"tracking_uri {self.tracking_uri!r}: keep one")
+        if not self.mlflow_server and (self.mlflow_store or self.mlflow_artifacts):
+            raise ConfigError("mlflow_store" if self.mlflow_store else "mlflow_artifacts",
+                              "only used by the job's own MLflow server: set mlflow_server too")
+        from recon.orchestration.tracking.server import has_password
+
+        for name in ("mlflow_store", "mlflow_artifacts", "tracking_uri", "storage"):
+            value = getattr(self, name)
+            if value and has_password(value):
+                raise ConfigError(name, "holds a password, which would be written into the sbatch script (readable "
+                                        "by anyone who can read its folder): leave it out and let the client read "
+                                        "it from its own file (PostgreSQL: ~/.pgpass; MySQL: ~/.my.cnf)")
 
     # -- derived values ---------------------------------------------------------------------------
     @property
@@ -128,6 +155,34 @@ class SlurmSettings(Config):
     def resolved_log_dir(self) -> Path:
         return (self.resolved_workdir() / Path(self.log_dir or self.script_dir).expanduser()).resolve()
 
+    def resolved_mlflow_store(self) -> str:
+        """The server's backend store: ``mlflow_store`` (a relative SQLite path made absolute against workdir),
+        else ``sqlite:///<log_dir>/mlflow.db``."""
+        from recon.orchestration.tracking.uri import sqlite_path, sqlite_uri
+
+        if not self.mlflow_store:
+            return sqlite_uri(self.resolved_log_dir() / "mlflow.db")
+        path = sqlite_path(self.mlflow_store)
+        if path is not None and not path.is_absolute():
+            return sqlite_uri(self.resolved_workdir() / path)
+        return self.mlflow_store
+
+    def resolved_mlflow_artifacts(self) -> str:
+        """Where the server keeps artifacts: ``mlflow_artifacts``, else beside the storage, else the log dir."""
+        value = self.mlflow_artifacts
+        if value is None:
+            if self.storage and "://" in self.storage:
+                return self.storage.rstrip("/") + "/mlflow-artifacts"
+            base = Path(self.storage).expanduser() if self.storage else self.resolved_log_dir()
+            value = str(base / "mlflow-artifacts")
+        if "://" in value:
+            return value
+        return str((self.resolved_workdir() / Path(value).expanduser()).resolve())
+
     def log_path(self, job_id: str) -> Path:
         """Where the job's output goes (the script's ``#SBATCH --output`` with %x and %j filled in)."""
         return self.resolved_log_dir() / f"{self.job_name}-{job_id}.out"
+
+    def mlflow_log_path(self, job_id: str) -> Path:
+        """Where the job's MLflow server writes its output (beside the job's own)."""
+        return self.resolved_log_dir() / f"{self.job_name}-{job_id}.mlflow.log"

@@ -44,7 +44,7 @@ from recon.orchestration.pretrain.progress import ProgressPoller, mlflow_run, re
 from recon.orchestration.pretrain.run import (CONFIG_FILE, FINAL_FILE, HELDOUT_KEYS, HELDOUT_START_FILE,
                                               RESUMABLE_CHANGES, PretrainRun)
 from recon.orchestration.pretrain.trainer import build_trainer
-from recon.orchestration.tracking.client import log_artifacts_redacted
+from recon.orchestration.tracking.client import SOURCE_NAME_TAG, SOURCE_TYPE_TAG, log_artifacts_redacted
 from recon.orchestration.tracking.uri import DEFAULT_TRACKING_URI, absolute_tracking_uri, chosen_tracking_uri
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class FinalEncoder:
     digest: str
     local: Path
     heldout: dict = field(default_factory=dict, compare=False)
+    model_id: Optional[str] = field(default=None, compare=False)  # the MLflow model logged from it, if any
 
 
 def _check_resume(cfg: PretrainRun, run: Storage) -> None:
@@ -136,8 +137,10 @@ def final_encoder(run_uri: str) -> Optional[FinalEncoder]:
                         record.get("heldout") or {})
 
 
-def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = None) -> FinalEncoder:
-    """Run (or resume) pre-training on Ray Train; return the final encoder (published and cached)."""
+def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = None,
+                    model_tags: Optional[dict[str, str]] = None) -> FinalEncoder:
+    """Run (or resume) pre-training on Ray Train; return the final encoder (published and cached) and log it
+    as the run's MLflow model (``model_tags`` added to its own ``recon.*`` tags, e.g. a study's stage)."""
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -198,6 +201,7 @@ def run_pretraining(cfg: PretrainRun, log: Optional[Callable[[str], None]] = Non
             client.log_metric(run_id, "heldout_contrastive_accuracy_initial",
                               float(heldout["initial_heldout_contrastive_accuracy"]), step=0)
         log_artifacts_redacted(client, run_id, final.local, artifact_path="encoder")
+        final = _log_model(cfg, client, run_id, final, model_tags, log)
         client.set_terminated(run_id, status="FINISHED")
     except Exception as exc:  # noqa: BLE001 - the encoder is trained and published: an outage must not lose it
         if not poller.gate.is_outage(exc):
@@ -214,6 +218,30 @@ def _terminate(client, run_id: str, status: str) -> None:
         client.set_terminated(run_id, status=status)
     except Exception:  # noqa: BLE001 - the error that stopped the run is the one to report
         pass
+
+
+def _log_model(cfg: PretrainRun, client, run_id: str, final: FinalEncoder, model_tags: Optional[dict[str, str]],
+               log: Optional[Callable[[str], None]]) -> FinalEncoder:
+    """The final encoder as an MLflow model of the run (``pretrain.mlflow_model``). The encoder in storage is
+    the product; when MLflow cannot take the model the run says why and pre-training still succeeds."""
+    import dataclasses
+
+    from recon.orchestration.pretrain.mlflow_model import DIGEST_TAG, log_encoder_model
+
+    tags = {"recon.objective": cfg.objective, "recon.run": cfg.name, DIGEST_TAG: final.digest,
+            SOURCE_NAME_TAG: f"recon pretrain {cfg.name}", SOURCE_TYPE_TAG: "LOCAL", **(model_tags or {})}
+    try:
+        model_id = log_encoder_model(cfg.tracking_uri, run_id, final.local, name=f"{cfg.name}-encoder",
+                                     step=int(cfg.steps), tags=tags)
+    except Exception as exc:  # noqa: BLE001 - reported on the run and the console, never lost
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        client.set_tag(run_id, "recon.model_error", message)
+        if log:
+            log(f"[pretrain {cfg.name}] the encoder is in storage ({final.uri}) but MLflow did not take it as a "
+                f"model: {message}")
+        return final
+    client.set_tag(run_id, "recon.model_id", model_id)
+    return dataclasses.replace(final, model_id=model_id)
 
 
 __all__ = ["PretrainRun", "FinalEncoder", "run_pretraining", "heldout_summary", "final_encoder", "export_final"]

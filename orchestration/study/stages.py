@@ -84,8 +84,10 @@ def run_pretrain_stage(spec: StudySpec, name: str, stage_uri: str, tracking_uri:
     The stage IS a ``PretrainConfig`` (validated with the spec); the run adds where it lives and is
     tracked: the study's store and experiment (the driver writes nothing else meanwhile).
     """
-    from recon.orchestration.pretrain.run import PretrainRun
     from recon.orchestration.pretrain.driver import run_pretraining
+    from recon.orchestration.pretrain.mlflow_model import STAGE_HASH_TAG
+    from recon.orchestration.pretrain.run import PretrainRun
+    from recon.orchestration.tracking.client import SOURCE_NAME_TAG
 
     stage = spec.pretrain[name]
     cfg = PretrainRun(**{**stage.to_dict(), "corpus": corpus_dir(spec, stage, storage, log), "out": stage_uri,
@@ -93,7 +95,9 @@ def run_pretrain_stage(spec: StudySpec, name: str, stage_uri: str, tracking_uri:
                          "evaluate_on": spec.evaluated_datasets(), "data_dir": study_data_dir(spec),
                          # An interrupted stage (driver killed) continues from its latest checkpoint.
                          "resume": Storage.from_uri(stage_uri).exists(f"{name}/config.json")})
-    return run_pretraining(cfg, log=log)
+    return run_pretraining(cfg, log=log, model_tags={"recon.study": spec.name, "recon.stage": name,
+                                                     STAGE_HASH_TAG: spec.stage_hash(name),
+                                                     SOURCE_NAME_TAG: f"recon study {spec.name}"})
 
 
 def ensure_pretrained(spec: StudySpec, stages: Sequence[str], tracking_uri: str, storage: Storage,
@@ -112,6 +116,8 @@ def ensure_pretrained(spec: StudySpec, stages: Sequence[str], tracking_uri: str,
             final = run_pretrain_stage(spec, name, storage.join(rel), tracking_uri, storage, log)
             record = {"uri": final.uri, "digest": final.digest, "stage_hash": stage_hash,
                       "seconds": round(time.time() - start, 1)}
+            if getattr(final, "model_id", None):  # the stage's MLflow model (fine-tuning runs link to it)
+                record["model_id"] = final.model_id
             held = getattr(final, "heldout", None) or {}
             if held:  # does the stage learn: held-out contrastive accuracy vs chance, kept for the findings
                 record["heldout"] = held

@@ -86,6 +86,7 @@ class StudyTracker:
         self.study_name = study_name
         self._commit = git_commit()
         self.data_root: Optional[Path] = None  # where trial datasets are read (default: the trial's data_dir)
+        self._encoder_models: dict[str, str] = {}  # stage content hash -> its MLflow model id
         if experiment is not None and create:
             self._mark_experiment()
 
@@ -296,12 +297,35 @@ class StudyTracker:
                 self.client.log_inputs(run_id, datasets=inputs)
         except Exception:  # noqa: BLE001 - a dataset the driver cannot read: the run is logged without inputs
             inputs = []
+        self._link_encoder_model(trial, run_id)
         self.client.set_tag(run_id, NOTE_TAG, clip(redact(trial_description(
             trial, result, finals, [i.dataset.name for i in inputs], self.study_name)), MAX_TAG_VALUE))
         if trial_dir.is_dir():
             self._log_artifacts(run_id, trial_dir)
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+    def _link_encoder_model(self, trial: Trial, run_id: str) -> Optional[str]:
+        """A trial that starts from one of the study's pre-training stages takes the stage's MLflow model
+        (found by the stage's content hash, the trial config's ``source_identity``) as an input of its run,
+        and names it in a tag; None when the trial has no such start or the store has no such model."""
+        from recon.orchestration.pretrain.mlflow_model import find_encoder_model, link_model_input
+
+        identity = (trial.config or {}).get("source_identity")
+        if not identity:
+            return None
+        if identity not in self._encoder_models:
+            try:
+                model = find_encoder_model(self.client, self.experiment.experiment_id, stage_hash=identity)
+            except Exception:  # noqa: BLE001 - a store without LoggedModels: the run is logged without the link
+                model = None
+            if model is None:
+                return None  # not cached: the stage may log its model later in this process
+            self._encoder_models[identity] = model.model_id
+        model_id = self._encoder_models[identity]
+        link_model_input(self.client, run_id, model_id)
+        self.client.set_tag(run_id, "recon.encoder_model", model_id)
+        return model_id
 
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Optional[Path]:
         """A trial artifact as a local file, or None when the run has no such artifact."""

@@ -10,6 +10,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recon.orchestration.cli.commands.data",
     "recon.orchestration.cli.commands.train",
     "recon.orchestration.cli.commands.study",
+    "recon.orchestration.cli.commands.submit",
     "recon.orchestration.cli.commands.jobs",
     "recon.orchestration.cli.commands.export",
     "recon.orchestration.cli.commands.sweep",

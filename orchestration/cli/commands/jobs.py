@@ -1,77 +1,72 @@
-"""``recon submit`` and ``recon jobs``: run recon commands on a Ray cluster as Ray Jobs.
+"""``recon jobs``: follow the jobs ``recon submit`` started, on a Ray cluster (Ray Jobs) or on Slurm.
 
-    recon submit [--address http://HEAD:8265] [--storage s3://bucket/recon] \\
-                 [--tracking-uri http://HEAD_PRIVATE_IP:5000] -- recon study run studies/paper.yaml
-    recon jobs list
-    recon jobs status ID
-    recon jobs logs ID [--follow]
-    recon jobs stop ID
+    recon jobs list [--slurm]                 # Ray Jobs of the cluster, or your Slurm jobs
+    recon jobs status ID [--json]
+    recon jobs logs ID [--follow]             # --follow: until the job ends; exit 1 unless it succeeded
+    recon jobs stop ID                        # Ray's stop_job, or scancel
 
-The address is the cluster's dashboard (Jobs) URL; default ``$RAY_ADDRESS`` when it is http(s),
-else http://127.0.0.1:8265 (what ``ray dashboard cluster.yaml`` forwards). Token-authenticated
-clusters need ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` (or ``RAY_AUTH_TOKEN_PATH``) in the
-submitting shell. See ``recon.orchestration.cluster.jobs`` for what is uploaded and passed to the job.
+The backend comes from a flag or from the job id: ``--slurm`` means Slurm and ``--address`` a Ray cluster;
+otherwise an id of digits (``12345``, an array task ``12345_7``) is a Slurm job, any other
+(``raysubmit_...``) a Ray Job. The Ray address is the cluster's dashboard (Jobs) URL; default ``$RAY_ADDRESS``
+when it is http(s), else http://127.0.0.1:8265 (what ``ray dashboard cluster.yaml`` forwards); token-
+authenticated clusters need ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` (or ``RAY_AUTH_TOKEN_PATH``).
+Slurm is reached through its own clients (``squeue``, ``scontrol``, ``sacct``, ``scancel``) with their usual
+configuration. KubeRay jobs are followed with kubectl (``recon submit --k8s`` prints how).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
-import shlex
+import re
 import sys
+from pathlib import Path
+from typing import Optional
 
-from recon.core.errors import ReconError
+ADDRESS_HELP = ("Ray Jobs (dashboard) URL of the cluster (default: $RAY_ADDRESS if http(s), else "
+                "http://127.0.0.1:8265); implies a Ray Job")
+SLURM_ID = re.compile(r"^\d+(_\d+)?$")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    addr_help = ("Ray Jobs (dashboard) URL of the cluster (default: $RAY_ADDRESS if http(s), "
-                 "else http://127.0.0.1:8265)")
-
-    sub = subparsers.add_parser(
-        "submit", help="run a command on a Ray cluster as a Ray Job (recon submit -- recon study run F)",
-        description="Upload the project (without data, runs, MLflow stores, caches, weights) and run "
-                    "the command after `--` on the cluster as a Ray Job. Nodes must have recon "
-                    "installed; nothing is pip-installed for the job unless --pip is given.")
-    sub.add_argument("--address", help=addr_help)
-    sub.add_argument("--storage", help="RECON_STORAGE for the job: shared storage URI every node can "
-                     "reach (s3://bucket/recon, gs://..., or an NFS path); default $RECON_STORAGE")
-    sub.add_argument("--tracking-uri", help="MLFLOW_TRACKING_URI for the job (e.g. the head's "
-                     "http://PRIVATE_IP:5000); default $MLFLOW_TRACKING_URI")
-    sub.add_argument("--working-dir", default=".", help="directory uploaded as the job's working dir "
-                     "(default: the current directory)")
-    sub.add_argument("--no-working-dir", action="store_true", help="upload nothing")
-    sub.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                     help="extra environment variable for the job (repeatable)")
-    sub.add_argument("--pip", action="append", default=[], metavar="REQ",
-                     help="pip requirement installed into the job's runtime env (repeatable; "
-                          "default none: nodes already have recon installed)")
-    sub.add_argument("--submission-id", help="job id to use (default: generated)")
-    sub.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the driver process")
-    sub.add_argument("--entrypoint-num-gpus", type=float, help="GPUs reserved for the driver process")
-    sub.add_argument("--entrypoint-resources", type=json.loads, metavar="JSON",
-                     help='custom resources for the driver, e.g. \'{"recon_worker": 1}\' to run it on a worker')
-    sub.add_argument("--follow", action="store_true", help="stream the logs until the job ends; exit "
-                     "non-zero unless it SUCCEEDED")
-    sub.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- COMMAND ...")
-    sub.set_defaults(func=_submit)
-
-    jobs = subparsers.add_parser("jobs", help="list / status / logs / stop Ray Jobs on a cluster")
+    jobs = subparsers.add_parser("jobs", help="list / status / logs / stop jobs on a Ray cluster or on Slurm")
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
-    lst = jsub.add_parser("list", help="every job on the cluster, newest first")
-    lst.add_argument("--address", help=addr_help)
+    lst = jsub.add_parser("list", help="Ray Jobs on the cluster, or (--slurm) your Slurm jobs; newest first")
+    lst.add_argument("--address", help=ADDRESS_HELP)
+    lst.add_argument("--slurm", action="store_true", help="your Slurm jobs (squeue, and sacct's last 7 days)")
+    lst.add_argument("--all-users", action="store_true", help="--slurm: everyone's jobs")
+    lst.add_argument("--name", help="--slurm: only jobs of this name (e.g. recon, the default --slurm-job-name)")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_list)
-    for name, helptext, fn in (("status", "status and message of one job", _status),
+    for name, helptext, fn in (("status", "state and message of one job", _status),
                                ("logs", "the job's output so far (--follow: stream until it ends)", _logs),
-                               ("stop", "stop a running job", _stop)):
+                               ("stop", "stop a running job (Ray's stop_job, or scancel)", _stop)):
         p = jsub.add_parser(name, help=helptext)
-        p.add_argument("job_id", metavar="ID", help="submission id (raysubmit_...)")
-        p.add_argument("--address", help=addr_help)
+        p.add_argument("job_id", metavar="ID", help="a Ray submission id (raysubmit_...) or a Slurm job id (12345)")
+        p.add_argument("--address", help=ADDRESS_HELP)
+        p.add_argument("--slurm", action="store_true", help="ID is a Slurm job (the default for an id of digits)")
         if name == "logs":
             p.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+            p.add_argument("--log-dir", help="Slurm: the folder of the job's output files, when Slurm has forgotten "
+                                             "the job (default: runs/slurm)")
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=fn)
+
+
+def backend(args: argparse.Namespace) -> str:
+    """``slurm`` or ``ray``: the flag given, else the job id's form."""
+    if getattr(args, "slurm", False) and getattr(args, "address", None):
+        from recon.core.errors import ReconError
+
+        raise ReconError("--slurm and --address name two different clusters: give one")
+    if getattr(args, "slurm", False):
+        return "slurm"
+    if getattr(args, "address", None):
+        return "ray"
+    job_id = getattr(args, "job_id", None)
+    return "slurm" if job_id is not None and SLURM_ID.match(str(job_id).strip()) else "ray"
 
 
 def _address(args) -> str:
@@ -80,40 +75,9 @@ def _address(args) -> str:
     return args.address or default_address()
 
 
-def _submit(args: argparse.Namespace) -> int:
-    from recon.orchestration.cluster import jobs
+# ---------------------------------------------------------------- following (also used by recon submit)
 
-    entry = list(args.entrypoint)
-    if entry and entry[0] == "--":
-        entry = entry[1:]
-    if not entry:
-        raise ReconError("nothing to submit: give the command after `--`, "
-                         "e.g. recon submit -- recon study run studies/paper.yaml")
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ReconError(f"--env wants KEY=VALUE, got {item!r}")
-        env[key] = value
-    address = _address(args)
-    job_id = jobs.submit(entry, address=address, storage=args.storage, tracking_uri=args.tracking_uri,
-                         working_dir=None if args.no_working_dir else args.working_dir, env=env,
-                         pip=args.pip or None, submission_id=args.submission_id,
-                         entrypoint_num_cpus=args.entrypoint_num_cpus,
-                         entrypoint_num_gpus=args.entrypoint_num_gpus,
-                         entrypoint_resources=args.entrypoint_resources)
-    addr = "" if address == jobs.DEFAULT_DASHBOARD and not args.address else f" --address {shlex.quote(address)}"
-    print(f"submitted {job_id}: {shlex.join(entry)}")
-    print(f"  follow:  recon jobs logs {job_id} --follow{addr}")
-    print(f"  status:  recon jobs status {job_id}{addr}")
-    print(f"  stop:    recon jobs stop {job_id}{addr}")
-    sys.stdout.flush()
-    if args.follow:
-        return _follow(job_id, address)
-    return 0
-
-
-def _follow(job_id: str, address: str) -> int:
+def follow_ray(job_id: str, address: str) -> int:
     from recon.orchestration.cluster import jobs
 
     for chunk in jobs.follow_logs(job_id, address):
@@ -124,6 +88,20 @@ def _follow(job_id: str, address: str) -> int:
     return 0 if final == "SUCCEEDED" else 1
 
 
+def follow_slurm(job_id: str, log_dir: Optional[str | Path] = None) -> int:
+    """Stream the Slurm job's output until it has ended; 0 only when it COMPLETED with exit code 0."""
+    from recon.orchestration.cluster import slurm
+
+    for chunk in slurm.logs(job_id, follow=True, log_dir=log_dir):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    job = slurm.status(job_id)
+    print(f"Slurm job {job.job_id} {job.state}" + (f" (exit code {job.exit_code})" if job.exit_code else ""))
+    return 0 if job.state == "COMPLETED" and job.exit_code in ("", "0:0") else 1
+
+
+# ---------------------------------------------------------------- subcommands
+
 def _when(ms) -> str:
     if not ms:
         return "-"
@@ -131,6 +109,23 @@ def _when(ms) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if backend(args) == "slurm":
+        from recon.orchestration.cluster import slurm
+
+        rows = slurm.list_jobs(all_users=args.all_users, name=args.name)
+        if args.json:
+            print(json.dumps([dataclasses.asdict(j) for j in rows], indent=2))
+        elif not rows:
+            print("no Slurm jobs")
+        else:
+            print(f"{'ID':<12} {'STATE':<11} {'ELAPSED':>10}  {'NAME':<16} NODES / REASON")
+            for j in rows:
+                print(f"{j.job_id:<12} {j.state:<11} {j.elapsed:>10}  {j.name:<16} {j.nodes or j.reason}")
+        return 0
+    if args.all_users or args.name:
+        from recon.core.errors import ReconError
+
+        raise ReconError("--all-users and --name list Slurm jobs: add --slurm")
     from recon.orchestration.cluster import jobs
 
     rows = jobs.list_jobs(_address(args))
@@ -154,6 +149,19 @@ def _details(j) -> dict:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if backend(args) == "slurm":
+        from recon.orchestration.cluster import slurm
+
+        job = slurm.status(args.job_id)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(job), indent=2))
+        else:
+            print(f"{job.job_id}  {job.state}  {job.reason if job.reason not in ('', 'None') else ''}".rstrip())
+            print(f"  name {job.name or '-'}, nodes {job.nodes or '-'}, elapsed {job.elapsed or '-'}, "
+                  f"exit code {job.exit_code or '-'}")
+            if job.log:
+                print(f"  log: {job.log}")
+        return 0
     from recon.orchestration.cluster import jobs
 
     d = _details(jobs.info(args.job_id, _address(args)))
@@ -167,15 +175,33 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    if backend(args) == "slurm":
+        from recon.orchestration.cluster import slurm
+
+        if args.follow:
+            return follow_slurm(args.job_id, args.log_dir)
+        for chunk in slurm.logs(args.job_id, log_dir=args.log_dir):
+            sys.stdout.write(chunk)
+        return 0
+    if args.log_dir:
+        from recon.core.errors import ReconError
+
+        raise ReconError("--log-dir is for Slurm jobs (a Ray Job's output comes from the cluster)")
     from recon.orchestration.cluster import jobs
 
     if args.follow:
-        return _follow(args.job_id, _address(args))
+        return follow_ray(args.job_id, _address(args))
     sys.stdout.write(jobs.logs(args.job_id, _address(args)))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
+    if backend(args) == "slurm":
+        from recon.orchestration.cluster import slurm
+
+        stopped = slurm.cancel(args.job_id)
+        print(f"{args.job_id}: {'scancel sent' if stopped else 'not running'}")
+        return 0
     from recon.orchestration.cluster import jobs
 
     stopped = jobs.stop(args.job_id, _address(args))

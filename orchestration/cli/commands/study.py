@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ui = subparsers.add_parser("ui", help="start `mlflow ui` on 127.0.0.1 for a study's tracking store")
     ui.add_argument("file", nargs="?", help="study YAML whose store to open")
     ui.add_argument("--tracking-uri", help="MLflow tracking URI (instead of a study file)")
+    ui.add_argument("--artifacts-destination", metavar="URI",
+                    help="where a cluster's MLflow server kept the artifacts of this store (a Slurm job's "
+                         "mlflow_artifacts, e.g. /shared/recon/mlflow-artifacts): served again from there")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default=LOCALHOST,
                     help="address the UI binds to (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
@@ -161,10 +164,15 @@ def _store_exists(spec) -> bool:
     return local_store_exists(spec.resolved_tracking_uri())
 
 
-def ui_command(spec_or_uri: str, port: int, host: str = LOCALHOST) -> list[str]:
-    """``mlflow ui`` for one user on this machine: bound to ``host``, one server worker."""
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", spec_or_uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
+def ui_command(uri: str, port: int, host: str = LOCALHOST, artifacts_destination: str | None = None) -> list[str]:
+    """``mlflow ui`` for one user on this machine: bound to ``host``, one server worker; with
+    ``artifacts_destination`` it serves the artifacts a cluster's server stored there (``mlflow-artifacts:/``)."""
+    from recon.orchestration.tracking.server import store_options
+
+    options = store_options(uri, artifacts_destination)
+    if "--workers" not in options:
+        options += ["--workers", "1"]
+    return [sys.executable, "-m", "mlflow", "ui", *options, "--host", host, "--port", str(port)]
 
 
 def ui_env() -> dict[str, str]:
@@ -281,7 +289,7 @@ def _ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI: {uri}  (a tracking server; on a cluster reach the head's private address through "
               "`ray dashboard cluster.yaml`-style port forwarding or `ssh -L 5000:HEAD_PRIVATE_IP:5000 ...`)")
         return 0
-    command = ui_command(uri, args.port, args.host)
+    command = ui_command(uri, args.port, args.host, args.artifacts_destination)
     shown = LOCALHOST if args.host in ("0.0.0.0", "::", "") else args.host
     base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}"
     print(f"MLflow UI: {experiment_url(base, _experiment_id(spec) if spec else None)}  (store {uri})")
