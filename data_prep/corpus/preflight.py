@@ -21,7 +21,7 @@ def build_problems(config: CorpusBuildConfig) -> list[Problem]:
         pf.add("no knowledge graph", "give --kg TABLES, or --triples FILE and/or --wikidata-dump FILE: without "
                                      "relations no example can be labelled")
     if config.kg and (config.triples or config.aliases or config.wikidata_dump):
-        pf.add("both --kg and KG files", "give either --kg TABLES or --triples/--aliases/--wikidata-dump")
+        pf.add("both --kg and KG files", "give either --kg TABLES or --triples/--aliases/--wikidata-dump, not both")
     for flag, value in (("--triples", config.triples), ("--aliases", config.aliases),
                         ("--wikidata-dump", config.wikidata_dump)):
         if value and not Path(value).is_file():
