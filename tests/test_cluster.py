@@ -94,7 +94,7 @@ def test_worker_sees_shared_storage_only(tmp_path):
             assert seen[str(home_marker)]["exists"] is False
             assert ".ray" not in seen[str(Path.home())]["listing"]       # no token file to read
             assert seen[str(cluster.shared / "datasets")]["listing"] == ["shared.txt"]
-            assert "jobs.py" in seen[str(ROOT / "orchestration")]["listing"]  # installed source visible
+            assert "cli" in seen[str(ROOT / "orchestration")]["listing"]  # installed source visible
             # the driver side still sees its files
             assert (out / "model.safetensors").exists() and home_marker.exists()
     finally:

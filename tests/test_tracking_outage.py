@@ -72,11 +72,16 @@ class MlflowServer:
             self.proc.wait(timeout=30)
             self.proc = None
 
-    def trial_runs(self) -> dict[str, list[str]]:
-        """trial id -> statuses of its runs, read from the server's database."""
+    def trial_runs(self, study: str) -> dict[str, list[str]]:
+        """trial id -> statuses of its runs in ``study``'s experiment, read from the server's database.
+
+        Per experiment, because two studies with the same grid share trial ids (an id names what is trained, not
+        which study asked for it)."""
         db = sqlite3.connect(self.root / "mlflow.db")
         rows = db.execute("select t.value, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
-                          "where t.key = 'trial_id' and r.lifecycle_stage = 'active'").fetchall()
+                          "join experiments e on e.experiment_id = r.experiment_id "
+                          "where t.key = 'trial_id' and r.lifecycle_stage = 'active' and e.name = ?",
+                          (study,)).fetchall()
         out: dict[str, list[str]] = {}
         for tid, status in rows:
             out.setdefault(tid, []).append(status)
@@ -162,7 +167,7 @@ def test_outage_mid_study_costs_nothing(tmp_path, server):
     # no stall: the trials never wait for MLflow; what the outage adds is the backlog logged after the restart
     assert stormy_s < 1.5 * calm_s + 30
     trials = expand(load_spec(stormy))
-    runs = server.trial_runs()
+    runs = server.trial_runs("stormy")
     assert {t.trial_id: runs.get(t.trial_id) for t in trials} == {t.trial_id: ["FINISHED"] for t in trials}
     cells = pd.read_csv(stormy.parent / "out" / "summary" / "cells.csv")
     assert (cells["n"] == 3).all() and (cells["planned"] == 3).all()
@@ -189,7 +194,7 @@ def test_server_that_never_comes_back(tmp_path, server):
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     assert "0 to run" in out
-    assert sorted(len(v) for v in server.trial_runs().values()) == [1] * 6
+    assert sorted(len(v) for v in server.trial_runs("lost").values()) == [1] * 6
 
 
 @pytest.mark.slow
@@ -211,7 +216,7 @@ def test_ctrl_c_during_an_outage_stops_within_seconds(tmp_path, server):
     proc = _recon("study", "resume", str(path), "--tracking-uri", server.url)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
-    assert sorted(len(v) for v in server.trial_runs().values()) == [1] * 6
+    assert sorted(len(v) for v in server.trial_runs("interrupted").values()) == [1] * 6
 
 
 def test_cells_over_fewer_seeds_are_marked(tmp_path):
