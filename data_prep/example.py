@@ -1,8 +1,9 @@
 """The one typed example every loader produces, whatever the benchmark format."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Sequence
 
 TypeSource = Literal["annotation", "spacy"]
 
@@ -49,3 +50,19 @@ class RelationExample:
             head=replace(self.head, type=head_type, type_source=source),
             tail=replace(self.tail, type=tail_type, type_source=source),
         )
+
+
+def examples_digest(examples: Sequence[RelationExample], *, sources: bool = True) -> str:
+    """sha256 of the examples' content (what rendering reads, and the source each prediction names).
+
+    The one content hash of a list of examples: encoded splits are cached under it
+    (``recon.models.train.batching``). ``sources=False`` leaves out ``source`` (a file path, which
+    differs between machines holding the same data): name-swap views name their source split so
+    (``recon.data_prep.name_swap``), and equal examples give equal keys wherever the files live.
+    """
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(repr((ex.source if sources else "", ex.tokens, ex.head, ex.tail, ex.label, ex.pos,
+                       ex.ner)).encode())
+        h.update(b"\0")
+    return h.hexdigest()
