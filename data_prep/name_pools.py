@@ -73,15 +73,20 @@ class Name:
 def typed(examples: Sequence[RelationExample], cache_key: str | None = None) -> list[RelationExample]:
     """Examples with a type on every mention: annotated kept, the rest from spaCy (``UNK`` where it finds none).
 
-    The spaCy pass is cached on disk under ``cache_key`` (default: the examples' content hash), so a
-    second view of the same split never loads spaCy.
+    The spaCy pass is cached on disk under ``cache_key`` (default :func:`typing_key` of the examples), so a
+    second view of the same split never loads spaCy; a subset of a split typed under the split's key
+    reads the split's cache entry.
     """
     if all(ex.head.type is not None and ex.tail.type is not None for ex in examples):
         return list(examples)
     from recon.data_prep.entity_typing import ensure_types  # spaCy: only when a mention lacks a type
 
-    key = cache_key or f"name_swap:{examples_digest(examples, sources=False)}"
-    return ensure_types(examples, cache_key=key)
+    return ensure_types(examples, cache_key=cache_key or typing_key(examples))
+
+
+def typing_key(examples: Sequence[RelationExample]) -> str:
+    """The spaCy-typing cache key of a split: its content hash (no file paths)."""
+    return f"name_swap:{examples_digest(examples, sources=False)}"
 
 
 def _collect(examples: Iterable[RelationExample], untyped: str) -> dict[str, dict[tuple[str, ...], Name]]:
@@ -176,5 +181,5 @@ def build_pools(train: Sequence[RelationExample], unseen_sources: Sequence[Relat
                      {t: n for t, n in unseen.items() if n}, untyped, identity, stats)
 
 
-__all__ = ["Name", "NamePools", "build_pools", "typed", "occurring", "name_key", "mention_type",
+__all__ = ["Name", "NamePools", "build_pools", "typed", "typing_key", "occurring", "name_key", "mention_type",
            "UNTYPED", "UNTYPED_POLICIES"]

@@ -41,7 +41,7 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 from recon.core.errors import ReconError
 from recon.data_prep.example import RelationExample, examples_digest
 from recon.data_prep.formats import InputFormat
-from recon.data_prep.name_pools import NamePools, build_pools, typed
+from recon.data_prep.name_pools import NamePools, build_pools, typed, typing_key
 from recon.data_prep.name_swap import View, check_kinds, make_view
 
 # (examples, format) -> (an encoded dataset the model's collate reads, its cache key or None)
@@ -87,7 +87,8 @@ def pools_for(ds, *, avoid: Sequence[Sequence[str]] = (), untyped: str = "pool",
     if key in _POOLS:
         _POOLS.move_to_end(key)
         return _POOLS[key]
-    return _remember(_POOLS, key, build_pools(typed(train), typed(sources), avoid, untyped=untyped))
+    typed_sources = [ex for split in ("dev", "test") for ex in typed(ds.splits.get(split, []))]  # per split: cached
+    return _remember(_POOLS, key, build_pools(typed(train), typed_sources, avoid, untyped=untyped))
 
 
 def build_views(names: Iterable[str], ds, test: Sequence[RelationExample], *, seed: int = 0,
@@ -105,7 +106,9 @@ def build_views(names: Iterable[str], ds, test: Sequence[RelationExample], *, se
             _VIEWS.move_to_end(key)
             out[name] = _VIEWS[key]
         else:
-            out[name] = _remember(_VIEWS, key, make_view(name, test, seed=seed, pools=pools, untyped=untyped))
+            whole = ds.splits.get("test")  # a capped test set reads the full split's typing cache
+            out[name] = _remember(_VIEWS, key, make_view(name, test, seed=seed, pools=pools, untyped=untyped,
+                                                         typing_key=typing_key(whole) if whole else None))
     return out
 
 
