@@ -157,3 +157,30 @@ def test_cli_finetune_semeval_with_views(tmp_path, trained, capsys):
                                        ds.label2id()["Other"])
     assert out["views"]["onlyc"]["test"]["micro_f1"] == pytest.approx(metrics["micro_f1"])
     assert [r["pred"] for r in rows if r["view"] == "onlyc"] == [ds.labels[p] for p in preds]
+
+
+def test_avoid_texts_from_a_names_file_or_a_built_corpus_and_the_preflight(tmp_path):
+    from recon.data_prep.corpus import load_corpus
+    from recon.data_prep.example import Entity, RelationExample
+    from recon.data_prep.dataset import Dataset
+    from recon.models.train.checks import finetune_problems
+    from recon.models.train.views import avoid_texts, pools_for
+
+    names = tmp_path / "names.txt"
+    names.write_text("Zed\n\n  Initech Corp \n", encoding="utf-8")
+    assert avoid_texts(str(names)) == [("Zed",), ("Initech", "Corp")] and avoid_texts(None) == []
+    corpus = Path(__file__).parent / "fixtures" / "pretrain" / "corpus"
+    sentences = avoid_texts(str(corpus))
+    assert sentences and set(sentences) == {ex.tokens for ex in load_corpus(corpus).examples}
+
+    def ex(text, h, t):
+        return RelationExample(tuple(text.split()), Entity(*h, type="PERSON", type_source="annotation"),
+                               Entity(*t, type="ORG", type_source="annotation"), "r")
+
+    ds = Dataset("toy", {"train": [ex("Ann joined Acme", (0, 1), (2, 3))],
+                         "dev": [ex("Zed joined Initech Corp", (0, 1), (2, 4))],
+                         "test": [ex("Bo left Globex", (0, 1), (2, 3))]}, ["r"], None, "micro_f1", 100)
+    assert {n.tokens for n in pools_for(ds).unseen["ORG"]} == {("Initech", "Corp"), ("Globex",)}
+    assert {n.tokens for n in pools_for(ds, avoid=avoid_texts(str(names))).unseen["ORG"]} == {("Globex",)}
+    problems = finetune_problems(FinetuneConfig(view_avoid=str(tmp_path / "nowhere.txt")))
+    assert any("--view-avoid" in str(p) for p in problems)
