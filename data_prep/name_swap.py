@@ -110,7 +110,7 @@ class SwapReport:
 class View:
     """One view of a test split: ``examples[i]`` pairs with ``originals[i]``; ``changed[i]`` says whether its
     words differ. ``render_format``: the format to encode every view example in (OnlyC for ``onlyc``), or
-    None for the trained model's own format."""
+    None for the trained model's own format. ``pool_stats``: the name pools' counts (``NamePools.stats``)."""
 
     kind: str
     seed: int
@@ -120,6 +120,7 @@ class View:
     report: SwapReport
     identity: str
     render_format: InputFormat | None = None
+    pool_stats: dict = field(default_factory=dict, compare=False)
 
     def format_for(self, trained: InputFormat) -> InputFormat:
         return self.render_format or trained
@@ -279,7 +280,7 @@ def make_view(kind: str, examples: Sequence[RelationExample], *, seed: int = 0,
         out.append(replace(new, meta={**ex.meta, "view": kind, "original_index": i, "changed": changed[-1]}))
     report.changed_examples = sum(changed)
     return View(kind, seed, tuple(out), originals, tuple(changed), report,
-                view_identity(kind, seed, originals, pools))
+                view_identity(kind, seed, originals, pools), pool_stats=pools.stats)
 
 
 __all__ = ["VIEW_KINDS", "SWAP_KINDS", "RENDER_KINDS", "SKIP_REASONS", "View", "SwapReport", "make_view",

@@ -76,6 +76,7 @@ def check_views(out: dict, out_dir: Path, views: tuple[str, ...]) -> list[dict]:
     for name in views:
         summary = out["views"][name]
         assert set(summary["test"]) == set(out["test"]) and summary["n"] == out["n_test"]
+        assert bool(summary["pools"]) == (name != "onlyc")
         assert 0.0 <= summary["flip_share"] <= 1.0 and summary["reported"]["original"] == out["reported"]["test"]
         mine = [r for r in rows if r["view"] == name]
         assert [r["index"] for r in mine] == list(range(len(originals)))

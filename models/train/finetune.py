@@ -129,6 +129,7 @@ def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id
     # 0.478 from random on SemEval 10%, median of 5 seeds: bench/bench_cnn_vectors.py), or GloVe.
     model, notes = build_cnn(feat, len(label2id), hidden_size=cfg.cnn.hidden_size, word_vectors=cfg.cnn.word_vectors,
                              encoder=cfg.encoder, seed=cfg.seed)
+
     def encode(examples, as_format: InputFormat):
         featurizer = feat if as_format is feat.fmt else copy.copy(feat)  # vocabularies shared, format changed
         featurizer.fmt = as_format

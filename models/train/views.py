@@ -20,7 +20,8 @@ Per view, ``summaries[name]`` holds:
 * ``flip_share``: share of examples whose prediction differs from the prediction on the original;
   ``flip_share_changed``: the same among examples whose words the view changed (``n_changed``);
 * ``n``, ``format`` (what the view was rendered in), ``identity`` (the view's cache key), ``report`` (the
-  swap report: swapped, typed/untyped, skipped by reason), ``build_s`` (pools and view; the first swap view
+  swap report: swapped, typed/untyped, skipped by reason), ``pools`` (training names per type, their type
+  coverage, unseen candidates and why some were rejected; empty for ``onlyc``), ``build_s`` (pools and view; the first swap view
   pays for the pools) and ``wall_s`` (encode + evaluate).
 
 ``predictions``: one dict per (view, example): ``view``, ``index`` (into the test list, as in
@@ -144,7 +145,7 @@ def evaluate_view(view: View, *, model, encode: Encoder, fmt: InputFormat, confi
         "test": metrics, "n": n, "n_changed": len(changed), "format": rendered.value, "identity": view.identity,
         "flip_share": sum(flips) / n if n else 0.0,
         "flip_share_changed": sum(flips[i] for i in changed) / len(changed) if changed else None,
-        "report": view.report.to_dict(), "seed": view.seed,
+        "report": view.report.to_dict(), "seed": view.seed, "pools": view.pool_stats,
     }
     if reported is not None:
         summary["reported"] = {"metric": reported, "test": metrics.get(reported), "original": original_score}
