@@ -185,3 +185,23 @@ def test_avoid_texts_from_a_names_file_or_a_built_corpus_and_the_preflight(tmp_p
     assert {n.tokens for n in pools_for(ds, avoid=avoid_texts(str(names))).unseen["ORG"]} == {("Globex",)}
     problems = finetune_problems(FinetuneConfig(view_avoid=str(tmp_path / "nowhere.txt")))
     assert any("--view-avoid" in str(p) for p in problems)
+
+
+def test_a_failing_view_costs_only_itself(tiny_bert, tmp_path, monkeypatch):
+    """A view that raises is named in its summary and the notes; the run's results and other views stand."""
+    from recon.models.train import views
+
+    real = views.make_view
+
+    def broken(kind, *args, **kwargs):
+        if kind == "swap-type":
+            raise ValueError("no names today")
+        return real(kind, *args, **kwargs)
+
+    monkeypatch.setattr(views, "make_view", broken)
+    out = run_finetune(keyword_cfg(tiny_bert, training=TrainConfig(epochs=1, batch_size=16, seed=3),
+                                   eval_views=("swap-type", "onlyc")), out_dir=tmp_path)
+    assert out["views"]["swap-type"] == {"error": "ValueError: no names today"}
+    assert any("test view swap-type failed" in note for note in out["notes"])
+    assert out["test"]["n"] == 48 and out["views"]["onlyc"]["n"] == 48
+    assert len((tmp_path / "view_predictions.jsonl").read_text().splitlines()) == 48

@@ -200,6 +200,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
             fmt=fmt, config=train_cfg, id2label=id2label, original=[p for _, (p, _) in by_index], scorers=scorers,
             collate=setup.collate, seed=cfg.view_seed, avoid=avoid_texts(cfg.view_avoid), untyped=cfg.view_untyped,
             reported=reported, original_score=(result.test_at_best or {}).get(reported), train=train)
+        notes.extend(f"test view {name} failed: {v['error']}" for name, v in views.items() if "error" in v)
     out = {
         "dataset": ds.name, "split": cfg.split, "split_source": split_source, "format": fmt.value,
         "model": cfg.model, "encoder": cfg.encoder if cfg.model == "bert" else None, "seed": cfg.seed,

@@ -158,15 +158,23 @@ def evaluate_views(names: Iterable[str], *, ds, test: Sequence[RelationExample],
                    scorers: dict | None = None, collate=None, seed: int = 0, avoid: Sequence[Sequence[str]] = (),
                    untyped: str = "pool", reported: str | None = None, original_score: float | None = None,
                    train: Sequence[RelationExample] | None = None) -> tuple[dict[str, dict], list[dict]]:
-    """Every named view of ``test`` scored (see the module doc); ``({name: summary}, predictions)``."""
+    """Every named view of ``test`` scored (see the module doc); ``({name: summary}, predictions)``.
+
+    A view that fails (no training names to draw from, a bug) gets ``{"error": "..."}`` in place of its
+    summary and the others go on: views run after training, whose results must not be lost to them.
+    """
     summaries, predictions = {}, []
     for name in check_kinds(names):
         start = time.perf_counter()  # the first swap view also pays for the name pools (typing is cached on disk)
-        view = build_views([name], ds, test, seed=seed, avoid=avoid, untyped=untyped, train=train)[name]
-        built = time.perf_counter() - start
-        summaries[name], rows = evaluate_view(view, model=model, encode=encode, fmt=fmt, config=config,
-                                              id2label=id2label, original=original, scorers=scorers,
-                                              collate=collate, reported=reported, original_score=original_score)
+        try:
+            view = build_views([name], ds, test, seed=seed, avoid=avoid, untyped=untyped, train=train)[name]
+            built = time.perf_counter() - start
+            summaries[name], rows = evaluate_view(view, model=model, encode=encode, fmt=fmt, config=config,
+                                                  id2label=id2label, original=original, scorers=scorers,
+                                                  collate=collate, reported=reported, original_score=original_score)
+        except Exception as exc:  # noqa: BLE001 - a view is an extra evaluation: it never costs the run its results
+            summaries[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
         summaries[name]["build_s"] = round(built, 3)
         predictions.extend(rows)
     return summaries, predictions
