@@ -9,9 +9,10 @@ same identity, so predictions join with examples wherever either was read.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Optional
+from typing import Iterable, Literal, Optional, Sequence
 
 TypeSource = Literal["annotation", "spacy"]
 
@@ -130,3 +131,19 @@ class ExampleIndex:
 
     def __contains__(self, source: object) -> bool:
         return isinstance(source, str) and self.get(source) is not None
+
+
+def examples_digest(examples: Sequence[RelationExample], *, sources: bool = True) -> str:
+    """sha256 of the examples' content (what rendering reads, and the source each prediction names).
+
+    The one content hash of a list of examples: encoded splits are cached under it
+    (``recon.models.train.batching``). ``sources=False`` leaves out ``source`` (a file path, which
+    differs between machines holding the same data): name-swap views name their source split so
+    (``recon.data_prep.name_swap``), and equal examples give equal keys wherever the files live.
+    """
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(repr((ex.source if sources else "", ex.tokens, ex.head, ex.tail, ex.label, ex.pos,
+                       ex.ner)).encode())
+        h.update(b"\0")
+    return h.hexdigest()

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from recon.data_prep.encoding import WordPieceCache, encode
 from recon.core.errors import DataError
-from recon.data_prep.example import RelationExample
+from recon.data_prep.example import RelationExample, examples_digest  # noqa: F401 (re-exported)
 from recon.data_prep.formats import InputFormat, render
 from recon.data_prep.special_tokens import SpecialTokens
 
@@ -168,15 +168,6 @@ def tokenizer_digest(tokenizer) -> str:
     digest = h.hexdigest()
     _TOKENIZER_DIGESTS[id(tokenizer)] = (tokenizer, (len(tokenizer), digest))
     return digest
-
-
-def examples_digest(examples: Sequence[RelationExample]) -> str:
-    """Hash of the examples' content (what rendering reads, and the source each prediction names)."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(repr((ex.source, ex.tokens, ex.head, ex.tail, ex.label, ex.pos, ex.ner)).encode())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def encoding_key(

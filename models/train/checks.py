@@ -6,6 +6,7 @@ References a study resolves itself (``@pretrain.<stage>``: the stage makes the c
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from recon.core.preflight import Problem, Preflight
@@ -44,13 +45,14 @@ def finetune_problems(cfg: FinetuneConfig) -> list[Problem]:
                                    "--encoder" if cfg.model == "bert" else "--model"))
         pf.device(cfg.training.device)
     pf.seed(cfg.training.seed)
+    if cfg.view_avoid and not Path(cfg.view_avoid).expanduser().exists():
+        pf.add(f"--view-avoid {cfg.view_avoid} does not exist",
+               "give a built pre-training corpus folder or a text file of names, one per line")
     return pf.problems
 
 
 def fewshot_problems(cfg: FewshotConfig) -> list[Problem]:
     """The evaluation file, the Wiki80 training files when the run trains, the encoder, device and seed."""
-    from pathlib import Path
-
     pf = Preflight("")
     if cfg.path is None:
         pf.extend(_data(check_available(cfg.dataset, cfg.data_dir, needs=("val",)), f"dataset {cfg.dataset}"))

@@ -14,9 +14,14 @@ best dev epoch (``recon.models.train.loop.fit``). ``max_eval`` caps dev and test
 a CPU run stays affordable; the subset is drawn with ``EVAL_SAMPLE_SEED``, not the training seed,
 so the five seeds of a study are scored on the same examples and their median stays meaningful.
 Using it is recorded in ``notes``: such a score is not the paper's full-test figure.
+
+``eval_views`` (``--eval-views swap-type swap-unseen swap-random onlyc``) also scores the trained weights on
+test views after training (``recon.models.train.views``): ``out["views"][name]`` holds each view's figures
+and flip share, ``view_predictions.jsonl`` its predictions paired with ``predictions.jsonl`` by ``index``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -56,6 +61,7 @@ class _Setup:
     test: Any
     collate: Any
     keys: tuple = (None, None, None)  # content hashes of the three encoded splits (BERT-style models)
+    encode: Any = None  # (examples, format) -> (dataset, cache key): test views encoded as the splits were
     notes: list = field(default_factory=list)
     truncation: dict = field(default_factory=dict)  # per split: examples / truncated / context_split / entity_truncated
 
@@ -64,14 +70,18 @@ def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2i
     from recon.models.train.batching import Collator, encode_examples, encoded_cache_dir, encoding_key
 
     model, bundle = _build_bert(cfg, len(label2id))
+    rendering = {"truncation": cfg.data.truncation, "placeholder_markers": cfg.data.placeholder_markers}
+
+    def encode(examples, as_format: InputFormat):
+        # A content hash: the examples themselves, format, tokenizer, max_length, label ids.
+        key = encoding_key(examples, as_format, bundle.tokenizer, bundle.special, max_length, label2id, **rendering)
+        return encode_examples(examples, as_format, bundle.tokenizer, bundle.special, max_length, label2id,
+                               cache_key=key, cache_dir=encoded_cache_dir(), **rendering), key
+
     data, keys = {}, []
     for split, examples in splits.items():
-        # A content hash: the examples themselves, format, tokenizer, max_length, label ids.
-        rendering = {"truncation": cfg.data.truncation, "placeholder_markers": cfg.data.placeholder_markers}
-        key = encoding_key(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id, **rendering)
+        data[split], key = encode(examples, fmt)
         keys.append(key)
-        data[split] = encode_examples(examples, fmt, bundle.tokenizer, bundle.special, max_length, label2id,
-                                      cache_key=key, cache_dir=encoded_cache_dir(), **rendering)
     names = list(splits)
     truncated = sum(d.n_truncated for d in data.values())
     cut = sum(d.n_entity_truncated for d in data.values())
@@ -86,7 +96,7 @@ def _bert_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2i
     stats = {name.split("/")[0].split("@")[0]: d.truncation_stats() for name, d in zip(names, data.values())}
     pad_id = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else 0
     return _Setup(model, data[names[0]], data[names[1]], data[names[2]], Collator(pad_id), keys=tuple(keys),
-                  notes=notes, truncation=stats)
+                  notes=notes, truncation=stats, encode=encode)
 
 
 class FeatureDataset:
@@ -120,9 +130,15 @@ def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id
     # 0.478 from random on SemEval 10%, median of 5 seeds: bench/bench_cnn_vectors.py), or GloVe.
     model, notes = build_cnn(feat, len(label2id), hidden_size=cfg.cnn.hidden_size, word_vectors=cfg.cnn.word_vectors,
                              encoder=cfg.encoder, seed=cfg.seed)
-    data = [FeatureDataset(feat.transform(xs), [label2id[x.label] for x in xs], [x.source for x in xs])
-            for xs in splits.values()]
-    return _Setup(model, *data, collate=None, notes=notes)
+
+    def encode(examples, as_format: InputFormat):
+        featurizer = feat if as_format is feat.fmt else copy.copy(feat)  # vocabularies shared, format changed
+        featurizer.fmt = as_format
+        return FeatureDataset(featurizer.transform(examples), [label2id[x.label] for x in examples],
+                              [x.source for x in examples]), None
+
+    data = [encode(xs, fmt)[0] for xs in splits.values()]
+    return _Setup(model, *data, collate=None, notes=notes, encode=encode)
 
 
 def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None,
@@ -180,6 +196,16 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     # keyed by the example's portable identity (semeval/test.txt:12), not this node's cache path
     predictions = [{"source": portable_source(setup.test.sources[i]), "gold": id2label[g], "pred": id2label[p]}
                    for i, (p, g) in by_index]
+    views, view_predictions = {}, []
+    if cfg.eval_views:  # the trained weights scored on test views (recon.models.train.views)
+        from recon.models.train.views import avoid_texts, evaluate_views
+
+        views, view_predictions = evaluate_views(
+            cfg.eval_views, ds=ds, test=splits[f"test/max{max_eval}"], model=setup.model, encode=setup.encode,
+            fmt=fmt, config=train_cfg, id2label=id2label, original=[p for _, (p, _) in by_index], scorers=scorers,
+            collate=setup.collate, seed=cfg.view_seed, avoid=avoid_texts(cfg.view_avoid), untyped=cfg.view_untyped,
+            reported=reported, original_score=(result.test_at_best or {}).get(reported), train=train)
+        notes.extend(f"test view {name} failed: {v['error']}" for name, v in views.items() if "error" in v)
     out = {
         "dataset": ds.name, "split": cfg.split, "split_source": split_source, "format": fmt.value,
         "model": cfg.model, "encoder": cfg.encoder if cfg.model == "bert" else None, "seed": cfg.seed,
@@ -195,7 +221,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),
         "train_config": asdict(train_cfg), "device": str(resolve_device(train_cfg.device)),
         "wall_s": round(time.perf_counter() - start, 3), "fit_s": round(result.wall_s, 3),
-        "notes": notes, "config": asdict(cfg),
+        "notes": notes, "config": asdict(cfg), "views": views,
     }
     if out_dir is not None:  # computed results are never lost: a failed write keeps them elsewhere, named
         files = {"predictions.jsonl": "".join(json.dumps(p) + "\n" for p in predictions)}
@@ -206,6 +232,8 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
             rows = [{"source": portable_source(setup.dev.sources[i]), "gold": id2label[g], "pred": id2label[p]}
                     for i, (p, g) in sorted(zip(dev_order, pairs))]
             files["dev_predictions.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows)
+        if view_predictions:
+            files["view_predictions.jsonl"] = "".join(json.dumps(p) + "\n" for p in view_predictions)
         files["metrics.json"] = json.dumps(out, indent=2) + "\n"
         kept, error = write_texts_or_keep(out_dir, files)
         out["saved_to"], out["save_error"] = str(kept), error

@@ -10,6 +10,8 @@ from recon.core.defaults import DEFAULT_ENCODER
 from recon.core.errors import ReconError
 from recon.data_prep.formats import FORMATS_HELP, InputFormat
 from recon.data_prep.loaders import KINDS
+from recon.data_prep.name_pools import UNTYPED_POLICIES
+from recon.data_prep.name_swap import VIEW_KINDS, check_kinds
 from recon.data_prep.registry import supervised_datasets
 from recon.core.protocol import POINTS, point_default
 
@@ -94,10 +96,26 @@ class FinetuneConfig(Config):
     cnn: CnnTraining = knob(factory=CnnTraining, help="the CNN baseline's settings")
     source_identity: str | None = knob(None, "content identity of the starting checkpoint (a pre-training stage's "
                                              "hash), so a trial's id follows what it starts from", cli=False)
+    # Test views: evaluations of the trained weights, so none of them is part of the trial id.
+    eval_views: tuple[str, ...] = knob((), f"also score the trained model on these test views: {', '.join(VIEW_KINDS)} "
+                                           "(name swaps drawn from the training set; onlyc: the test set in OnlyC)",
+                                       identity=False)
+    view_seed: int = knob(0, "seed of the name-swap draws (one view for every trial of a study)", ge=0,
+                          identity=False)
+    view_untyped: Literal["pool", "keep"] = knob(
+        "pool", "mentions without an entity type: swapped among untyped names (pool), or left unchanged (keep)",
+        choices=UNTYPED_POLICIES, identity=False)
+    view_avoid: str | None = knob(None, "a built pre-training corpus folder, or a text file of names, whose text "
+                                        "swap-unseen names must not occur in", identity=False)
 
     def check(self) -> None:
         super().check()
         check_source_and_format(self, "a path (+ kind)")
+        try:
+            views = (self.eval_views,) if isinstance(self.eval_views, str) else self.eval_views or ()
+            self.eval_views = tuple(dict.fromkeys(check_kinds(views)))
+        except ReconError as exc:
+            raise ConfigError("eval_views", str(exc)) from None
 
     @property
     def seed(self) -> int:
