@@ -192,6 +192,30 @@ def resource_problems(needs: dict[str, float], what: str, fix: str) -> list[Prob
     return [Problem(f"no node of the Ray cluster has what {what} asks for ({shown})", fix)]
 
 
+def cluster_gpu_memory_bytes(timeout_s: float = 60.0) -> Optional[int]:
+    """With Ray running: the memory of the smallest GPU on the cluster's live GPU nodes (None: none answered).
+
+    One task per GPU node, asking for no GPU (so it never waits behind running trials), reads the node's
+    GPUs with :func:`recon.core.hardware.gpu_memory_bytes`. A trial may land on any GPU node, hence the
+    smallest.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def probe() -> Optional[int]:
+        from recon.core.hardware import gpu_memory_bytes
+
+        return gpu_memory_bytes()
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    found = [v for v in ray.get(done) if v]
+    return min(found) if found else None
+
+
 def storage_problems_on_cluster(uri: str, what: str = "the storage location", timeout_s: float = 120.0
                                 ) -> list[Problem]:
     """On a joined Ray cluster of more than one node: each node that cannot read the driver's marker in ``uri``
@@ -246,4 +270,5 @@ def storage_problems_on_cluster(uri: str, what: str = "the storage location", ti
     return problems
 
 
-__all__ = ["Problem", "Preflight", "PreflightError", "storage_problems_on_cluster", "resource_problems", "MAX_SEED"]
+__all__ = ["Problem", "Preflight", "PreflightError", "storage_problems_on_cluster", "resource_problems",
+           "cluster_gpu_memory_bytes", "MAX_SEED"]

@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Optional, Sequence
 
-from recon.core.preflight import Preflight, Problem, resource_problems, storage_problems_on_cluster
+from recon.core.hardware import gpu_memory_bytes
+from recon.core.preflight import (Preflight, Problem, cluster_gpu_memory_bytes, resource_problems,
+                                  storage_problems_on_cluster)
 from recon.core.storage import Storage
 from recon.models.train.checks import encoder_problems
 from recon.orchestration.study.spec import StudySpec
@@ -75,6 +77,7 @@ def study_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage, tra
     if local_ray:
         if spec.ray.gpus_per_trial > 0:
             pf.gpu(f"ray.gpus_per_trial: {spec.ray.gpus_per_trial:g}", gpu_fix)
+            pf.extend(packing_problems(spec, trials, gpu_memory_bytes()))
         if any(t.kind == "finetune" for t in trials):
             pf.device(spec.training.device, "training.device")
     return pf.problems
@@ -87,12 +90,42 @@ def cluster_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage) -
     if trials:
         problems += resource_problems(trial, "one trial", "lower ray.cpus_per_trial / gpus_per_trial / "
                                                           "trial_resources, or add such a node")
+        if spec.ray.gpus_per_trial > 0:
+            problems += packing_problems(spec, trials, cluster_gpu_memory_bytes())
     for name in _stages_to_run(spec, trials, store):
         stage = spec.pretrain[name]
         worker = {"CPU": stage.cpus_per_worker, "GPU": 1.0 if stage.use_gpu else 0.0, **stage.worker_resources}
         problems += resource_problems(worker, f"one worker of pre-training stage {name}",
                                       f"change pretrain.{name}'s use_gpu / cpus_per_worker / worker_resources, "
                                       "or add such a node")
+    return problems
+
+
+def packing_problems(spec: StudySpec, trials: Sequence[Trial], gpu_bytes: Optional[int]) -> list[Problem]:
+    """Each model whose fine-tuning trials would not fit in their share (``ray.gpus_per_trial``) of a
+    ``gpu_bytes`` GPU, by the estimate of :mod:`recon.models.train.memory` (its largest trial per model).
+
+    No GPU found (``gpu_bytes`` None) is not a problem here: the GPU checks beside this one say so."""
+    from recon.models.train.memory import GIB, finetune_length, finetune_memory_bytes, packing_problem
+
+    if gpu_bytes is None or spec.ray.gpus_per_trial <= 0:
+        return []
+    largest: dict[str, tuple[int, Trial]] = {}
+    for trial in trials:
+        if trial.kind != "finetune" or trial.config.get("model") == "cnn":
+            continue
+        need, _ = finetune_memory_bytes(trial.runner_config())
+        if need > largest.get(trial.model, (0, trial))[0]:
+            largest[trial.model] = (need, trial)
+    problems = []
+    for model, (need, trial) in largest.items():
+        cfg = trial.runner_config()
+        text = packing_problem(need, gpu_bytes, spec.ray.gpus_per_trial,
+                               f"a trial of model {model} (batch {cfg.training.batch_size}, "
+                               f"length {finetune_length(cfg)})")
+        if text:
+            problems.append(Problem(text, "raise ray.gpus_per_trial, or lower training.batch_size or "
+                                          f"data.max_length (each trial's estimate: {need / GIB:.1f} GiB)"))
     return problems
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from recon.core.preflight import Preflight, Problem, resource_problems, storage_problems_on_cluster
+from recon.core.hardware import gpu_memory_bytes
+from recon.core.preflight import (Preflight, Problem, cluster_gpu_memory_bytes, resource_problems,
+                                  storage_problems_on_cluster)
 from recon.core.storage import Storage
 from recon.models.pretrain.config import DEMO_CORPUS
 from recon.models.train.checks import DATA_FIX, encoder_problems
@@ -53,13 +55,38 @@ def sweep_problems(spec: SweepSpec, store: Storage, tracking_uri: str, *, local_
             pf.gpu("the sweep's trials (gpus_per_trial / use_gpu)",
                    "run the sweep on a Ray cluster with GPUs (--address), or ask for none in the sweep file")
         pf.device(probe.training.device, "finetune.training.device")
+        if spec.ray.gpus_per_trial > 0:
+            pf.extend(sweep_packing_problems(spec, gpu_memory_bytes()))
     return pf.problems
 
 
 def sweep_cluster_problems(spec: SweepSpec, store: Storage) -> list[Problem]:
     trial = {"CPU": spec.ray.cpus_per_trial, "GPU": spec.ray.gpus_per_trial, **spec.ray.trial_resources}
-    return storage_problems_on_cluster(store.uri) + resource_problems(
+    problems = storage_problems_on_cluster(store.uri) + resource_problems(
         trial, "one sweep trial", "lower ray.cpus_per_trial / gpus_per_trial / trial_resources, or add such a node")
+    if spec.ray.gpus_per_trial > 0:
+        problems += sweep_packing_problems(spec, cluster_gpu_memory_bytes())
+    return problems
 
 
-__all__ = ["sweep_problems", "sweep_cluster_problems"]
+SIZE_KNOBS = ("batch_size", "micro_batch_size", "max_length")  # the swept values that set a trial's memory
+
+
+def sweep_packing_problems(spec: SweepSpec, gpu_bytes: Optional[int]) -> list[Problem]:
+    """Whether the sweep's largest trial fits in its share (``ray.gpus_per_trial``) of a ``gpu_bytes`` GPU: the
+    space's largest batch and length, the larger of the pre-training worker's and the probe's estimates
+    (:mod:`recon.models.train.memory`)."""
+    from recon.models.train.memory import GIB, finetune_memory_bytes, packing_problem, pretrain_memory_bytes
+
+    if gpu_bytes is None or spec.ray.gpus_per_trial <= 0:
+        return []
+    largest = {name: max(domain.candidates()) for name, domain in spec.domains.items()
+               if name.rpartition(".")[2] in SIZE_KNOBS}
+    pretrain, probe = spec.resolve(largest)
+    need = max(pretrain_memory_bytes(pretrain)[0], finetune_memory_bytes(probe)[0] if probe.dataset else 0)
+    text = packing_problem(need, gpu_bytes, spec.ray.gpus_per_trial, "the sweep's largest trial")
+    return [Problem(text, "raise ray.gpus_per_trial, or narrow the batch sizes / lengths the space reaches "
+                          f"(estimate: {need / GIB:.1f} GiB)")] if text else []
+
+
+__all__ = ["sweep_problems", "sweep_cluster_problems", "sweep_packing_problems"]
