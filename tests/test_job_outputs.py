@@ -112,3 +112,27 @@ def test_a_submitted_study_without_storage_is_refused_before_it_starts(job_dir, 
     assert "storage location" in err and "inside the job's working directory" in err
     assert "recon submit --storage" in err and "--tracking-uri http://" in err
     assert not (job_dir / "sub" / "runs" / "toy" / "mlflow.db").exists()
+
+
+def test_a_submitted_sweep_without_storage_is_refused_before_it_starts(job_dir, capsys):
+    shutil.copy(FIXTURES.parent / "sweep" / "base.yaml", job_dir / "sweep.yaml")
+    assert main(["sweep", "run", str(job_dir / "sweep.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "a submitted sweep's storage location" in err and "a submitted sweep's MLflow store" in err
+    assert not list(job_dir.rglob("mlflow.db"))
+
+
+def test_a_submitted_pretraining_run_moves_out_and_its_store_to_the_storage(tmp_path, job_dir, monkeypatch, capsys):
+    """--out's default and the default SQLite store would land in the job's folder: both move to the storage
+    (what the run then checks first is the corpus, so a missing one stops it there and shows where it went)."""
+    monkeypatch.setenv("RECON_STORAGE", str(tmp_path / "shared"))
+    assert main(["pretrain", "--objective", "cp", "--corpus", str(tmp_path / "no-corpus"), "--workers", "1"]) == 2
+    captured = capsys.readouterr()
+    assert f"-> {tmp_path / 'shared' / 'pretrain' / 'pretrain-cp'}" in captured.out
+    assert "a submitted pre-training run's" not in captured.err  # nothing left in the job's folder to refuse
+    assert not list(job_dir.rglob("mlflow.db"))
+    monkeypatch.delenv("RECON_STORAGE")  # no storage: nowhere to move them, so the run is refused for both
+    assert main(["pretrain", "--objective", "cp", "--corpus", str(tmp_path / "no-corpus"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "a submitted pre-training run's storage location" in err and "recon submit --storage" in err
+    assert "a submitted pre-training run's MLflow store" in err

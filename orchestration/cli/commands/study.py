@@ -96,9 +96,11 @@ def _load(args: argparse.Namespace):
 
 def _placed(spec, storage: str | None):
     """In a submitted job, the spec with its output folder in the storage (``job_outputs``' rule)."""
-    from recon.orchestration.cluster.job_outputs import job_output_dir
+    from recon.orchestration.cluster.job_outputs import job_output_dir, job_working_dir
     from recon.orchestration.study.runner import study_storage
 
+    if job_working_dir() is None:  # not a job: nothing to resolve (an s3:// storage would ask the network)
+        return spec
     moved = job_output_dir("study", spec.name, spec.resolved_output_dir(), study_storage(spec, storage).uri)
     return spec.model_copy(update={"output_dir": str(moved)}) if moved else spec
 

@@ -75,13 +75,15 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from recon.orchestration.cluster.job_outputs import browse_command, job_output_dir, keep_summary
+    from recon.orchestration.cluster.job_outputs import browse_command, job_output_dir, job_working_dir, keep_summary
     from recon.orchestration.sweep.journal import sweep_storage
     from recon.orchestration.sweep.spec import load_sweep
     from recon.orchestration.sweep.runner import run_sweep
 
     spec = load_sweep(args.file)
-    moved = job_output_dir("sweep", spec.name, spec.resolved_output_dir(), sweep_storage(spec, args.storage).uri)
+    submitted = job_working_dir() is not None
+    moved = submitted and job_output_dir("sweep", spec.name, spec.resolved_output_dir(),
+                                         sweep_storage(spec, args.storage).uri)
     if moved:  # a submitted job: its outputs go to the storage, not Ray's temporary working dir
         spec = spec.model_copy(update={"output_dir": str(moved)})
     outcome = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, tracking_uri=args.tracking_uri,
@@ -89,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {outcome.trials} trials in the budget, {outcome.finished_before} finished before, "
           f"{outcome.ran} run now; {outcome.completed} completed, {outcome.stopped_early} stopped early, "
           f"{len(outcome.failed)} failed ({outcome.seconds} s)")
-    kept = keep_summary("sweep", spec.name, Path(outcome.artifacts), sweep_storage(spec, args.storage).uri)
+    kept = (keep_summary("sweep", spec.name, Path(outcome.artifacts), sweep_storage(spec, args.storage).uri)
+            if submitted else outcome.artifacts)
     print(f"artifacts (trials table, best config, plots): {kept}")
     if outcome.best:
         print(outcome.best["snippet"], end="")
