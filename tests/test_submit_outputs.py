@@ -72,6 +72,9 @@ def test_submitted_study_is_browsed_with_the_printed_command_after_the_cluster_s
                                 env=env, cwd=project, capture_output=True, text=True, timeout=120)
         assert status.returncode == 0 and f"browse: {browse}" in status.stdout, status.stdout + status.stderr
         assert f"tables and plots: {tables}" in status.stdout
+        logs = subprocess.run([RECON, "jobs", "logs", job_id, "--address", cluster.dashboard_url],
+                              env=env, cwd=project, capture_output=True, text=True, timeout=120)
+        assert logs.returncode == 0 and logs.stdout.count(f"browse: {browse}") == 2, logs.stdout + logs.stderr
         job_temp = cluster.temp_dir
         assert any(job_temp.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*"))
     assert not job_temp.exists()  # the cluster is stopped: Ray's copy of the job's working dir is gone
