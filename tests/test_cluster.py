@@ -220,7 +220,8 @@ def test_runtime_env_uploads_project_without_heavy_or_secret_things(monkeypatch,
     renv = jobs.runtime_env(storage="s3://b/recon", tracking_uri="http://10.0.0.5:5000",
                             working_dir=tmp_path, env={"X": "1"})
     assert renv["env_vars"] == {"RAY_AUTH_MODE": "token", "RECON_STORAGE": "s3://b/recon",
-                                "MLFLOW_TRACKING_URI": "http://10.0.0.5:5000", "X": "1"}
+                                "MLFLOW_TRACKING_URI": "http://10.0.0.5:5000", "X": "1",
+                                "RECON_SUBMITTED": "ray-job"}  # the job knows its working dir is temporary
     assert "s3cret" not in repr(renv) and "pip" not in renv
     assert renv["working_dir"] == str(tmp_path.resolve())
     for pattern in (".git/", "/runs/", "mlruns/", "*.db", "*.safetensors", "*.bin", "*.pt", "/data/"):

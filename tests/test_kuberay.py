@@ -206,7 +206,7 @@ def test_no_secret_in_any_manifest_or_runtime_env(monkeypatch, tmp_path):
                 assert "value" not in _env(container)["RAY_AUTH_TOKEN"]
             if manifest["kind"] == "RayJob":
                 renv = yaml.safe_load(manifest["spec"]["runtimeEnvYAML"])
-                assert set(renv["env_vars"]) == {"RECON_STORAGE", "MLFLOW_TRACKING_URI"}
+                assert set(renv["env_vars"]) == {"RECON_STORAGE", "MLFLOW_TRACKING_URI", "RECON_SUBMITTED"}
         texts.append(submit(settings, dry_run=True, working_dir=tmp_path).describe())
         texts.append(submit(settings, dry_run=True, working_dir=None).describe())
     for text in texts:

@@ -14,7 +14,9 @@ code as the cluster was built with. ``pip=[...]`` adds a runtime-env pip list wh
 
 The job's entrypoint runs on the head node unless ``entrypoint_resources`` /
 ``entrypoint_num_cpus`` ask for something only workers have. It gets ``RECON_STORAGE``,
-``MLFLOW_TRACKING_URI`` and ``RAY_AUTH_MODE`` as environment variables. The auth *token* is never
+``MLFLOW_TRACKING_URI`` and ``RAY_AUTH_MODE`` as environment variables, and ``RECON_SUBMITTED``: the job's
+working dir is Ray's temporary copy, so recon puts what must outlive the job in the storage instead
+(:mod:`recon.orchestration.cluster.job_outputs`). The auth *token* is never
 put into the runtime env (runtime envs are stored in the GCS and shown by ``ray job list`` and the
 dashboard): job drivers inherit it from the node they run on, like every Ray worker there.
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from recon.core.errors import ReconError
+from recon.orchestration.cluster.job_outputs import SUBMITTED_ENV, SUBMITTED_RAY_JOB
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
@@ -132,6 +135,7 @@ def runtime_env(*, storage: str | None = None, tracking_uri: str | None = None,
                 excludes: Sequence[str] = WORKING_DIR_EXCLUDES) -> dict:
     """The job's runtime env: working dir (minus :data:`WORKING_DIR_EXCLUDES`) and env vars."""
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env_vars[SUBMITTED_ENV] = SUBMITTED_RAY_JOB
     storage = storage or os.environ.get("RECON_STORAGE")
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if storage:

@@ -264,8 +264,11 @@ def job_runtime_env(settings: KubeRaySettings, *, interactive: bool) -> dict[str
     Never a secret: runtime envs are shown by ``ray job list`` and the dashboard; pods hold the token.
     The excludes are ``recon submit``'s (:data:`recon.orchestration.cluster.jobs.WORKING_DIR_EXCLUDES`).
     """
+    from recon.orchestration.cluster.job_outputs import SUBMITTED_ENV
+
+    # SUBMITTED_ENV: the pod's disk goes with the RayJob, so the job's tables are kept in the storage too
     renv: dict[str, Any] = {"env_vars": {"RECON_STORAGE": settings.storage,
-                                         "MLFLOW_TRACKING_URI": settings.tracking_uri}}
+                                         "MLFLOW_TRACKING_URI": settings.tracking_uri, SUBMITTED_ENV: "kuberay"}}
     if interactive:
         from recon.orchestration.cluster.jobs import WORKING_DIR_EXCLUDES
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from recon.core.preflight import Preflight, Problem, resource_problems, storage_problems_on_cluster
 from recon.core.ray_session import cluster_to_join
 from recon.models.train.checks import encoder_problems
+from recon.orchestration.cluster.job_outputs import job_output_problems
 from recon.orchestration.pretrain.run import PretrainRun
 from recon.orchestration.tracking.health import answers
 from recon.orchestration.tracking.uri import sqlite_path
@@ -21,6 +22,7 @@ def pretrain_problems(cfg: PretrainRun, tracking_uri: str) -> list[Problem]:
     from recon.data_prep.corpus import read_manifest
 
     pf = Preflight("")
+    pf.extend(job_output_problems("pretrain", cfg.storage_root, tracking_uri))  # outlive a submitted job
     if is_uri(cfg.corpus):
         pf.add(f"--corpus {cfg.corpus} is a URI", "give the corpus as a folder on this machine; recon publishes "
                                                   "it to the storage location for the worker nodes")

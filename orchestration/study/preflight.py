@@ -22,6 +22,7 @@ from recon.core.preflight import (Preflight, Problem, cluster_gpu_memory_bytes, 
                                   storage_problems_on_cluster)
 from recon.core.storage import Storage
 from recon.models.train.checks import encoder_problems
+from recon.orchestration.cluster.job_outputs import job_output_problems
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.study.stages import STAGE_FILE
 from recon.orchestration.study.trial import Trial
@@ -44,6 +45,7 @@ def study_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage, tra
     pf = Preflight("")
     pf.writable_dir(spec.resolved_output_dir(), "the output folder",
                     "set output_dir in the study file to a folder you can write")
+    pf.extend(job_output_problems("study", store.uri, tracking_uri))  # a submitted job's outputs outlive it
     db = sqlite_path(tracking_uri)
     if db is not None:
         pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")

@@ -1,7 +1,7 @@
 """``recon jobs``: follow the jobs ``recon submit`` started, on a Ray cluster (Ray Jobs) or on Slurm.
 
     recon jobs list [--slurm]                 # Ray Jobs of the cluster, or your Slurm jobs
-    recon jobs status ID [--json]
+    recon jobs status ID [--json]             # an ended job: also where its outputs are (tables, browse)
     recon jobs logs ID [--follow]             # --follow: until the job ends; exit 1 unless it succeeded
     recon jobs stop ID                        # Ray's stop_job, or scancel
 
@@ -78,13 +78,18 @@ def _address(args) -> str:
 # ---------------------------------------------------------------- following (also used by recon submit)
 
 def follow_ray(job_id: str, address: str) -> int:
+    """Stream the job's output until it ends, then its status and (again) where its outputs are."""
     from recon.orchestration.cluster import jobs
+    from recon.orchestration.cluster.job_outputs import repeat_closing_lines
 
+    chunks = []
     for chunk in jobs.follow_logs(job_id, address):
+        chunks.append(chunk)
         sys.stdout.write(chunk)
         sys.stdout.flush()
     final = jobs.wait(job_id, address, timeout_s=60)
     print(f"job {job_id} {final}")
+    repeat_closing_lines("".join(chunks))
     return 0 if final == "SUCCEEDED" else 1
 
 
@@ -163,14 +168,18 @@ def _status(args: argparse.Namespace) -> int:
                 print(f"  log: {job.log}")
         return 0
     from recon.orchestration.cluster import jobs
+    from recon.orchestration.cluster.job_outputs import closing_lines, repeat_closing_lines
 
     d = _details(jobs.info(args.job_id, _address(args)))
+    ended = d["status"] in jobs.TERMINAL
+    log = jobs.logs(args.job_id, _address(args)) if ended else ""
     if args.json:
-        print(json.dumps(d, indent=2))
+        print(json.dumps({**d, "outputs": closing_lines(log)}, indent=2))
     else:
         print(f"{d['id']}  {d['status']}  {d['message'] or ''}".rstrip())
         print(f"  entrypoint: {d['entrypoint']}")
         print(f"  started {_when(d['start_time'])}, ended {_when(d['end_time'])}")
+        repeat_closing_lines(log)
     return 0
 
 
@@ -191,7 +200,12 @@ def _logs(args: argparse.Namespace) -> int:
 
     if args.follow:
         return follow_ray(args.job_id, _address(args))
-    sys.stdout.write(jobs.logs(args.job_id, _address(args)))
+    log = jobs.logs(args.job_id, _address(args))
+    sys.stdout.write(log)
+    if jobs.status(args.job_id, _address(args)) in jobs.TERMINAL:
+        from recon.orchestration.cluster.job_outputs import repeat_closing_lines
+
+        repeat_closing_lines(log)
     return 0
 
 

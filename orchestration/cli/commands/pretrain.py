@@ -10,6 +10,7 @@ Prints the loss curve (one line per logged step) and the final checkpoint direct
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,11 +51,16 @@ def format_curve(rows: list[dict], objective: str, every: int = 1) -> str:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     from recon.core.errors import ReconError
+    from recon.core.storage import STORAGE_ENV
     from recon.models.pretrain.config import DEMO_CORPUS
+    from recon.orchestration.cluster.job_outputs import browse_command, job_pretrain_place
+    from recon.orchestration.tracking.uri import ENV_VAR
     from recon.orchestration.pretrain.progress import read_progress
     from recon.orchestration.pretrain.driver import run_pretraining
 
     cfg = config_from_args(args)
+    cfg.out, cfg.tracking_uri = job_pretrain_place(cfg.out, cfg.tracking_uri or os.environ.get(ENV_VAR),
+                                                   os.environ.get(STORAGE_ENV))  # a submitted job: into storage
     if cfg.corpus == DEMO_CORPUS:
         raise ReconError("recon pretrain needs --corpus DIR: build one with `recon corpus build` or "
                          "`recon corpus demo --out DIR` (@demo is built for you only inside a study)")
@@ -65,4 +71,5 @@ def run_pretrain(args: argparse.Namespace) -> int:
     rows = read_progress(cfg.run_uri)
     print(format_curve(rows, cfg.objective, every=max(1, len(rows) // 25)))
     print(f"final checkpoint: {final.local}  (published as {final.uri})")
+    print(f"browse: {browse_command(cfg.tracking_uri)}")
     return 0

@@ -90,7 +90,19 @@ def _load(args: argparse.Namespace):
         updates["tracking_uri"] = args.tracking_uri
     if getattr(args, "max_concurrent", None):
         updates["ray"] = spec.ray.replace(max_concurrent_trials=args.max_concurrent)
-    return spec.model_copy(update=updates) if updates else spec
+    spec = spec.model_copy(update=updates) if updates else spec
+    return _placed(spec, getattr(args, "storage", None))
+
+
+def _placed(spec, storage: str | None):
+    """In a submitted job, the spec with its output folder in the storage (``job_outputs``' rule)."""
+    from recon.orchestration.cluster.job_outputs import job_output_dir, job_working_dir
+    from recon.orchestration.study.runner import study_storage
+
+    if job_working_dir() is None:  # not a job: nothing to resolve (an s3:// storage would ask the network)
+        return spec
+    moved = job_output_dir("study", spec.name, spec.resolved_output_dir(), study_storage(spec, storage).uri)
+    return spec.model_copy(update={"output_dir": str(moved)}) if moved else spec
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -202,7 +214,27 @@ def _experiment_id(spec) -> str | None:
     return tracker.experiment.experiment_id if tracker.exists else None
 
 
+def _only_experiment(uri: str) -> str | None:
+    """The experiment of a local store that holds one (a submitted study's, named by ``--tracking-uri``)."""
+    from recon.orchestration.tracking.uri import local_store_exists, sqlite_path
+
+    if sqlite_path(uri) is None or not local_store_exists(uri):
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        found = [e for e in MlflowClient(uri).search_experiments() if e.name != "Default"]
+    except Exception:  # noqa: BLE001 - an unreadable store: the UI still starts on the list
+        return None
+    return found[0].experiment_id if len(found) == 1 else None
+
+
 def _ui_hint(spec, file: str) -> str:
+    """``recon ui FILE`` here; in a submitted job the store's URI, which the submitting machine can open."""
+    from recon.orchestration.cluster.job_outputs import browse_command, job_working_dir
+
+    if job_working_dir() is not None:
+        return browse_command(spec.resolved_tracking_uri(), submitted=True)
     return f"recon ui {shlex.quote(file)}" + (f" --tracking-uri {spec.tracking_uri}" if spec.tracking_uri else "")
 
 
@@ -211,7 +243,8 @@ def _run(args: argparse.Namespace) -> int:
     from recon.orchestration.report.findings import findings_paragraph
     from recon.orchestration.report.summary import write_summary
     from recon.orchestration.study.tracker import StudyTracker
-    from recon.orchestration.study.runner import run_study
+    from recon.orchestration.cluster.job_outputs import keep_summary
+    from recon.orchestration.study.runner import run_study, study_storage
 
     spec = _load(args)
     if args.resume:
@@ -229,8 +262,6 @@ def _run(args: argparse.Namespace) -> int:
             f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow"
             + (f", {len(outcome.unlogged)} not yet (server down)" if outcome.unlogged else "") + f" ({outcome.seconds} s)")
         if outcome.unlogged:
-            from recon.orchestration.study.runner import study_storage
-
             summary_dir = write_summary(spec, log=say, storage=study_storage(spec, args.storage))
         else:
             summary_dir = write_summary(spec, log=say)
@@ -239,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
         if finding:
             say("")
             say(finding)
-        say(f"tables and plots: {summary_dir}")
+        say(f"tables and plots: {keep_summary('study', spec.name, summary_dir, study_storage(spec, args.storage).uri)}")
         say(f"browse: {_ui_hint(spec, args.file)}")
         if outcome.unlogged:
             say(f"recon: {len(outcome.unlogged)} finished trial(s) are not in MLflow: the tracking server "
@@ -292,7 +323,7 @@ def _ui(args: argparse.Namespace) -> int:
     command = ui_command(uri, args.port, args.host, args.artifacts_destination)
     shown = LOCALHOST if args.host in ("0.0.0.0", "::", "") else args.host
     base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}"
-    print(f"MLflow UI: {experiment_url(base, _experiment_id(spec) if spec else None)}  (store {uri})")
+    print(f"MLflow UI: {experiment_url(base, _experiment_id(spec) if spec else _only_experiment(uri))}  (store {uri})")
     if args.host != LOCALHOST:
         print(f"warning: bound to {args.host}, not {LOCALHOST}: anyone who can reach this machine on port "
               f"{args.port} sees and can change the runs (MLflow's UI has no login)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,19 +75,28 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from recon.orchestration.cluster.job_outputs import browse_command, job_output_dir, job_working_dir, keep_summary
+    from recon.orchestration.sweep.journal import sweep_storage
     from recon.orchestration.sweep.spec import load_sweep
     from recon.orchestration.sweep.runner import run_sweep
 
     spec = load_sweep(args.file)
+    submitted = job_working_dir() is not None
+    moved = submitted and job_output_dir("sweep", spec.name, spec.resolved_output_dir(),
+                                         sweep_storage(spec, args.storage).uri)
+    if moved:  # a submitted job: its outputs go to the storage, not Ray's temporary working dir
+        spec = spec.model_copy(update={"output_dir": str(moved)})
     outcome = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, tracking_uri=args.tracking_uri,
                         storage=args.storage, resume=args.resume)
     print(f"sweep {spec.name}: {outcome.trials} trials in the budget, {outcome.finished_before} finished before, "
           f"{outcome.ran} run now; {outcome.completed} completed, {outcome.stopped_early} stopped early, "
           f"{len(outcome.failed)} failed ({outcome.seconds} s)")
-    print(f"artifacts (trials table, best config, plots): {outcome.artifacts}")
+    kept = (keep_summary("sweep", spec.name, Path(outcome.artifacts), sweep_storage(spec, args.storage).uri)
+            if submitted else outcome.artifacts)
+    print(f"artifacts (trials table, best config, plots): {kept}")
     if outcome.best:
         print(outcome.best["snippet"], end="")
-    print(f"browse: recon ui --tracking-uri {args.tracking_uri or spec.resolved_tracking_uri()}")
+    print(f"browse: {browse_command(args.tracking_uri or spec.resolved_tracking_uri())}")
     if outcome.unlogged:
         print(f"recon: {outcome.unlogged} finished trial(s) are not in MLflow ({outcome.tracking_uri} did not answer); "
               f"`recon sweep resume {args.file}` logs them once it does", file=sys.stderr)
