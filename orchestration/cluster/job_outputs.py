@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 
 from recon.core.preflight import Problem
 from recon.core.storage import Storage, is_uri
-from recon.orchestration.tracking.uri import is_remote, sqlite_path
+from recon.orchestration.tracking.uri import sqlite_path
 
 #: Set by ``recon submit`` in a Ray Job's environment (value: the launcher).
 SUBMITTED_ENV = "RECON_SUBMITTED"
