@@ -18,7 +18,8 @@ From those same fields, and from nothing else,
   Fields that only say *where* or *how loudly* something runs are declared ``identity=False``. A field
   added after trials were logged, whose default is what ran before it existed, is declared
   ``identity="unless_default"``: it joins the identity only when set to something else, so finished trials
-  keep their ids (a store written before it existed is reused, not run again).
+  keep their ids (a store written before it existed is reused, not run again). A field whose default
+  is detected on the machine (``factory=``) names that earlier value as ``baseline=``.
 
 Stdlib dataclasses rather than pydantic models keep ``recon.models`` importable with torch and
 transformers alone.
@@ -33,7 +34,8 @@ from typing import Any, Callable, Literal, Optional, Sequence
 from recon.core.errors import ReconError
 
 # Metadata keys of a knob's dataclass field.
-HELP, CHOICES, BOUNDS, IDENTITY, CLI, POINT = "help", "choices", "bounds", "identity", "cli", "point"
+HELP, CHOICES, BOUNDS, IDENTITY, CLI, POINT, BASELINE = ("help", "choices", "bounds", "identity", "cli", "point",
+                                                          "baseline")
 
 
 class ConfigError(ReconError, ValueError):
@@ -48,18 +50,20 @@ class ConfigError(ReconError, ValueError):
 def knob(default: Any = MISSING, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
          choices: Optional[Sequence[Any]] = None, ge: Any = None, gt: Any = None, le: Any = None,
          lt: Any = None, identity: bool | Literal["unless_default"] = True, cli: bool = True,
-         point: Optional[str] = None) -> Any:
+         point: Optional[str] = None, baseline: Any = MISSING) -> Any:
     """A config field: its default, one line of help, constraints, and whether it is part of the id.
 
     ``cli=False`` keeps a field off the generated command line (values set by code, not users).
     ``point`` names the protocol point the field implements (``recon.core.protocol``): a named
     protocol sets it, and its default is the default protocol's value.
+    ``baseline``: for ``identity="unless_default"`` with a ``factory`` (a default detected on the machine),
+    the value that ran before the field existed; the field joins the identity only when it differs.
     """
     if not help:
         raise TypeError("every config field needs help text")
     metadata = {HELP: help, CHOICES: tuple(choices) if choices is not None else None,
                 BOUNDS: {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
-                IDENTITY: identity, CLI: cli, POINT: point}
+                IDENTITY: identity, CLI: cli, POINT: point, BASELINE: baseline}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -104,8 +108,11 @@ class Config:
             if not kind:
                 continue
             value = getattr(self, f.name)
-            if kind == "unless_default" and f.default is not MISSING and value == f.default:
-                continue
+            if kind == "unless_default":
+                baseline = f.metadata.get(BASELINE, MISSING)
+                baseline = f.default if baseline is MISSING else baseline
+                if baseline is not MISSING and value == baseline:
+                    continue
             out[f.name] = value.identity() if isinstance(value, Config) else _plain(value)
         return out
 

@@ -38,6 +38,21 @@ def test_autocast_on_cpu_only_when_asked():
 def test_cpu_bf16_is_part_of_the_trial_identity():
     from recon.models.train.config import TrainConfig
 
-    assert TrainConfig().identity() != TrainConfig(cpu_bf16=True).identity()
-    # added after stores were written: at its default (what ran before it existed) it leaves the ids as they were
-    assert "cpu_bf16" not in TrainConfig().identity() and TrainConfig(cpu_bf16=True).identity()["cpu_bf16"] is True
+    assert TrainConfig(cpu_bf16=False).identity() != TrainConfig(cpu_bf16=True).identity()
+    # added after stores were written: float32 (what ran before it existed) leaves the ids as they were
+    assert "cpu_bf16" not in TrainConfig(cpu_bf16=False).identity()
+    assert TrainConfig(cpu_bf16=True).identity()["cpu_bf16"] is True
+
+
+def test_cpu_bf16_defaults_to_what_this_cpu_has_natively(monkeypatch):
+    from recon.models.pretrain.config import PretrainConfig
+    from recon.models.train.config import TrainConfig
+    from recon.models.train.loop import precision
+
+    assert TrainConfig().cpu_bf16 is hardware.native_cpu_bf16()
+    assert PretrainConfig().cpu_bf16 is hardware.native_cpu_bf16()
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert precision(torch.device("cpu"), True, True) == "bf16 (CPU, AMX-BF16)"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset())
+    assert precision(torch.device("cpu"), True, True) == "bf16 (CPU, emulated)"
+    assert precision(torch.device("cpu"), True, False) == "float32"

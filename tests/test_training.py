@@ -163,7 +163,7 @@ def test_gradient_accumulation_matches_a_larger_batch(optimizer: str) -> None:
         model = BagModel(dropout=0.0)
         train_loader, _, _ = loaders(batch=batch, seed=5)
         cfg = TrainConfig(lr=0.1, epochs=2, grad_accum=accum, optimizer=optimizer, seed=7,
-                          metric="accuracy", warmup_ratio=0.25)
+                          metric="accuracy", warmup_ratio=0.25, cpu_bf16=False)  # the arithmetic, in float32
         result = fit(model, ClassificationTask(), train_loader, None, None, cfg)
         assert result.steps == 2 * 64 // 8 and result.test_at_best is None
         return model

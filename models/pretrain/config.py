@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from recon.core.hardware import native_cpu_bf16
 from recon.core.config import Config, ConfigError, knob
 from recon.core.defaults import CP_TEMPERATURE, DEFAULT_ENCODER, DEFAULT_SEED, MAX_SEED, P_BLANK
 from recon.core.protocol import POINTS, point_default
@@ -64,8 +65,9 @@ class PretrainConfig(Config):
     worker_resources: dict[str, float] = knob(factory=dict, help="custom Ray resources each worker needs, e.g. "
                                               "{\"gpu_node\": 1}", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
-    cpu_bf16: bool = knob(False, "bfloat16 autocast on CPU: native (and faster) on AMX / AVX512-BF16 CPUs, emulated "
-                                 "elsewhere", identity="unless_default")
+    cpu_bf16: bool = knob(factory=native_cpu_bf16, help="bfloat16 autocast on CPU, on unless set where the CPU "
+                          "has it natively (AMX / AVX512-BF16; emulated and slower elsewhere)", identity="unless_default",
+                          baseline=False)
     checkpoint_every: int = knob(500, "checkpoint every K steps (and at the last)", ge=1, identity=False)
     keep_checkpoints: int = knob(2, "checkpoints kept in storage", ge=1, identity=False)
     max_failures: int = knob(3, "worker-group restarts allowed", ge=0, identity=False)

@@ -72,7 +72,7 @@ class StepSettings:
     max_grad_norm: float | None = _PAPER.max_grad_norm
     bf16: bool = _PAPER.bf16
     gather_negatives: bool = True
-    cpu_bf16: bool = _PAPER.cpu_bf16
+    cpu_bf16: bool = False  # a run passes its config's (StepSettings.of); bare use computes in float32
 
     @classmethod
     def of(cls, cfg: PretrainConfig, gather_negatives: bool = True) -> "StepSettings":

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from recon.core.hardware import native_cpu_bf16
 from recon.core.config import Config, knob
 from recon.core.defaults import DEFAULT_SEED, MAX_SEED
 from recon.core.protocol import POINTS, point_default
@@ -42,8 +43,9 @@ class TrainConfig(Config):
     negative_id: int | None = knob(None, "label id of the negative class (default: the dataset's)", cli=False)
     device: str = knob("auto", "auto (cuda when present), cpu or cuda[:N]", identity=False)
     bf16: bool = knob(True, "bfloat16 autocast on CUDA (ignored on CPU)")
-    cpu_bf16: bool = knob(False, "bfloat16 autocast on CPU: native (and faster) on AMX / AVX512-BF16 CPUs, emulated "
-                                 "elsewhere", identity="unless_default")
+    cpu_bf16: bool = knob(factory=native_cpu_bf16, help="bfloat16 autocast on CPU, on unless set where the CPU "
+                          "has it natively (AMX / AVX512-BF16; emulated and slower elsewhere)", identity="unless_default",
+                          baseline=False)
     deterministic: bool = knob(True, "torch deterministic kernels: ~6% slower on CPU (bench/bench_loop.py)")
     progress: bool | None = knob(None, "progress bar (default: only on a terminal)", identity=False)
 

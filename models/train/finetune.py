@@ -155,7 +155,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     from recon.data_prep.registry import reported_metric
 
     from recon.models.train.metrics import label_scorers
-    from recon.models.train.loop import ClassificationTask, fit, make_loader, resolve_device
+    from recon.models.train.loop import ClassificationTask, fit, make_loader, precision, resolve_device
 
     start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)
@@ -220,6 +220,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "truncation": setup.truncation,
         "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),
         "train_config": asdict(train_cfg), "device": str(resolve_device(train_cfg.device)),
+        "precision": precision(resolve_device(train_cfg.device), train_cfg.bf16, train_cfg.cpu_bf16),
         "wall_s": round(time.perf_counter() - start, 3), "fit_s": round(result.wall_s, 3),
         "notes": notes, "config": asdict(cfg), "views": views,
     }

@@ -173,6 +173,17 @@ def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
     return contextlib.nullcontext()
 
 
+def precision(device: torch.device, bf16: bool, cpu_bf16: bool = False) -> str:
+    """What :func:`autocast` computes in on ``device``, for results and the console ("bf16 (CPU, AMX-BF16)")."""
+    from recon.core.hardware import cpu_bf16_name
+
+    if device.type == "cuda" and bf16:
+        return "bf16 (CUDA)"
+    if device.type == "cpu" and cpu_bf16:
+        return f"bf16 (CPU, {cpu_bf16_name() if cpu_bf16_name() != 'none' else 'emulated'})"
+    return "float32"
+
+
 def _show_progress(config: TrainConfig) -> bool:
     return config.progress if config.progress is not None else sys.stderr.isatty()
 

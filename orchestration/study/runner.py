@@ -31,6 +31,7 @@ from recon.orchestration.study.trial import Trial
 from recon.orchestration.study.plan import expand, unavailable_trials
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.study.stages import ensure_pretrained, say, study_data_dir
+from recon.core.hardware import cpu_bf16_name
 from recon.core.storage import Storage, resolve_storage
 from recon.orchestration.study.data import FEWSHOT_NEEDS, publish_local_models, publish_study_data
 from recon.orchestration.study.trainable import RESULTS, result_rel, tune_trainable
@@ -177,6 +178,10 @@ def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker
     log(f"study {spec.name}: {len(trials)} trials, {skipped} already in MLflow, {harvested} logged from storage, "
         f"{len(missing)} cannot run here (no data; see `recon study plan`), {len(pending)} to run "
         f"(storage {store.uri})")
+    if any((t.config.get("training") or t.config.get("settings", {}).get("training", {})).get("cpu_bf16")
+           for t in pending):
+        log(f"precision: bf16 autocast on CPU workers (this machine: {cpu_bf16_name()}); training.cpu_bf16: false "
+            "trains in float32 (GPU trials follow training.bf16)")
     failed: list[str] = []
     if pending:
         stages = sorted({spec.model(t.model).pretrain_ref for t in pending} - {None})

@@ -94,7 +94,8 @@ def run_finetune_cmd(args: argparse.Namespace) -> int:
     result = run_finetune(cfg, out_dir=args.out)
     return _emit(_summary(result, (
         "dataset", "split", "format", "model", "encoder", "seed", "protocol", "metric", "reported", "dev", "test",
-        "best_epoch", "n_train", "n_dev", "n_test", "majority_baseline_test", "wall_s", "notes", "saved_to")),
+        "best_epoch", "n_train", "n_dev", "n_test", "majority_baseline_test", "precision", "wall_s", "notes",
+        "saved_to")),
         result)
 
 
