@@ -36,12 +36,14 @@ def _model_source(spec: StudySpec, model: ModelSpec) -> tuple[str, Optional[str]
 
 
 def finetune_config(spec: StudySpec, dataset: str, split: float, fmt: str, model: ModelSpec,
-                    seed: int) -> FinetuneConfig:
-    """The exact config a supervised trial's trainer receives."""
+                    seed: int, eval_views: Iterable[str] = ()) -> FinetuneConfig:
+    """The exact config a supervised trial's trainer receives (``eval_views``: its grid's test views, outside
+    the trial id)."""
     source, identity = _model_source(spec, model)
     return FinetuneConfig(dataset=dataset, split=split, input_format=fmt, model=source,
                           encoder=spec.encoder_of(model) or spec.encoder, data=spec.data, head=spec.head,
-                          training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity)
+                          training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity,
+                          eval_views=tuple(eval_views))
 
 
 def fewshot_config(spec: StudySpec, dataset: str, n: int, k: int, fmt: str, model: ModelSpec) -> FewshotConfig:
@@ -73,8 +75,13 @@ def expand(spec: StudySpec) -> list[Trial]:
         tid = trial_id(kind, cfg, spec.trainer)
         if tid in by_id:
             old = by_id[tid]
-            if table not in old.tables:
-                by_id[tid] = Trial(**{**asdict(old), "tables": old.tables + (table,), "config": old.config})
+            config = old.config
+            views = list(dict.fromkeys([*config.get("eval_views", ()), *cfg.to_dict().get("eval_views", ())]))
+            if views != list(config.get("eval_views", ())):  # two grids ask for views of one trial: all of them
+                config = {**config, "eval_views": views}
+            if table not in old.tables or config is not old.config:
+                tables = old.tables + (table,) if table not in old.tables else old.tables
+                by_id[tid] = Trial(**{**asdict(old), "tables": tables, "config": config})
             return
         by_id[tid] = Trial(trial_id=tid, kind=kind, tables=(table,), config=cfg.to_dict(), **labels)
         order.append(tid)
@@ -85,7 +92,7 @@ def expand(spec: StudySpec) -> list[Trial]:
                 for model in spec.grid_models(grid.models):
                     for fmt in grid.formats:
                         for seed in grid.seeds or spec.seeds:
-                            cfg = finetune_config(spec, dataset, split, fmt, model, seed)
+                            cfg = finetune_config(spec, dataset, split, fmt, model, seed, grid.eval_views)
                             add("finetune", cfg, grid.table, dataset=dataset, setting=split_label(split),
                                 format=fmt, model=model.name, seed=seed)
     if spec.fewshot is not None:
