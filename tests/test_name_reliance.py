@@ -200,3 +200,35 @@ def test_browser_data_carries_view_predictions_and_swapped_sentences():
     flipped = [i for i in range(40) if any(labels[v[i]] != labels[p[i]] for v, p in zip(base["view_preds"]["swap-type"],
                                                                                      base["preds"]))]
     assert flipped == [20, 22, 24, 26, 28]
+
+
+def test_plan_says_which_finished_trials_lack_views_and_what_they_cost(tmp_path, capsys):
+    """A trial finished without views; its grid now asks for one: same id, so it stays finished, and the plan
+    says its view cannot be scored on kept weights and prices training it again."""
+    from recon.orchestration.cli.main import main
+    from recon.orchestration.study.runner import harvest, study_storage
+    from recon.orchestration.study.tracker import StudyTracker
+    from recon.orchestration.study.trainable import publish_result
+    from recon.orchestration.study.trainers import TrialRequest, resolve_references, resolve_trainer
+
+    path = _toy_study(tmp_path, None)
+    spec = load_spec(path)
+    (trial,) = expand(spec)
+    trainer = resolve_trainer(spec.trainer, "finetune", spec.source.parent)
+    out = tmp_path / "worker-out"
+    publish_result(study_storage(spec), trial.trial_id, out,
+                   trainer(TrialRequest(trial, out, config=resolve_references(trial, {}, None)), []))
+    tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, spec.resolved_output_dir() / "artifacts")
+    assert harvest([trial], tracker, study_storage(spec), set()) == 1
+
+    assert main(["study", "plan", str(path), "--json"]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)["views_lacking"] == {}
+    _toy_study(tmp_path, "[swap-type, onlyc]")  # the same study, now asking for two views
+    assert main(["study", "plan", str(path), "--json"]) in (0, 1)
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["finished"] == 1
+    lack = plan["views_lacking"]
+    assert lack["trials"] == 1 and lack["views"] == ["onlyc", "swap-type"] and lack["retrain_hours"] > 0
+    assert "keep no weights" in lack["note"] and "training the trials again" in lack["note"]
+    assert main(["study", "plan", str(path)]) in (0, 1)
+    assert "test views not scored: 1 finished trials lack onlyc, swap-type" in capsys.readouterr().out
