@@ -232,3 +232,17 @@ def test_plan_says_which_finished_trials_lack_views_and_what_they_cost(tmp_path,
     assert "keep no weights" in lack["note"] and "training the trials again" in lack["note"]
     assert main(["study", "plan", str(path)]) in (0, 1)
     assert "test views not scored: 1 finished trials lack onlyc, swap-type" in capsys.readouterr().out
+
+
+def test_findings_cpu_scores_its_c_m_trials_on_views_with_the_ids_it_had():
+    spec = load_spec(STUDIES / "findings-cpu.yaml")
+    trials = expand(spec)
+    assert len(trials) == 60
+    assert {t.format for t in trials if t.config["eval_views"]} == {"C+M"}
+    assert sum(bool(t.config["eval_views"]) for t in trials) == 20
+    data = spec.model_dump()
+    data["grids"] = [{"table": "table5", "datasets": ["semeval"], "splits": [0.01, 0.1],
+                      "formats": ["C+M", "OnlyC", "OnlyM"]}]  # its grid before views
+    before = type(spec).model_validate(data)
+    before._source = spec.source
+    assert sorted(t.trial_id for t in expand(before)) == sorted(t.trial_id for t in trials)
