@@ -176,7 +176,13 @@ def test_findings_say_whether_cp_reduced_name_reliance(tmp_path):
                            n_boot=300, log=lambda _: None)
     (sentence,) = reliance_sentences(tmp_path)
     assert "Base+CP's predictions flip on 18% of swapped examples against Base's 55%" in sentence
-    assert "reduced name reliance" in sentence
+    assert "reduced name reliance" in sentence and "other views" not in sentence
+    compare = pd.read_csv(tmp_path / "name_reliance_compare.csv")
+    extra = compare.iloc[[0]].assign(view="swap-random", diff=0.05, ci_lo=0.01, ci_hi=0.09)
+    pd.concat([compare, extra]).to_csv(tmp_path / "name_reliance_compare.csv", index=False)
+    (sentence,) = reliance_sentences(tmp_path)  # leads with swap-type, and names every other view's interval
+    assert sentence.startswith("Name reliance, SemEval 10% C+M, swap-type:")
+    assert sentence.endswith("the other views' differences in drop: swap-random +5.0 [+1.0, +9.0] (more reliance).")
     assert "Name reliance" in findings_paragraph(tmp_path) or not (tmp_path / "cells.csv").is_file()
     trials, predictions, views = _fixture(wrong={"Base": 30, "Base+CP": 30})
     name_reliance_analysis(trials, predictions, views, tmp_path, compare_to={"Base": "BERT", "Base+CP": "CP"},

@@ -138,10 +138,15 @@ def reliance_sentences(summary_dir: Path) -> list[str]:
                    "the interval includes 0, so no reduction of name reliance is shown at this scale")
         own, theirs = f"{100 * r['drop']:.1f}", f"{100 * r['base_drop']:.1f}"
         drops = f"; drop from the original test {spans.get(model, own)} vs {spans.get(base, theirs)} (x100, 95% intervals)"
+        others = [o for o in group.itertuples(index=False) if o.view != r["view"]]
+        rest = ("; the other views' differences in drop: " + ", ".join(
+            f"{o.view} {100 * o.diff:+.1f} [{100 * o.ci_lo:+.1f}, {100 * o.ci_hi:+.1f}]"
+            + (" (less reliance)" if o.ci_hi < 0 else " (more reliance)" if o.ci_lo > 0 else "") for o in others)
+            if others else "")
         out.append(f"Name reliance, {display_name(dataset)} {setting} {fmt}, {r['view']}: {model}'s predictions flip on "
                    f"{100 * r['flip_share_changed']:.0f}% of swapped examples against {base}'s "
                    f"{100 * r['base_flip_share_changed']:.0f}%{drops}; difference in drop {100 * r['diff']:+.1f} "
-                   f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]: {verdict}.")
+                   f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]: {verdict}{rest}.")
     return out
 
 
