@@ -151,6 +151,42 @@ def test_page_says_how_many_examples_have_no_sentence(tmp_path):
         driver.quit()
 
 
+@pytest.mark.slow
+def test_flip_filter_shows_both_sentences_in_chromium(tmp_path):
+    """"A flips under the view": the examples on which most of A's seeds change their prediction on a name swap,
+    each with its original and its swapped sentence and A's prediction on the view."""
+    trials = [_trial("BERT", "C+M", s, dataset="semeval", setting="10%") for s in (1, 2, 3)]
+    sources = [f"semeval/test.txt:{i}" for i in range(6)]
+    preds = {t.trial_id: {s: {"gold": "A(e1,e2)", "pred": "A(e1,e2)"} for s in sources} for t in trials}
+    texts = {s: f"\x01Ann{i}\x02 met \x03Bob\x04" for i, s in enumerate(sources)}
+    flips_per_seed = {0: 3, 1: 2, 2: 1, 3: 0}  # example 0 flips for 3 seeds, 1 for 2 (a majority), 2 for one
+    views = {}
+    for j, t in enumerate(trials):
+        rows = {}
+        for i, s in enumerate(sources):
+            flipped = j < flips_per_seed.get(i, 0)
+            rows[s] = {"source": s, "gold": "A(e1,e2)", "pred": "Other" if flipped else "A(e1,e2)", "changed": i < 4,
+                       **({"tokens": ["Zed", "met", "Kay"], "head": [0, 1], "tail": [2, 3]} if i < 4 else {})}
+        views[t.trial_id] = {"swap-type": rows}
+    page = write_error_browser(tmp_path / "flips.html", "s", trials, preds, texts=texts, views=views)
+    driver = _driver()
+    try:
+        driver.get(page.as_uri())
+        assert _matching(driver) == 6
+        _select(driver, "view", "swap-type")
+        _select(driver, "filter", "a_flips")
+        assert _matching(driver) == 2
+        rows = driver.find_elements("css selector", "#rows-body tr")
+        assert [r.get_attribute("data-source") for r in rows] == sources[:2]
+        cells = rows[0].find_elements("css selector", "td")
+        assert cells[2].text == "Ann0 met Bob" and cells[-2].text == "Zed met Kay"  # the original, then the swap
+        assert cells[-1].text == "Other 3/3 flip" and rows[1].find_elements("css selector", "td")[-1].text == "Other 2/3 flip"
+        headers = [th.text for th in driver.find_elements("css selector", "#rows-head th")]
+        assert headers[-2:] == ["sentence on view swap-type", "A on swap-type"]
+    finally:
+        driver.quit()
+
+
 def _right(preds, trials, source):
     votes = [preds[t.trial_id][source]["pred"] == preds[t.trial_id][source]["gold"] for t in trials]
     return 2 * sum(votes) > len(votes)

@@ -2,11 +2,12 @@
 
 Adding one is a module with an ``analysis`` function (``recon.orchestration.report.context``) and one
 line here. Order matters only where a part reads what an earlier one shared: the tables mark the
-comparisons the significance tests found not significant; the error browser shows the pilot pairs.
+comparisons the significance tests found not significant; the error browser shows the pilot pairs and the
+predictions that flip under a test view (read by name_reliance).
 """
 from __future__ import annotations
 
-from recon.orchestration.report import error_browser, name_leak, pilot, plots, significance, tables
+from recon.orchestration.report import error_browser, name_leak, name_reliance, pilot, plots, significance, tables
 from recon.orchestration.report.context import Analysis
 
 ANALYSES: tuple[Analysis, ...] = (
@@ -15,6 +16,7 @@ ANALYSES: tuple[Analysis, ...] = (
     plots.analysis,
     pilot.analysis,
     name_leak.analysis,
+    name_reliance.analysis,
     error_browser.analysis,
 )
 

@@ -17,8 +17,9 @@ class ReportContext:
     ``results``: one row per finished trial and table (labels from the plan, metrics from MLflow);
     ``stats``: per-cell medians, ranges and IQRs; ``predictions``: trial id -> (example identity ->
     ``{gold, pred}``; the identity is ``semeval/test.txt:12`` on every machine, ``recon.orchestration.report.joins``)
-    for the fine-tuning trials whose predictions could be read (empty when none); ``predictions_of``
-    gives a trial's ``predictions.jsonl`` path; ``footnotes``: notes per table; ``shared``: what an earlier
+    for the fine-tuning trials whose predictions could be read (empty when none); ``predictions_of(trial,
+    name="predictions.jsonl")`` gives the path of a trial's predictions file (``view_predictions.jsonl``: its test
+    views), None when it has none; ``footnotes``: notes per table; ``shared``: what an earlier
     analysis hands to a later one (the significance tests the tables mark).
     """
 
@@ -27,7 +28,7 @@ class ReportContext:
     results: Any
     stats: Any
     predictions: dict[str, dict]
-    predictions_of: Callable[[Trial], Optional[Path]]
+    predictions_of: Callable[..., Optional[Path]]
     out_dir: Path
     footnotes: dict[str, list[str]]
     data_dir: Optional[str]

@@ -6,10 +6,13 @@ strings with the head/tail mentions delimited by control characters) and rendere
 plain JavaScript, 50 rows a page, so a TACRED-sized test set (15,509 examples x 15 trials) stays a
 few MB and filters in milliseconds. Filters: "A right, B wrong" for any two (model, format)
 systems (default: C+M vs OnlyC of the first model), "all systems wrong / right", "systems disagree",
-gold label, A's predicted label, text search; a per-relation confusion matrix of A (click a count
-to filter) and the pilot analysis (agreement of C+M with the other formats).
+gold label, A's predicted label, text search, and "A flips under a test view" (a name swap or OnlyC, where the
+study scored views: the swapped sentence is shown beside the original, with A's prediction on it); a
+per-relation confusion matrix of A (click a count to filter) and the pilot analysis (agreement of C+M with the
+other formats).
 
-A system is *right* on an example when more than half of its seeds predict the gold label.
+A system is *right* on an example when more than half of its seeds predict the gold label, and *flips* under a
+view when more than half of its seeds predict on the view another label than on the original.
 
 Examples are named by their portable identity (``semeval/test.txt:12``; ``recon.orchestration.report.joins``),
 never by a directory of the machine that ran a trial, and their sentences are found through the same
@@ -37,10 +40,14 @@ HEAD_OPEN, HEAD_CLOSE, TAIL_OPEN, TAIL_CLOSE = "\x01", "\x02", "\x03", "\x04"
 
 def marked_text(example) -> str:
     """The sentence with the head / tail mentions delimited (the page highlights them)."""
-    opens = {example.head.start: HEAD_OPEN, example.tail.start: TAIL_OPEN}
-    closes = {example.head.end: HEAD_CLOSE, example.tail.end: TAIL_CLOSE}
-    words = [opens.get(i, "") + token + closes.get(i + 1, "") for i, token in enumerate(example.tokens)]
-    return " ".join(words)
+    return marked_tokens(example.tokens, (example.head.start, example.head.end), (example.tail.start, example.tail.end))
+
+
+def marked_tokens(tokens: Sequence[str], head: Sequence[int], tail: Sequence[int]) -> str:
+    """:func:`marked_text` of tokens and ``[start, end)`` spans: a view's swapped sentence (``view_predictions``)."""
+    opens = {head[0]: HEAD_OPEN, tail[0]: TAIL_OPEN}
+    closes = {head[1]: HEAD_CLOSE, tail[1]: TAIL_CLOSE}
+    return " ".join(opens.get(i, "") + token + closes.get(i + 1, "") for i, token in enumerate(tokens))
 
 
 def _metric(rows: Sequence[dict], negative: Optional[str], metric: str = "micro_f1") -> float:
@@ -50,8 +57,15 @@ def _metric(rows: Sequence[dict], negative: Optional[str], metric: str = "micro_
 
 def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, Mapping[str, dict]], *,
                  texts: Optional[Mapping[str, str]] = None, pilot: Optional[Sequence[dict]] = None,
-                 why_no_text: Optional[Mapping[str, str]] = None) -> dict:
+                 why_no_text: Optional[Mapping[str, str]] = None,
+                 views: Optional[Mapping[str, Mapping[str, Mapping[str, dict]]]] = None) -> dict:
     """The page's JSON: labels, and per (dataset, setting) test set its examples and systems.
+
+    ``views``: trial id -> test view -> (source -> ``view_predictions.jsonl`` row;
+    ``recon.orchestration.report.name_reliance``). A system whose every seed has a view gets its predictions on
+    it (``view_preds[view]``, one list per seed); the group lists its ``views`` and, per view, the swapped
+    sentence of every example the view changed (``view_text``), so the page can show the examples whose
+    prediction flips under a swap with both sentences.
 
     ``predictions``: trial id -> (source -> ``{"gold", "pred"}``); ``texts``: source -> sentence
     (:func:`marked_text`) where known; ``pilot``: rows of the pilot summary (median over seeds);
@@ -81,6 +95,7 @@ def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, 
         gold = [lid(first[s]["gold"]) for s in sources]
         negative = negative_label({first[s][k] for s in sources for k in ("gold", "pred")}, members[0].metric)
         out_systems = []
+        view_text: dict[str, list[str]] = {}
         for (model, fmt), ts in systems.items():
             ts = sorted(ts, key=lambda t: t.seed)
             preds, scores = [], []
@@ -88,9 +103,21 @@ def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, 
                 rows = predictions[t.trial_id]
                 preds.append([lid(rows[s]["pred"]) for s in sources])
                 scores.append(_metric([rows[s] for s in sources], negative, members[0].metric))
-            out_systems.append({"model": model, "format": fmt, "seeds": [t.seed for t in ts], "preds": preds,
-                                "metric_median": statistics.median(scores), "metric_min": min(scores),
-                                "metric_max": max(scores)})
+            system = {"model": model, "format": fmt, "seeds": [t.seed for t in ts], "preds": preds,
+                      "metric_median": statistics.median(scores), "metric_min": min(scores),
+                      "metric_max": max(scores)}
+            on_views = [(views or {}).get(t.trial_id) or {} for t in ts]
+            for view in sorted(set.intersection(*(set(v) for v in on_views))):
+                per_seed = [v[view] for v in on_views]
+                if not all(s in rows for rows in per_seed for s in sources):
+                    continue  # a seed without this example on the view: the system shows no flips for it
+                system.setdefault("view_preds", {})[view] = [[lid(rows[s]["pred"]) for s in sources]
+                                                            for rows in per_seed]
+                if view not in view_text:
+                    first = per_seed[0]
+                    view_text[view] = [marked_tokens(first[s]["tokens"], first[s]["head"], first[s]["tail"])
+                                       if first[s].get("tokens") else "" for s in sources]
+            out_systems.append(system)
         names = [(s["model"], s["format"]) for s in out_systems]
         default_a = next((i for i, n in enumerate(names) if n[1] == "C+M"), 0)
         default_b = next((i for i, n in enumerate(names) if n[0] == names[default_a][0] and n[1] == "OnlyC"),
@@ -98,7 +125,7 @@ def browser_data(study: str, trials: Iterable[Trial], predictions: Mapping[str, 
         group = {"dataset": dataset, "setting": setting, "metric": members[0].metric, "negative": negative,
                  "label": f"{PAPER_DATASET_NAMES.get(dataset, dataset)} {setting} ({len(sources)} examples)",
                  "sources": sources, "gold": gold, "systems": out_systems,
-                 "default_a": default_a, "default_b": default_b}
+                 "default_a": default_a, "default_b": default_b, "views": sorted(view_text), "view_text": view_text}
         if texts is not None:
             group["text"] = [texts.get(s, "") for s in sources]
         missing = [s for s in sources if texts is None or s not in texts]
@@ -125,10 +152,11 @@ def render(data: dict) -> str:
 def write_error_browser(out_file: Path, study: str, trials: Iterable[Trial],
                         predictions: Mapping[str, Mapping[str, dict]], *, texts: Optional[Mapping[str, str]] = None,
                         pilot: Optional[Sequence[dict]] = None, why_no_text: Optional[Mapping[str, str]] = None,
-                        log: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+                        log: Optional[Callable[[str], None]] = None,
+                        views: Optional[Mapping[str, Mapping[str, Mapping[str, dict]]]] = None) -> Optional[Path]:
     """Write the page; None when no trial has predictions. ``log`` gets one line per test set whose
     examples are not all joined with their sentence (the same count the page shows)."""
-    data = browser_data(study, trials, predictions, texts=texts, pilot=pilot, why_no_text=why_no_text)
+    data = browser_data(study, trials, predictions, texts=texts, pilot=pilot, why_no_text=why_no_text, views=views)
     if not data["groups"]:
         return None
     for group in data["groups"]:
@@ -193,7 +221,8 @@ def analysis(context) -> list[Path]:
     why = {dataset: f"its test examples could not be loaded where the report was written ({type(err).__name__})"
            for dataset, err in failed.items()}
     page = write_error_browser(context.out_dir / FILE_NAME, context.spec.name, context.trials, context.predictions,
-                               texts=texts, pilot=pilot_rows(context.out_dir), why_no_text=why, log=context.log)
+                               texts=texts, pilot=pilot_rows(context.out_dir), why_no_text=why, log=context.log,
+                               views=context.shared.get("views"))
     return [page] if page is not None else []
 
-__all__ = ["analysis", "pilot_rows", "browser_data", "render", "write_error_browser", "example_texts", "marked_text", "FILE_NAME"]
+__all__ = ["analysis", "pilot_rows", "browser_data", "render", "write_error_browser", "example_texts", "marked_text", "marked_tokens", "FILE_NAME"]

@@ -3,7 +3,8 @@
 Read from the summary's ``cells.csv`` (medians, min and max over seeds per cell), so it says only
 what the tables show: for every model and setting with C+M, OnlyC and OnlyM, the order of the three
 formats against the paper's (Table 5: C+M > OnlyC > OnlyM), and for a model pre-trained with CP
-next to its base encoder, the difference in C+M with both seed ranges, whatever it shows.
+next to its base encoder, the difference in C+M with both seed ranges, whatever it shows; where the study
+scored test views, whether the pre-trained model relies less on names (``name_reliance_compare.csv``).
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Opti
                     + ("within the seed spread, so no effect of pre-training is shown at this scale." if overlap else
                        ("higher" if a.median > b.median else "lower") + " beyond the seed spread.")
                 )
+    sentences += reliance_sentences(Path(summary_dir))
     for stage, held in (pretrain or {}).items():
         if "heldout_contrastive_accuracy" in held:
             start = held.get("initial_heldout_contrastive_accuracy")
@@ -99,4 +101,53 @@ def findings_paragraph(summary_dir: Path, compare_to: Optional[Mapping[str, Opti
     return "Findings (medians over seeds): " + " ".join(sentences)
 
 
-__all__ = ["findings_paragraph"]
+RELIANCE_VIEW = "swap-type"  # the view the findings lead with: names replaced by training names of the same type
+
+
+def reliance_sentences(summary_dir: Path) -> list[str]:
+    """Name reliance from ``name_reliance_compare.csv`` (``recon.orchestration.report.name_reliance``): per
+    pre-trained model against its base, on the lead view (else the first one), the flip shares on changed
+    examples and the drops with their intervals, and whether the difference in drop excludes 0, whichever way."""
+    import pandas as pd
+
+    from recon.data_prep.registry import display_name
+
+    path = summary_dir / "name_reliance_compare.csv"
+    if not path.is_file():
+        return []
+    compare = pd.read_csv(path)
+    table_path = summary_dir / "name_reliance.csv"
+    table = pd.read_csv(table_path) if table_path.is_file() else None
+    out = []
+    for (dataset, setting, fmt, model, base), group in compare.groupby(["dataset", "setting", "format", "model", "base"],
+                                                                       sort=False):
+        views = list(group["view"])
+        r = group[group["view"] == (RELIANCE_VIEW if RELIANCE_VIEW in views else views[0])].iloc[0].to_dict()
+
+        spans = {}
+        if table is not None:
+            for name in (model, base):
+                row = table[(table["dataset"] == dataset) & (table["setting"] == setting) & (table["format"] == fmt)
+                            & (table["model"] == name) & (table["view"] == r['view'])]
+                if len(row):
+                    spans[name] = f"{100 * row.iloc[0]['drop']:.1f} [{100 * row.iloc[0]['ci_lo']:.1f}, " \
+                                  f"{100 * row.iloc[0]['ci_hi']:.1f}]"
+        lower, higher = r['ci_hi'] < 0, r['ci_lo'] > 0
+        verdict = ("so its pre-training reduced name reliance at this scale" if lower else
+                   "so it relies on names more than its base here" if higher else
+                   "the interval includes 0, so no reduction of name reliance is shown at this scale")
+        own, theirs = f"{100 * r['drop']:.1f}", f"{100 * r['base_drop']:.1f}"
+        drops = f"; drop from the original test {spans.get(model, own)} vs {spans.get(base, theirs)} (x100, 95% intervals)"
+        others = [o for o in group.itertuples(index=False) if o.view != r["view"]]
+        rest = ("; the other views' differences in drop: " + ", ".join(
+            f"{o.view} {100 * o.diff:+.1f} [{100 * o.ci_lo:+.1f}, {100 * o.ci_hi:+.1f}]"
+            + (" (less reliance)" if o.ci_hi < 0 else " (more reliance)" if o.ci_lo > 0 else "") for o in others)
+            if others else "")
+        out.append(f"Name reliance, {display_name(dataset)} {setting} {fmt}, {r['view']}: {model}'s predictions flip on "
+                   f"{100 * r['flip_share_changed']:.0f}% of swapped examples against {base}'s "
+                   f"{100 * r['base_flip_share_changed']:.0f}%{drops}; difference in drop {100 * r['diff']:+.1f} "
+                   f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]: {verdict}{rest}.")
+    return out
+
+
+__all__ = ["findings_paragraph", "reliance_sentences"]

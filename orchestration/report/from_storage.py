@@ -40,12 +40,13 @@ def results_from_storage(trials: Iterable[Trial], storage: Storage):
 
 
 def predictions_from_storage(storage: Storage, into: Path) -> Callable[[Trial], Optional[Path]]:
-    """``predictions_of`` for the report: a trial's ``predictions.jsonl`` downloaded from storage (None if absent)."""
-    def predictions_of(trial: Trial) -> Optional[Path]:
-        rel = f"{RESULTS}/{trial.trial_id}/predictions.jsonl"
+    """``predictions_of`` for the report: a trial's ``predictions.jsonl`` (or another of its files, such as
+    ``view_predictions.jsonl``) downloaded from storage (None if absent)."""
+    def predictions_of(trial: Trial, name: str = "predictions.jsonl") -> Optional[Path]:
+        rel = f"{RESULTS}/{trial.trial_id}/{name}"
         if not storage.exists(rel):
             return None
-        target = into / trial.trial_id / "predictions.jsonl"
+        target = into / trial.trial_id / name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(storage.read_bytes(rel))

@@ -224,17 +224,18 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
     runs = tracker.trial_runs() if storage is None else {}
     footnotes = table_footnotes(spec, trials, runs, tracker.failed_trial_runs() if storage is None else {})
     with tempfile.TemporaryDirectory() as tmp:
-        downloaded: dict[str, Optional[Path]] = {}
+        downloaded: dict[tuple[str, str], Optional[Path]] = {}
         from_storage = predictions_from_storage(storage, Path(tmp)) if storage is not None else None
 
-        def predictions_of(trial: Trial) -> Optional[Path]:
+        def predictions_of(trial: Trial, name: str = "predictions.jsonl") -> Optional[Path]:
+            """A trial's predictions file (or ``view_predictions.jsonl``), downloaded once."""
             if from_storage is not None:
-                return from_storage(trial)
-            if trial.trial_id not in downloaded:
+                return from_storage(trial, name)
+            if (trial.trial_id, name) not in downloaded:
                 run = runs.get(trial.trial_id)
-                downloaded[trial.trial_id] = (tracker.download(run.info.run_id, "predictions.jsonl",
-                                                               Path(tmp) / trial.trial_id) if run else None)
-            return downloaded[trial.trial_id]
+                downloaded[(trial.trial_id, name)] = (tracker.download(run.info.run_id, name, Path(tmp) / trial.trial_id)
+                                                      if run else None)
+            return downloaded[(trial.trial_id, name)]
 
         context = ReportContext(spec, trials, results, stats, load_predictions(trials, predictions_of), predictions_of,
                                 out_dir, footnotes, study_data_dir(spec), log)

@@ -36,12 +36,14 @@ def _model_source(spec: StudySpec, model: ModelSpec) -> tuple[str, Optional[str]
 
 
 def finetune_config(spec: StudySpec, dataset: str, split: float, fmt: str, model: ModelSpec,
-                    seed: int) -> FinetuneConfig:
-    """The exact config a supervised trial's trainer receives."""
+                    seed: int, eval_views: Iterable[str] = ()) -> FinetuneConfig:
+    """The exact config a supervised trial's trainer receives (``eval_views``: its grid's test views, outside
+    the trial id)."""
     source, identity = _model_source(spec, model)
     return FinetuneConfig(dataset=dataset, split=split, input_format=fmt, model=source,
                           encoder=spec.encoder_of(model) or spec.encoder, data=spec.data, head=spec.head,
-                          training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity)
+                          training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity,
+                          eval_views=tuple(eval_views))
 
 
 def fewshot_config(spec: StudySpec, dataset: str, n: int, k: int, fmt: str, model: ModelSpec) -> FewshotConfig:
@@ -73,8 +75,13 @@ def expand(spec: StudySpec) -> list[Trial]:
         tid = trial_id(kind, cfg, spec.trainer)
         if tid in by_id:
             old = by_id[tid]
-            if table not in old.tables:
-                by_id[tid] = Trial(**{**asdict(old), "tables": old.tables + (table,), "config": old.config})
+            config = old.config
+            views = list(dict.fromkeys([*config.get("eval_views", ()), *cfg.to_dict().get("eval_views", ())]))
+            if views != list(config.get("eval_views", ())):  # two grids ask for views of one trial: all of them
+                config = {**config, "eval_views": views}
+            if table not in old.tables or config is not old.config:
+                tables = old.tables + (table,) if table not in old.tables else old.tables
+                by_id[tid] = Trial(**{**asdict(old), "tables": tables, "config": config})
             return
         by_id[tid] = Trial(trial_id=tid, kind=kind, tables=(table,), config=cfg.to_dict(), **labels)
         order.append(tid)
@@ -85,7 +92,7 @@ def expand(spec: StudySpec) -> list[Trial]:
                 for model in spec.grid_models(grid.models):
                     for fmt in grid.formats:
                         for seed in grid.seeds or spec.seeds:
-                            cfg = finetune_config(spec, dataset, split, fmt, model, seed)
+                            cfg = finetune_config(spec, dataset, split, fmt, model, seed, grid.eval_views)
                             add("finetune", cfg, grid.table, dataset=dataset, setting=split_label(split),
                                 format=fmt, model=model.name, seed=seed)
     if spec.fewshot is not None:
@@ -166,6 +173,26 @@ def example_epochs(trial: Trial) -> float:
     return estimate.fewshot_example_epochs(c["n_way"], c["k_shot"], c["settings"])
 
 
+def views_lacking(trials: Iterable[Trial], runs: dict[str, Any]) -> dict[str, list[str]]:
+    """Finished trial id -> the test views its grid asks for that its MLflow run has no figures of.
+
+    Views are evaluations outside the trial id, so a trial that finished before its grid asked for a view
+    stays finished: a run does not train it again. Trials keep no weights (a study's storage holds their
+    predictions and metrics only), so such a view can only be had by training the trial again.
+    """
+    out: dict[str, list[str]] = {}
+    for trial in trials:
+        run = runs.get(trial.trial_id)
+        wanted = (trial.config or {}).get("eval_views") or ()
+        if run is None or not wanted:
+            continue
+        logged = {key.split("/")[1] for key in run.data.metrics if key.startswith("view/")}
+        lacking = [view for view in wanted if view not in logged]
+        if lacking:
+            out[trial.trial_id] = lacking
+    return out
+
+
 @dataclass
 class PlanSummary:
     """What ``recon study plan`` prints."""
@@ -179,15 +206,19 @@ class PlanSummary:
     estimated_hours_remaining: float
     note: str
     unavailable: list[dict[str, Any]] = field(default_factory=list)  # cells that cannot run here, and why
+    # finished trials without some test view their grid asks for: views, count, what having them costs
+    views_lacking: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = (),
-              missing: Optional[dict[str, str]] = None) -> PlanSummary:
-    """Trials per table, finished so far, compute estimate; ``missing`` (trial id -> reason) is left out."""
+              missing: Optional[dict[str, str]] = None, lacking: Optional[dict[str, list[str]]] = None) -> PlanSummary:
+    """Trials per table, finished so far, compute estimate; ``missing`` (trial id -> reason) is left out;
+    ``lacking`` (:func:`views_lacking`) is priced as training those trials again."""
     done = set(finished)
+    lacking = lacking or {}
     missing = missing or {}
     per_table: dict[str, dict[str, int]] = {}
     total = remaining = 0.0
@@ -203,6 +234,15 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
         total += seconds
         if trial.trial_id not in done:
             remaining += seconds
+    retrain = sum(example_epochs(t) * seconds_per_example(spec, t.model) for t in trials if t.trial_id in lacking)
+    views_note = {}
+    if lacking:
+        views_note = {"trials": len(lacking), "views": sorted({v for vs in lacking.values() for v in vs}),
+                      "retrain_hours": round(retrain / 3600, 3),
+                      "note": "these trials finished before their grid asked for these views; trials keep no weights, "
+                              "so the views cannot be scored on the trained weights: `recon study run` leaves them "
+                              "out (the name-reliance table says so), and having them means training the trials again "
+                              "(their MLflow runs deleted, or the study under a new name)"}
     stages = {}
     for name, stage in spec.pretrain.items():
         seconds = estimate.pretrain_seconds(stage.steps, stage.batch_size, stage.max_length,
@@ -217,9 +257,9 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
         estimated_hours_remaining=round(remaining / 3600, 3),
         note=(estimate.note(estimate.SECONDS_PER_EXAMPLE, estimate.SECONDS_PER_PAIR)
               + "; sequential, one device: divide by the number of concurrent trials; unavailable cells excluded."),
-        unavailable=unavailable_cells(trials, missing),
+        unavailable=unavailable_cells(trials, missing), views_lacking=views_note,
     )
 
 
 __all__ = ["expand", "summarize", "PlanSummary", "example_epochs", "seconds_per_example", "finetune_config",
-           "fewshot_config", "unavailable_trials", "unavailable_cells"]
+           "fewshot_config", "unavailable_trials", "unavailable_cells", "views_lacking"]

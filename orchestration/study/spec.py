@@ -19,6 +19,8 @@ Shape (see ``studies/paper.yaml`` and ``studies/demo.yaml``)::
       cp: {objective: cp, steps: 30, batch_size: 16, num_workers: 2}   # PretrainConfig fields
     grids:                        # one grid per paper table; cells = datasets x splits x formats x models
       - {table: table5, datasets: [semeval], splits: [0.01, 0.1], formats: [C+M, OnlyC, OnlyM]}
+      - {table: table5, datasets: [semeval], splits: [0.1], formats: [C+M],          # the same trials (same ids),
+         eval_views: [swap-type, swap-unseen, swap-random, onlyc]}                    # also scored on test views
     seeds: [42, 43, 44, 45, 46]
     data: {split_source: paper, max_eval: 100, max_length: 48}          # DataOptions fields
     training: {epochs: 2, lr: 3.0e-4}                                   # TrainConfig fields
@@ -42,6 +44,7 @@ from recon.core.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES
 from recon.core.spec_fields import SeedList
 from recon.core.yaml_layers import SpecError, merged_layers, validation_problems, with_protocol
 from recon.data_prep.formats import FORMAT_NAMES, InputFormat
+from recon.data_prep.name_swap import check_kinds
 from recon.data_prep.registry import fewshot_datasets, supervised_datasets
 from recon.models.train.fewshot import FewshotSettings
 from recon.models.train.finetune_config import CHECKPOINT_PREFIX, CnnTraining, DataOptions
@@ -123,8 +126,19 @@ class GridSpec(_Strict):
     formats: list[str] = Field(default_factory=lambda: ["C+M"], min_length=1)
     models: Optional[list[str]] = None  # names from the study's ``models``; default: all of them
     seeds: Optional[SeedList] = None   # default: the study's ``seeds``
+    # Test views scored on each trained trial's weights after training (recon.models.train.views): evaluations
+    # of the same weights, so they are not part of the trial id; every name is checked here, before compute.
+    eval_views: list[str] = Field(default_factory=list)
 
     _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("supervised")(v)))
+
+    @field_validator("eval_views")
+    @classmethod
+    def _views(cls, value: list[str]) -> list[str]:
+        try:
+            return list(dict.fromkeys(check_kinds(str(v) for v in value)))
+        except ReconError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("splits")
     @classmethod

@@ -366,6 +366,29 @@ def final_metrics(trial: Trial, result: dict[str, Any]) -> dict[str, float]:
         out.update(numeric_items({k: v for k, v in counts.items() if k != "examples"}, f"{split}_"))
     for reason, count in (result.get("skipped_records") or {}).items():
         out[metric_key(f"skipped/{reason}")] = float(count)
+    out.update(view_metrics(trial, result))
+    return out
+
+
+def view_metrics(trial: Trial, result: dict[str, Any]) -> dict[str, float]:
+    """Per test view of the trained weights (``result["views"]``, ``recon.models.train.views``):
+    ``view/<name>/test_<metric>`` (every test figure), ``view/<name>/test_metric`` (the trial's metric),
+    ``view/<name>/drop`` (original minus view, in that metric), ``flip_share``, ``flip_share_changed``,
+    ``n_changed``; a view that failed logs ``view/<name>/failed`` = 1 (its error is in the run's notes)."""
+    out: dict[str, float] = {}
+    original = (result.get("test") or {}).get(trial.metric)
+    for name, view in (result.get("views") or {}).items():
+        if "error" in view:
+            out[metric_key("view", name, "failed")] = 1.0
+            continue
+        figures = {f"test_{k}": v for k, v in (view.get("test") or {}).items()}
+        figures.update({k: view.get(k) for k in ("flip_share", "flip_share_changed", "n_changed")})
+        value = (view.get("test") or {}).get(trial.metric)
+        if isinstance(value, (int, float)):
+            figures["test_metric"] = value
+            if isinstance(original, (int, float)):
+                figures["drop"] = float(original) - float(value)
+        out.update({metric_key("view", name, k): v for k, v in numeric_items(figures).items()})
     return out
 
 

@@ -107,7 +107,7 @@ def _placed(spec, storage: str | None):
 
 def _plan(args: argparse.Namespace) -> int:
     from recon.core.ray_session import cluster_to_join
-    from recon.orchestration.study.plan import expand, summarize, unavailable_trials
+    from recon.orchestration.study.plan import expand, summarize, unavailable_trials, views_lacking
     from recon.orchestration.study.preflight import study_problems
     from recon.orchestration.study.runner import study_storage
     from recon.orchestration.study.tracker import StudyTracker
@@ -116,9 +116,10 @@ def _plan(args: argparse.Namespace) -> int:
     spec = _load(args)
     trials = expand(spec)
     tracker = StudyTracker(spec.resolved_tracking_uri(), spec.name, create=False) if _store_exists(spec) else None
-    finished = tracker.finished_trial_ids() if tracker and tracker.exists else set()
+    runs = tracker.trial_runs() if tracker and tracker.exists else {}
+    finished = set(runs)
     missing = unavailable_trials(spec, trials, study_data_dir(spec))
-    summary = summarize(spec, trials, finished, missing)
+    summary = summarize(spec, trials, finished, missing, views_lacking(trials, runs))
     runnable = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]
     problems = study_problems(spec, runnable, study_storage(spec), spec.resolved_tracking_uri(),
                               local_ray=cluster_to_join(spec.ray.address) is None)
@@ -138,6 +139,10 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"  pretrain {stage}: {info['objective']}, {info['steps']} steps, ~{info['estimated_hours']} h")
     print(f"estimated compute: {summary.estimated_hours_total} h in all, {summary.estimated_hours_remaining} h left")
     print(f"  ({summary.note})")
+    if summary.views_lacking:
+        lack = summary.views_lacking
+        print(f"test views not scored: {lack['trials']} finished trials lack {', '.join(lack['views'])}; "
+              f"{lack['note']} (~{lack['retrain_hours']} h)")
     if summary.unavailable:
         print(f"cells that cannot run here ({len(missing)} trials; `recon study run` runs the rest and the tables "
               "say why these are blank):")
