@@ -254,11 +254,11 @@ def write_summary(spec: StudySpec, tracker: Optional[StudyTracker] = None, *, lo
                            "tables` rebuilds it from MLflow once the trials are logged")
     (out_dir / "notes.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
     if storage is not None:
-        log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells, from storage -> {out_dir}")
+        log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells, from storage")
         return out_dir
     tracker.log_study_summary(summary_metrics(stats), out_dir, spec.source,
                               description=study_run_description(spec, trials, results, out_dir),
                               tags=study_tags(spec, trials))
     tracker.describe_experiment(experiment_description(spec, trials), study_tags(spec, trials))
-    log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells -> {out_dir}")
-    return out_dir
+    log(f"summary: {len(results['trial_id'].unique())} trials, {len(stats)} cells")  # the caller says where they
+    return out_dir                                                                     # are kept (a job: storage)
