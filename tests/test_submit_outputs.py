@@ -80,7 +80,7 @@ def test_submitted_study_is_browsed_with_the_printed_command_after_the_cluster_s
     assert not job_temp.exists()  # the cluster is stopped: Ray's copy of the job's working dir is gone
 
     home = storage / "studies" / "tiny-sub"
-    assert tables == str(home / "summary") and summary.endswith(f"-> {home / 'summary'}")
+    assert tables == str(home / "summary") and summary == "2 trials, 1 cells"
     assert (home / "summary" / "table5.md").is_file()
     argv = shlex.split(browse)
     assert argv[:3] == ["recon", "ui", "--tracking-uri"] and str(home / "mlflow.db") in argv[3]
