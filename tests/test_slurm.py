@@ -4,12 +4,15 @@
   and its srun / ray lines, and run it under bash with stand-ins for scontrol, srun, ray, python and
   recon that record their arguments: the head address, the port block, the worker step, the recon
   command's flags, the token check and the clean-up are what the script really does, not just what it says.
-* End to end (``slow``), on the one-node Slurm of ``slurm_harness`` (real munged / slurmctld / slurmd): a
-  4-trial toy study submitted with ``submit`` finishes with one FINISHED MLflow run per trial and its
-  tables; the same study with a slower trainer is cancelled mid-grid, submitted again, and ends with every
-  trial exactly once in MLflow and no trial that had finished trained twice (attempt markers, as in the
-  cluster tests). Shared mode only: ``ray symmetric-run`` ends with ``ray stop``, which would stop every
-  other Ray on this machine.
+* End to end (``slow``), on the one-node Slurm of ``slurm_harness`` (real munged / slurmctld / slurmd), in
+  both modes: a 4-trial toy study submitted with ``submit`` finishes with one FINISHED MLflow run per trial
+  and its tables; the same study with a slower trainer is cancelled mid-grid, submitted again, and ends with
+  every trial exactly once in MLflow and no trial that had finished trained twice (attempt markers, as in
+  the cluster tests). Symmetric mode (``srun ray symmetric-run``, which ends with ``ray stop``) is safe on
+  this shared machine because slurmd, and so every job step, runs in a PID and mount namespace of its own
+  (see ``slurm_harness``): the test checks that a process outside it which ``ray stop`` would stop (its
+  command line names a Ray worker) outlives the job. The CLI test (the job's own MLflow server) is shared
+  mode.
 """
 from __future__ import annotations
 
@@ -436,13 +439,36 @@ def job_env(tmp_path, monkeypatch):
     shutil.rmtree(ray_root, ignore_errors=True)
 
 
-def _settings(cluster, tmp_path: Path, folder: Path, job_env: dict, name: str) -> SlurmSettings:
+def _settings(cluster, tmp_path: Path, folder: Path, job_env: dict, name: str, mode: str = "shared") -> SlurmSettings:
+    ray_args, port = ["--object-store-memory=150000000"], {}
+    if mode == "symmetric":  # Ray's fixed default ports (52365, 10001, 8265...) may be taken by other Rays here
+        port = {"port": free_port()}
+        ray_args += ["--include-dashboard=false"] + [f"--{service}-port={free_port()}" for service in (
+            "node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent",
+            "metrics-export", "ray-client-server")]
     return SlurmSettings(
         nodes=1, cpus_per_node=cluster.cpus, job_name=name, storage=str(tmp_path / "storage"),
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}", workdir=str(folder),
         script_dir=str(tmp_path / "slurm"), python=sys.executable, ray_temp_root=str(job_env["ray_root"]),
         activate=f"export PATH={job_env['bin']}:{Path(sys.executable).parent}:$PATH",
-        ray_args=["--object-store-memory=150000000"], node_wait_s=120)
+        ray_args=ray_args, node_wait_s=120, mode=mode, **port)
+
+
+@pytest.fixture
+def ray_stop_target():
+    """A process outside slurmd's namespace that ``ray stop`` would stop if it saw it (its command line names
+    ``default_worker.py``, one of Ray's process keywords; SIGTERM ends it): alive after a symmetric job means
+    the job's ``ray stop`` stayed inside the namespace. Stopped here by its own pid."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "default_worker.py"],
+                            start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def _ray_daemons_killed_by_epilog(cluster, job_id: str) -> list[str]:
+    """The job's Ray daemons the harness's Epilog had to kill: none when the job stopped its own Ray."""
+    return [k for k in cluster.epilog_kills(job_id) if "gcs_server" in k or "/raylet" in k]
 
 
 def _processes_under(marker: str) -> list[int]:
@@ -497,7 +523,9 @@ def _wait_ok(job_id: str, timeout_s: float = 600) -> slurm.SlurmJob:
 
 
 @pytest.mark.slow
-def test_study_submitted_to_slurm_runs_every_trial_once(slurm_cluster_fixture, tmp_path, job_env, capsys):
+@pytest.mark.parametrize("mode", ["shared", "symmetric"])
+def test_study_submitted_to_slurm_runs_every_trial_once(mode, slurm_cluster_fixture, tmp_path, job_env,
+                                                        ray_stop_target, capsys):
     from recon.orchestration.study.plan import expand
     from recon.orchestration.study.spec import load_spec
 
@@ -507,7 +535,7 @@ def test_study_submitted_to_slurm_runs_every_trial_once(slurm_cluster_fixture, t
     spec = load_spec(path)
     trials = expand(spec)
     assert len(trials) == 4
-    settings = _settings(slurm_cluster_fixture, tmp_path, path.parent, job_env, "recon-e2e")
+    settings = _settings(slurm_cluster_fixture, tmp_path, path.parent, job_env, "recon-e2e", mode)
     job_id = slurm.submit(settings, ["recon", "study", "run", str(path)])
     out = capsys.readouterr().out
     assert f"submitted Slurm job {job_id}" in out and str(settings.log_path(job_id)) in out
@@ -524,15 +552,22 @@ def test_study_submitted_to_slurm_runs_every_trial_once(slurm_cluster_fixture, t
     assert all((tmp_path / "storage" / "results" / t.trial_id / "result.json").is_file() for t in trials)
     assert _attempts(marks) == {t.trial_id: 1 for t in trials}
     script = next((tmp_path / "slurm").glob("recon-e2e-*.sbatch")).read_text()
+    commands = [ln for ln in script.replace(" \\\n  ", " ").splitlines() if not ln.startswith("#")]
+    assert any(ln.startswith("srun ") and " ray symmetric-run " in ln for ln in commands) == (mode == "symmetric")
     assert job_env["token"] not in script and job_env["token"] not in "".join(slurm.logs(job_id))
     assert _no_ray_left(str(job_env["ray_root"])) == [], "the job left Ray processes behind"
+    assert _ray_daemons_killed_by_epilog(slurm_cluster_fixture, job_id) == [], "the job did not stop its Ray"
+    assert ray_stop_target.poll() is None, "the job's `ray stop` reached a process outside its namespace"
     assert slurm.cancel(job_id) is False  # already over
     with capsys.disabled():
-        print(f"\n[slurm e2e] study of {len(trials)} trials through Slurm: {time.monotonic() - started:.1f}s")
+        print(f"\n[slurm e2e] {mode}: study of {len(trials)} trials through Slurm: "
+              f"{time.monotonic() - started:.1f}s")
 
 
 @pytest.mark.slow
-def test_cancelled_mid_grid_then_resubmitted_trains_nothing_twice(slurm_cluster_fixture, tmp_path, job_env, capsys):
+@pytest.mark.parametrize("mode", ["shared", "symmetric"])
+def test_cancelled_mid_grid_then_resubmitted_trains_nothing_twice(mode, slurm_cluster_fixture, tmp_path, job_env,
+                                                                   ray_stop_target, capsys):
     from recon.orchestration.study.plan import expand
     from recon.orchestration.study.spec import load_spec
 
@@ -541,7 +576,7 @@ def test_cancelled_mid_grid_then_resubmitted_trains_nothing_twice(slurm_cluster_
     path = _toy_study(tmp_path / "study", marks, sleep=6, concurrent=1)
     spec = load_spec(path)
     trials = expand(spec)
-    settings = _settings(slurm_cluster_fixture, tmp_path, path.parent, job_env, "recon-cancel")
+    settings = _settings(slurm_cluster_fixture, tmp_path, path.parent, job_env, "recon-cancel", mode)
     command = ["recon", "study", "run", str(path)]
     first = slurm.submit(settings, command)
     results = tmp_path / "storage" / "results"
@@ -554,7 +589,11 @@ def test_cancelled_mid_grid_then_resubmitted_trains_nothing_twice(slurm_cluster_
     assert slurm.cancel(first) is True
     cancelled = slurm.wait(first, timeout_s=120, poll_s=1)
     assert cancelled.state == "CANCELLED", cancelled
+    # symmetric mode: scancel's SIGTERM ends `ray symmetric-run` before its `ray stop`; the Ray that its
+    # `ray start` left (no longer children of the step) is what a real cluster's cgroup, here the Epilog, kills
     assert _no_ray_left(str(job_env["ray_root"])) == [], "scancel left Ray processes behind"
+    if mode == "shared":
+        assert _ray_daemons_killed_by_epilog(slurm_cluster_fixture, first) == [], "scancel: Ray not stopped by the job"
     finished_at_cancel = {p.parent.name for p in results.glob("*/result.json")}
     assert len(finished_at_cancel) < len(trials), "the cancel should land mid-grid"
 
@@ -568,11 +607,15 @@ def test_cancelled_mid_grid_then_resubmitted_trains_nothing_twice(slurm_cluster_
     attempts = _attempts(marks)
     assert all(attempts[tid] == 1 for tid in finished_at_cancel), (finished_at_cancel, attempts)  # never retrained
     assert set(attempts) == {t.trial_id for t in trials}
-    assert (spec.resolved_output_dir() / "summary" / "table5.md").is_file()
+    summary = spec.resolved_output_dir() / "summary"
+    assert (summary / "table5.md").is_file() and len((summary / "cells.csv").read_text().splitlines()) == 3
     assert _no_ray_left(str(job_env["ray_root"])) == []
+    assert _ray_daemons_killed_by_epilog(slurm_cluster_fixture, second) == [], "the job did not stop its Ray"
+    assert ray_stop_target.poll() is None, "the job's `ray stop` reached a process outside its namespace"
     with capsys.disabled():
-        print(f"\n[slurm e2e] cancel after {len(finished_at_cancel)} of {len(trials)} trials, resubmit, finish: "
-              f"{time.monotonic() - started:.1f}s; attempts per trial {sorted(attempts.values())}")
+        print(f"\n[slurm e2e] {mode}: cancel after {len(finished_at_cancel)} of {len(trials)} trials, resubmit, "
+              f"finish: {time.monotonic() - started:.1f}s; attempts per trial {sorted(attempts.values())}; "
+              f"processes the epilog killed after the cancel: {len(slurm_cluster_fixture.epilog_kills(first))}")
 
 
 def _port_open(port: int) -> bool:
