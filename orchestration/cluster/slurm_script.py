@@ -28,7 +28,7 @@ def render_sbatch(settings: SlurmSettings, command: list[str]) -> str:
              _shared_ray(settings) if settings.mode == "shared" else _symmetric_ray(settings),
              _run(settings, _command_line(settings, command, storage, tracking))]
     if settings.mlflow_server and settings.mode == "symmetric":
-        parts[3:3] = [_mlflow_cleanup(settings, ray=False), _mlflow_start(settings), _mlflow_wait(settings)]
+        parts[4:4] = [_mlflow_cleanup(settings, ray=True), _mlflow_start(settings), _mlflow_wait(settings)]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
@@ -188,6 +188,12 @@ def _symmetric_ray(s: SlurmSettings) -> str:
         "# give the job whole nodes (#SBATCH --exclusive).",
         f"gcs_port={s.port}",
         f"export RAY_SYMMETRIC_RUN_CLUSTER_WAIT_TIMEOUT={s.node_wait_s}   # how long the head waits for the nodes",
+        "# scancel's SIGTERM ends `ray symmetric-run` before its own `ray stop`, which would leave the head's Ray",
+        "# running on a node without cgroup process tracking (and the next symmetric job there refused): on any",
+        "# exit, stop this node's Ray as symmetric-run would. The other nodes' `ray start --block` end with the head.",
+        "stop_ray() { ray stop --force > /dev/null 2>&1 || true; }",
+        "trap stop_ray EXIT",
+        "trap 'exit 143' TERM INT",
         'export RAY_ADDRESS="$head_ip:$gcs_port"   # any Ray client of the command joins this cluster',
         'echo "recon: job $SLURM_JOB_ID, nodes $SLURM_JOB_NODELIST; Ray head $head_node at $RAY_ADDRESS, '
         'temp dir $ray_tmp"'])
