@@ -29,6 +29,9 @@ def save_weights(model: Any, folder: str | os.PathLike) -> dict:
     target = folder / WEIGHTS_FILE
     partial = folder / f".{WEIGHTS_FILE}.partial"
     save_model(model, str(partial))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # readable like the trial's other files (the writer creates it 0600)
     os.replace(partial, target)
     return {"file": WEIGHTS_FILE, "bytes": target.stat().st_size, "tensors": len(model.state_dict())}
 
