@@ -58,6 +58,18 @@ def test_kept_weights_reproduce_predictions_and_views_without_training(encoder, 
     assert later["view_predictions"] == _rows(tmp_path / "views" / "view_predictions.jsonl")
 
 
+def test_the_cnn_baseline_keeps_and_reloads_its_weights_too(encoder, tmp_path):
+    """The CNN is rebuilt from its config (vocabularies fitted on train again) and reproduces its predictions."""
+    from recon.models.train.finetune_config import CnnTraining
+
+    cfg = cfg_for(encoder, seed=7).replace(model="cnn", cnn=CnnTraining(epochs=3), keep_weights=True)
+    trained = run_finetune(cfg, out_dir=tmp_path)
+    stored = _rows(tmp_path / "predictions.jsonl")
+    later = evaluate_kept(cfg.replace(eval_views=("onlyc",)), tmp_path / WEIGHTS_FILE, stored)
+    assert later["predictions_checked"] == trained["n_test"] and later["test"] == trained["test"]
+    assert "error" not in later["views"]["onlyc"] and later["views"]["onlyc"]["n"] == trained["n_test"]
+
+
 def test_weights_that_do_not_reproduce_the_stored_predictions_are_refused(encoder, tmp_path):
     from safetensors.torch import load_file, save_file
 

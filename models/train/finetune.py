@@ -18,6 +18,9 @@ Using it is recorded in ``notes``: such a score is not the paper's full-test fig
 ``eval_views`` (``--eval-views swap-type swap-unseen swap-random onlyc``) also scores the trained weights on
 test views after training (``recon.models.train.views``): ``out["views"][name]`` holds each view's figures
 and flip share, ``view_predictions.jsonl`` its predictions paired with ``predictions.jsonl`` by ``index``.
+``keep_weights`` (``--keep-weights``) also writes the trained model (``weights.safetensors``), and
+:func:`evaluate_kept` scores such weights on views later, rebuilding the model from the same config, without
+training (``recon.orchestration.study.kept`` runs it for views added to a finished study).
 """
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ merged file to the trial's existing FINISHED MLflow run (:meth:`StudyTracker.add
 
 A trial without kept weights is left as it is: nothing trains again on its own; ``recon study plan`` says what
 training it again would cost (:func:`split_lacking`).
+
+The check that the weights give the stored predictions again is exact, so the evaluation must compute as the
+training did: a trial trained on a GPU, or on a CPU with native bf16 evaluated on one without, may differ in a
+few near-tied predictions and is then refused with the count (the task runs on CPUs only).
 """
 from __future__ import annotations
 
