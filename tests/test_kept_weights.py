@@ -189,3 +189,24 @@ def test_a_view_added_to_a_finished_study_is_scored_from_kept_weights(tmp_path, 
     assert main(["study", "run", str(path)]) == 0  # a third run: nothing left to score
     assert _markers(markers, "eval") == sorted(kept)
     assert "given new views" not in capsys.readouterr().out
+
+    # One more view; one trial's kept weights are damaged: the other gets it merged beside onlyc, the damaged
+    # one fails without a half-written result, and the run says so (exit 1); still nothing trains.
+    good, bad = sorted(kept)
+    (results / bad / "weights.pkl").write_bytes(b"not a pickle")
+    bad_result = (results / bad / "result.json").read_text()
+    onlyc_rows = _rows(results / good / "view_predictions.jsonl")
+    _study(tmp_path, "[onlyc, swap-random]")
+    assert main(["study", "run", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 given new views from kept weights" in out and "1 could not be scored from kept weights" in out
+    assert f"trial {bad}: views swap-random not scored from its kept weights" in out
+    assert _markers(markers, "train") == sorted(t.trial_id for t in trials)
+    assert (results / bad / "result.json").read_text() == bad_result
+    final = tracker.trial_runs()
+    assert "view/swap-random/flip_share" not in final[bad].data.metrics
+    assert "view/swap-random/flip_share" in final[good].data.metrics
+    assert final[good].data.tags["recon.views_from_weights"] == "onlyc,swap-random"
+    rows = _rows(results / good / "view_predictions.jsonl")
+    assert [r for r in rows if r["view"] == "onlyc"] == onlyc_rows and {r["view"] for r in rows} == {"onlyc",
+                                                                                                   "swap-random"}

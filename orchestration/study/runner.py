@@ -12,6 +12,9 @@ How it fits together (each job in its own module)
 * ``stages``: pre-training stages named by models (``@pretrain.<stage>``) run first; their final
   encoders are published in storage and fetched by trials once per node.
 * ``study_data``: the driver publishes the datasets' files; trials rebuild them from their node's cache.
+* ``kept``: finished trials lacking a view their grid now asks for are scored on their kept weights (one
+  CPU-only Ray task each, no training) and the views added to their MLflow runs; without kept weights they
+  are left as they are (``recon study plan`` prices training them again).
 * ``trials`` / ``trainable``: what a trial runs on its node; its outputs go to
   ``<storage>/results/<trial id>/`` (``result.json`` last), and its final report carries the metrics.
 * here: the Tune run, and a Tune callback through which the driver logs each completed trial to
@@ -81,6 +84,7 @@ class StudyOutcome:
     unlogged: list[str] = field(default_factory=list)  # finished (in storage), not in MLflow: the server was down
     tracking_uri: str = ""
     evaluated: list[str] = field(default_factory=list)  # finished trials whose new views came from kept weights
+    views_failed: list[str] = field(default_factory=list)  # finished trials whose kept weights could not be scored
     views_not_scored: list[str] = field(default_factory=list)  # finished trials lacking views, no weights kept
 
 
@@ -226,6 +230,7 @@ def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker
             "trained again (`recon study plan` says what that would cost)")
     failed: list[str] = []
     evaluated: list[str] = []
+    views_failed: list[str] = []
     unlogged: list[str] = []
     work = [*pending, *(t for t in trials if t.trial_id in from_weights)]
     if work:
@@ -236,20 +241,18 @@ def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker
                                               else set())
         data = publish_study_data(needed, data_root, store)
         if from_weights:
-            evaluated, failed_views = _views_from_weights(spec, trials, from_weights, tracker, runs, store,
+            evaluated, views_failed = _views_from_weights(spec, trials, from_weights, tracker, runs, store,
                                                           checkpoints, data, log, start_ray)
-            failed.extend(failed_views)
         if pending:
-            failed_trials, unlogged = _tune(spec, pending, tracker, store, checkpoints, data, log)
-            failed.extend(failed_trials)
+            failed, unlogged = _tune(spec, pending, tracker, store, checkpoints, data, log)
     if unlogged:  # the server did not answer at the end: count from what this run knows, not from MLflow
-        logged = skipped + harvested + len(pending) - len(set(failed) & {t.trial_id for t in pending}) - len(unlogged)
+        logged = skipped + harvested + len(pending) - len(failed) - len(unlogged)
     else:
         logged = len(tracker.finished_trial_ids() & {t.trial_id for t in trials})
     return StudyOutcome(trials=len(trials), skipped=skipped, harvested=harvested, ran=len(pending),
                         failed=failed, logged=logged, seconds=round(time.time() - start, 1),
                         unavailable=len(missing), storage=store.uri, unlogged=unlogged,
-                        tracking_uri=tracker.tracking_uri, evaluated=evaluated,
+                        tracking_uri=tracker.tracking_uri, evaluated=evaluated, views_failed=views_failed,
                         views_not_scored=sorted(retrain))
 
 

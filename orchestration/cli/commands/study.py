@@ -277,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow"
             + (f", {len(outcome.unlogged)} not yet (server down)" if outcome.unlogged else "")
             + (f"; {len(outcome.evaluated)} given new views from kept weights" if outcome.evaluated else "")
+            + (f"; {len(outcome.views_failed)} could not be scored from kept weights (see above)"
+               if outcome.views_failed else "")
             + (f"; {len(outcome.views_not_scored)} lack views and kept no weights (see `recon study plan`)"
                if outcome.views_not_scored else "") + f" ({outcome.seconds} s)")
         if outcome.unlogged:
@@ -295,7 +297,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"{outcome.tracking_uri} did not answer. Their results are in storage ({outcome.storage}) and the tables "
                 f"above were built from there; when the server answers, `recon study resume {args.file}` logs them "
                 "(nothing trains again) and rebuilds the tables from MLflow.")
-    return 1 if outcome.failed or outcome.unlogged else 0
+    return 1 if outcome.failed or outcome.unlogged or outcome.views_failed else 0
 
 
 def _stage_heldout(spec, storage: str | None) -> dict[str, dict]:
