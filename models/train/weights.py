@@ -40,7 +40,7 @@ def load_weights(model: Any, path: str | os.PathLike) -> Any:
     """Load kept weights into a model rebuilt from the same config (strict: every key, every shape)."""
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(model, str(path), strict=True)
+    load_model(model, str(path), strict=True)
     return model
 
 

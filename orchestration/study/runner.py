@@ -38,7 +38,7 @@ from recon.orchestration.study.stages import ensure_pretrained, say, study_data_
 from recon.core.hardware import cpu_bf16_name
 from recon.core.storage import Storage, resolve_storage
 from recon.orchestration.study.data import FEWSHOT_NEEDS, publish_local_models, publish_study_data
-from recon.orchestration.study.trainable import RESULTS, result_rel, tune_trainable
+from recon.orchestration.study.trainable import result_rel, tune_trainable
 from recon.orchestration.study.tracker import StudyTracker
 from recon.orchestration.study.trainers import load_evaluator, trainer_source
 from recon.orchestration.study.writer import TrialWriter
