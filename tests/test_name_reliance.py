@@ -209,8 +209,9 @@ def test_browser_data_carries_view_predictions_and_swapped_sentences():
 
 
 def test_plan_says_which_finished_trials_lack_views_and_what_they_cost(tmp_path, capsys):
-    """A trial finished without views; its grid now asks for one: same id, so it stays finished, and the plan
-    says its view cannot be scored on kept weights and prices training it again."""
+    """A trial finished without views (so without kept weights: its grid asked for none); its grid now asks for
+    one: same id, so it stays finished, and the plan says its view cannot be scored on kept weights and prices
+    training it again (tests/test_kept_weights.py: a trial that kept them)."""
     from recon.orchestration.cli.main import main
     from recon.orchestration.study.runner import harvest, study_storage
     from recon.orchestration.study.tracker import StudyTracker
@@ -236,6 +237,7 @@ def test_plan_says_which_finished_trials_lack_views_and_what_they_cost(tmp_path,
     lack = plan["views_lacking"]
     assert lack["trials"] == 1 and lack["views"] == ["onlyc", "swap-type"] and lack["retrain_hours"] > 0
     assert "keep no weights" in lack["note"] and "training the trials again" in lack["note"]
+    assert lack["from_weights"]["trials"] == 0 and lack["retrain"]["trial_ids"] == [trial.trial_id]
     assert main(["study", "plan", str(path)]) in (0, 1)
     assert "test views not scored: 1 finished trials lack onlyc, swap-type" in capsys.readouterr().out
 

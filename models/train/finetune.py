@@ -18,6 +18,9 @@ Using it is recorded in ``notes``: such a score is not the paper's full-test fig
 ``eval_views`` (``--eval-views swap-type swap-unseen swap-random onlyc``) also scores the trained weights on
 test views after training (``recon.models.train.views``): ``out["views"][name]`` holds each view's figures
 and flip share, ``view_predictions.jsonl`` its predictions paired with ``predictions.jsonl`` by ``index``.
+``keep_weights`` (``--keep-weights``) also writes the trained model (``weights.safetensors``), and
+:func:`evaluate_kept` scores such weights on views later, rebuilding the model from the same config, without
+training (``recon.orchestration.study.kept`` runs it for views added to a finished study).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from recon.core.atomic import write_texts_or_keep
+from recon.core.errors import ReconError
 from recon.data_prep.example import portable_source
 from recon.data_prep.formats import InputFormat
 from recon.models.train.finetune_config import EVAL_SAMPLE_SEED, FinetuneConfig
@@ -141,23 +145,36 @@ def _cnn_setup(cfg: FinetuneConfig, fmt: InputFormat, ds, splits: dict, label2id
     return _Setup(model, *data, collate=None, notes=notes, encode=encode)
 
 
-def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None,
-                 dev_predictions: bool = False) -> dict:
-    """Fine-tune and evaluate; returns JSON-able metrics, and writes them (and predictions) to ``out_dir``.
+@dataclass
+class _Prepared:
+    """A trial's model (untrained), data and evaluation settings, built from its config alone: what training
+    starts from, and what an evaluation of kept weights rebuilds (the same encoder, head, label map, format,
+    max_length, examples and encodings)."""
 
-    ``metric`` (``dev.score``) selects the best epoch; ``reported`` is what the tables print for this
-    dataset under ``data.scorer`` (SemEval's official score with ``official``), at that epoch.
-    ``dev_predictions`` (with ``out_dir``) also writes ``dev_predictions.jsonl``: the dev predictions of
-    the best-dev weights ``fit`` leaves in the model (one more dev pass), which reproduce ``dev``'s score;
-    a sweep's paired bootstrap over dev examples reads them. Off by default: nothing else changes.
-    """
-    from recon.core.protocol import describe
+    fmt: InputFormat
+    ds: Any
+    subset: Any
+    train: list
+    dev: list
+    test: list
+    n_dev_all: int
+    n_test_all: int
+    splits: dict
+    setup: _Setup
+    train_cfg: Any
+    label2id: dict
+    id2label: dict
+    scorers: dict
+    reported: str
+    notes: list
+    test_examples: list  # the test split as the views read it (with the entity types the format needs)
+
+
+def _prepare(cfg: FinetuneConfig) -> _Prepared:
     from recon.data_prep.registry import reported_metric
 
     from recon.models.train.metrics import label_scorers
-    from recon.models.train.loop import ClassificationTask, fit, make_loader, precision, resolve_device
 
-    start = time.perf_counter()
     fmt = InputFormat.parse(cfg.input_format)
     ds, subset, train, dev_all, test_all = load_splits(cfg)
     max_eval = cfg.data.max_eval
@@ -166,7 +183,6 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     negative_id = label2id[ds.negative_label] if ds.negative_label is not None else None
     max_length = cfg.data.max_length or ds.max_length
     notes = list(ds.notes)
-    split_source = subset.source_used
     split_name = f"train@{cfg.split:g}/{subset.describe()}"
     if subset.note:
         notes.append(subset.note)
@@ -181,16 +197,53 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
     base = cfg.cnn.train_config(cfg.seed, cfg.training.device) if cfg.is_cnn else cfg.training
     train_cfg = base.replace(metric=cfg.training.metric or ds.metric, negative_id=negative_id,
                              eval_batch_size=cfg.training.eval_batch_size, progress=cfg.training.progress)
-    train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
-    dev_loader, dev_order = eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
-    test_loader, test_order = eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
     id2label = {i: label for label, i in label2id.items()}
     # The benchmark's official score (SemEval's) is logged beside micro-F1 whichever the tables report.
     official = reported_metric(ds.name, "official")
     scorers = label_scorers([official] if official != train_cfg.metric else [], id2label, ds.negative_label)
+    reported = reported_metric(ds.name, cfg.data.scorer) if cfg.training.metric is None else train_cfg.metric
+    return _Prepared(fmt, ds, subset, train, dev, test, len(dev_all), len(test_all), splits, setup, train_cfg,
+                     label2id, id2label, scorers, reported, notes, splits[f"test/max{max_eval}"])
+
+
+def _score_views(cfg: FinetuneConfig, prep: _Prepared, names, original: list[int],
+                 original_score: float | None) -> tuple[dict, list[dict]]:
+    """The model in ``prep`` scored on the named test views (``recon.models.train.views``)."""
+    from recon.models.train.views import avoid_texts, evaluate_views
+
+    return evaluate_views(
+        names, ds=prep.ds, test=prep.test_examples, model=prep.setup.model, encode=prep.setup.encode,
+        fmt=prep.fmt, config=prep.train_cfg, id2label=prep.id2label, original=original, scorers=prep.scorers,
+        collate=prep.setup.collate, seed=cfg.view_seed, avoid=avoid_texts(cfg.view_avoid), untyped=cfg.view_untyped,
+        reported=prep.reported, original_score=original_score, train=prep.train)
+
+
+def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: str | os.PathLike | None = None,
+                 dev_predictions: bool = False) -> dict:
+    """Fine-tune and evaluate; returns JSON-able metrics, and writes them (and predictions) to ``out_dir``.
+
+    ``metric`` (``dev.score``) selects the best epoch; ``reported`` is what the tables print for this
+    dataset under ``data.scorer`` (SemEval's official score with ``official``), at that epoch.
+    ``dev_predictions`` (with ``out_dir``) also writes ``dev_predictions.jsonl``: the dev predictions of
+    the best-dev weights ``fit`` leaves in the model (one more dev pass), which reproduce ``dev``'s score;
+    a sweep's paired bootstrap over dev examples reads them. Off by default: nothing else changes.
+    ``keep_weights`` (with ``out_dir``) also writes those weights (``weights.safetensors``,
+    ``recon.models.train.weights``), named in ``out["weights"]``: :func:`evaluate_kept` scores them on views
+    added later.
+    """
+    from recon.core.protocol import describe
+
+    from recon.models.train.loop import ClassificationTask, fit, make_loader, precision, resolve_device
+
+    start = time.perf_counter()
+    prep = _prepare(cfg)
+    setup, train_cfg, id2label, scorers, reported = prep.setup, prep.train_cfg, prep.id2label, prep.scorers, prep.reported
+    ds, subset, train, dev, test, notes = prep.ds, prep.subset, prep.train, prep.dev, prep.test, prep.notes
+    train_loader = make_loader(setup.train, train_cfg.batch_size, shuffle=True, seed=cfg.seed, collate_fn=setup.collate)
+    dev_loader, dev_order = eval_loader(setup.dev, train_cfg.eval_batch_size, setup.collate, setup.keys[1])
+    test_loader, test_order = eval_loader(setup.test, train_cfg.eval_batch_size, setup.collate, setup.keys[2])
     result = fit(setup.model, ClassificationTask(), train_loader, dev_loader, test_loader, train_cfg, callbacks,
                  scorers=scorers)
-    reported = reported_metric(ds.name, cfg.data.scorer) if cfg.training.metric is None else train_cfg.metric
 
     by_index = sorted(zip(test_order, result.test_predictions))
     # keyed by the example's portable identity (semeval/test.txt:12), not this node's cache path
@@ -198,16 +251,11 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
                    for i, (p, g) in by_index]
     views, view_predictions = {}, []
     if cfg.eval_views:  # the trained weights scored on test views (recon.models.train.views)
-        from recon.models.train.views import avoid_texts, evaluate_views
-
-        views, view_predictions = evaluate_views(
-            cfg.eval_views, ds=ds, test=splits[f"test/max{max_eval}"], model=setup.model, encode=setup.encode,
-            fmt=fmt, config=train_cfg, id2label=id2label, original=[p for _, (p, _) in by_index], scorers=scorers,
-            collate=setup.collate, seed=cfg.view_seed, avoid=avoid_texts(cfg.view_avoid), untyped=cfg.view_untyped,
-            reported=reported, original_score=(result.test_at_best or {}).get(reported), train=train)
+        views, view_predictions = _score_views(cfg, prep, cfg.eval_views, [p for _, (p, _) in by_index],
+                                               (result.test_at_best or {}).get(reported))
         notes.extend(f"test view {name} failed: {v['error']}" for name, v in views.items() if "error" in v)
     out = {
-        "dataset": ds.name, "split": cfg.split, "split_source": split_source, "format": fmt.value,
+        "dataset": ds.name, "split": cfg.split, "split_source": subset.source_used, "format": prep.fmt.value,
         "model": cfg.model, "encoder": cfg.encoder if cfg.model == "bert" else None, "seed": cfg.seed,
         "metric": train_cfg.metric, "negative_label": ds.negative_label, "protocol": describe(cfg),
         "reported": {"metric": reported, "test": (result.test_at_best or {}).get(reported),
@@ -218,7 +266,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
         "split_source_requested": cfg.data.split_source, "train_file": portable_source(str(subset.file)) if subset.file else None,
         "skipped_records": dict(ds.skipped) | {f"subset:{k}": v for k, v in subset.report.skipped.items()},
         "truncation": setup.truncation,
-        "majority_baseline_test": majority_baseline(train, test, label2id, ds.negative_label, train_cfg.metric),
+        "majority_baseline_test": majority_baseline(train, test, prep.label2id, ds.negative_label, train_cfg.metric),
         "train_config": asdict(train_cfg), "device": str(resolve_device(train_cfg.device)),
         "precision": precision(resolve_device(train_cfg.device), train_cfg.bf16, train_cfg.cpu_bf16),
         "wall_s": round(time.perf_counter() - start, 3), "fit_s": round(result.wall_s, 3),
@@ -235,10 +283,55 @@ def run_finetune(cfg: FinetuneConfig, callbacks: Sequence[Any] = (), out_dir: st
             files["dev_predictions.jsonl"] = "".join(json.dumps(r) + "\n" for r in rows)
         if view_predictions:
             files["view_predictions.jsonl"] = "".join(json.dumps(p) + "\n" for p in view_predictions)
+        if cfg.keep_weights:
+            from recon.models.train.weights import save_weights
+
+            try:
+                out["weights"] = save_weights(setup.model, out_dir)
+            except OSError as exc:  # the results still count; the plan then prices views as retraining
+                notes.append(f"weights not kept: {exc}")
         files["metrics.json"] = json.dumps(out, indent=2) + "\n"
         kept, error = write_texts_or_keep(out_dir, files)
         out["saved_to"], out["save_error"] = str(kept), error
     return out
 
 
-__all__ = ["run_finetune", "FeatureDataset"]
+def evaluate_kept(cfg: FinetuneConfig, weights: str | os.PathLike, stored_predictions: Sequence[dict] = ()) -> dict:
+    """Score a finished trial's kept weights on ``cfg.eval_views`` without training: the model is rebuilt
+    from ``cfg`` (the trial's config: same encoder, head, label map, format, max_length, examples), the
+    weights loaded, the original test predicted again and then each view.
+
+    The recomputed test predictions are the flip shares' reference; ``stored_predictions`` (the trial's
+    ``predictions.jsonl`` rows) are compared with them by portable example id, and any difference is refused:
+    weights that do not reproduce the trial's predictions would give views of another model.
+    Returns ``{"views", "view_predictions", "test", "predictions_checked", "wall_s"}``.
+    """
+    from recon.models.train.loop import ClassificationTask, evaluate, resolve_device
+    from recon.models.train.weights import load_weights
+
+    start = time.perf_counter()
+    prep = _prepare(cfg)
+    model = load_weights(prep.setup.model, weights).to(resolve_device(prep.train_cfg.device))
+    loader, order = eval_loader(prep.setup.test, prep.train_cfg.eval_batch_size, prep.setup.collate, prep.setup.keys[2])
+    test, pairs = evaluate(model, ClassificationTask(), loader, prep.train_cfg, scorers=prep.scorers)
+    original = [0] * len(order)
+    for index, (pred, _gold) in zip(order, pairs):
+        original[index] = pred
+    sources = [portable_source(s) for s in prep.setup.test.sources]
+    checked = 0
+    if stored_predictions:
+        stored = {row["source"]: row["pred"] for row in stored_predictions}
+        differ = [s for s, p in zip(sources, original) if stored.get(s, prep.id2label[p]) != prep.id2label[p]]
+        unmatched = [s for s in sources if s not in stored]
+        if differ or unmatched:
+            raise ReconError(f"kept weights {weights} do not reproduce the trial's test predictions: {len(differ)} of "
+                             f"{len(sources)} differ (first {differ[:3]}), {len(unmatched)} not in predictions.jsonl; "
+                             "the views were not scored")
+        checked = len(sources)
+    views, rows = _score_views(cfg, prep, cfg.eval_views, original, test.get(prep.reported))
+    return {"views": views, "view_predictions": rows, "test": test, "predictions_checked": checked,
+            "predictions": [{"source": s, "pred": prep.id2label[p]} for s, p in zip(sources, original)],
+            "wall_s": round(time.perf_counter() - start, 3)}
+
+
+__all__ = ["run_finetune", "evaluate_kept", "FeatureDataset"]

@@ -107,6 +107,11 @@ class FinetuneConfig(Config):
         choices=UNTYPED_POLICIES, identity=False)
     view_avoid: str | None = knob(None, "a built pre-training corpus folder, or a text file of names, whose text "
                                         "swap-unseen names must not occur in", identity=False)
+    # Kept weights let a test view added later score this trial without training it again: a file beside the
+    # results (weights.safetensors, ~90 MB for MiniLM in float32), never part of the trial id.
+    keep_weights: bool = knob(False, "also write the trained model's weights (weights.safetensors, its state_dict "
+                                     "as trained) to the output folder, so test views can be scored later "
+                                     "without training again", identity=False)
 
     def check(self) -> None:
         super().check()

@@ -36,14 +36,14 @@ def _model_source(spec: StudySpec, model: ModelSpec) -> tuple[str, Optional[str]
 
 
 def finetune_config(spec: StudySpec, dataset: str, split: float, fmt: str, model: ModelSpec,
-                    seed: int, eval_views: Iterable[str] = ()) -> FinetuneConfig:
-    """The exact config a supervised trial's trainer receives (``eval_views``: its grid's test views, outside
-    the trial id)."""
+                    seed: int, eval_views: Iterable[str] = (), keep_weights: bool = False) -> FinetuneConfig:
+    """The exact config a supervised trial's trainer receives (``eval_views``: its grid's test views;
+    ``keep_weights``: whether its trained weights are kept for views added later; both outside the trial id)."""
     source, identity = _model_source(spec, model)
     return FinetuneConfig(dataset=dataset, split=split, input_format=fmt, model=source,
                           encoder=spec.encoder_of(model) or spec.encoder, data=spec.data, head=spec.head,
                           training=spec.training.replace(seed=seed), cnn=spec.cnn, source_identity=identity,
-                          eval_views=tuple(eval_views))
+                          eval_views=tuple(eval_views), keep_weights=keep_weights)
 
 
 def fewshot_config(spec: StudySpec, dataset: str, n: int, k: int, fmt: str, model: ModelSpec) -> FewshotConfig:
@@ -79,6 +79,8 @@ def expand(spec: StudySpec) -> list[Trial]:
             views = list(dict.fromkeys([*config.get("eval_views", ()), *cfg.to_dict().get("eval_views", ())]))
             if views != list(config.get("eval_views", ())):  # two grids ask for views of one trial: all of them
                 config = {**config, "eval_views": views}
+            if cfg.to_dict().get("keep_weights") and not config.get("keep_weights"):  # kept if any grid keeps it
+                config = {**config, "keep_weights": True}
             if table not in old.tables or config is not old.config:
                 tables = old.tables + (table,) if table not in old.tables else old.tables
                 by_id[tid] = Trial(**{**asdict(old), "tables": tables, "config": config})
@@ -92,7 +94,8 @@ def expand(spec: StudySpec) -> list[Trial]:
                 for model in spec.grid_models(grid.models):
                     for fmt in grid.formats:
                         for seed in grid.seeds or spec.seeds:
-                            cfg = finetune_config(spec, dataset, split, fmt, model, seed, grid.eval_views)
+                            cfg = finetune_config(spec, dataset, split, fmt, model, seed, grid.eval_views,
+                                                  spec.keeps_weights(grid))
                             add("finetune", cfg, grid.table, dataset=dataset, setting=split_label(split),
                                 format=fmt, model=model.name, seed=seed)
     if spec.fewshot is not None:
@@ -177,8 +180,8 @@ def views_lacking(trials: Iterable[Trial], runs: dict[str, Any]) -> dict[str, li
     """Finished trial id -> the test views its grid asks for that its MLflow run has no figures of.
 
     Views are evaluations outside the trial id, so a trial that finished before its grid asked for a view
-    stays finished: a run does not train it again. Trials keep no weights (a study's storage holds their
-    predictions and metrics only), so such a view can only be had by training the trial again.
+    stays finished: a run does not train it again. A trial that kept its weights gets such a view from them
+    (``recon.orchestration.study.kept``); one that did not can only have it by training again.
     """
     out: dict[str, list[str]] = {}
     for trial in trials:
@@ -214,11 +217,15 @@ class PlanSummary:
 
 
 def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = (),
-              missing: Optional[dict[str, str]] = None, lacking: Optional[dict[str, list[str]]] = None) -> PlanSummary:
+              missing: Optional[dict[str, str]] = None, lacking: Optional[dict[str, list[str]]] = None,
+              from_weights: Iterable[str] = ()) -> PlanSummary:
     """Trials per table, finished so far, compute estimate; ``missing`` (trial id -> reason) is left out;
-    ``lacking`` (:func:`views_lacking`) is priced as training those trials again."""
+    ``lacking`` (:func:`views_lacking`): the trials in ``from_weights`` (their weights kept) are scored from
+    them by the next run, the others are priced as training them again."""
     done = set(finished)
     lacking = lacking or {}
+    kept = {tid: views for tid, views in lacking.items() if tid in set(from_weights)}
+    lacking = {tid: views for tid, views in lacking.items() if tid not in kept}
     missing = missing or {}
     per_table: dict[str, dict[str, int]] = {}
     total = remaining = 0.0
@@ -235,14 +242,24 @@ def summarize(spec: StudySpec, trials: list[Trial], finished: Iterable[str] = ()
         if trial.trial_id not in done:
             remaining += seconds
     retrain = sum(example_epochs(t) * seconds_per_example(spec, t.model) for t in trials if t.trial_id in lacking)
-    views_note = {}
-    if lacking:
-        views_note = {"trials": len(lacking), "views": sorted({v for vs in lacking.values() for v in vs}),
-                      "retrain_hours": round(retrain / 3600, 3),
-                      "note": "these trials finished before their grid asked for these views; trials keep no weights, "
-                              "so the views cannot be scored on the trained weights: `recon study run` leaves them "
-                              "out (the name-reliance table says so), and having them means training the trials again "
-                              "(their MLflow runs deleted, or the study under a new name)"}
+    views_note: dict[str, Any] = {}
+    if lacking or kept:
+        views_note = {"trials": len(lacking) + len(kept),
+                      "views": sorted({v for vs in [*lacking.values(), *kept.values()] for v in vs}),
+                      "from_weights": {"trials": len(kept), "views": sorted({v for vs in kept.values() for v in vs}),
+                                       "trial_ids": sorted(kept)},
+                      "retrain": {"trials": len(lacking), "views": sorted({v for vs in lacking.values() for v in vs}),
+                                  "trial_ids": sorted(lacking)},
+                      "retrain_hours": round(retrain / 3600, 3), "note": ""}
+        notes = []
+        if kept:
+            notes.append(f"{len(kept)} kept their weights: `recon study run` scores the views on them (one "
+                         "evaluation per trial, no training) and adds them to the trials' MLflow runs")
+        if lacking:
+            notes.append(f"{len(lacking)} keep no weights, so the views cannot be scored on the trained weights: "
+                         "`recon study run` leaves them out (the name-reliance table says so), and having them means "
+                         "training the trials again (their MLflow runs deleted, or the study under a new name)")
+        views_note["note"] = "these trials finished before their grid asked for these views; " + "; ".join(notes)
     stages = {}
     for name, stage in spec.pretrain.items():
         seconds = estimate.pretrain_seconds(stage.steps, stage.batch_size, stage.max_length,

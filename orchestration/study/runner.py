@@ -12,6 +12,9 @@ How it fits together (each job in its own module)
 * ``stages``: pre-training stages named by models (``@pretrain.<stage>``) run first; their final
   encoders are published in storage and fetched by trials once per node.
 * ``study_data``: the driver publishes the datasets' files; trials rebuild them from their node's cache.
+* ``kept``: finished trials lacking a view their grid now asks for are scored on their kept weights (one
+  CPU-only Ray task each, no training) and the views added to their MLflow runs; without kept weights they
+  are left as they are (``recon study plan`` prices training them again).
 * ``trials`` / ``trainable``: what a trial runs on its node; its outputs go to
   ``<storage>/results/<trial id>/`` (``result.json`` last), and its final report carries the metrics.
 * here: the Tune run, and a Tune callback through which the driver logs each completed trial to
@@ -28,15 +31,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from recon.orchestration.study.trial import Trial
-from recon.orchestration.study.plan import expand, unavailable_trials
+from recon.orchestration.study.kept import evaluate_from_weights, split_lacking
+from recon.orchestration.study.plan import expand, unavailable_trials, views_lacking
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.study.stages import ensure_pretrained, say, study_data_dir
 from recon.core.hardware import cpu_bf16_name
 from recon.core.storage import Storage, resolve_storage
 from recon.orchestration.study.data import FEWSHOT_NEEDS, publish_local_models, publish_study_data
-from recon.orchestration.study.trainable import RESULTS, result_rel, tune_trainable
+from recon.orchestration.study.trainable import result_rel, tune_trainable
 from recon.orchestration.study.tracker import StudyTracker
-from recon.orchestration.study.trainers import trainer_source
+from recon.orchestration.study.trainers import load_evaluator, trainer_source
 from recon.orchestration.study.writer import TrialWriter
 from recon.orchestration.study.preflight import (cluster_problems, fetch_missing_data, study_files_needed,
                                                   study_problems)
@@ -52,8 +56,16 @@ def log_from_storage(tracker: StudyTracker, trial: Trial, storage: Storage) -> b
     if not storage.exists(result_rel(trial.trial_id)):
         return False
     result = storage.read_json(result_rel(trial.trial_id))
+    weights = (result.get("weights") or {}).get("file") if isinstance(result.get("weights"), dict) else None
+    prefix = result_rel(trial.trial_id, "")
     with tempfile.TemporaryDirectory(prefix="recon-log-") as tmp:
-        local = storage.download_dir(f"{RESULTS}/{trial.trial_id}", Path(tmp) / trial.trial_id)
+        local = Path(tmp) / trial.trial_id
+        for rel in storage.list(prefix):  # kept weights stay in storage, never in MLflow's artifacts
+            name = rel[len(prefix):]
+            if name != weights:
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                (local / name).write_bytes(storage.read_bytes(rel))
+        local.mkdir(parents=True, exist_ok=True)
         tracker.log_trial(trial, result, local)
     return True
 
@@ -71,6 +83,9 @@ class StudyOutcome:
     storage: str = ""
     unlogged: list[str] = field(default_factory=list)  # finished (in storage), not in MLflow: the server was down
     tracking_uri: str = ""
+    evaluated: list[str] = field(default_factory=list)  # finished trials whose new views came from kept weights
+    views_failed: list[str] = field(default_factory=list)  # finished trials whose kept weights could not be scored
+    views_not_scored: list[str] = field(default_factory=list)  # finished trials lacking views, no weights kept
 
 
 def stale_runs(trials: Sequence[Trial], runs: dict[str, Any]) -> int:
@@ -90,6 +105,27 @@ def harvest(trials: Sequence[Trial], tracker: StudyTracker, storage: Storage, fi
             count += 1
             finished.add(trial.trial_id)
     return count
+
+
+def evaluable_by(spec: StudySpec) -> Callable[[Trial], bool]:
+    """Whether a trial's trainer can score its kept weights on views (``trainers.load_evaluator``)."""
+    base_dir = spec.source.parent if spec.source else Path.cwd()
+    source = trainer_source(spec.trainer, base_dir)
+    answers: dict[str, bool] = {}
+
+    def can(trial: Trial) -> bool:
+        if trial.kind not in answers:
+            answers[trial.kind] = load_evaluator(source, trial.kind) is not None
+        return answers[trial.kind]
+    return can
+
+
+def views_from_weights(spec: StudySpec, trials: Sequence[Trial], runs: dict[str, Any], store: Storage,
+                       missing: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Finished trials lacking views their grid asks for: (scored from kept weights, needing training again);
+    trials whose data is missing here are left out of both."""
+    lacking = {tid: views for tid, views in views_lacking(trials, runs).items() if tid not in missing}
+    return split_lacking(trials, lacking, store, evaluable_by(spec)) if lacking else ({}, {})
 
 
 def _init_ray(spec: StudySpec, address: Optional[str], num_cpus: Optional[int]) -> bool:
@@ -129,6 +165,7 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
     fetch_missing_data(study_files_needed(spec, todo, store), data_dir, base_url, log)
     missing = unavailable_trials(spec, trials, study_data_dir(spec))
     runnable = [t for t in todo if t.trial_id not in missing]
+    evaluable = views_from_weights(spec, trials, runs, store, missing)[0]
     joins = cluster_to_join(address or spec.ray.address) is not None
     pf = Preflight(f"study {spec.name}")
     pf.extend(study_problems(spec, runnable, store, uri, local_ray=not joins))
@@ -138,7 +175,7 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
                "supply the data (`recon study plan` lists what each cell lacks)")
     pf.raise_if_any()
 
-    started_ray = _init_ray(spec, address, num_cpus) if runnable else False
+    started_ray = _init_ray(spec, address, num_cpus) if runnable or evaluable else False
     try:
         if runnable:
             pf = Preflight(f"study {spec.name}")
@@ -147,7 +184,8 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
         tracker = StudyTracker(uri, spec.name, out_dir / "artifacts")
         parent = tracker.study_run_id()
         try:
-            return _run_tracked(spec, trials, tracker, store, missing, start, log)
+            return _run_tracked(spec, trials, tracker, store, missing, start, log,
+                                functools.partial(_init_ray, spec, address, num_cpus))
         except KeyboardInterrupt:
             tracker.end_study_run(parent, "KILLED")
             raise
@@ -162,8 +200,10 @@ def run_study(spec: StudySpec, *, address: Optional[str] = None, num_cpus: Optio
 
 
 def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker, store: Storage,
-                 missing: dict[str, str], start: float, log: Callable[[str], None]) -> StudyOutcome:
-    """The study once its checks passed and Ray is up (when anything runs): harvest, stages, data, the grid."""
+                 missing: dict[str, str], start: float, log: Callable[[str], None],
+                 start_ray: Callable[[], bool] = lambda: False) -> StudyOutcome:
+    """The study once its checks passed and Ray is up (when anything runs): harvest, stages, data, views from
+    kept weights, the grid (``start_ray`` starts Ray when only harvested trials turn out to need it)."""
     runs = tracker.trial_runs()
     finished = set(runs)
     skipped = sum(t.trial_id in finished for t in trials)
@@ -182,17 +222,29 @@ def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker
            for t in pending):
         log(f"precision: bf16 autocast on CPU workers (this machine: {cpu_bf16_name()}); training.cpu_bf16: false "
             "trains in float32 (GPU trials follow training.bf16)")
+    runs = tracker.trial_runs() if harvested else runs
+    from_weights, retrain = views_from_weights(spec, trials, runs, store, missing)
+    if retrain:
+        log(f"study {spec.name}: {len(retrain)} finished trial(s) lack test views their grid asks for "
+            f"({', '.join(sorted({v for vs in retrain.values() for v in vs}))}) and kept no weights: they are not "
+            "trained again (`recon study plan` says what that would cost)")
     failed: list[str] = []
-    if pending:
-        stages = sorted({spec.model(t.model).pretrain_ref for t in pending} - {None})
+    evaluated: list[str] = []
+    views_failed: list[str] = []
+    unlogged: list[str] = []
+    work = [*pending, *(t for t in trials if t.trial_id in from_weights)]
+    if work:
+        stages = sorted({spec.model(t.model).pretrain_ref for t in work} - {None})
         checkpoints = ensure_pretrained(spec, stages, tracker.tracking_uri, store, log)
-        checkpoints.update(publish_local_models([t.config for t in pending], store))
-        needed = {t.dataset for t in pending} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in pending)
-                                                 else set())
+        checkpoints.update(publish_local_models([t.config for t in work], store))
+        needed = {t.dataset for t in work} | (set(FEWSHOT_NEEDS) if any(t.kind == "fewshot" for t in work)
+                                              else set())
         data = publish_study_data(needed, data_root, store)
-        failed, unlogged = _tune(spec, pending, tracker, store, checkpoints, data, log)
-    else:
-        unlogged = []
+        if from_weights:
+            evaluated, views_failed = _views_from_weights(spec, trials, from_weights, tracker, runs, store,
+                                                          checkpoints, data, log, start_ray)
+        if pending:
+            failed, unlogged = _tune(spec, pending, tracker, store, checkpoints, data, log)
     if unlogged:  # the server did not answer at the end: count from what this run knows, not from MLflow
         logged = skipped + harvested + len(pending) - len(failed) - len(unlogged)
     else:
@@ -200,7 +252,29 @@ def _run_tracked(spec: StudySpec, trials: Sequence[Trial], tracker: StudyTracker
     return StudyOutcome(trials=len(trials), skipped=skipped, harvested=harvested, ran=len(pending),
                         failed=failed, logged=logged, seconds=round(time.time() - start, 1),
                         unavailable=len(missing), storage=store.uri, unlogged=unlogged,
-                        tracking_uri=tracker.tracking_uri)
+                        tracking_uri=tracker.tracking_uri, evaluated=evaluated, views_failed=views_failed,
+                        views_not_scored=sorted(retrain))
+
+
+def _views_from_weights(spec: StudySpec, trials: Sequence[Trial], todo: dict[str, list[str]], tracker: StudyTracker,
+                        runs: dict[str, Any], store: Storage, checkpoints: dict[str, dict], data: dict,
+                        log: Callable[[str], None], start_ray: Callable[[], bool]) -> tuple[list[str], list[str]]:
+    """Finished trials' missing views scored on their kept weights (``recon.orchestration.study.kept``), CPU-only
+    Ray tasks, one per trial, before the grid's training; their MLflow runs get the views."""
+    import ray
+
+    started = start_ray() if not ray.is_initialized() else False
+    base_dir = spec.source.parent if spec.source else Path.cwd()
+    base = {"storage": store.uri, "checkpoints": checkpoints, "data": data,
+            "trainer": trainer_source(spec.trainer, base_dir), "threads": max(1, int(spec.ray.cpus_per_trial))}
+    log(f"study {spec.name}: {len(todo)} finished trial(s) lack views their grid asks for and kept their weights: "
+        "scoring the views on them (no training)")
+    try:
+        return evaluate_from_weights(todo, {t.trial_id: t for t in trials}, base, tracker, runs, store,
+                                     max(1.0, float(spec.ray.cpus_per_trial)), log)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, store: Storage,
@@ -268,4 +342,4 @@ def _tune(spec: StudySpec, pending: Sequence[Trial], tracker: StudyTracker, stor
     return failed, [tid for tid in unlogged if tid not in failed]
 
 
-__all__ = ["run_study", "StudyOutcome", "harvest", "log_from_storage", "stale_runs", "study_storage", "Progress"]
+__all__ = ["run_study", "StudyOutcome", "evaluable_by", "views_from_weights", "harvest", "log_from_storage", "stale_runs", "study_storage", "Progress"]

@@ -21,6 +21,7 @@ Shape (see ``studies/paper.yaml`` and ``studies/demo.yaml``)::
       - {table: table5, datasets: [semeval], splits: [0.01, 0.1], formats: [C+M, OnlyC, OnlyM]}
       - {table: table5, datasets: [semeval], splits: [0.1], formats: [C+M],          # the same trials (same ids),
          eval_views: [swap-type, swap-unseen, swap-random, onlyc]}                    # also scored on test views
+                                  # (their weights kept, so a view added later needs no training: keep_weights)
     seeds: [42, 43, 44, 45, 46]
     data: {split_source: paper, max_eval: 100, max_length: 48}          # DataOptions fields
     training: {epochs: 2, lr: 3.0e-4}                                   # TrainConfig fields
@@ -129,6 +130,10 @@ class GridSpec(_Strict):
     # Test views scored on each trained trial's weights after training (recon.models.train.views): evaluations
     # of the same weights, so they are not part of the trial id; every name is checked here, before compute.
     eval_views: list[str] = Field(default_factory=list)
+    # Keep each trial's trained weights in storage (weights.safetensors, ~90 MB per MiniLM trial), so a view
+    # added to the grid later is scored on them without training again (recon.orchestration.study.kept).
+    # Default: the study's keep_weights, else kept exactly where the grid asks for views. Outside the trial id.
+    keep_weights: Optional[bool] = None
 
     _datasets = field_validator("datasets")(classmethod(lambda cls, v: _dataset_names("supervised")(v)))
 
@@ -203,6 +208,8 @@ class StudySpec(_Strict):
     # Where every node reads and writes (checkpoints, trial outputs, published datasets): a path (local
     # or NFS, relative to the study file) or a URI (s3://...). Default: $RECON_STORAGE, else output_dir.
     storage: Optional[str] = None
+    # Every grid's keep_weights unless the grid sets its own; unset: a grid keeps weights when it asks for views.
+    keep_weights: Optional[bool] = None
     trainer: Optional[str] = None  # "module:function" or "file.py:function" replacing run_finetune (tests, custom models)
     seconds_per_example: dict[str, float] = Field(default_factory=dict)  # compute-estimate overrides per model name
     _source: Optional[Path] = PrivateAttr(default=None)  # the study file, set by load_spec
@@ -248,6 +255,15 @@ class StudySpec(_Strict):
 
     def grid_models(self, chosen: Optional[list[str]]) -> list[ModelSpec]:
         return [self.model(n) for n in chosen] if chosen else list(self.models)
+
+    def keeps_weights(self, grid: GridSpec) -> bool:
+        """Whether a grid's trials keep their trained weights: the grid's ``keep_weights``, else the study's,
+        else whether the grid asks for test views (a grid studied for name reliance is where another view is
+        likely to be added; grids without views do not pay ~90 MB per MiniLM trial for a view never asked)."""
+        for choice in (grid.keep_weights, self.keep_weights):
+            if choice is not None:
+                return choice
+        return bool(grid.eval_views)
 
     def encoder_of(self, model: ModelSpec) -> Optional[str]:
         if model.kind == "cnn":

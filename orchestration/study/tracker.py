@@ -305,6 +305,26 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
+    def add_views(self, trial: Trial, run_id: str, result: dict[str, Any], views: Iterable[str],
+                  files: Iterable[Path]) -> None:
+        """Test views scored after the trial's run was logged (from its kept weights,
+        ``recon.orchestration.study.kept``) into that same FINISHED run: their ``view/<name>/...`` metrics, the
+        merged ``view_predictions.jsonl`` and ``result.json`` (replacing the logged ones), and a
+        ``recon.views_from_weights`` tag naming every view added so."""
+        from mlflow.entities import Metric
+
+        views = list(views)
+        now = int(time.time() * 1000)
+        figures = view_metrics(trial, {**result, "views": {v: (result.get("views") or {})[v] for v in views}})
+        metrics = [Metric(k, v, now, 0) for k, v in figures.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        for path in files:
+            self._log_artifacts(run_id, Path(path))
+        tags = self.client.get_run(run_id).data.tags
+        added = list(dict.fromkeys([*filter(None, tags.get("recon.views_from_weights", "").split(",")), *views]))
+        self.client.set_tag(run_id, "recon.views_from_weights", ",".join(added))
+
     def _link_encoder_model(self, trial: Trial, run_id: str) -> Optional[str]:
         """A trial that starts from one of the study's pre-training stages takes the stage's MLflow model
         (found by the stage's content hash, the trial config's ``source_identity``) as an input of its run,

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from recon.orchestration.study.trial import Trial
 from recon.core.storage import Storage
@@ -64,15 +65,13 @@ def reset_process_state(threads: int, seed: int | None = None) -> None:
         seed_everything(int(seed))
 
 
-def tune_trainable(config: dict) -> None:
-    """One trial: fetch inputs into this node's cache, train, publish outputs, report the final metrics."""
-    import ray
-    from ray import tune
-
+def trial_inputs(config: dict) -> tuple[Trial, Storage, Callable[[Path], TrialRequest]]:
+    """What a task for one trial needs on its node (a Tune trial, or an evaluation of kept weights): the trial,
+    the storage, and its request for an output folder, with checkpoints and data fetched into this node's cache
+    and the process state reset as a fresh worker has it."""
     from recon.models.train import batching
 
     from recon.core.storage import default_cache_dir
-    from recon.orchestration.study.tracker import final_metrics
 
     trial = Trial.from_dict(config["trial"])
     reset_process_state(config.get("threads", 1), trial.seed)
@@ -81,9 +80,20 @@ def tune_trainable(config: dict) -> None:
     checkpoints = {ref: str(fetch_dir(entry["uri"], entry["digest"])) for ref, entry in config["checkpoints"].items()
                    if ref in (trial.config.get("model"), trial.config.get("encoder"))}
     data_dir = materialize(config["data"])
+    resolved = resolve_references(trial, checkpoints, data_dir)
+    return trial, storage, lambda out_dir: TrialRequest(trial=trial, out_dir=out_dir, config=resolved, data_dir=data_dir)
+
+
+def tune_trainable(config: dict) -> None:
+    """One trial: fetch inputs into this node's cache, train, publish outputs, report the final metrics."""
+    import ray
+    from ray import tune
+
+    from recon.orchestration.study.tracker import final_metrics
+
+    trial, storage, request_for = trial_inputs(config)
     with tempfile.TemporaryDirectory(prefix=f"recon-trial-{trial.trial_id}-") as tmp:
-        request = TrialRequest(trial=trial, out_dir=Path(tmp), config=resolve_references(trial, checkpoints, data_dir),
-                               data_dir=data_dir)
+        request = request_for(Path(tmp))
         trainer = load_trainer(config.get("trainer"), trial.kind)
         start = time.time()
         result = trainer(request, [])  # one report per trial, at the end: a study schedules nothing on epochs
@@ -95,5 +105,5 @@ def tune_trainable(config: dict) -> None:
                  "done": True})
 
 
-__all__ = ["tune_trainable", "reset_process_state", "publish_result", "result_rel", "RESULTS",
+__all__ = ["tune_trainable", "trial_inputs", "reset_process_state", "publish_result", "result_rel", "RESULTS",
            "RESULT_FILE"]

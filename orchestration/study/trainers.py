@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
 from recon.models.train.finetune_config import CHECKPOINT_PREFIX
+from recon.models.train.weights import WEIGHTS_FILE
 
 from recon.orchestration.study.trial import Trial
 
@@ -72,6 +73,36 @@ def fewshot_trial(request: TrialRequest, callbacks: Sequence[Any]) -> dict:
     return run_fewshot(request.config, callbacks=callbacks, out_dir=request.out_dir)
 
 
+def finetune_evaluate(request: TrialRequest) -> dict:
+    """Default evaluation of kept weights (``recon.models.train.finetune.evaluate_kept``): ``request.out_dir``
+    holds the trial's stored files (``result.json`` naming its weights, the weights, ``predictions.jsonl``), ``request.config.eval_views`` the views
+    to add; the stored predictions are checked against the ones the weights give again."""
+    import json
+
+    from recon.models.train.finetune import evaluate_kept
+
+    kept = json.loads((request.out_dir / "result.json").read_text(encoding="utf-8")).get("weights") or {}
+    weights = request.out_dir / str(kept.get("file") or WEIGHTS_FILE)
+    stored = [json.loads(line) for line in (request.out_dir / "predictions.jsonl").read_text(encoding="utf-8")
+              .splitlines() if line.strip()]
+    return evaluate_kept(request.config, weights, stored)
+
+
+Evaluator = Callable[[TrialRequest], dict]
+EVALUATOR_NAME = "evaluate_kept"  # what a custom trainer's module defines to score its kept weights on views
+
+
+def load_evaluator(source: Optional[dict], kind: str) -> Optional[Evaluator]:
+    """What scores a finished trial's kept weights on test views: the default for supervised trials, a custom
+    trainer module's ``evaluate_kept`` function, or None (few-shot trials, a custom trainer without one)."""
+    if kind != "finetune":
+        return None
+    if not source:
+        return finetune_evaluate
+    trainer = load_trainer(source, kind)
+    return getattr(sys.modules.get(trainer.__module__), EVALUATOR_NAME, None)
+
+
 def trainer_source(name: Optional[str], base_dir: Optional[Path] = None) -> Optional[dict]:
     """What a worker needs to load the spec's ``trainer``: a module name, or a file's source code."""
     if not name:
@@ -116,5 +147,5 @@ def resolve_trainer(name: Optional[str], kind: str, base_dir: Optional[Path] = N
 
 
 
-__all__ = ["TrialRequest", "Trainer", "resolve_references", "finetune_trial", "fewshot_trial", "trainer_source",
+__all__ = ["TrialRequest", "Trainer", "Evaluator", "finetune_evaluate", "load_evaluator", "EVALUATOR_NAME", "resolve_references", "finetune_trial", "fewshot_trial", "trainer_source",
            "load_trainer", "resolve_trainer"]

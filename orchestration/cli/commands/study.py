@@ -107,9 +107,10 @@ def _placed(spec, storage: str | None):
 
 def _plan(args: argparse.Namespace) -> int:
     from recon.core.ray_session import cluster_to_join
+    from recon.orchestration.study.kept import split_lacking
     from recon.orchestration.study.plan import expand, summarize, unavailable_trials, views_lacking
     from recon.orchestration.study.preflight import study_problems
-    from recon.orchestration.study.runner import study_storage
+    from recon.orchestration.study.runner import evaluable_by, study_storage
     from recon.orchestration.study.tracker import StudyTracker
     from recon.orchestration.study.stages import study_data_dir
 
@@ -119,9 +120,12 @@ def _plan(args: argparse.Namespace) -> int:
     runs = tracker.trial_runs() if tracker and tracker.exists else {}
     finished = set(runs)
     missing = unavailable_trials(spec, trials, study_data_dir(spec))
-    summary = summarize(spec, trials, finished, missing, views_lacking(trials, runs))
+    lacking = views_lacking(trials, runs)
+    store = study_storage(spec)
+    from_weights = split_lacking(trials, lacking, store, evaluable_by(spec))[0] if lacking else {}
+    summary = summarize(spec, trials, finished, missing, lacking, from_weights)
     runnable = [t for t in trials if t.trial_id not in finished and t.trial_id not in missing]
-    problems = study_problems(spec, runnable, study_storage(spec), spec.resolved_tracking_uri(),
+    problems = study_problems(spec, runnable, store, spec.resolved_tracking_uri(),
                               local_ray=cluster_to_join(spec.ray.address) is None)
     if args.json:
         payload = summary.to_dict()
@@ -141,8 +145,14 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"  ({summary.note})")
     if summary.views_lacking:
         lack = summary.views_lacking
+        kept, retrain = lack["from_weights"], lack["retrain"]
         print(f"test views not scored: {lack['trials']} finished trials lack {', '.join(lack['views'])}; "
-              f"{lack['note']} (~{lack['retrain_hours']} h)")
+              f"{lack['note']}")
+        if kept["trials"]:
+            print(f"  from kept weights (no training): {kept['trials']} trials, {', '.join(kept['views'])}")
+        if retrain["trials"]:
+            print(f"  need training again (no weights kept): {retrain['trials']} trials, "
+                  f"{', '.join(retrain['views'])}, ~{lack['retrain_hours']} h")
     if summary.unavailable:
         print(f"cells that cannot run here ({len(missing)} trials; `recon study run` runs the rest and the tables "
               "say why these are blank):")
@@ -265,7 +275,12 @@ def _run(args: argparse.Namespace) -> int:
                             base_url=args.base_url, log=say)
         say(f"trials: {outcome.trials} in all, {outcome.skipped} already done, {outcome.harvested} logged from storage, "
             f"{outcome.ran} run now, {len(outcome.failed)} failed; {outcome.logged} in MLflow"
-            + (f", {len(outcome.unlogged)} not yet (server down)" if outcome.unlogged else "") + f" ({outcome.seconds} s)")
+            + (f", {len(outcome.unlogged)} not yet (server down)" if outcome.unlogged else "")
+            + (f"; {len(outcome.evaluated)} given new views from kept weights" if outcome.evaluated else "")
+            + (f"; {len(outcome.views_failed)} could not be scored from kept weights (see above)"
+               if outcome.views_failed else "")
+            + (f"; {len(outcome.views_not_scored)} lack views and kept no weights (see `recon study plan`)"
+               if outcome.views_not_scored else "") + f" ({outcome.seconds} s)")
         if outcome.unlogged:
             summary_dir = write_summary(spec, log=say, storage=study_storage(spec, args.storage))
         else:
@@ -282,7 +297,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"{outcome.tracking_uri} did not answer. Their results are in storage ({outcome.storage}) and the tables "
                 f"above were built from there; when the server answers, `recon study resume {args.file}` logs them "
                 "(nothing trains again) and rebuilds the tables from MLflow.")
-    return 1 if outcome.failed or outcome.unlogged else 0
+    return 1 if outcome.failed or outcome.unlogged or outcome.views_failed else 0
 
 
 def _stage_heldout(spec, storage: str | None) -> dict[str, dict]:
