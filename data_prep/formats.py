@@ -42,6 +42,11 @@ class InputFormat(str, Enum):
     def needs_types(self) -> bool:
         return self in (InputFormat.CT, InputFormat.ONLYT)
 
+    @property
+    def shows_names(self) -> bool:
+        """Whether the entity names reach the model (C+M, OnlyM): only then can a name-swap view change its input."""
+        return self in (InputFormat.CM, InputFormat.ONLYM)
+
 
 FORMAT_NAMES: tuple[str, ...] = tuple(f.value for f in InputFormat)  # "C+M", "C+T", "OnlyC", "OnlyM", "OnlyT"
 FORMATS_HELP = f"input format: {', '.join(FORMAT_NAMES)}"

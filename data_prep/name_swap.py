@@ -72,6 +72,21 @@ def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     return kinds
 
 
+def views_format_problem(fmt: str) -> str | None:
+    """Why test views cannot measure name reliance of a model trained in ``fmt`` (None: they can).
+
+    A model that never sees the names (OnlyC, C+T, OnlyT) gets the same input from every swap, so its drop
+    and flip share would be 0 by construction and read as "no reliance on names"."""
+    from recon.data_prep.formats import InputFormat
+
+    parsed = InputFormat.parse(fmt)
+    if parsed.shows_names:
+        return None
+    shown = ", ".join(f.value for f in InputFormat if f.shows_names)
+    return (f"test views swap entity names, and a model trained in {parsed.value} never sees them (its figures "
+            f"would be 0 by construction): ask for views on formats that show the names ({shown})")
+
+
 @dataclass
 class SwapReport:
     """What a view did: examples changed, mentions swapped, typed (``coverage``), untyped, skipped by reason."""

@@ -41,6 +41,25 @@ def test_bad_view_name_is_located_before_compute():
     assert "swap-names" in msg and "swap-type" in msg  # the bad name, and the known ones
 
 
+def test_views_on_a_format_without_names_are_refused_before_compute(tmp_path):
+    """OnlyC never shows the names: its drop and flips would be 0 by construction, read as "no reliance"."""
+    from recon.models.train.checks import finetune_problems
+    from recon.models.train.finetune_config import FinetuneConfig
+
+    path = tmp_path / "views_onlyc.yaml"
+    path.write_text((FIXTURES / "bad_view.yaml").read_text().replace("formats: [C+M]", "formats: [C+M, OnlyC]")
+                    .replace("swap-type, swap-names", "swap-type"))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert "line 5, field 'grids.0'" in msg and "format OnlyC" in msg and "never sees them" in msg
+    path.write_text(path.read_text().replace("C+M, OnlyC", "C+M"))
+    assert load_spec(path).grids[0].eval_views == ["swap-type"]  # C+M alone: fine
+    problems = finetune_problems(FinetuneConfig(input_format="OnlyC", eval_views=("swap-type",)))
+    assert any("--eval-views with --input-format OnlyC" in str(p) for p in problems)
+    assert not any("--eval-views" in str(p) for p in finetune_problems(FinetuneConfig(eval_views=("onlyc",))))
+
+
 def test_views_do_not_change_trial_ids_and_reach_the_trainer_config(tmp_path):
     plain = expand(load_spec(_toy_study(tmp_path, None)))
     viewed = expand(load_spec(_toy_study(tmp_path, "[swap-type, onlyc]")))

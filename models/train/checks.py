@@ -45,6 +45,13 @@ def finetune_problems(cfg: FinetuneConfig) -> list[Problem]:
                                    "--encoder" if cfg.model == "bert" else "--model"))
         pf.device(cfg.training.device)
     pf.seed(cfg.training.seed)
+    if cfg.eval_views:
+        from recon.data_prep.name_swap import views_format_problem
+
+        problem = views_format_problem(cfg.input_format)
+        if problem:
+            pf.add(f"--eval-views with --input-format {cfg.input_format}: {problem}",
+                   "train in C+M (or OnlyM) to score views, or leave out --eval-views")
     if cfg.view_avoid and not Path(cfg.view_avoid).expanduser().exists():
         pf.add(f"--view-avoid {cfg.view_avoid} does not exist",
                "give a built pre-training corpus folder or a text file of names, one per line")

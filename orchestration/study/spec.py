@@ -145,6 +145,17 @@ class GridSpec(_Strict):
         except ReconError as exc:
             raise ValueError(str(exc)) from None
 
+    @model_validator(mode="after")
+    def _views_need_names(self) -> "GridSpec":
+        from recon.data_prep.name_swap import views_format_problem
+
+        for fmt in self.formats if self.eval_views else ():
+            problem = views_format_problem(fmt)
+            if problem:
+                raise ValueError(f"eval_views on a grid with format {fmt}: {problem}; give the views to a grid of "
+                                 "those formats only (the other formats in a grid of their own)")
+        return self
+
     @field_validator("splits")
     @classmethod
     def _splits(cls, value: list[float]) -> list[float]:
