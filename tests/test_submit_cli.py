@@ -23,6 +23,16 @@ KUBERAY = Path(__file__).resolve().parents[2] / "shared" / "kuberay"
 STUDY = ["--", "recon", "study", "run", "studies/paper.yaml"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _study_in_working_dir(tmp_path):
+    """The study file the submitted command names, where the job will run (submit checks it is there)."""
+    (tmp_path / "studies").mkdir(exist_ok=True)
+    (tmp_path / "studies" / "paper.yaml").write_text((ROOT / "studies" / "paper.yaml").read_text())
+
+
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out = capsys.readouterr()
@@ -102,7 +112,7 @@ def test_k8s_dry_run_prints_a_rayjob_the_crd_accepts(shape, capsys):
 
 
 def test_k8s_dry_run_with_a_working_dir_uses_kubectl_ray(tmp_path, capsys):
-    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies").mkdir(exist_ok=True)
     (tmp_path / "studies" / "paper.yaml").write_text("name: x\n")
     code, out, _ = _run(capsys, "submit", "--k8s", "--dry-run", "--k8s-image", "ghcr.io/me/recon:0.1",
                         "--storage", "s3://bucket/recon", "--tracking-uri", "http://mlflow.tools:5000",
@@ -148,3 +158,27 @@ def test_ui_serves_a_cluster_servers_artifacts_again(tmp_path, capsys):
     command = next(ln for ln in out.splitlines() if ln.startswith("command: "))
     assert f"--backend-store-uri {store} --artifacts-destination /shared/mlflow-artifacts --workers 1" in command
     assert "--host 127.0.0.1 --port 5123" in command
+
+
+def test_a_command_file_missing_where_the_job_runs_and_a_bad_time_are_refused_before_submitting(tmp_path, capsys):
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    code, out, err = _run(capsys, "submit", "--slurm", "--working-dir", str(empty), "--dry-run", *STUDY)
+    assert code == 2 and out == ""
+    assert f"studies/paper.yaml is not a file in the job's working directory ({empty}/studies/paper.yaml)" in err
+    code, _, err = _run(capsys, "submit", "--k8s", "--working-dir", str(empty), "--dry-run", *STUDY)
+    assert code == 2 and "is not a file in --working-dir" in err
+    code, _, err = _run(capsys, "submit", "--slurm", "--slurm-time", "12h", "--working-dir", str(tmp_path),
+                        "--dry-run", *STUDY)
+    assert code == 2 and "--slurm-time: not a Slurm time limit: '12h'" in err
+    for good in ("90", "12:00:00", "2-00:00:00", "1-12", "UNLIMITED"):
+        assert _run(capsys, "submit", "--slurm", "--slurm-time", good, "--working-dir", str(tmp_path), "--dry-run",
+                    *STUDY)[0] == 0, good
+
+
+def test_k8s_dry_run_says_which_placeholders_are_left(tmp_path, capsys):
+    code, out, _ = _run(capsys, "submit", "--k8s", "--dry-run", *STUDY)
+    assert code == 0 and "# note: --k8s-image (still registry.example.com/recon:0.1.0) and --storage" in out
+    code, out, _ = _run(capsys, "submit", "--k8s", "--k8s-image", "ghcr.io/me/recon:1", "--storage", "s3://b/r",
+                        "--dry-run", *STUDY)
+    assert code == 0 and "placeholders" not in out

@@ -41,6 +41,11 @@ class SlurmError(ReconError):
     """A Slurm command is missing or answered an error; the message says what to do."""
 
 
+# sbatch --time's formats (man sbatch): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds; "UNLIMITED"/"INFINITE" where the partition allows it.
+_SLURM_TIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|(?i:unlimited|infinite))$")
+
+
 @dataclass
 class SlurmSettings(Config):
     """Where and how a recon command runs on Slurm (see the module docstring)."""
@@ -106,6 +111,9 @@ class SlurmSettings(Config):
             if value is not None and not _NO_SPACE.match(value):
                 raise ConfigError(name, f"no spaces or line breaks (it goes on an #SBATCH line or into a path Ray "
                                         f"uses), got {value!r}")
+        if self.time is not None and not _SLURM_TIME.match(self.time):
+            raise ConfigError("time", f"not a Slurm time limit: {self.time!r}; Slurm takes minutes, MM:SS, HH:MM:SS, "
+                                      "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED (e.g. 12:00:00 for 12 hours)")
         for line in self.sbatch_lines:
             if "\n" in line or "\r" in line or not line.strip():
                 raise ConfigError("sbatch_lines", f"one #SBATCH option per item, got {line!r}")

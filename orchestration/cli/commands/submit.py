@@ -100,6 +100,24 @@ def _entrypoint(args: argparse.Namespace) -> list[str]:
     return entry
 
 
+# The recon commands whose first argument after the verb is a file the job reads: checked before submitting, so a
+# wrong path fails here within seconds rather than in the job after it waited in a queue.
+FILE_COMMANDS = {("study", "run"), ("study", "resume"), ("study", "plan"), ("study", "tables"),
+                 ("sweep", "run"), ("sweep", "resume"), ("sweep", "plan")}
+
+
+def check_command_file(entry: list[str], base: Path, where: str) -> None:
+    """A ``recon study|sweep VERB FILE`` command whose FILE is not in ``base`` (where the job runs) is refused."""
+    words = [w for w in entry if not w.startswith("-")]
+    if len(words) < 4 or Path(words[0]).name != "recon" or tuple(words[1:3]) not in FILE_COMMANDS:
+        return
+    file = Path(words[3]).expanduser()
+    path = file if file.is_absolute() else base / file
+    if not path.is_file():
+        raise ReconError(f"{shlex.join(entry)}: {words[3]} is not a file in {where} ({path}): the job would fail "
+                         "after it is scheduled; give the path of the study or sweep file as the job will see it")
+
+
 def _env(args: argparse.Namespace) -> dict[str, str]:
     env = {}
     for item in args.env:
@@ -144,6 +162,9 @@ def _submit_ray(args: argparse.Namespace, entry: list[str]) -> int:
     if args.dry_run:
         raise ReconError("--dry-run prints an sbatch script (--slurm) or a RayJob (--k8s); a Ray Job is submitted "
                          "as it is: `recon submit -- COMMAND` without --dry-run")
+    if not args.no_working_dir:
+        base = Path(args.working_dir or ".").resolve()
+        check_command_file(entry, base, "the working directory uploaded with the job")
     address = args.address or jobs.default_address()
     job_id = jobs.submit(entry, address=address, storage=args.storage, tracking_uri=args.tracking_uri,
                          working_dir=None if args.no_working_dir else (args.working_dir or "."), env=_env(args),
@@ -180,6 +201,7 @@ def _submit_slurm(args: argparse.Namespace, entry: list[str]) -> int:
     from recon.orchestration.cluster.slurm_script import render_sbatch
 
     settings = slurm_settings(args)
+    check_command_file(entry, settings.resolved_workdir(), "the job's working directory")
     if args.dry_run:
         sys.stdout.write(render_sbatch(settings, entry))
         print(f"# (dry run: nothing written or submitted; `recon submit --slurm ...` without --dry-run writes this "
@@ -216,13 +238,18 @@ def _submit_k8s(args: argparse.Namespace, entry: list[str]) -> int:
                          "--working-dir, `kubectl ray job submit` streams the job's output anyway")
     settings = k8s_settings(args, entry)
     working_dir = Path(args.working_dir) if args.working_dir else None
-    if args.dry_run:
-        sys.stdout.write(submit(settings, dry_run=True, working_dir=working_dir).describe())
-        return 0
+    if working_dir is not None:  # without one, the command's files are in the image
+        check_command_file(entry, working_dir.resolve(), "--working-dir")
     defaults = KubeRaySettings()
     still = [f"{flag} (still {value})" for flag, value, default in
              (("--k8s-image", settings.image, defaults.image), ("--storage", settings.storage, defaults.storage))
              if value == default]
+    if args.dry_run:
+        sys.stdout.write(submit(settings, dry_run=True, working_dir=working_dir).describe())
+        if still:
+            print(f"# note: {' and '.join(still)} are recon's placeholders: give your image and bucket before "
+                  "submitting (a submission with them is refused)")
+        return 0
     if still:
         raise ReconError(f"{' and '.join(still)}: recon's placeholders; give your image and bucket (look at the "
                          f"manifest first with --dry-run)")
