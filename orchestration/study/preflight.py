@@ -192,7 +192,7 @@ def fetch_missing_data(relpaths: Iterable[str], data_dir: Optional[str], base_ur
     names = sorted({d for src in missing for d in src.datasets})
     log(f"data: {len(missing)} file(s) of {', '.join(names)} missing here; fetching from {url} into {target}")
     how = (f"supply the files: `recon data fetch {' '.join(names)}` where there is network (or --base-url / "
-           f"${BASE_URL_ENV} for a mirror), or point --data-dir / $RECON_DATA_DIR / the study's data.data_dir at "
+           f"${BASE_URL_ENV} for a mirror), or point $RECON_DATA_DIR or the file's data: {{data_dir: DIR}} at "
            "a folder that holds them")
     try:
         results = fetch_sources(missing, target, url, timeout=10.0, retries=1, backoff=1.0)
