@@ -166,7 +166,7 @@ def validation_problems(exc: ValidationError, layers: list, schema: str, model: 
                 message += f"; did you mean '{close[0]}'?"
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, ConfigError):  # a component config's own check names its field
-            loc = loc + tuple(cause.field.split("."))
+            loc = loc + tuple(int(p) if p.isdigit() else p for p in cause.field.split("."))
             message = cause.detail
         where_file, line = locate(loc, layers)
         field = ".".join(str(p) for p in loc) or f"({schema})"

@@ -54,6 +54,8 @@ def _toy(tmp_path: Path, data_dir: Path | None = None, datasets: str = "[semeval
      "line 4, field 'traning': unknown field (not in the study schema); did you mean 'training'?"),
     ("name: s\nmodels: [{name: M}]\ngrids: [{datasets: [semeval], splts: [0.1]}]\ntraining: {lrr: 1}",
      "did you mean 'splits'?"),
+    ("name: s\nmodels: [{name: MiniLM}]\ngrids:\n  - datasets: [semeval]\n    models: [MiniLM, MiniLm]",
+     "line 5, field 'grids.0.models.1': unknown model 'MiniLm'; the study's models are MiniLM; did you mean 'MiniLM'?"),
 ])
 def test_spec_mistakes_are_located(tmp_path, capsys, body, expected):
     path = _write(tmp_path, body)

@@ -32,12 +32,15 @@ Validation errors name the file, the field path and (when the key is in a file) 
 """
 from __future__ import annotations
 
+import difflib
+
 import re
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from recon.core.config import ConfigError
 from recon.core.defaults import DEFAULT_ENCODER, DEFAULT_SEED, PAPER_SEEDS
 from recon.core.errors import ReconError
 from recon.core.hashing import stable_hash
@@ -249,9 +252,12 @@ class StudySpec(_Strict):
         if self.fewshot is not None:
             groups.append(("fewshot.models", self.fewshot.models))
         for where, chosen in groups:
-            for name in chosen or []:
+            for i, name in enumerate(chosen or []):
                 if name not in names:
-                    raise ValueError(f"{where}: unknown model {name!r}; defined models: {names}")
+                    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    raise ConfigError(f"{where}.{i}", f"unknown model {name!r}; the study's models are "
+                                                      f"{', '.join(names)}{hint}")
         if not self.grids and self.fewshot is None:
             raise ValueError("a study needs at least one grid or a 'fewshot' section")
         if self.training.seed != DEFAULT_SEED:
