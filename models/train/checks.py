@@ -18,8 +18,16 @@ DATA_FIX = ("put the files in the data directory (--data-dir, $RECON_DATA_DIR, .
             "~/.cache/recon/datasets), or download the public ones with `recon data fetch NAME`")
 
 
+BAD_FILE_FIX = ("correct or replace the file named above (`recon data fetch NAME` downloads a public dataset's "
+                "original files)")
+_MISSING = ("no ", "not found", "does not exist", "missing")
+
+
 def _data(reasons: list[str], label: str) -> list[Problem]:
-    return [Problem(f"{label}: {reason}", DATA_FIX) for reason in reasons]
+    """Each reason a dataset cannot be read, with the fix that fits it: where to put missing files, or to
+    correct a file that is there but unusable (empty, a folder, a broken link, two copies)."""
+    return [Problem(f"{label}: {reason}", DATA_FIX if reason.startswith(_MISSING[0]) or
+                    any(m in reason for m in _MISSING[1:]) else BAD_FILE_FIX) for reason in reasons]
 
 
 def encoder_problems(name: Optional[str], what: str) -> list[Problem]:
@@ -39,7 +47,7 @@ def finetune_problems(cfg: FinetuneConfig) -> list[Problem]:
     label = cfg.dataset or cfg.path
     pf.extend(_data(check_available(cfg.dataset, cfg.data.data_dir, split=cfg.split,
                                     split_source=cfg.data.split_source, path=cfg.path, kind=cfg.kind),
-                    f"dataset {label} at {cfg.split * 100:g}%"))
+                    f"dataset {label} ({cfg.split * 100:g}% of its training data)"))
     if not cfg.is_cnn:
         pf.extend(encoder_problems(cfg.encoder if cfg.model == "bert" else cfg.model,
                                    "--encoder" if cfg.model == "bert" else "--model"))
