@@ -34,11 +34,17 @@ def say(message: str) -> None:
 
 @contextlib.contextmanager
 def quiet_console(log_dir: Path, name: str, *, verbose: bool = False) -> Iterator[tuple[Say, Path | None]]:
-    """``(say, log_path)``: ``say`` prints on the terminal; all other output goes to ``log_path``."""
+    """``(say, log_path)``: ``say`` prints on the terminal; all other output goes to ``log_path``.
+
+    A command refused before it computed anything (:class:`recon.core.errors.Refused`) leaves no log
+    behind: its file and the folders made for it are removed (the refusal itself is on the terminal).
+    """
     global _console
     if verbose:
         yield say, None
         return
+    made = [p for p in (log_dir, *log_dir.parents) if not p.exists()]  # deepest first
+    refused = False
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     sys.stdout.flush()
@@ -64,7 +70,13 @@ def quiet_console(log_dir: Path, name: str, *, verbose: bool = False) -> Iterato
                     retargeted.append((handler, handler.stream))
                     handler.setStream(log)
         _console = console
-        yield say, log_path
+        try:
+            yield say, log_path
+        except BaseException as exc:
+            from recon.core.errors import Refused
+
+            refused = isinstance(exc, Refused)
+            raise
     finally:
         _console = None
         for handler, stream in retargeted:
@@ -78,6 +90,13 @@ def quiet_console(log_dir: Path, name: str, *, verbose: bool = False) -> Iterato
         log.close()
         if owns_console:
             console.close()
+        if refused:
+            log_path.unlink(missing_ok=True)
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something else lives there
+                    break
 
 
 __all__ = ["quiet_console", "say", "Say"]

@@ -8,6 +8,11 @@ class ReconError(Exception):
     """Base class for errors shown to users as one paragraph (no traceback unless --debug)."""
 
 
+class Refused(ReconError):
+    """A command that stopped before it computed or wrote anything (a preflight problem, data it cannot get):
+    the console removes the log it opened for the run, so nothing half-written is left behind."""
+
+
 class DataError(ReconError):
     """Bad input data, located as precisely as the file format allows.
 

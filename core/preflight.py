@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from recon.core.defaults import MAX_SEED
-from recon.core.errors import ReconError
+from recon.core.errors import Refused
 
 PROBE_PREFIX = ".recon-preflight-"
 
@@ -40,7 +40,7 @@ class Problem:
         return f"{self.what}: {self.fix}"
 
 
-class PreflightError(ReconError):
+class PreflightError(Refused):
     """A command refused before it computed anything; the message lists every problem with its fix."""
 
     def __init__(self, action: str, problems: Iterable[Problem]) -> None:

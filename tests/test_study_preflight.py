@@ -112,6 +112,8 @@ def test_offline_fresh_machine_refuses_within_seconds(tmp_path, capsys, monkeypa
     assert "the study needs 4 data file(s) that are not here (semeval/" in err
     assert "`recon data fetch semeval` gets them" in err and "RECON_DATA_DIR" in err
     assert not (tmp_path / "out" / "mlflow.db").exists()
+    # nothing half-made is left: not the run's log (nor its folders), not an empty folder for the data
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
 
 def test_a_study_where_nothing_can_run_exits_non_zero(tmp_path, capsys):

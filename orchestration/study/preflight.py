@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+from recon.core.errors import Refused
 from recon.core.hardware import gpu_memory_bytes
 from recon.core.preflight import (Preflight, Problem, cluster_gpu_memory_bytes, resource_problems,
                                   storage_problems_on_cluster)
@@ -172,7 +174,6 @@ def fetch_missing_data(relpaths: Iterable[str], data_dir: Optional[str], base_ur
     loaders search holds, into the first such folder; returns the files fetched. Raises a :class:`ReconError`
     saying how to supply the data when the server cannot be reached or a file does not verify. Files recon
     cannot download (TACRED's) are left to the caller, which reports their cells as unavailable."""
-    from recon.core.errors import ReconError
     from recon.data_prep.datadir import candidate_dirs, fetch_target_dir
     from recon.data_prep.fetch import DEFAULT_BASE_URL, SOURCES, STATUS_FAILED, SourceUnreachable, fetch_sources
     from recon.data_prep.registry import get_spec
@@ -194,18 +195,41 @@ def fetch_missing_data(relpaths: Iterable[str], data_dir: Optional[str], base_ur
     how = (f"supply the files: `recon data fetch {' '.join(names)}` where there is network (or --base-url / "
            f"${BASE_URL_ENV} for a mirror), or point $RECON_DATA_DIR or the file's data: {{data_dir: DIR}} at "
            "a folder that holds them")
+    made = [p for p in (target, *target.parents) if not p.exists()]  # removed again if nothing arrives
+    had = set(_folders(target))
     try:
         results = fetch_sources(missing, target, url, timeout=10.0, retries=1, backoff=1.0)
     except SourceUnreachable as exc:
-        raise ReconError(f"the study needs {len(missing)} data file(s) that are not here "
+        _remove_empty(target, made, had)
+        raise Refused(f"the study needs {len(missing)} data file(s) that are not here "
                          f"({', '.join(src.relpath for src in missing)}), and {exc} Where there is network, "
                          f"`recon data fetch {' '.join(names)}` gets them.") from None
     failed = [r for r in results if r.status == STATUS_FAILED]
     if failed:
         listed = "; ".join(f"{r.relpath}: {r.detail}" for r in failed)
-        raise ReconError(f"the study needs data that could not be fetched ({listed}); {how}")
+        _remove_empty(target, made, had)
+        raise Refused(f"the study needs data that could not be fetched ({listed}); {how}")
     log(f"data: fetched {', '.join(r.relpath for r in results)}, each verified against its pinned digest")
     return [r.relpath for r in results]
+
+
+def _folders(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_dir()] if root.is_dir() else []
+
+
+def _remove_empty(target: Path, made: list[Path], had: set[Path]) -> None:
+    """Folders a failed fetch made under ``target`` (a dataset's folder for its files) and for ``target`` itself,
+    deepest first, when they stayed empty; folders that were there before, and anything holding a file, stay."""
+    for folder in sorted(set(_folders(target)) - had, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 __all__ = ["study_problems", "cluster_problems", "fetch_missing_data", "files_needed", "study_files_needed",
