@@ -109,13 +109,13 @@ def test_grids_keep_weights_where_they_ask_for_views_unless_told(tmp_path):
 
 
 def _study(tmp_path: Path, views: str | None) -> Path:
-    """Two trials of one grid (C+M, two seeds) that keep their weights, and one OnlyC trial of another grid that
-    does not (no views asked at first, so the default keeps nothing)."""
+    """Two trials of one grid (C+M at 10%, two seeds) that keep their weights, and one C+M trial at 1% of another
+    grid that does not (no views asked at first, so the default keeps nothing)."""
     shutil.copy(FIXTURES / "toy_trainer.py", tmp_path / "toy_trainer.py")
     extra = f", eval_views: {views}" if views else ""
     text = (FIXTURES / "toy_study.yaml").read_text().replace(
         "formats: [C+M]}", f"formats: [C+M], keep_weights: true{extra}}}\n"
-                           f"  - {{table: onlyc, datasets: [semeval], splits: [0.1], formats: [OnlyC], seeds: [42]{extra}}}")
+                           f"  - {{table: later, datasets: [semeval], splits: [0.01], formats: [C+M], seeds: [42]{extra}}}")
     path = tmp_path / "study.yaml"
     path.write_text(text + f"output_dir: {tmp_path / 'out'}\n")
     return path
@@ -138,7 +138,7 @@ def test_a_view_added_to_a_finished_study_is_scored_from_kept_weights(tmp_path, 
     path = _study(tmp_path, None)
     spec = load_spec(path)
     trials = expand(spec)
-    kept = {t.trial_id for t in trials if t.format == "C+M"}
+    kept = {t.trial_id for t in trials if t.setting == "10%"}
     (unkept,) = {t.trial_id for t in trials} - kept
     assert main(["study", "run", str(path)]) == 0
     assert "3 run now, 0 failed; 3 in MLflow" in capsys.readouterr().out
