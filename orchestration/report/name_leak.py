@@ -44,6 +44,7 @@ from recon.data_prep.example import ExampleIndex, RelationExample
 from recon.orchestration.study.trial import PAPER_DATASET_NAMES, Trial
 from recon.orchestration.report.joins import unjoined_message
 from recon.orchestration.report.significance import example_counts, f1_from_counts, negative_label
+from recon.orchestration.report.plots import save_figure
 
 SCOPES = ("train", "pretrain")
 NOT_LOADED = "their sources are not among the test examples the report loaded, or name one with another gold label"
@@ -307,11 +308,7 @@ def plot_seen_unseen(table: pd.DataFrame, dataset: str, out_file: Path, scope: s
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"entity pair seen in {'fine-tuning training data' if scope == 'train' else 'pre-training corpus'}"
                  " vs unseen", fontsize=9)
-    fig.tight_layout()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_file, dpi=110)
-    plt.close(fig)
-    return out_file
+    return save_figure(fig, out_file)
 
 
 def write_markdown(table: pd.DataFrame, path: Path, notes: Sequence[str] = ()) -> Path:

@@ -36,6 +36,7 @@ from recon.orchestration.report.joins import unjoined_message
 from recon.orchestration.report.significance import (ALPHA, N_BOOTSTRAP, _seed_for, bootstrap_medians,
                                                      example_counts, f1_from_counts, negative_label)
 from recon.orchestration.study.trial import PAPER_DATASET_NAMES, Trial
+from recon.orchestration.report.plots import save_figure
 
 VIEW_FILE = "view_predictions.jsonl"
 COLUMNS = ["dataset", "setting", "format", "model", "view", "metric", "n_examples", "n_changed", "n_unjoined",
@@ -281,11 +282,7 @@ def plot_reliance(table: pd.DataFrame, dataset: str, out_file: Path) -> Path:
     axes[1].legend(fontsize=7)
     fig.suptitle(f"{PAPER_DATASET_NAMES.get(dataset, dataset)}: name reliance (median over seeds, 95% bootstrap "
                  "intervals)", fontsize=9)
-    fig.tight_layout()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_file, dpi=110)
-    plt.close(fig)
-    return out_file
+    return save_figure(fig, out_file)
 
 
 def name_reliance_analysis(trials: Sequence[Trial], predictions: Mapping[str, dict],

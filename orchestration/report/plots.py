@@ -12,6 +12,17 @@ from recon.orchestration.study.trial import PAPER_DATASET_NAMES
 from recon.orchestration.report.tables import setting_order
 
 
+def save_figure(fig, out_file: Path, dpi: int = 110) -> Path:
+    """Lay ``fig`` out, write it to ``out_file`` (PNG; folders made) and free it: every report figure ends so."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=dpi)
+    plt.close(fig)
+    return out_file
+
+
 def plot_dataset(cells: pd.DataFrame, dataset: str, out_file: Path) -> Path:
     """Draw ``cells`` (rows of one dataset from :func:`aggregate.cell_stats`) into ``out_file`` (PNG)."""
     import matplotlib
@@ -35,11 +46,7 @@ def plot_dataset(cells: pd.DataFrame, dataset: str, out_file: Path) -> Path:
     ax.set_title(PAPER_DATASET_NAMES.get(dataset, dataset))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_file, dpi=120)
-    plt.close(fig)
-    return out_file
+    return save_figure(fig, out_file, dpi=120)
 
 
 def plot_all(stats: pd.DataFrame, out_dir: Path) -> list[Path]:
