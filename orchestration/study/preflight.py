@@ -41,21 +41,26 @@ def _stages_to_run(spec: StudySpec, trials: Iterable[Trial], store: Storage) -> 
                   if not store.exists(f"pretrain/{name}-{spec.stage_hash(name)}/{STAGE_FILE}"))
 
 
-def study_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage, tracking_uri: str, *,
-                   local_ray: bool = True) -> list[Problem]:
-    """Everything the (unfinished, runnable) ``trials`` need that is missing or unusable here."""
-    pf = Preflight("")
-    pf.writable_dir(spec.resolved_output_dir(), "the output folder",
-                    "set output_dir in the study file to a folder you can write")
-    pf.extend(job_output_problems("study", store.uri, tracking_uri))  # a submitted job's outputs outlive it
+def output_problems(pf: Preflight, kind: str, output_dir, store: Storage, tracking_uri: str) -> None:
+    """What a study or sweep (``kind``) writes, checked into ``pf``: its output folder, a submitted job's places
+    (:mod:`recon.orchestration.cluster.job_outputs`), the SQLite store's folder, the tracking server answering."""
+    pf.writable_dir(output_dir, "the output folder", f"set output_dir in the {kind} file to a folder you can write")
+    pf.extend(job_output_problems(kind, store.uri, tracking_uri))  # a submitted job's outputs outlive it
     db = sqlite_path(tracking_uri)
     if db is not None:
         pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")
     silent = answers(tracking_uri)
     if silent is not None:
         pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
-               "start it, or give --tracking-uri a store that answers (an outage after the study starts costs "
-               "nothing: trials keep running and are logged when it is back)")
+               f"start it, or give --tracking-uri a store that answers (an outage after the {kind} starts costs "
+               "nothing: finished trials wait and are logged when it is back)")
+
+
+def study_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage, tracking_uri: str, *,
+                   local_ray: bool = True) -> list[Problem]:
+    """Everything the (unfinished, runnable) ``trials`` need that is missing or unusable here."""
+    pf = Preflight("")
+    output_problems(pf, "study", spec.resolved_output_dir(), store, tracking_uri)
     pf.storage(store.uri)
     encoders: dict[str, list[str]] = {}  # each encoder is looked up once, naming everything that uses it
     used = {t.model for t in trials}
@@ -232,5 +237,5 @@ def _remove_empty(target: Path, made: list[Path], had: set[Path]) -> None:
             break
 
 
-__all__ = ["study_problems", "cluster_problems", "fetch_missing_data", "files_needed", "study_files_needed",
+__all__ = ["study_problems", "output_problems", "cluster_problems", "fetch_missing_data", "files_needed", "study_files_needed",
            "BASE_URL_ENV"]

@@ -15,11 +15,8 @@ from recon.core.preflight import (Preflight, Problem, cluster_gpu_memory_bytes, 
 from recon.core.storage import Storage
 from recon.models.pretrain.config import DEMO_CORPUS
 from recon.models.train.checks import DATA_FIX, encoder_problems
-from recon.orchestration.cluster.job_outputs import job_output_problems
-from recon.orchestration.study.preflight import fetch_missing_data, files_needed
+from recon.orchestration.study.preflight import fetch_missing_data, files_needed, output_problems
 from recon.orchestration.sweep.spec import SweepSpec
-from recon.orchestration.tracking.health import answers
-from recon.orchestration.tracking.uri import sqlite_path
 
 
 def sweep_problems(spec: SweepSpec, store: Storage, tracking_uri: str, *, local_ray: bool = True,
@@ -27,16 +24,7 @@ def sweep_problems(spec: SweepSpec, store: Storage, tracking_uri: str, *, local_
     from recon.data_prep.registry import check_available
 
     pf = Preflight("")
-    pf.writable_dir(spec.resolved_output_dir(), "the output folder",
-                    "set output_dir in the sweep file to a folder you can write")
-    pf.extend(job_output_problems("sweep", store.uri, tracking_uri))  # a submitted job's outputs outlive it
-    db = sqlite_path(tracking_uri)
-    if db is not None:
-        pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")
-    silent = answers(tracking_uri)
-    if silent is not None:
-        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
-               "start it, or give --tracking-uri a store that answers")
+    output_problems(pf, "sweep", spec.resolved_output_dir(), store, tracking_uri)
     pf.storage(store.uri)
     pretrain, probe = spec.resolve({})
     if pretrain.corpus != DEMO_CORPUS:
