@@ -27,6 +27,7 @@ transformers alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import MISSING, field, fields
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -86,6 +87,8 @@ class Config:
             meta = f.metadata
             if value is None or not meta:
                 continue
+            if isinstance(value, float) and not value.is_integer() and f.name in _whole_number_fields(type(self)):
+                raise ConfigError(f.name, f"must be a whole number, got {value!r}")
             if meta.get(CHOICES) and value not in meta[CHOICES]:
                 raise ConfigError(f.name, f"must be one of {list(meta[CHOICES])}, got {value!r}")
             for bound, limit in (meta.get(BOUNDS) or {}).items():
@@ -136,6 +139,13 @@ class Config:
 
     def replace(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@functools.lru_cache(maxsize=None)
+def _whole_number_fields(cls: type) -> frozenset[str]:
+    """The fields of ``cls`` typed ``int`` (or ``int | None``): a YAML ``8.5`` there is an error, not a batch size."""
+    return frozenset(name for name, annotation in typing.get_type_hints(cls).items()
+                     if field_type(annotation)[0] is int)
 
 
 def config_class(annotation: Any) -> Optional[type]:

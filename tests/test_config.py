@@ -306,3 +306,15 @@ def test_paper_study_plans_657_trials():
     from recon.orchestration.study.spec import load_spec
 
     assert len(expand(load_spec(ROOT / "studies" / "paper.yaml"))) == 657
+
+
+def test_an_integer_field_refuses_a_fraction_and_keeps_a_whole_float():
+    """A YAML ``8.5`` for a batch size is a mistake to name, not a value to truncate; ``8.0`` is eight."""
+    from recon.models.pretrain.config import PretrainConfig
+    from recon.models.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="batch_size: must be a whole number, got 8.5"):
+        PretrainConfig(batch_size=8.5)
+    with pytest.raises(ConfigError, match="epochs: must be a whole number"):
+        TrainConfig.from_dict({"epochs": 2.5})
+    assert TrainConfig(epochs=2.0).epochs == 2 and TrainConfig(lr=3).lr == 3  # floats take ints as they are
