@@ -339,3 +339,19 @@ def test_pickle_next_to_safetensors_is_never_loaded(good_checkpoint, tmp_path):
         os.unlink(f"/tmp/{PWNED}")
     load_checkpoint(ckpt)
     assert not os.path.exists(f"/tmp/{PWNED}")
+
+
+def test_a_json_lines_file_given_to_a_whole_document_kind_says_which_kinds_read_it(tmp_path):
+    from recon.core.errors import DataError
+    from recon.data_prep.loaders._common import read_json_document
+
+    path = tmp_path / "train.json"
+    path.write_text('{"token": ["a"], "h": {}, "t": {}}\n{"token": ["b"], "h": {}, "t": {}}\n')
+    with pytest.raises(DataError) as err:
+        read_json_document(path, list, "tacred")
+    assert "line 2" in str(err.value) and "one JSON record per line" in str(err.value)
+    assert "--kind of a JSON-lines format (opennre, chemprot)" in str(err.value)
+    path.write_text('[{"id": 1}]\n[{"id": 2}]\n')  # two documents, not records: no such hint
+    with pytest.raises(DataError) as err:
+        read_json_document(path, list, "tacred")
+    assert "Extra data" in str(err.value) and "JSON-lines" not in str(err.value)

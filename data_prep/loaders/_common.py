@@ -262,6 +262,15 @@ def load_json_lines(path: str | Path, kind: str, collector: "Collector",
     return out
 
 
+def _one_record_per_line(text: str) -> bool:
+    """Whether the first lines of ``text`` are each one whole JSON object (a JSON-lines file)."""
+    lines = [line for line in text.splitlines()[:3] if line.strip()]
+    try:
+        return bool(lines) and all(isinstance(json.loads(line), dict) for line in lines)
+    except json.JSONDecodeError:
+        return False
+
+
 def read_json_document(path: Path, expected: type, kind: str) -> Any:
     """Parse a whole-file JSON document and check its top-level container type (always fatal).
 
@@ -283,7 +292,11 @@ def read_json_document(path: Path, expected: type, kind: str) -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+        hint = ""
+        if exc.msg == "Extra data" and exc.colno == 1 and _one_record_per_line(text):
+            hint = (f"; it holds one JSON record per line, which kind {kind!r} does not read (one JSON "
+                    f"{_json_name(expected)} per file): give the --kind of a JSON-lines format (opennre, chemprot)")
+        raise DataError(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){hint}",
                         path=path, line=exc.lineno) from None
     except RecursionError:
         raise DataError("JSON nested too deeply to read", path=path) from None
