@@ -122,6 +122,8 @@ def test_a_study_where_nothing_can_run_exits_non_zero(tmp_path, capsys):
     assert main(["study", "run", str(path)]) == 2
     err = capsys.readouterr().err
     assert "none of the 1 unfinished trials can run here" in err and "LDC" in err
+    assert main(["study", "plan", str(path)]) == 1  # the plan says so too, rather than "runs the rest"
+    assert "no unfinished trial can run here, so `recon study run` would stop (exit 2)" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ the parent run's state

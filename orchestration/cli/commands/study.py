@@ -154,8 +154,9 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"  need training again (no weights kept): {retrain['trials']} trials, "
                   f"{', '.join(retrain['views'])}, ~{lack['retrain_hours']} h")
     if summary.unavailable:
-        print(f"cells that cannot run here ({len(missing)} trials; `recon study run` runs the rest and the tables "
-              "say why these are blank):")
+        rest = ("`recon study run` runs the rest and the tables say why these are blank" if runnable else
+                "no unfinished trial can run here, so `recon study run` would stop (exit 2)")
+        print(f"cells that cannot run here ({len(missing)} trials; {rest}):")
         for group in _group_unavailable(trials, missing):
             print(f"  {group}")
     if args.trials:
@@ -168,7 +169,7 @@ def _plan(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}")
         return 1
-    return 0
+    return 1 if missing and not runnable and len(finished) < len(trials) else 0
 
 
 def _group_unavailable(trials, missing: dict[str, str]) -> list[str]:
