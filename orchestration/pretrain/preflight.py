@@ -12,8 +12,7 @@ from recon.core.ray_session import cluster_to_join
 from recon.models.train.checks import encoder_problems
 from recon.orchestration.cluster.job_outputs import job_output_problems
 from recon.orchestration.pretrain.run import PretrainRun
-from recon.orchestration.tracking.health import answers
-from recon.orchestration.tracking.uri import sqlite_path
+from recon.orchestration.tracking.health import tracking_problems
 
 
 def pretrain_problems(cfg: PretrainRun, tracking_uri: str) -> list[Problem]:
@@ -33,13 +32,7 @@ def pretrain_problems(cfg: PretrainRun, tracking_uri: str) -> list[Problem]:
             pf.add(f"--corpus: {exc}", "build it with `recon corpus build --out DIR` (or `recon corpus demo`)")
     pf.extend(encoder_problems(cfg.encoder_name, "--encoder"))
     pf.storage(cfg.storage_root, "--out", "give --out a folder or URI you can write (shared by every node)")
-    db = sqlite_path(tracking_uri)
-    if db is not None:
-        pf.new_file(db, "the tracking store", "give --tracking-uri a store you can write")
-    silent = answers(tracking_uri)
-    if silent is not None:
-        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
-               "start it, or give --tracking-uri a store that answers")
+    tracking_problems(pf, "pre-training run", tracking_uri)
     if cfg.use_gpu and cluster_to_join(cfg.address) is None:
         pf.gpu("--use-gpu", "run on a Ray cluster with GPUs (--address), or leave --use-gpu off")
     pf.seed(cfg.seed)

@@ -28,8 +28,7 @@ from recon.orchestration.cluster.job_outputs import job_output_problems
 from recon.orchestration.study.spec import StudySpec
 from recon.orchestration.study.stages import STAGE_FILE
 from recon.orchestration.study.trial import Trial
-from recon.orchestration.tracking.health import answers
-from recon.orchestration.tracking.uri import sqlite_path
+from recon.orchestration.tracking.health import tracking_problems
 
 BASE_URL_ENV = "RECON_DATA_BASE_URL"
 
@@ -46,14 +45,7 @@ def output_problems(pf: Preflight, kind: str, output_dir, store: Storage, tracki
     (:mod:`recon.orchestration.cluster.job_outputs`), the SQLite store's folder, the tracking server answering."""
     pf.writable_dir(output_dir, "the output folder", f"set output_dir in the {kind} file to a folder you can write")
     pf.extend(job_output_problems(kind, store.uri, tracking_uri))  # a submitted job's outputs outlive it
-    db = sqlite_path(tracking_uri)
-    if db is not None:
-        pf.new_file(db, "the tracking store", "give --tracking-uri (or tracking_uri:) a store you can write")
-    silent = answers(tracking_uri)
-    if silent is not None:
-        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
-               f"start it, or give --tracking-uri a store that answers (an outage after the {kind} starts costs "
-               "nothing: finished trials wait and are logged when it is back)")
+    tracking_problems(pf, kind, tracking_uri)
 
 
 def study_problems(spec: StudySpec, trials: Sequence[Trial], store: Storage, tracking_uri: str, *,

@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Callable, Optional
 
-from recon.orchestration.tracking.uri import is_remote
+from recon.core.preflight import Preflight
+from recon.orchestration.tracking.uri import is_remote, sqlite_path
 
 FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -90,4 +91,17 @@ class TrackingGate:
         return False
 
 
-__all__ = ["fail_fast_http", "answers", "TrackingGate", "FAST_HTTP", "PROBE_TIMEOUT_S"]
+def tracking_problems(pf: Preflight, kind: str, tracking_uri: str) -> None:
+    """The tracking store of a study, sweep or pre-training run (``kind``), checked into ``pf``: an SQLite
+    store's folder writable, a server answering."""
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        pf.new_file(db, "the tracking store", "give --tracking-uri a store you can write")
+    silent = answers(tracking_uri)
+    if silent is not None:
+        pf.add(f"the MLflow tracking server {tracking_uri} does not answer ({silent})",
+               f"start it, or give --tracking-uri a store that answers (an outage after the {kind} starts costs "
+               "nothing: its results wait and are logged when it is back)")
+
+
+__all__ = ["tracking_problems", "fail_fast_http", "answers", "TrackingGate", "FAST_HTTP", "PROBE_TIMEOUT_S"]
