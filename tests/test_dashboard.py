@@ -53,6 +53,19 @@ def _body(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
+def _stop_ui(proc: subprocess.Popen, log) -> None:
+    """Stop ``recon ui`` with its process group (its mlflow server and the server's worker), then its log."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log.close()
+
+
 def _wait_text(driver, *texts: str, timeout: float = 60) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -188,12 +201,4 @@ def test_dashboard_in_headless_chromium(tmp_path, capsys):
         assert hosts == {f"127.0.0.1:{port}"}, hosts
     finally:
         driver.quit()
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # recon ui, its mlflow server and the server's worker
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        _stop_ui(proc, log)

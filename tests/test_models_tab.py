@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from headless_browser import chromium_driver
-from test_dashboard import SHOTS, _close_assistant, _free_port, _open, _wait_http, _wait_text
+from test_dashboard import SHOTS, _close_assistant, _free_port, _open, _stop_ui, _wait_http, _wait_text
 from tiny_bert import make_tiny_bert_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,12 +175,4 @@ def test_the_cp_encoder_is_an_mlflow_model_linked_to_its_runs_and_listed_in_the_
         _shot(driver, "trial")
     finally:
         driver.quit()
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        _stop_ui(proc, log)
